@@ -1,0 +1,72 @@
+"""Shared timing harness: torch.utils.benchmark medians, tables, JSON and plots.
+
+Every suite times its candidates *and its baseline in the same run* and reports
+ratios, so numbers from different machines or loads are never compared directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils import benchmark
+
+__all__ = ["median_time", "machine_info", "format_table", "write_json"]
+
+
+def median_time(fn: Callable[[], object], min_run_time: float = 0.5) -> float:
+    """Median seconds per call of ``fn`` (after one warm-up call), by ``torch.utils.benchmark``."""
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def machine_info() -> dict:
+    """What the numbers were taken on."""
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "device": "cpu",
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    return info
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A GitHub-markdown table of ``rows`` restricted to ``columns`` (floats with 3 significant digits)."""
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Write ``payload`` atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,29 @@
+"""Drop-in ``torch.nn`` layers, one family per file.
+
+Names resolve lazily so that importing one family does not import the others.
+"""
+
+from importlib import import_module
+
+_FAMILIES = {
+    "largekernel.nn.conv": ["Conv1d", "Conv2d", "Conv3d"],
+    "largekernel.nn.dcls": ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"],
+    "largekernel.nn.kernelnets": ["MLPKernel", "SIRENKernel", "GaborKernel", "FourierKernel", "MAGNetKernel"],
+    "largekernel.nn.flexconv": ["CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d"],
+    "largekernel.nn.niff": ["NIFFConv2d"],
+    "largekernel.nn.sequence": ["SGConv1d", "S4DConv1d"],
+    "largekernel.nn.mixing": ["FourierMix"],
+}
+_WHERE = {name: module for module, names in _FAMILIES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'largekernel.nn' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
