@@ -1,0 +1,255 @@
+"""Building blocks shared by the architectures: the convolution factory, DropPath, channels-first LayerNorm.
+
+The factory is the one place where a model's ``conv="..."`` choice becomes a
+layer, following timm's ``create_conv2d``: a model asks for "a depthwise spatial
+convolution of extent ``kernel_size``" and gets a dense convolution, an FFT
+convolution, a dilated one, or one of the learnable-kernel families of the seed
+papers (DCLS, Khalfaoui-Hassani et al. 2023; CKConv / FlexConv, Romero et al.
+2022; NIFF, Grabinski et al. 2023; SGConv, Li et al. 2023; S4D, Gu et al. 2022).
+
+At stride 1 every family returns an output of the input's spatial size
+("same"), so that families are interchangeable inside a residual block.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Sequence
+
+from torch import Tensor, nn
+
+__all__ = [
+    "CONV_TYPES",
+    "create_conv",
+    "layer_class",
+    "same_padding",
+    "DropPath",
+    "LayerNormChannelsFirst",
+    "create_norm",
+]
+
+# Families whose kernel is a plain dense tensor, built here from torch / largekernel.nn.Conv.
+_DENSE_TYPES = ("conv", "fft", "dilated")
+# Learnable-kernel families: conv name -> (module, class name with {dim} placeholder).
+_LEARNABLE_TYPES: dict[str, tuple[str, str]] = {
+    "dcls": ("largekernel.nn.dcls", "DclsConv{dim}d"),
+    "flexconv": ("largekernel.nn.flexconv", "FlexConv{dim}d"),
+    "ckconv": ("largekernel.nn.flexconv", "CKConv{dim}d"),
+    "niff": ("largekernel.nn.niff", "NIFFConv{dim}d"),
+    "sgconv": ("largekernel.nn.sequence", "SGConv{dim}d"),
+    "s4d": ("largekernel.nn.sequence", "S4DConv{dim}d"),
+}
+CONV_TYPES: tuple[str, ...] = _DENSE_TYPES + tuple(_LEARNABLE_TYPES)
+
+
+def _ntuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * dim
+    if isinstance(value, (tuple, list)) and len(value) == dim and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    raise TypeError(f"{name} must be an int or a sequence of {dim} ints, got {value!r}")
+
+
+def same_padding(kernel_size: int | Sequence[int], *, dim: int, stride: int | Sequence[int] = 1,
+                 dilation: int | Sequence[int] = 1) -> tuple[int, ...] | str:
+    """Padding that keeps the spatial size at stride 1 (and gives ``ceil(L / stride)`` for odd extents).
+
+    Returns integer padding when it can be symmetric (odd dilated extent, or any
+    stride > 1, where timm's ``((s - 1) + d (k - 1)) // 2`` rule is used) and the
+    string ``"same"`` otherwise: an even extent at stride 1 needs one more zero on
+    one side, which only ``padding="same"`` expresses.
+    """
+    k = _ntuple(kernel_size, dim, "kernel_size")
+    s = _ntuple(stride, dim, "stride")
+    d = _ntuple(dilation, dim, "dilation")
+    if all(si == 1 for si in s) and any(di * (ki - 1) % 2 for ki, di in zip(k, d)):
+        return "same"
+    return tuple(((si - 1) + di * (ki - 1)) // 2 for ki, si, di in zip(k, s, d))
+
+
+def layer_class(conv: str, dim: int) -> type[nn.Module]:
+    """The ``nn.Module`` class that ``create_conv(conv, ..., dim=dim)`` instantiates.
+
+    Raises ``ValueError`` for an unknown family or a dimension the family does not
+    provide, and ``ImportError`` naming the family when its module is not installed.
+    """
+    if conv not in CONV_TYPES:
+        raise ValueError(f"conv must be one of {CONV_TYPES}, got {conv!r}")
+    if dim not in (1, 2, 3):
+        raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+    if conv in _DENSE_TYPES:
+        from largekernel.nn import conv as lk_conv
+
+        return getattr(lk_conv, f"Conv{dim}d")
+    module_name, pattern = _LEARNABLE_TYPES[conv]
+    try:
+        module = import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ImportError(f"conv={conv!r} needs the {conv!r} layer family ({module_name}), "
+                          f"which is not available in this installation") from err
+    name = pattern.format(dim=dim)
+    if not hasattr(module, name):
+        provided = sorted(n for n in getattr(module, "__all__", ()) if n.startswith(pattern.split("{")[0]))
+        raise ValueError(f"conv={conv!r} has no {dim}-D layer ({name}); {module_name} provides {provided}")
+    return getattr(module, name)
+
+
+def _dilated_geometry(kernel_size: tuple[int, ...], small: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Small kernel and dilation whose dilated extent ``d (small - 1) + 1`` is closest to ``kernel_size``."""
+    if small < 2:
+        raise ValueError(f"small_kernel_size must be >= 2 for conv='dilated', got {small!r}")
+    ks, ds = [], []
+    for k in kernel_size:
+        if k <= small:
+            ks.append(k)
+            ds.append(1)
+        else:
+            ks.append(small)
+            ds.append(max(1, round((k - 1) / (small - 1))))
+    return tuple(ks), tuple(ds)
+
+
+def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int | Sequence[int], *, dim: int,
+                stride: int | Sequence[int] = 1, groups: int = 1, bias: bool = True, **opts) -> nn.Module:
+    """A ``dim``-D convolution of family ``conv`` whose receptive field spans ``kernel_size``.
+
+    ``conv``:
+
+    - ``"conv"``: dense ``largekernel.nn.Conv{dim}d`` (a ``torch.nn.Conv{dim}d``
+      subclass) with ``backend`` from ``opts`` (default ``"auto"``).
+    - ``"fft"``: the same layer with ``backend="fft"`` (seed 003).
+    - ``"dilated"``: a ``small_kernel_size`` (default 3) kernel with the dilation
+      whose extent is closest to ``kernel_size`` (7 -> 3x3 dilated 3).
+    - ``"dcls"``: ``DclsConv{dim}d`` with ``dilated_kernel_size=kernel_size`` and
+      ``kernel_count`` from ``opts`` (default ``2 * kernel_size``: the DCLS
+      paper's 34 for a 17 box; ``kernel_size`` in 1-D).
+    - ``"flexconv"``, ``"ckconv"``, ``"niff"``, ``"sgconv"``, ``"s4d"``: the
+      corresponding ``largekernel.nn`` layer; ``kernel_size`` is its kernel's
+      extent where the family has one (``opts`` go to the constructor unchanged).
+
+    Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
+    family's own options) are passed to the layer. At stride 1 the output has the
+    input's spatial size.
+    """
+    cls = layer_class(conv, dim)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    if not isinstance(out_channels, int) or out_channels < 1:
+        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+    if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups must be a positive int dividing in_channels={in_channels} and "
+                         f"out_channels={out_channels}, got {groups!r}")
+    kernel = _ntuple(kernel_size, dim, "kernel_size")
+    if any(k < 1 for k in kernel):
+        raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+    if conv in _DENSE_TYPES:
+        return _create_dense(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts)
+    return _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts)
+
+
+def _create_dense(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts) -> nn.Module:
+    opts = dict(opts)
+    if conv == "fft":
+        backend = opts.pop("backend", "fft")
+        if backend != "fft":
+            raise ValueError(f"conv='fft' implies backend='fft', got backend={backend!r}")
+    else:
+        backend = opts.pop("backend", "auto")
+    dilation = opts.pop("dilation", 1)
+    if conv == "dilated":
+        if dilation != 1:
+            raise ValueError(f"conv='dilated' chooses the dilation from kernel_size; got dilation={dilation!r}")
+        kernel, dilation = _dilated_geometry(kernel, opts.pop("small_kernel_size", 3))
+    padding = opts.pop("padding", None)
+    if padding is None:
+        padding = same_padding(kernel, dim=dim, stride=stride, dilation=dilation)
+    return cls(in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation,
+               groups=groups, bias=bias, backend=backend, **opts)
+
+
+def _single(kernel: tuple[int, ...], conv: str) -> int:
+    if len(set(kernel)) != 1:
+        raise ValueError(f"conv={conv!r} needs the same kernel_size in every dimension, got {kernel!r}")
+    return kernel[0]
+
+
+def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts) -> nn.Module:
+    opts = dict(opts)
+    if conv == "dcls":
+        box = _single(kernel, conv)
+        count = opts.pop("kernel_count", None)
+        if count is None:
+            count = min(2 * box, box**dim) if dim > 1 else box
+        padding = opts.pop("padding", None)
+        if padding is None:
+            padding = same_padding(box, dim=dim, stride=stride)
+        return cls(in_channels, out_channels, count, box, stride=stride, padding=padding, groups=groups,
+                   bias=bias, **opts)
+    if conv in ("flexconv", "ckconv"):
+        return cls(in_channels, out_channels, kernel_size=_single(kernel, conv), stride=stride, groups=groups,
+                   bias=bias, **opts)
+    # NIFF, SGConv and S4D are depthwise by construction: one filter per channel.
+    if groups != in_channels or in_channels != out_channels or any(
+            s != 1 for s in _ntuple(stride, dim, "stride")):
+        raise ValueError(f"conv={conv!r} is a depthwise stride-1 layer: needs in_channels == out_channels == "
+                         f"groups and stride=1, got in_channels={in_channels}, out_channels={out_channels}, "
+                         f"groups={groups}, stride={stride!r}")
+    if conv == "niff":
+        return cls(in_channels, bias=bias, **opts)
+    return cls(in_channels, kernel_size=_single(kernel, conv), bias=bias, **opts)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample, scale the rest."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # (B, 1, ...)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class LayerNormChannelsFirst(nn.LayerNorm):
+    """LayerNorm over the channel dimension of a (B, C, *spatial) tensor, as ConvNeXt's ``LayerNorm2d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.movedim(1, -1)  # (B, *spatial, C)
+        x = super().forward(x)
+        return x.movedim(-1, 1)  # (B, C, *spatial)
+
+
+def create_norm(norm: str, channels: int, dim: int) -> nn.Module:
+    """``"batch"`` (BatchNorm{dim}d) or ``"layer"`` (LayerNorm over channels) for (B, C, *spatial) input."""
+    if norm == "batch":
+        return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dim - 1](channels)
+    if norm == "layer":
+        return LayerNormChannelsFirst(channels, eps=1e-6)
+    raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
+
+
+def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """timm's init for Linear / dense conv weights (learnable-kernel layers keep their own init)."""
+    if type(module) in (nn.Linear,) or (isinstance(module, nn.modules.conv._ConvNd)
+                                        and type(module).__module__ in ("torch.nn.modules.conv",
+                                                                       "largekernel.nn.conv")):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _check_positive(value, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
