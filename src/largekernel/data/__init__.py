@@ -1,0 +1,17 @@
+"""Datasets and batched tensor transforms (no torchvision): MNIST-1D, digits, CIFAR, MNIST IDX, ImageFolder."""
+
+from largekernel.data.datasets import (
+    DatasetFormatError,
+    DatasetInfo,
+    ImageFolderDataset,
+    TensorDataset,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+)
+from largekernel.data.transforms import Normalize, mixup_cutmix, one_hot, random_crop, random_flip
+
+__all__ = [
+    "DatasetFormatError", "DatasetInfo", "ImageFolderDataset", "TensorDataset", "dataset_info", "list_datasets",
+    "load_dataset", "Normalize", "mixup_cutmix", "one_hot", "random_crop", "random_flip",
+]

@@ -1,0 +1,405 @@
+"""The training loop: AdamW / SGD on marked parameter groups, warmup + cosine, EMA, per-family hooks, resume, DDP.
+
+The recipe is the one the large-kernel papers train with (ConvNeXt / DCLS:
+AdamW, linear warmup then cosine decay, label smoothing, mixup / cutmix, EMA of
+weights; Khalfaoui-Hassani et al., 2023, "Dilated convolution with learnable
+spacings"; Romero et al., 2022, "FlexConv"). Family-specific techniques are
+discovered on the model, so a model without them trains unchanged:
+
+- after each optimizer step, every module with ``clamp_parameters()`` is
+  called (DCLS keeps its positions inside the dilated kernel);
+- before each step, every module with ``set_training_progress(p)`` gets the
+  fraction ``p`` of training done (schedules such as the DCLS Gaussian sigma);
+- each module's ``regularization_loss()`` is added to the loss (times
+  ``regularization_weight``; FlexConv mask regularisation), ``repulsion_loss()``
+  when ``dcls_repulsion > 0``, and every ``"package.module:function"`` in
+  ``regularizers`` is called as ``function(model)``.
+
+Determinism: batches are a function of ``(seed, epoch)``, augmentation draws
+from a generator whose state is checkpointed together with torch's RNG, so a
+run stopped after any step and resumed ends with bit-identical weights on CPU.
+Under torchrun every process forms the same global batch and trains on its
+``1 / world_size`` share: the averaged gradient equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from largekernel.data import DatasetInfo, TensorDataset, dataset_info, load_dataset
+from largekernel.data.transforms import mixup_cutmix, random_crop, random_flip
+from largekernel.optim import param_groups
+from largekernel.train.checkpoint import create_run_model, read_checkpoint, save_checkpoint
+from largekernel.train.config import TrainConfig
+from largekernel.train.distributed import DistInfo, all_reduce_sum, setup
+from largekernel.train.logger import RunLogger
+
+__all__ = ["train", "evaluate", "lr_factor", "build_optimizer", "count_parameters"]
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (shared tensors once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, warmup_ratio: float, min_ratio: float) -> float:
+    """Multiplier of the peak lr at ``step``: linear warmup from ``warmup_ratio`` then cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD over ``optim.param_groups`` (marks give positions / SSM / masks their own lr and decay)."""
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)
+    for g in groups:
+        if g["kind"] == "kernel_net" and cfg.kernel_net_weight_decay is not None:
+            g["weight_decay"] = cfg.kernel_net_weight_decay
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device != "auto":
+        device = torch.device(cfg.device)
+    elif torch.cuda.is_available():
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision: got 'fp16' on device {device}, expected 'bf16' or 'fp32' on CPU")
+    return device
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _load_split(cfg: TrainConfig, split: str) -> Dataset:
+    ds = load_dataset(cfg.dataset, split, cfg.data_dir, **cfg.dataset_kwargs)
+    n = cfg.train_subset if split == "train" else cfg.test_subset
+    if n is not None and n < len(ds):
+        ds = ds.subset(n) if isinstance(ds, TensorDataset) else torch.utils.data.Subset(ds, range(n))
+    return ds
+
+
+def _fetch(ds: Dataset, batches: list[torch.Tensor], num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` for each index tensor: one indexing op for in-memory data, a DataLoader otherwise."""
+    if isinstance(ds, TensorDataset):
+        for idx in batches:
+            yield ds.get_batch(idx)
+        return
+    loader = DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
+                        persistent_workers=False)
+    yield from loader
+
+
+class _ModelEma:
+    """Exponential moving average of a model's parameters and buffers (Polyak averaging), kept in fp32."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(m, 1.0 - self.decay)
+            else:
+                e.copy_(m)
+
+
+class _FamilyHooks:
+    """The per-family learning techniques, discovered once on the model."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        modules = list(model.modules())
+        self.clampers = [m for m in modules if callable(getattr(m, "clamp_parameters", None))]
+        self.progress = [m for m in modules if callable(getattr(m, "set_training_progress", None))]
+        self.regularized = [m for m in modules if callable(getattr(m, "regularization_loss", None))]
+        self.repulsive = [m for m in modules if callable(getattr(m, "repulsion_loss", None))] \
+            if cfg.dcls_repulsion > 0 else []
+        self.functions: list[tuple[Callable, float]] = []
+        for key, weight in cfg.regularizers.items():
+            module_name, _, fn_name = key.partition(":")
+            try:
+                fn = getattr(import_module(module_name), fn_name)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"regularizers: cannot import {key!r} ({err}); expected 'package.module:function'") from None
+            self.functions.append((fn, weight))
+        self.cfg = cfg
+
+    def set_progress(self, fraction: float) -> None:
+        for m in self.progress:
+            m.set_training_progress(fraction)
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        terms = [self.cfg.regularization_weight * m.regularization_loss() for m in self.regularized]
+        terms += [self.cfg.dcls_repulsion * m.repulsion_loss() for m in self.repulsive]
+        terms += [w * fn(model) for fn, w in self.functions]
+        return sum(terms) if terms else None
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for m in self.clampers:
+            m.clamp_parameters()
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The sample order of ``epoch``: a pure function of ``(seed, epoch)`` so any step can be resumed."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, num_classes: int,
+             g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    a = cfg.augment
+    x = random_crop(x, a.crop_padding, g)
+    x = random_flip(x, a.hflip, g)
+    if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
+        return mixup_cutmix(x, y, num_classes, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
+                            prob=a.mix_prob, switch_prob=a.switch_prob, label_smoothing=cfg.label_smoothing,
+                            generator=g)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, ds: Dataset, cfg: TrainConfig, device: torch.device,
+              dist_info: DistInfo) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    order = torch.arange(len(ds))[dist_info.rank::dist_info.world_size]
+    batches = list(order.split(cfg.eval_batch_size))
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    for x, y in _fetch(ds, batches, cfg.num_workers):
+        x, y = x.to(device), y.to(device)
+        with _autocast(cfg, device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += y.numel()
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], dist_info, device)
+    model.train(was_training)
+    return {"acc": correct / count, "loss": loss_sum / count}
+
+
+def evaluate(model: nn.Module, cfg: TrainConfig, split: str = "test",
+             dataset: Dataset | None = None) -> dict[str, float]:
+    """Accuracy (a fraction in [0, 1]) and mean cross-entropy of ``model`` on ``split`` of ``cfg.dataset``.
+
+    ``dataset`` overrides the dataset read from ``cfg``. Uses the model's device
+    and ``cfg.precision``; the model's train/eval mode is restored afterwards.
+    """
+    ds = dataset if dataset is not None else _load_split(cfg, split)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    return _evaluate(model, ds, cfg, device, DistInfo(0, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "augment": g.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], g: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    g.set_state(state["augment"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.dataset``; write checkpoints and logs under ``cfg.output_dir``.
+
+    Returns ``best_acc``, ``last_acc``, ``ema_acc`` (None without EMA), ``params``,
+    ``train_time_s``, ``epochs``, ``output_dir``, ``history`` (one dict per epoch:
+    ``epoch``, ``train_loss``, ``test_acc``, ``test_loss``, ``lr``, ``time_s`` and
+    ``ema_acc``), ``step`` and ``stopped_early`` (``max_steps`` reached).
+    Accuracies are fractions in [0, 1]. Under torchrun, call it in every process.
+    """
+    device = _resolve_device(cfg)
+    dist_info = setup(device)
+    world, rank = dist_info.world_size, dist_info.rank
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size: got {cfg.batch_size}, expected a multiple of the number of processes ({world})")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.manual_seed(cfg.seed)
+    info: DatasetInfo = dataset_info(cfg.dataset, cfg.data_dir, **cfg.dataset_kwargs)
+    train_ds, test_ds = _load_split(cfg, "train"), _load_split(cfg, "test")
+    model = create_run_model(cfg, info).to(device)
+    params = count_parameters(model)
+    optimizer = build_optimizer(model, cfg)
+    ema = _ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    hooks = _FamilyHooks(model, cfg)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+
+    n = len(train_ds)
+    batch = min(cfg.batch_size, n - n % world)  # the global batch; tiny subsets use all (world-divisible) samples
+    steps_per_epoch = n // batch  # incomplete last batches are dropped so every step averages `batch` samples
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    logger = RunLogger(output_dir, enabled=dist_info.is_main)
+    step, history, best_acc, train_time = 0, [], 0.0, 0.0
+    epoch_loss = [0.0, 0.0]  # running (sum of batch losses, number of batches) of the current epoch
+    if cfg.resume and any((ckpt_dir / name).exists() for name in ("last", "last.old")):
+        weights, _, _, state = read_checkpoint(ckpt_dir / "last")
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema"):
+            ema.module.load_state_dict(state["ema"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], aug_gen, device)
+        step, history, best_acc = state["step"], state["history"], state["best_acc"]
+        train_time, epoch_loss = state["train_time_s"], state["epoch_loss"]
+        logger.truncate_after(len(history))
+    net = model
+    if dist_info.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(name: str) -> None:
+        if not dist_info.is_main:
+            return
+        state = {"step": step, "epoch": step // steps_per_epoch, "history": history, "best_acc": best_acc,
+                 "train_time_s": train_time, "epoch_loss": epoch_loss, "optimizer": optimizer.state_dict(),
+                 "ema": ema.module.state_dict() if ema is not None else None,
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "rng": _rng_state(aug_gen, device), "params": params}
+        save_checkpoint(ckpt_dir / name, model, cfg, info, state)
+
+    if dist_info.is_main and progress:
+        print(f"largekernel train: {cfg.model} ({params:,} parameters) on {cfg.dataset} ({n} train / "
+              f"{len(test_ds)} test), {cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, "
+              f"{world} process(es) -> {output_dir}", flush=True)
+    stopped_early = False
+    model.train()
+    start_epoch = step // steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        order = _epoch_order(cfg.seed, epoch, n)
+        first = step - epoch * steps_per_epoch
+        batches = [order[i * batch:(i + 1) * batch] for i in range(first, steps_per_epoch)]
+        bar = None
+        if progress and dist_info.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        in_memory = isinstance(train_ds, TensorDataset)
+        if not in_memory and dist_info.distributed:
+            # Streamed data: each process decodes only its share of the global batch.
+            batches = [b.chunk(world)[rank] for b in batches]
+        for x, y in _fetch(train_ds, batches, cfg.num_workers):
+            x, y = _augment(x, y, cfg, info.num_classes, aug_gen)
+            if in_memory and dist_info.distributed:
+                x, y = x.chunk(world)[rank], y.chunk(world)[rank]  # this process's share of the global batch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr_now = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.warmup_lr_ratio, cfg.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_now * g.get("lr_scale", 1.0)
+            hooks.set_progress(step / max(1, total_steps))
+            with _autocast(cfg, device):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing if y.dim() == 1 else 0.0)
+                extra = hooks.extra_loss(model)
+                total = loss + extra if extra is not None else loss
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"loss is {total.item()} at step {step} (epoch {epoch + 1}); "
+                                         f"try a lower lr (got {cfg.lr}) or clip_grad")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            hooks.after_step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            epoch_loss = [epoch_loss[0] + loss.item(), epoch_loss[1] + 1]
+            if bar is not None:
+                bar.update(1)
+                if step % cfg.log_every_steps == 0:
+                    bar.set_postfix(loss=f"{epoch_loss[0] / epoch_loss[1]:.4f}", lr=f"{lr_now:.2e}")
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step % steps_per_epoch:
+                train_time += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpoint("last")
+            if cfg.max_steps is not None and step >= cfg.max_steps and step % steps_per_epoch:
+                stopped_early = True
+                break
+        if bar is not None:
+            bar.close()
+        train_time += time.perf_counter() - t0
+        if stopped_early:
+            checkpoint("last")
+            break
+        metrics = _evaluate(model, test_ds, cfg, device, dist_info)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": epoch_loss[0] / max(1, epoch_loss[1]),
+               "test_acc": metrics["acc"], "test_loss": metrics["loss"], "lr": lr_now, "time_s": train_time,
+               "ema_acc": _evaluate(ema.module, test_ds, cfg, device, dist_info)["acc"] if ema is not None else None}
+        history.append(row)
+        epoch_loss = [0.0, 0.0]
+        logger.log_epoch(row)
+        if metrics["acc"] > best_acc or not history[:-1]:
+            best_acc = max(best_acc, metrics["acc"])
+            if cfg.save_best:
+                checkpoint("best")
+        checkpoint("last")
+        if progress and dist_info.is_main:
+            ema_txt = f" ema_acc {row['ema_acc']:.4f}" if ema is not None else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f} test_acc "
+                  f"{row['test_acc']:.4f}{ema_txt} lr {lr_now:.2e} ({train_time:.1f}s)", flush=True)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            stopped_early = epoch + 1 < cfg.epochs
+            break
+    logger.close()
+    last = history[-1] if history else {}
+    result = {"best_acc": best_acc if history else None, "last_acc": last.get("test_acc"),
+              "ema_acc": last.get("ema_acc"), "params": params, "train_time_s": train_time,
+              "epochs": len(history), "output_dir": str(output_dir), "history": history, "step": step,
+              "stopped_early": stopped_early}
+    if dist_info.is_main and progress:
+        acc = (lambda v: "n/a" if v is None else f"{100 * v:.2f}%")
+        print(f"done: best_acc {acc(result['best_acc'])} last_acc {acc(result['last_acc'])} "
+              f"ema_acc {acc(result['ema_acc'])} params {params:,} time {train_time:.1f}s -> {output_dir}", flush=True)
+    return result
