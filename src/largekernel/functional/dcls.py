@@ -1,0 +1,178 @@
+"""DCLS kernel construction: place ``count`` weights at real-valued positions in a dense box.
+
+Dilated Convolution with Learnable Spacings (Khalfaoui-Hassani, Pellegrini and
+Masquelier, ICLR 2023, arXiv:2112.03740; seeds 001 and 004) and its Gaussian
+version ("Dilated convolution with learnable spacings: beyond bilinear
+interpolation", Khalfaoui-Hassani et al. 2023). Each kernel element ``k`` of each
+(out, in) pair has a weight ``w_k``, a position ``p_k`` (one coordinate per
+learned dimension) and, for the wide interpolations, a width ``sigma_k``; the
+dense kernel is the sum over elements of ``w_k`` times an interpolation profile
+centred at ``p_k`` and normalised over the box. Overlapping elements add.
+
+Conventions (those of the official ``dcls`` package, so that its checkpoints
+load unchanged):
+
+- ``P`` has shape ``(M, *lead, count)``; ``P[i]`` is the coordinate along box
+  dimension ``M - 1 - i`` (x first: ``P[0]`` moves along the last, fastest
+  kernel dimension), measured from the box centre ``size // 2``.
+- Profiles are products of 1-D profiles, normalised by their sum over the box
+  plus ``1e-7`` (so an element half outside the box keeps its total mass, and
+  one entirely outside vanishes), except ``bicubic``, which has no positive
+  normaliser and simply drops the taps outside the box.
+
+Interpolations and their cost per (out, in) pair, with ``S = prod(box)``:
+
+- ``bilinear`` (reference ``version="v1"``): ``2^M`` taps per element, written
+  by one scatter-add: O(count * 2^M) time and temporaries, plus the dense kernel.
+- ``bicubic`` (Keys, a = -0.5; the alternative the DCLS paper names as future
+  work): ``4^M`` taps per element, same scatter-add.
+- ``gaussian`` (reference ``version="gauss"``, ``sigma = |SIG| + 0.27``) and
+  ``triangle`` (a tent of learnable half-width ``|SIG| + 1``, reference
+  ``version="max"``): the profile covers the whole box, but it is separable,
+  so each element needs only its M 1-D profiles (O(count * sum(box))) and the
+  dense kernel is one batched matrix product, O(count * S) multiply-adds run
+  as a GEMM. Temporaries are O(count * S / box[0]): nothing for M <= 2 beyond
+  the 1-D profiles, one (count, box[1] * box[2]) outer product for M = 3.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
+
+INTERPOLATIONS = ("bilinear", "gaussian", "triangle", "bicubic")
+WIDTH_INTERPOLATIONS = ("gaussian", "triangle")
+# The width actually used is |SIG| + offset: it never collapses below the offset,
+# and SIG's sign carries no meaning (as in the reference package).
+SIGMA_OFFSET = {"gaussian": 0.27, "triangle": 1.0}
+_EPS = 1e-7  # the reference's normaliser guard; kept for bit-level agreement
+
+
+def _bilinear_taps(frac: Tensor) -> Tensor:
+    return torch.stack((1 - frac, frac), dim=-1)  # (..., 2) at floor, floor+1
+
+
+def _bicubic_taps(frac: Tensor, a: float = -0.5) -> Tensor:
+    """Keys cubic convolution weights at floor-1 .. floor+2 for fractional offset ``frac``."""
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return torch.stack((far(1 + frac), near(frac), near(1 - frac), far(2 - frac)), dim=-1)  # (..., 4)
+
+
+_TAPS = {"bilinear": (_bilinear_taps, 0), "bicubic": (_bicubic_taps, -1)}  # (weights, first tap offset)
+
+
+def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """Compact-support profiles: scatter-add each element's taps into the dense kernel."""
+    taps_fn, first = _TAPS[interpolation]
+    lead, count, m = weight.shape[:-1], weight.shape[-1], len(box)
+    pairs = math.prod(lead)
+    values = weight.reshape(pairs, count, 1)  # (B, count, 1)
+    index = torch.arange(pairs, device=weight.device).view(pairs, 1, 1).expand(pairs, count, 1)
+    norm = None
+    for dim, size in enumerate(box):
+        pos = P[m - 1 - dim].reshape(pairs, count) + size // 2  # (B, count) in box coordinates
+        base = pos.detach().floor()
+        taps = taps_fn(pos - base)  # (B, count, T)
+        cells = base.long().unsqueeze(-1) + torch.arange(first, first + taps.shape[-1], device=weight.device)
+        inside = (cells >= 0) & (cells < size)
+        taps = taps * inside
+        if interpolation == "bilinear":
+            norm = taps.sum(-1) if norm is None else norm * taps.sum(-1)  # (B, count)
+        values = (values.unsqueeze(-1) * taps.unsqueeze(-2)).flatten(-2)  # (B, count, T^(dim+1))
+        index = (index.unsqueeze(-1) * size + cells.clamp(0, size - 1).unsqueeze(-2)).flatten(-2)
+    if norm is not None:
+        values = values / (norm + _EPS).unsqueeze(-1)
+    flat = values.new_zeros(pairs * math.prod(box))
+    # Overlapping taps (two elements in one cell) must add: index_add accumulates.
+    flat = flat.index_add(0, index.reshape(-1), values.reshape(-1))
+    return flat.view(*lead, *box)
+
+
+def _separable_kernel(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """Whole-box profiles: per-dimension 1-D profiles combined by one batched matmul."""
+    lead, count, m = weight.shape[:-1], weight.shape[-1], len(box)
+    pairs = math.prod(lead)
+    width = SIG.abs() + SIGMA_OFFSET[interpolation]
+    profiles = []
+    norm = None
+    for dim, size in enumerate(box):
+        pos = P[m - 1 - dim].reshape(pairs, count, 1) + size // 2
+        sig = width[m - 1 - dim].reshape(pairs, count, 1)
+        dist = torch.arange(size, device=weight.device, dtype=weight.dtype) - pos  # (B, count, size)
+        if interpolation == "gaussian":
+            prof = torch.exp(-0.5 * (dist / sig) ** 2)
+        else:
+            prof = torch.relu(sig - dist.abs())
+        profiles.append(prof)
+        norm = prof.sum(-1) if norm is None else norm * prof.sum(-1)  # (B, count)
+    scaled = (weight.reshape(pairs, count) / (norm + _EPS)).unsqueeze(-1) * profiles[0]  # (B, count, box[0])
+    rest = profiles[1] if m > 1 else scaled.new_ones(pairs, count, 1)
+    for prof in profiles[2:]:
+        rest = (rest.unsqueeze(-1) * prof.unsqueeze(-2)).flatten(-2)  # (B, count, prod(box[1:dim+1]))
+    kernel = torch.bmm(scaled.transpose(1, 2), rest)  # (B, box[0], prod(box[1:]))
+    return kernel.view(*lead, *box)
+
+
+def _check(weight: Tensor, P: Tensor, SIG: Tensor | None, box: tuple[int, ...], interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if any(not isinstance(s, int) or s < 1 for s in box):
+        raise ValueError(f"dilated_kernel_size must contain ints >= 1, got {box!r}")
+    if weight.dim() < 2:
+        raise ValueError(f"weight must have shape (*lead, count) with at least one lead dim, got {tuple(weight.shape)}")
+    expected = (len(box), *weight.shape)
+    if tuple(P.shape) != expected:
+        raise ValueError(f"P must have shape {expected} (len(dilated_kernel_size), *weight.shape), "
+                         f"got {tuple(P.shape)}")
+    if interpolation in WIDTH_INTERPOLATIONS:
+        if SIG is None:
+            raise ValueError(f"interpolation={interpolation!r} needs SIG of shape {expected}, got None")
+        if tuple(SIG.shape) != expected:
+            raise ValueError(f"SIG must have the shape of P, {expected}, got {tuple(SIG.shape)}")
+
+
+def construct_kernel(
+    weight: Tensor,
+    P: Tensor,
+    SIG: Tensor | None = None,
+    *,
+    dilated_kernel_size: Sequence[int],
+    interpolation: str = "bilinear",
+) -> Tensor:
+    """The dense DCLS kernel: weights placed at positions ``P`` in a ``dilated_kernel_size`` box.
+
+    Args:
+        weight: ``(*lead, count)`` element weights (``lead`` is ``(out, in/groups)``
+            for a convolution kernel, plus the dense dimensions of N-MD layers).
+        P: ``(M, *lead, count)`` positions, ``P[i]`` along box dimension ``M-1-i``,
+            relative to the box centre ``size // 2``.
+        SIG: like ``P``; widths for ``gaussian`` (``|SIG| + 0.27``) and
+            ``triangle`` (``|SIG| + 1``); ignored otherwise.
+        dilated_kernel_size: the box, ``M`` ints.
+        interpolation: one of ``bilinear``, ``gaussian``, ``triangle``, ``bicubic``.
+
+    Returns:
+        ``(*lead, *dilated_kernel_size)``, differentiable in ``weight``, ``P`` and ``SIG``.
+
+    Example:
+        >>> w, p = torch.ones(1, 1, 1), torch.tensor([0.5, -1.0]).view(2, 1, 1, 1)
+        >>> construct_kernel(w, p, dilated_kernel_size=(3, 3))[0, 0]  # x = +0.5, y = -1 from the centre
+        tensor([[0.0000, 0.5000, 0.5000],
+                [0.0000, 0.0000, 0.0000],
+                [0.0000, 0.0000, 0.0000]])
+    """
+    box = tuple(dilated_kernel_size)
+    _check(weight, P, SIG, box, interpolation)
+    if interpolation in WIDTH_INTERPOLATIONS:
+        return _separable_kernel(weight, P, SIG, box, interpolation)
+    return _scatter_kernel(weight, P, box, interpolation)

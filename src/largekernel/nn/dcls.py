@@ -1,0 +1,361 @@
+"""DCLS layers: convolutions whose few kernel elements sit at learnable real-valued positions.
+
+Dilated Convolution with Learnable Spacings (Khalfaoui-Hassani, Pellegrini and
+Masquelier, ICLR 2023, arXiv:2112.03740; seeds 001 and 004), with the Gaussian
+interpolation of the follow-up paper. Each layer builds its dense kernel with
+:func:`largekernel.functional.dcls.construct_kernel` and applies it through the
+convolution engine (:func:`largekernel.functional.convolve`), so large boxes get
+the FFT path while the reference package always runs a direct convolution.
+
+Parameters are named and shaped as in the official ``dcls`` package: its
+``Dcls1d/2d/3d`` (and ``Dcls3_1d``) checkpoints load with ``load_state_dict``.
+``interpolation="bilinear"`` is its ``version="v1"``, ``"gaussian"`` its
+``version="gauss"`` and ``"triangle"`` its ``version="max"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+
+from largekernel.functional.dcls import INTERPOLATIONS, SIGMA_OFFSET, WIDTH_INTERPOLATIONS, construct_kernel
+from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.optim import mark
+
+__all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"]
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_POSITION_INITS = ("normal", "uniform")
+# Initial |SIG| of the reference: Gaussian width 0.23 + 0.27 = 0.5, triangle half-width 1 (= bilinear).
+_SIG_INIT = {"gaussian": 0.23, "triangle": 0.0}
+# Boxes with at least this many cells are baked into an FFT convolution.
+_FFT_BAKE_CELLS = {1: 64, 2: 13 * 13, 3: 7 * 7 * 7}
+
+
+def _ntuple(value, n: int, name: str) -> tuple:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    return value
+
+
+def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
+    if any(v < 1 for v in value):
+        raise ValueError(f"{name} must be >= 1 in every dimension, got {value!r}")
+    return value
+
+
+class _DclsNd(nn.Module):
+    """Shared machinery: kernel of ``dense_kernel_size`` dense dims followed by learned dims.
+
+    Plain ``DclsConvNd`` layers have no dense dims; the N-MD variants learn
+    positions along the last M of N dims and are dense along the first N - M.
+    """
+
+    # Version 1 state dicts come from the reference package, which measures P[i]
+    # from box[i] // 2 instead of the centre of the dimension it moves along;
+    # the two agree for square boxes and are converted on load otherwise.
+    _version = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_count: int,
+        dense_kernel_size: tuple[int, ...],
+        dilated_kernel_size: tuple[int, ...],
+        stride,
+        padding,
+        dilation,
+        groups: int,
+        bias: bool,
+        padding_mode: str,
+        interpolation: str,
+        backend: str,
+        position_init: str,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        nd = len(dense_kernel_size) + len(dilated_kernel_size)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups),
+                            ("kernel_count", kernel_count)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups must divide in_channels and out_channels, got groups={groups} "
+                             f"for in_channels={in_channels}, out_channels={out_channels}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if position_init not in _POSITION_INITS:
+            raise ValueError(f"position_init must be one of {_POSITION_INITS}, got {position_init!r}")
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_count = kernel_count
+        self.dense_kernel_size = _positive(dense_kernel_size, "dense_kernel_size")
+        self.dilated_kernel_size = _positive(dilated_kernel_size, "dilated_kernel_size")
+        self.stride = _positive(_ntuple(stride, nd, "stride"), "stride")
+        self.padding = _ntuple(padding, nd, "padding")
+        self.dilation = _positive(_ntuple(dilation, nd, "dilation"), "dilation")
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.interpolation = interpolation
+        self.backend = backend
+        self.position_init = position_init
+
+        factory = {"device": device, "dtype": dtype}
+        lead = (out_channels, in_channels // groups, *self.dense_kernel_size)
+        self.weight = nn.Parameter(torch.empty(*lead, kernel_count, **factory))
+        self.P = mark(nn.Parameter(torch.empty(len(dilated_kernel_size), *lead, kernel_count, **factory)),
+                      kind="position")
+        if interpolation in WIDTH_INTERPOLATIONS:
+            self.SIG = mark(nn.Parameter(torch.empty_like(self.P)), kind="sigma")
+        else:
+            self.register_parameter("SIG", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def _limits(self) -> list[int]:
+        """Clamp bound of each row of P: P[i] moves along learned dim M-1-i."""
+        box = self.dilated_kernel_size
+        return [box[len(box) - 1 - i] // 2 for i in range(len(box))]
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and bias (as ``torch.nn.ConvNd``), positions per ``position_init``."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            for row, lim in zip(self.P, self._limits()):
+                if self.position_init == "normal":
+                    row.normal_(0.0, 0.5).clamp_(-lim, lim)  # the paper's N(0, 0.5), kept in the box
+                else:
+                    row.uniform_(-lim, lim)
+            if self.SIG is not None:
+                self.SIG.fill_(_SIG_INIT[self.interpolation])
+
+    def clamp_parameters(self) -> None:
+        """Clamp positions into the box (the paper does this after every optimizer step)."""
+        with torch.no_grad():
+            for row, lim in zip(self.P, self._limits()):
+                row.clamp_(-lim, lim)
+
+    def set_sigma(self, value: float) -> None:
+        """Set every element's width to ``value`` (used by :class:`largekernel.optim.SigmaSchedule`)."""
+        if self.SIG is None:
+            raise ValueError(f"set_sigma needs a width interpolation {WIDTH_INTERPOLATIONS}, "
+                             f"this layer has interpolation={self.interpolation!r}")
+        offset = SIGMA_OFFSET[self.interpolation]
+        if value < offset:
+            raise ValueError(f"sigma must be >= {offset} for interpolation={self.interpolation!r}, got {value!r}")
+        with torch.no_grad():
+            self.SIG.fill_(value - offset)
+
+    # -- kernel and forward -------------------------------------------------------------------
+
+    def construct_kernel(self) -> Tensor:
+        """The dense kernel ``(out, in/groups, *dense_kernel_size, *dilated_kernel_size)`` this layer applies."""
+        return construct_kernel(self.weight, self.P, self.SIG, dilated_kernel_size=self.dilated_kernel_size,
+                                interpolation=self.interpolation)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return convolve(input, self.construct_kernel(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups, self.padding_mode, backend=self.backend)
+
+    @torch.no_grad()
+    def bake(self) -> nn.Module:
+        """An equivalent plain convolution holding the constructed kernel.
+
+        ``largekernel.nn.ConvNd(backend="fft")`` when the box is large (at least
+        64, 13x13 or 7x7x7 cells), else ``torch.nn.ConvNd``.
+        """
+        from largekernel.nn import conv as lk_conv
+
+        kernel = self.construct_kernel()
+        nd = kernel.dim() - 2
+        size = tuple(kernel.shape[2:])
+        args = dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=size,
+                    stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    bias=self.bias is not None, padding_mode=self.padding_mode, device=kernel.device,
+                    dtype=kernel.dtype)
+        if math.prod(size) >= _FFT_BAKE_CELLS[nd]:
+            conv = getattr(lk_conv, f"Conv{nd}d")(**args, backend="fft")
+        else:
+            conv = getattr(nn, f"Conv{nd}d")(**args)
+        conv.weight.copy_(kernel)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    # -- state dict ---------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        expected = {"weight": self.weight.shape, "P": self.P.shape, "bias": None if self.bias is None else
+                    self.bias.shape, "SIG": None if self.SIG is None else self.SIG.shape}
+        for name, shape in expected.items():
+            key = prefix + name
+            if key in state_dict and shape is not None and tuple(state_dict[key].shape) != tuple(shape):
+                raise ValueError(
+                    f"{key}: shape {tuple(state_dict[key].shape)} in the state_dict does not match this "
+                    f"{type(self).__name__}'s {tuple(shape)} (out, in/groups, ..., kernel_count="
+                    f"{self.kernel_count}, dilated_kernel_size={self.dilated_kernel_size})")
+        box = self.dilated_kernel_size
+        if local_metadata.get("version") == 1 and prefix + "P" in state_dict and len(set(box)) > 1:
+            shift = torch.tensor([box[i] // 2 - box[len(box) - 1 - i] // 2 for i in range(len(box))])
+            P = state_dict[prefix + "P"]
+            state_dict[prefix + "P"] = P + shift.to(P).view(-1, *([1] * (P.dim() - 1)))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        nd = len(self.stride)
+        s = f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}"
+        if self.dense_kernel_size:
+            s += f", dense_kernel_size={self.dense_kernel_size}"
+        s += f", dilated_kernel_size={self.dilated_kernel_size}"
+        if self.stride != (1,) * nd:
+            s += f", stride={self.stride}"
+        if self.padding != (0,) * nd:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * nd:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.interpolation != "bilinear":
+            s += f", interpolation={self.interpolation!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+_SHAPE_DOC = r"""
+    Shape:
+        - Input: :math:`(N, C_{in}, *L_{in})`
+        - Output: :math:`(N, C_{out}, *L_{out})`, per dimension :math:`d` with the
+          kernel extent :math:`K_d` (``dilated_kernel_size``, or ``dense_kernel_size``
+          on dense dimensions):
+          :math:`L_{out} = \lfloor (L_{in} + 2 p_d - \text{dilation}_d (K_d - 1) - 1) / \text{stride}_d + 1 \rfloor`
+          (``padding="same"`` keeps :math:`L_{in}` at stride 1).
+
+    Attributes:
+        weight: ``(out_channels, in_channels / groups, [*dense_kernel_size,] kernel_count)``.
+        P: ``(M, out_channels, in_channels / groups, [*dense_kernel_size,] kernel_count)``
+            positions, ``P[i]`` along learned dimension ``M - 1 - i``, relative to the
+            box centre; initialised N(0, 0.5) clamped to the box (``position_init="normal"``)
+            or uniform over the box; marked ``kind="position"`` for
+            :func:`largekernel.optim.param_groups`.
+        SIG: like ``P``, only for ``gaussian`` (width ``|SIG| + 0.27``, init 0.23) and
+            ``triangle`` (half-width ``|SIG| + 1``, init 0); marked ``kind="sigma"``.
+        bias: ``(out_channels,)``.
+"""
+
+_ARGS_DOC = """
+    Args:
+        in_channels, out_channels, stride, padding, dilation, groups, bias, padding_mode:
+            as ``torch.nn.ConvNd`` (``dilation`` spreads the constructed kernel).
+        kernel_count: number of elements (weights with a position) per (out, in) pair.
+        dilated_kernel_size: the box the positions move in, int or per-dimension tuple.
+        interpolation: ``"bilinear"`` (reference ``version="v1"``), ``"gaussian"``
+            (``version="gauss"``), ``"triangle"`` (``version="max"``) or ``"bicubic"``.
+        backend: ``"auto" | "direct" | "fft"``, the convolution engine's path.
+        position_init: ``"normal"`` (the paper) or ``"uniform"``.
+"""
+
+
+def _make_layer(name: str, nd: int, learned: int, doc: str) -> type[_DclsNd]:
+    """A public class with ``nd`` kernel dims of which the last ``learned`` carry positions."""
+    dense = nd - learned
+
+    if dense == 0:
+        def __init__(self, in_channels: int, out_channels: int, kernel_count: int,
+                     dilated_kernel_size: int | Sequence[int], stride=1, padding=0, dilation=1, groups: int = 1,
+                     bias: bool = True, padding_mode: str = "zeros", interpolation: str = "bilinear",
+                     backend: str = "auto", *, position_init: str = "normal", device=None, dtype=None) -> None:
+            _DclsNd.__init__(self, in_channels, out_channels, kernel_count, (),
+                             _ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
+                             dilation, groups, bias, padding_mode, interpolation, backend, position_init,
+                             device, dtype)
+    else:
+        def __init__(self, in_channels: int, out_channels: int, kernel_count: int,
+                     dense_kernel_size: int | Sequence[int], dilated_kernel_size: int | Sequence[int], stride=1,
+                     padding=0, dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                     interpolation: str = "bilinear", backend: str = "auto", *, position_init: str = "normal",
+                     device=None, dtype=None) -> None:
+            _DclsNd.__init__(self, in_channels, out_channels, kernel_count,
+                             _ntuple(dense_kernel_size, dense, "dense_kernel_size"),
+                             _ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
+                             dilation, groups, bias, padding_mode, interpolation, backend, position_init,
+                             device, dtype)
+
+    return type(name, (_DclsNd,), {"__init__": __init__, "__doc__": doc + _ARGS_DOC + _SHAPE_DOC,
+                                   "__module__": __name__, "__qualname__": name})
+
+
+DclsConv1d = _make_layer("DclsConv1d", 1, 1, """1-D DCLS convolution: ``kernel_count`` weights at learnable positions.
+
+    Example:
+        >>> conv = DclsConv1d(8, 8, kernel_count=5, dilated_kernel_size=31, padding=15, groups=8)
+        >>> conv(torch.randn(2, 8, 100)).shape
+        torch.Size([2, 8, 100])
+""")
+DclsConv2d = _make_layer("DclsConv2d", 2, 2, """2-D DCLS convolution (ConvNeXt-dcls: depthwise, 34 elements in 17x17).
+
+    Example:
+        >>> conv = DclsConv2d(96, 96, kernel_count=34, dilated_kernel_size=17, padding=8, groups=96)
+        >>> conv(torch.randn(1, 96, 56, 56)).shape
+        torch.Size([1, 96, 56, 56])
+""")
+DclsConv3d = _make_layer("DclsConv3d", 3, 3, """3-D DCLS convolution: positions learned along all three dims.
+
+    Example:
+        >>> conv = DclsConv3d(4, 4, kernel_count=8, dilated_kernel_size=(5, 7, 7), padding=(2, 3, 3))
+        >>> conv(torch.randn(1, 4, 8, 16, 16)).shape
+        torch.Size([1, 4, 8, 16, 16])
+""")
+Dcls2_1d = _make_layer("Dcls2_1d", 2, 1, """2-D convolution, dense along dim 0, learned positions along dim 1.
+
+    ``kernel_count`` elements per (out, in, dense row). Example:
+        >>> conv = Dcls2_1d(4, 4, 3, dense_kernel_size=3, dilated_kernel_size=9, padding=(1, 4))
+        >>> conv(torch.randn(1, 4, 10, 20)).shape
+        torch.Size([1, 4, 10, 20])
+""")
+Dcls3_1d = _make_layer("Dcls3_1d", 3, 1, """3-D convolution, dense along dims 0-1, learned positions along dim 2.
+
+    Parameters as the reference package's ``Dcls3_1d``. Example:
+        >>> conv = Dcls3_1d(4, 4, 3, dense_kernel_size=(3, 3), dilated_kernel_size=9, padding=(1, 1, 4))
+        >>> conv(torch.randn(1, 4, 6, 6, 20)).shape
+        torch.Size([1, 4, 6, 6, 20])
+""")
+Dcls3_2d = _make_layer("Dcls3_2d", 3, 2, """3-D convolution, dense along dim 0, learned positions along dims 1-2.
+
+    Example:
+        >>> conv = Dcls3_2d(4, 4, 6, dense_kernel_size=3, dilated_kernel_size=(7, 9), padding=(1, 3, 4))
+        >>> conv(torch.randn(1, 4, 6, 12, 16)).shape
+        torch.Size([1, 4, 6, 12, 16])
+""")

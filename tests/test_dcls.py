@@ -1,0 +1,212 @@
+"""DCLS layers against the official ``dcls`` package, torch's own convolutions and formulas."""
+
+import io
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from largekernel import nn as lknn
+from largekernel.nn import Dcls2_1d, Dcls3_1d, Dcls3_2d, DclsConv1d, DclsConv2d, DclsConv3d
+
+logging.disable(logging.WARNING)  # the reference package logs about its CUDA kernel on import
+from DCLS.construct import modules as ref_modules  # noqa: E402
+
+_OURS = {1: DclsConv1d, 2: DclsConv2d, 3: DclsConv3d}
+_REF = {1: ref_modules.Dcls1d, 2: ref_modules.Dcls2d, 3: ref_modules.Dcls3d}
+_VERSION = {"bilinear": "v1", "gaussian": "gauss", "triangle": "max"}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _roundtrip(state_dict):
+    """Save and reload as a user's checkpoint file would be (keeps the module version metadata)."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+def _reference(box, interpolation, channels, groups, bias, padding):
+    kw = {"use_implicit_gemm": False} if len(box) == 2 else {}
+    ref = _REF[len(box)](channels, channels, 5, dilated_kernel_size=box, groups=groups, bias=bias,
+                         padding=padding, version=_VERSION[interpolation], **kw)
+    with torch.no_grad():  # trained-looking positions, some near or past the box limits
+        ref.P.uniform_(-max(box) / 2 - 0.5, max(box) / 2 + 0.5)
+        if ref.SIG is not None:
+            ref.SIG.uniform_(-0.8, 0.8)
+    return ref
+
+
+_CASES = [
+    # (box, channels, groups, bias, spatial)
+    ((9,), 4, 1, True, (40,)),
+    ((8,), 4, 4, False, (33,)),
+    ((7, 7), 4, 1, False, (15, 14)),
+    ((9, 5), 6, 6, True, (16, 13)),
+    ((5, 5, 5), 4, 4, True, (7, 8, 9)),
+    ((3, 5, 4), 4, 2, False, (6, 9, 7)),
+]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "gaussian", "triangle"])
+@pytest.mark.parametrize("box, channels, groups, bias, spatial", _CASES)
+def test_reference_checkpoint_loads_and_matches(box, channels, groups, bias, spatial, interpolation):
+    padding = tuple(s // 2 for s in box)
+    ref = _reference(box, interpolation, channels, groups, bias, padding)
+    ours = _OURS[len(box)](channels, channels, 5, box, padding=padding, groups=groups, bias=bias,
+                           interpolation=interpolation)
+    ours.load_state_dict(_roundtrip(ref.state_dict()))
+    x = torch.randn(2, channels, *spatial)
+    expected = ref(x)
+    for backend in ("direct", "fft"):
+        ours.backend = backend
+        got = ours(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_reference_n_md_checkpoint_loads_and_matches():
+    ref = ref_modules.Dcls3_1d(4, 4, 3, padding=(1, 1, 4), dense_kernel_size=(3, 3), dilated_kernel_size=9,
+                               version="gauss")
+    ours = Dcls3_1d(4, 4, 3, (3, 3), 9, padding=(1, 1, 4), interpolation="gaussian")
+    ours.load_state_dict(_roundtrip(ref.state_dict()))
+    x = torch.randn(2, 4, 6, 5, 20)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "gaussian"])
+def test_n_md_dense_slices_match_reference_lower_dim(interpolation):
+    # Dcls2_1d: each dense row is a 1-D DCLS kernel; Dcls3_2d: each dense slice a 2-D one.
+    for cls, ref_cls, dense, box in ((Dcls2_1d, ref_modules.Dcls1d, (3,), (9,)),
+                                     (Dcls3_2d, ref_modules.Dcls2d, (2,), (7, 7))):
+        ours = cls(2, 4, 3, dense, box, interpolation=interpolation)
+        kernel = ours.construct_kernel()
+        assert kernel.shape == (4, 2, *dense, *box)
+        kw = {"use_implicit_gemm": False} if len(box) == 2 else {}
+        ref = ref_cls(2, 4, 3, dilated_kernel_size=box, version=_VERSION[interpolation], **kw)
+        for r in range(dense[0]):
+            with torch.no_grad():
+                ref.weight.copy_(ours.weight[:, :, r])
+                ref.P.copy_(ours.P[:, :, :, r])
+                if ref.SIG is not None:
+                    ref.SIG.copy_(ours.SIG[:, :, :, r])
+            torch.testing.assert_close(kernel[:, :, r], ref.DCK(ref.weight, ref.P, ref.SIG))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+def test_forward_is_torch_conv_with_constructed_kernel(padding_mode, backend):
+    layer = DclsConv2d(6, 4, 7, (9, 5), stride=(2, 1), padding=(4, 2), dilation=(1, 2), groups=2,
+                       padding_mode=padding_mode, interpolation="gaussian", backend=backend)
+    x = torch.randn(2, 6, 20, 17)
+    kernel = layer.construct_kernel()
+    assert kernel.shape == (4, 3, 9, 5)
+    if padding_mode == "zeros":
+        expected = F.conv2d(x, kernel, layer.bias, (2, 1), (4, 2), (1, 2), 2)
+    else:
+        expected = F.conv2d(F.pad(x, (2, 2, 4, 4), mode=padding_mode), kernel, layer.bias, (2, 1), 0, (1, 2), 2)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_same_padding_keeps_size_even_box():
+    layer = DclsConv1d(3, 3, 4, 8, padding="same", groups=3)
+    assert layer(torch.randn(2, 3, 25)).shape == (2, 3, 25)
+
+
+@pytest.mark.parametrize("cls, args, shape", [
+    (DclsConv1d, (4, 6, 3, 9), (2, 4, 30)),
+    (DclsConv2d, (4, 4, 34, 17), (1, 4, 20, 20)),
+    (DclsConv3d, (2, 4, 5, (3, 5, 4)), (1, 2, 6, 8, 7)),
+    (Dcls3_2d, (2, 2, 4, 3, (5, 7)), (1, 2, 6, 8, 9)),
+])
+def test_bake_gives_same_output(cls, args, shape):
+    layer = cls(*args, padding="same", interpolation="bilinear")
+    baked = layer.bake()
+    assert isinstance(baked, nn.modules.conv._ConvNd) and not isinstance(baked, cls)
+    assert isinstance(baked, lknn.Conv2d) == (cls is DclsConv2d)  # the 17x17 box is baked into an FFT conv
+    x = torch.randn(shape)
+    torch.testing.assert_close(baked(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_positions_and_sigmas():
+    layer = DclsConv2d(3, 3, 6, 7, padding=3, interpolation="gaussian")
+    layer(torch.randn(2, 3, 12, 12)).square().sum().backward()
+    for p in (layer.weight, layer.P, layer.SIG, layer.bias):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("position_init", ["normal", "uniform"])
+def test_initialisation(position_init):
+    layer = DclsConv2d(64, 64, 34, (17, 9), groups=64, position_init=position_init, interpolation="gaussian")
+    px, py = layer.P[0], layer.P[1]  # x moves along the last dim (9 wide), y along the first (17)
+    assert px.abs().max() <= 4 and py.abs().max() <= 8
+    if position_init == "normal":
+        assert abs(py.std().item() - 0.5) < 0.03 and abs(py.mean().item()) < 0.03
+    else:
+        assert py.min() < -7.5 and py.max() > 7.5 and px.min() < -3.5 and px.max() > 3.5
+    torch.testing.assert_close(layer.SIG, torch.full_like(layer.SIG, 0.23))
+    assert layer.P._optim["kind"] == "position" and layer.SIG._optim["kind"] == "sigma"
+    assert DclsConv1d(2, 2, 3, 5).SIG is None
+
+
+def test_clamp_parameters_keeps_positions_in_box():
+    layer = DclsConv2d(2, 2, 5, (9, 5))
+    with torch.no_grad():
+        layer.P.mul_(100)
+    layer.clamp_parameters()
+    assert layer.P[0].abs().max() == 2 and layer.P[1].abs().max() == 4
+
+
+def test_own_state_dict_roundtrip_without_metadata():
+    # safetensors-style dicts carry no module version: they are read as this library's layout
+    layer = DclsConv2d(2, 2, 5, (9, 5), interpolation="gaussian")
+    other = DclsConv2d(2, 2, 5, (9, 5), interpolation="gaussian")
+    other.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
+    torch.testing.assert_close(other.construct_kernel(), layer.construct_kernel())
+    other.load_state_dict(_roundtrip(layer.state_dict()))
+    torch.testing.assert_close(other.construct_kernel(), layer.construct_kernel())
+
+
+@pytest.mark.parametrize("key, shape", [("P", (2, 4, 1, 6)), ("weight", (4, 2, 5)), ("SIG", (1, 4, 1, 5))])
+def test_wrong_shapes_in_state_dict(key, shape):
+    layer = DclsConv2d(4, 4, 5, 7, groups=4, interpolation="gaussian")
+    state = layer.state_dict()
+    state[key] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=rf"{key}: shape {tuple(shape)}".replace("(", r"\(").replace(")", r"\)")):
+        layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kernel_count": 0}, "kernel_count"),
+    ({"dilated_kernel_size": 0}, "dilated_kernel_size"),
+    ({"dilated_kernel_size": (5, 0)}, "dilated_kernel_size"),
+    ({"dilated_kernel_size": (5, 5, 5)}, "dilated_kernel_size"),
+    ({"groups": 3}, "groups"),
+    ({"interpolation": "cubic"}, "interpolation"),
+    ({"padding_mode": "mirror"}, "padding_mode"),
+    ({"backend": "cudnn"}, "backend"),
+    ({"position_init": "zeros"}, "position_init"),
+    ({"padding": "full"}, "padding"),
+])
+def test_bad_arguments(kwargs, match):
+    args = {"in_channels": 4, "out_channels": 4, "kernel_count": 3, "dilated_kernel_size": 5}
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        DclsConv2d(**args)
+
+
+def test_set_sigma():
+    layer = DclsConv1d(2, 2, 3, 9, interpolation="gaussian")
+    layer.set_sigma(2.0)
+    torch.testing.assert_close(layer.SIG.abs() + 0.27, torch.full_like(layer.SIG, 2.0))
+    with pytest.raises(ValueError, match="sigma"):
+        layer.set_sigma(0.1)
+    with pytest.raises(ValueError, match="interpolation"):
+        DclsConv1d(2, 2, 3, 9).set_sigma(1.0)
+
+
+def test_repr_names_non_defaults():
+    text = repr(DclsConv2d(4, 4, 3, (5, 7), groups=4, interpolation="gaussian", backend="fft"))
+    assert "dilated_kernel_size=(5, 7)" in text and "groups=4" in text and "'gaussian'" in text and "'fft'" in text
