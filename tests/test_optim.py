@@ -1,0 +1,237 @@
+"""Parameter groups from marks and the DCLS learning techniques (clamping, sharing, repulsion, sigma schedule)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from largekernel.nn import Dcls3_1d, DclsConv1d, DclsConv2d
+from largekernel.optim import (
+    SigmaSchedule,
+    dcls_repulsive_loss,
+    install_dcls_clamp,
+    mark,
+    param_groups,
+    share_positions,
+)
+
+
+class _Block(nn.Module):
+    def __init__(self, interpolation="bilinear"):
+        super().__init__()
+        self.dw = DclsConv2d(4, 4, 6, 7, padding=3, groups=4, interpolation=interpolation)
+        self.norm = nn.LayerNorm(4)
+        self.pw = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.dw(x).permute(0, 2, 3, 1)
+        return self.pw(self.norm(x)).permute(0, 3, 1, 2)
+
+
+class _Net(nn.Module):
+    """DCLS layers nested at different depths, one of them Gaussian."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stage = nn.Sequential(_Block(), _Block("gaussian"))
+        self.head = nn.ModuleDict({"seq": DclsConv1d(4, 2, 3, 5, padding=2)})
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 1, 1))
+
+    def no_weight_decay(self):
+        return ["pos_embed"]
+
+    def forward(self, x):
+        x = self.stage(self.stem(x) + self.pos_embed)
+        return self.head["seq"](x.mean(-1))
+
+
+def _group(groups, kind, wd=None):
+    found = [g for g in groups if g["kind"] == kind and (wd is None or g["weight_decay"] == wd)]
+    assert len(found) == 1, (kind, wd, [(g["kind"], g["weight_decay"]) for g in groups])
+    return found[0]
+
+
+def test_param_groups_contents_for_nested_dcls():
+    model = _Net()
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, position_lr_scale=5.0)
+    names = {g["kind"]: set() for g in groups}
+    for g in groups:
+        names[g["kind"]].update(g["names"])
+    positions = _group(groups, "position")
+    assert set(positions["names"]) == {"stage.0.dw.P", "stage.1.dw.P", "head.seq.P"}
+    assert positions["lr"] == pytest.approx(5e-3) and positions["weight_decay"] == 0.0
+    sigmas = _group(groups, "sigma")
+    assert sigmas["names"] == ["stage.1.dw.SIG"] and sigmas["lr"] == pytest.approx(5e-3)
+    assert sigmas["weight_decay"] == 0.0
+    decayed = _group(groups, "default", 0.05)
+    assert set(decayed["names"]) == {"stem.weight", "stage.0.dw.weight", "stage.1.dw.weight", "stage.0.pw.weight",
+                                     "stage.1.pw.weight", "head.seq.weight"}
+    plain = _group(groups, "default", 0.0)
+    assert "pos_embed" in plain["names"] and "stage.0.dw.bias" in plain["names"]
+    assert "stage.0.norm.weight" in plain["names"]
+    # every trainable parameter exactly once
+    listed = [id(p) for g in groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters())
+
+
+def test_param_groups_respects_explicit_marks():
+    layer = nn.Linear(3, 3)
+    mark(layer.weight, kind="ssm", lr_scale=0.1, weight_decay=0.01)
+    groups = param_groups(layer, lr=1.0, weight_decay=0.5)
+    ssm = _group(groups, "ssm")
+    assert ssm["lr"] == pytest.approx(0.1) and ssm["weight_decay"] == 0.01
+
+
+def test_param_groups_work_with_optimizer_step():
+    model = _Net()
+    opt = torch.optim.SGD(param_groups(model, lr=1e-2, weight_decay=0.05))
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    before = model.stage[0].dw.P.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.stage[0].dw.P)
+
+
+def test_clamp_hook_runs_after_every_step_and_can_be_removed():
+    model = _Net()
+    layers = [model.stage[0].dw, model.stage[1].dw, model.head["seq"]]
+    opt = torch.optim.SGD([layer.P for layer in layers], lr=1e3)  # a huge step throws positions out of the box
+    handle = install_dcls_clamp(opt, model)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+        for layer in layers:
+            for row, size in zip(layer.P, reversed(layer.dilated_kernel_size)):
+                assert row.abs().max() <= size // 2
+        assert max(layer.P.abs().max() for layer in layers[:2]) == 3  # some reached the limit: clamping happened
+    handle.remove()
+    opt.zero_grad()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    assert max(layer.P.abs().max() for layer in layers) > 3
+
+
+def test_clamp_hook_needs_a_clampable_module():
+    with pytest.raises(ValueError, match="clamp_parameters"):
+        install_dcls_clamp(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), nn.Linear(2, 2))
+
+
+def test_shared_positions_receive_sum_of_gradients():
+    torch.manual_seed(3)
+    layers = [DclsConv2d(3, 3, 5, 7, padding=3, groups=3, interpolation="gaussian") for _ in range(3)]
+    x = torch.randn(2, 3, 10, 10)
+    # reference: independent layers with equal positions, gradients summed by hand
+    with torch.no_grad():
+        for layer in layers[1:]:
+            layer.P.copy_(layers[0].P)
+            layer.SIG.copy_(layers[0].SIG)
+    y = x
+    for layer in layers:
+        y = layer(y)
+    y.square().sum().backward()
+    expected_P = sum(layer.P.grad for layer in layers)
+    expected_SIG = sum(layer.SIG.grad for layer in layers)
+    weight_grads = [layer.weight.grad.clone() for layer in layers]
+    for layer in layers:
+        layer.zero_grad()
+
+    shared = share_positions(layers)
+    assert all(layer.P is shared for layer in layers) and all(layer.SIG is layers[0].SIG for layer in layers)
+    assert len({id(layer.weight) for layer in layers}) == 3  # weights stay per layer
+    y = x
+    for layer in layers:
+        y = layer(y)
+    y.square().sum().backward()
+    torch.testing.assert_close(shared.grad, expected_P)
+    torch.testing.assert_close(layers[0].SIG.grad, expected_SIG)
+    for layer, g in zip(layers, weight_grads):
+        torch.testing.assert_close(layer.weight.grad, g)
+    model = nn.Sequential(*layers)
+    assert sum(p is shared for p in model.parameters()) == 1
+    assert sum(1 for g in param_groups(model, 1.0, 0.1) for p in g["params"] if p is shared) == 1
+
+
+def test_share_positions_bad_input():
+    with pytest.raises(ValueError, match="P has shape"):
+        share_positions([DclsConv2d(3, 3, 5, 7), DclsConv2d(3, 3, 4, 7)])
+    with pytest.raises(TypeError, match="no position Parameter"):
+        share_positions([DclsConv2d(3, 3, 5, 7), nn.Conv2d(3, 3, 7)])
+    with pytest.raises(ValueError, match="at least two"):
+        share_positions([DclsConv2d(3, 3, 5, 7)])
+
+
+def _overlap(P):
+    """Total bilinear-footprint overlap of element pairs: sum_{k<l} prod_d max(0, 1 - |p_kd - p_ld|)."""
+    m, count = P.shape[0], P.shape[-1]
+    pos = P.detach().reshape(m, -1, count)
+    total = 0.0
+    for k in range(count):
+        for j in range(k + 1, count):
+            total += torch.clamp(1 - (pos[:, :, k] - pos[:, :, j]).abs(), min=0).prod(0).sum().item()
+    return total
+
+
+def test_repulsive_loss_value_and_decreasing_overlap():
+    layer = DclsConv2d(2, 2, 4, 9, groups=2)
+    with torch.no_grad():
+        layer.P.copy_(torch.tensor([[0.0, 0.3, 0.0, 5.0], [0.0, 0.0, 0.4, 5.0]]).view(2, 1, 1, 4).expand(2, 2, 1, 4))
+    # pairs: (0,1) d=0.3, (0,2) d=0.4, (1,2) d=0.5; the element at (5,5) is far from all
+    expected = (1 - 0.3) ** 2 + (1 - 0.4) ** 2 + (1 - 0.5) ** 2
+    torch.testing.assert_close(dcls_repulsive_loss(layer), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+    model = nn.Sequential(layer, Dcls3_1d(2, 2, 6, (3, 1), 9))
+    with torch.no_grad():
+        model[1].P.mul_(0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    overlap0 = [_overlap(m.P) for m in model]
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = dcls_repulsive_loss(model)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(_overlap(m.P) < o for m, o in zip(model, overlap0))
+
+
+def test_repulsive_loss_needs_dcls():
+    with pytest.raises(ValueError, match="no DCLS layer"):
+        dcls_repulsive_loss(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="influence"):
+        dcls_repulsive_loss(DclsConv1d(2, 2, 3, 5), influence=0)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cosine"])
+def test_sigma_schedule(mode):
+    model = _Net()
+    layer = model.stage[1].dw
+    schedule = SigmaSchedule(model, start=4.0, end=0.5, total_steps=10, mode=mode)
+    assert not layer.SIG.requires_grad
+    torch.testing.assert_close(layer.SIG.abs() + 0.27, torch.full_like(layer.SIG, 4.0))
+    values = [schedule.step() for _ in range(12)]
+    if mode == "linear":
+        assert values[4] == pytest.approx(4.0 - 3.5 * 5 / 10)
+    else:
+        assert values[4] == pytest.approx(0.5 + 3.5 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    assert all(a >= b for a, b in zip(values, values[1:])) and values[-1] == pytest.approx(0.5)
+    torch.testing.assert_close(layer.SIG.abs() + 0.27, torch.full_like(layer.SIG, 0.5))
+
+    # resume: a fresh schedule loaded from the state lands on the same width
+    state = schedule.state_dict()
+    fresh_model = _Net()
+    resumed = SigmaSchedule(fresh_model, start=1.0, end=1.0, total_steps=1)
+    resumed.load_state_dict(state)
+    assert resumed.sigma == pytest.approx(schedule.sigma)
+    torch.testing.assert_close(fresh_model.stage[1].dw.SIG, layer.SIG)
+
+
+def test_sigma_schedule_bad_input():
+    with pytest.raises(ValueError, match="no layer with a width"):
+        SigmaSchedule(DclsConv1d(2, 2, 3, 5), 2.0, 0.5, 10)
+    with pytest.raises(ValueError, match="mode"):
+        SigmaSchedule(_Net(), 2.0, 0.5, 10, mode="step")
+    with pytest.raises(ValueError, match="total_steps"):
+        SigmaSchedule(_Net(), 2.0, 0.5, 0)
