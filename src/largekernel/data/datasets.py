@@ -73,7 +73,7 @@ class TensorDataset(Dataset):
         return self._prepare(self.x[index]), self.y[index]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._prepare(self.x[i]), self.y[i]
+        return self._prepare(self.x[i:i + 1])[0], self.y[i]
 
     def subset(self, n: int) -> "TensorDataset":
         """The first ``n`` samples (datasets here are stored shuffled or stratified, so this keeps every class)."""
@@ -126,7 +126,9 @@ class ImageFolderDataset(Dataset):
         except (OSError, UnidentifiedImageError) as err:
             raise DatasetFormatError(f"{path}: cannot decode image ({err}); expected a PNG/JPEG file") from None
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-        return (self.normalize(x) if self.normalize is not None else x), torch.tensor(label)
+        if self.normalize is not None:
+            x = self.normalize(x[None])[0]
+        return x, torch.tensor(label)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ __all__ = ["Normalize", "random_crop", "random_flip", "mixup_cutmix", "one_hot"]
 
 
 class Normalize:
-    """Per-channel ``(x - mean) / std`` on a batch ``(N, C, *size)`` (or a single sample ``(C, *size)``)."""
+    """Per-channel ``(x - mean) / std`` on a batch ``(N, C, *size)``."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         if len(mean) != len(std):
@@ -31,9 +31,7 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        channel_dim = 1 if x.dim() >= 3 else 0
-        shape = [1] * x.dim()
-        shape[channel_dim] = -1
+        shape = [1, -1] + [1] * (x.dim() - 2)
         mean = self.mean.to(x.device, x.dtype).view(shape)
         std = self.std.to(x.device, x.dtype).view(shape)
         return (x - mean) / std
