@@ -10,7 +10,7 @@ _FAMILIES = {
     "largekernel.nn.dcls": ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"],
     "largekernel.nn.kernelnets": ["MLPKernel", "SIRENKernel", "GaborKernel", "FourierKernel", "MAGNetKernel"],
     "largekernel.nn.flexconv": ["CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d"],
-    "largekernel.nn.niff": ["NIFFConv2d"],
+    "largekernel.nn.niff": ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d"],
     "largekernel.nn.sequence": ["SGConv1d", "S4DConv1d"],
     "largekernel.nn.mixing": ["FourierMix"],
 }

@@ -1,0 +1,600 @@
+"""NIFF: neural implicit frequency filters.
+
+Grabinski, Keuper and Keuper, "As large as it gets — Studying Infinitely Large
+Convolutions via Neural Implicit Frequency Filters", TMLR 2024 (seed 000;
+reference code GeJulia/NIFF).
+
+A depthwise filter is defined *in the frequency domain* by two small coordinate
+networks (1x1 layers with SiLU) that map every frequency coordinate to the real
+and the imaginary part of one complex multiplier per channel. The layer
+multiplies the input spectrum by it and transforms back: a depthwise circular
+convolution whose kernel is as large as the input, with a parameter count that
+does not depend on the input size.
+
+The reference evaluates ``Re(ifft2(W * fft2(x)))`` with complex FFTs. For real
+``x`` that equals ``irfft2(W_sym * rfft2(x))`` with the Hermitian-symmetrised
+filter ``W_sym(k) = (W(k) + conj(W(-k))) / 2``, which this module uses: half the
+FFT work, the same output.
+
+Coordinates follow the reference: integer frequencies in ``[-n//2, (n-1)//2]``
+(the Nyquist frequency of an even axis is ``-n/2``), the coordinate vector
+listing the last spatial axis first (``(k_x, k_y)`` in 2-D). For odd sizes the
+reference's grid ``arange(-n/2, n/2)`` is offset by half a frequency; here the
+true integer frequencies are used.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
+
+__all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
+
+# Hidden widths of the frequency networks in the reference code: fft_small.py (2->8->4->C)
+# for light models, fft_big.py (2->16->128->32->C) for large ones.
+PRESETS: dict[str, tuple[int, ...]] = {"small": (8, 4), "big": (16, 128, 32)}
+
+_MODES = ("circular", "linear")
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_OUTPUTS = ("spatial", "spectrum")
+_CONVS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
+_PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
+         "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
+         "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)}
+_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_POOL_FNS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+
+
+class Spectrum(NamedTuple):
+    """A real signal kept in the frequency domain between layers (NIFF's split form).
+
+    ``data``: ``(B, C, *grid[:-1], grid[-1] // 2 + 1)`` complex, the ``rfftn`` of the
+    signal over its last ``len(grid)`` axes; ``grid``: the spatial size it came from.
+    """
+
+    data: Tensor
+    grid: tuple[int, ...]
+
+
+def _ntuple(value, nd: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * nd
+    if isinstance(value, Sequence) and len(value) == nd and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    raise TypeError(f"{name} must be an int or a tuple of {nd} ints, got {value!r}")
+
+
+def _frequencies(n: int) -> Tensor:
+    """Integer frequencies of an ``n``-point FFT in FFT order (Nyquist negative, as the reference's grid)."""
+    k = torch.arange(n, dtype=torch.float64)
+    return torch.where(k < n - n // 2, k, k - n)
+
+
+def _spectrum_to_spatial(spec: Tensor, grid: tuple[int, ...]) -> Tensor:
+    nd = len(grid)
+    return torch.fft.irfftn(spec, s=grid, dim=tuple(range(-nd, 0)))
+
+
+def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    if bias is None:
+        return y
+    return y + bias.view(-1, *([1] * (y.dim() - 2)))
+
+
+def _spectral_bias(spec: Tensor, bias: Tensor | None, grid: tuple[int, ...]) -> Tensor:
+    """Add a per-channel constant to a spectrum: it lives in the DC bin, times the grid size (unnormalised FFT)."""
+    if bias is None:
+        return spec
+    numel = 1
+    for n in grid:
+        numel *= n
+    dc = torch.zeros_like(spec)
+    dc[(slice(None), slice(None)) + (0,) * len(grid)] = bias * numel
+    return spec + dc
+
+
+def _pointwise(spec: Tensor, weight: Tensor) -> Tensor:
+    """Real ``(out, in)`` matrix applied over the channels of a complex spectrum, as one real GEMM."""
+    b, c = spec.shape[:2]
+    freq = spec.shape[2:]
+    parts = torch.view_as_real(spec).reshape(b, c, -1)  # (B, in, 2 * prod(freq)) real
+    out = torch.matmul(weight, parts)  # (B, out, 2 * prod(freq))
+    return torch.view_as_complex(out.reshape(b, -1, *freq, 2))  # (B, out, *freq) complex
+
+
+def _half_weights(grid: tuple[int, ...], device, dtype) -> Tensor:
+    """How many full-spectrum bins each rfft column stands for (1 for DC and Nyquist, else 2), over ``prod(grid)``."""
+    n = grid[-1]
+    m = torch.full((n // 2 + 1,), 2.0, device=device, dtype=dtype)
+    m[0] = 1.0
+    if n % 2 == 0:
+        m[-1] = 1.0
+    numel = 1
+    for g in grid:
+        numel *= g
+    return m / numel
+
+
+class _SpectralProduct(torch.autograd.Function):
+    """``irfftn(P @ (w * rfftn(x, grid)), grid)`` with a backward of exactly one more FFT round trip.
+
+    Autograd through ``torch.fft`` would spend a full complex FFT and padding copies
+    on the ``rfftn`` adjoint; here ``grad_x = irfftn(conj(w) * P^T rfftn(g))`` (the
+    adjoint of a circular convolution with a real kernel is the correlation), and
+    the filter gradient is ``sum_b conj(X) * P^T G`` with ``G`` the gradient of the
+    half spectrum (its columns weighted by :func:`_half_weights`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, pointwise: Tensor | None, grid: tuple[int, ...]) -> Tensor:
+        dims = tuple(range(-len(grid), 0))
+        spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, C, *half) complex
+        z = spec * w
+        if pointwise is not None:
+            z = _pointwise(z, pointwise)  # (B, out, *half)
+        ctx.save_for_backward(spec, w, pointwise)
+        ctx.grid, ctx.size = grid, tuple(x.shape[-len(grid):])
+        return torch.fft.irfftn(z, s=grid, dim=dims)  # (B, out, *grid)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        spec, w, pointwise = ctx.saved_tensors
+        grid, size = ctx.grid, ctx.size
+        dims = tuple(range(-len(grid), 0))
+        g = torch.fft.rfftn(grad, dim=dims)  # (B, out, *half) complex
+        grad_x = grad_w = grad_p = None
+        if pointwise is not None:
+            if ctx.needs_input_grad[2]:
+                scale = _half_weights(grid, grad.device, grad.dtype)
+                z = spec * w  # (B, in, *half)
+                b, c = z.shape[:2]
+                gz = torch.view_as_real(g * scale).reshape(b, g.shape[1], -1)  # (B, out, 2 * M)
+                grad_p = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(b, c, -1))
+            g = _pointwise(g, pointwise.t())  # (B, in, *half)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.linalg.vecdot(spec, g, dim=0)  # sum_b conj(X) * G: (C, *half)
+            grad_w = grad_w * _half_weights(grid, grad.device, grad.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.fft.irfftn(g.mul_(w.conj()), s=grid, dim=dims)  # (B, in, *grid)
+            if grad_x.shape[-len(grid):] != size:
+                grad_x = grad_x[(..., *(slice(0, n) for n in size))]  # adjoint of the implicit zero padding
+        return grad_x, grad_w, grad_p, None
+
+
+class _FrequencyNet(nn.Sequential):
+    """Coordinate network ``ndim -> hidden... -> channels`` of 1x1 layers (Linear per point) with SiLU between."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, device=None, dtype=None):
+        widths = (in_features, *hidden, out_features)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                layers.append(nn.SiLU())
+            layers.append(nn.Linear(a, b, device=device, dtype=dtype))
+        super().__init__(*layers)
+
+
+class _NIFFConvNd(nn.Module):
+    _ndim: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        kernel_size=None,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        groups: int | None = None,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        preset: str = "small",
+        hidden_channels: Sequence[int] | None = None,
+        mode: str = "circular",
+        output: str = "spatial",
+    ) -> None:
+        super().__init__()
+        nd = self._ndim
+        factory = {"device": device, "dtype": dtype}
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        out_channels = in_channels if out_channels is None else out_channels
+        if not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        if groups is None:
+            groups = in_channels if out_channels % in_channels == 0 else 1
+        if groups == in_channels and out_channels % in_channels:
+            raise ValueError(f"a depthwise NIFF (groups=in_channels={in_channels}) needs out_channels divisible by "
+                             f"in_channels, got out_channels={out_channels}")
+        if groups not in (1, in_channels):
+            raise ValueError(f"groups must be in_channels={in_channels} (depthwise) or 1 (depthwise + pointwise, "
+                             f"the paper's full variant), got {groups!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        if padding == "same":
+            padding = 0
+        padding = _ntuple(padding, nd, "padding")
+        if any(p < 0 for p in padding):
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        if mode == "linear" and any(padding):
+            raise ValueError(f"mode='linear' chooses its own zero padding; padding must be 0, got {padding!r}")
+        stride = _ntuple(stride, nd, "stride")
+        if any(s < 1 for s in stride):
+            raise ValueError(f"stride must be positive, got {stride!r}")
+        if output == "spectrum" and (any(padding) or mode != "circular" or any(s != 1 for s in stride)):
+            raise ValueError("output='spectrum' needs mode='circular', padding=0 and stride=1: a padded or pooled "
+                             "result cannot stay in the frequency domain")
+        if hidden_channels is None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+            hidden_channels = PRESETS[preset]
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.groups = groups
+        self.stride = stride
+        self.padding = padding
+        self.padding_mode = padding_mode
+        self.mode = mode
+        self.output = output
+        self.preset = preset
+        self.hidden_channels = tuple(hidden_channels)
+        # Depthwise filters: one per output channel (channel multiplier) or one per input channel before the pointwise.
+        self.filters = out_channels if groups == in_channels else in_channels
+        self.mlp_real = _FrequencyNet(nd, self.hidden_channels, self.filters, **factory)
+        self.mlp_imag = _FrequencyNet(nd, self.hidden_channels, self.filters, **factory)
+        if groups == 1:
+            self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
+        else:
+            self.register_parameter("pointwise", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._coords: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._filter_cache: tuple[tuple, Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for net in (self.mlp_real, self.mlp_imag):
+            for layer in net:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+        if self.pointwise is not None:
+            # nn.Linear's default (the reference applies the pointwise as nn.Linear over channels).
+            nn.init.kaiming_uniform_(self.pointwise, a=5**0.5)
+        if self.bias is not None:
+            bound = 1.0 / self.in_channels**0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._filter_cache = None
+
+    # ---- geometry ---------------------------------------------------------------------------------
+
+    def grid(self, size: Sequence[int]) -> tuple[int, ...]:
+        """The grid on which the filter lives for an input of spatial ``size`` (the padded size)."""
+        size = _ntuple(tuple(size), self._ndim, "size")
+        if self.mode == "linear":
+            # 2n >= 2n - 1: the circular product on this grid never wraps onto the n valid outputs.
+            return tuple(2 * n for n in size)
+        return tuple(n + 2 * p for n, p in zip(size, self.padding))
+
+    def _coordinates(self, grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
+        """Frequency coordinates of the rfft half-spectrum and of its mirror ``-k``, each ``(points, ndim)``."""
+        key = (grid, device, dtype)
+        if key not in self._coords:
+            axes = [_frequencies(n) for n in grid]
+            axes[-1] = axes[-1][: grid[-1] // 2 + 1]
+            # -k modulo n: the Nyquist bin of an even axis is its own mirror, so negate by index, not by value.
+            mirror = [_frequencies(n)[(-torch.arange(len(a))) % n] for n, a in zip(grid, axes)]
+            k = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # (*half, nd), last axis first
+            m = torch.stack(torch.meshgrid(*mirror, indexing="ij")[::-1], dim=-1)  # (*half, nd)
+            self._coords[key] = (k.reshape(-1, len(grid)).to(device, dtype), m.reshape(-1, len(grid)).to(device, dtype))
+        return self._coords[key]
+
+    def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        """``W_sym`` on the rfft half-spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex."""
+        if not torch.is_grad_enabled():
+            # Inference: reuse the filter while the parameters are unchanged (in-place updates bump _version).
+            key = (grid, device, dtype, tuple(p._version for p in self.parameters()))
+            if self._filter_cache is not None and self._filter_cache[0] == key:
+                return self._filter_cache[1]
+        k, m = self._coordinates(grid, device, dtype)
+        points = k.shape[0]
+        both = torch.cat([k, m])  # (2 * points, nd)
+        re = self.mlp_real(both)  # (2 * points, filters)
+        im = self.mlp_imag(both)
+        # W_sym(k) = (W(k) + conj(W(-k))) / 2
+        real = 0.5 * (re[:points] + re[points:])
+        imag = 0.5 * (im[:points] - im[points:])
+        half = (*grid[:-1], grid[-1] // 2 + 1)
+        w = torch.complex(real, imag).t().reshape(self.filters, *half)  # (filters, *half) complex
+        if not torch.is_grad_enabled():
+            self._filter_cache = (key, w)
+        return w
+
+    def filter(self, size: Sequence[int]) -> Tensor:
+        """The learned complex filter ``W(k)`` on the full grid for input ``size``, in FFT order (DC first).
+
+        ``(filters, *grid)`` complex, not symmetrised: what the reference multiplies
+        with ``fft2(x)`` (after ``ifftshift``).
+        """
+        grid = self.grid(size)
+        p = next(self.parameters())
+        axes = [_frequencies(n) for n in grid]
+        k = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).reshape(-1, len(grid)).to(p)
+        w = torch.complex(self.mlp_real(k), self.mlp_imag(k))  # (points, filters)
+        return w.t().reshape(self.filters, *grid)
+
+    # ---- forward ----------------------------------------------------------------------------------
+
+    def _check_input(self, input: Tensor) -> None:
+        nd = self._ndim
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor or a Spectrum, got {type(input).__name__}")
+        if input.dim() != nd + 2:
+            raise ValueError(f"{type(self).__name__} expects a {nd + 2}-D input (batch, channels, "
+                             f"{nd} spatial dims), got shape {tuple(input.shape)}")
+        if input.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, "
+                             f"got input of shape {tuple(input.shape)}")
+        if input.is_complex():
+            raise TypeError(f"input must be real, got dtype {input.dtype}")
+
+    def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
+        nd = self._ndim
+        dims = tuple(range(-nd, 0))
+        if isinstance(input, Spectrum):
+            if any(self.padding) or self.mode != "circular":
+                raise ValueError("a Spectrum input needs mode='circular' and padding=0")
+            spec, grid = input.data, tuple(input.grid)
+            if spec.dim() != nd + 2 or spec.shape[1] != self.in_channels:
+                raise ValueError(f"Spectrum data must be ({nd + 2}-D, {self.in_channels} channels), "
+                                 f"got shape {tuple(spec.shape)}")
+            size = grid
+        else:
+            self._check_input(input)
+            size = tuple(input.shape[-nd:])
+            grid = self.grid(size)
+            x = input
+            if any(self.padding):
+                pads = [q for p in reversed(self.padding) for q in (p, p)]
+                x = F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+            if self.filters != self.in_channels:
+                x = x.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *size)
+        if isinstance(input, Tensor) and self.output == "spatial":
+            w = self._half_filter(grid, x.device, x.dtype)  # (filters, *half) complex
+            y = _SpectralProduct.apply(x, w, self.pointwise, grid)  # (B, out, *grid)
+        else:
+            if isinstance(input, Tensor):
+                spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, filters, *grid[:-1], grid[-1]//2+1) complex
+            spec = spec * self._half_filter(grid, spec.device, spec.real.dtype)
+            if self.pointwise is not None:
+                spec = _pointwise(spec, self.pointwise)  # (B, out, *half)
+            if self.output == "spectrum":
+                return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
+            y = torch.fft.irfftn(spec, s=grid, dim=dims)  # (B, out, *grid)
+        if y.shape[-nd:] != size:
+            start = (0,) * nd if self.mode == "linear" else self.padding
+            y = y[(..., *(slice(s, s + n) for s, n in zip(start, size)))]  # (B, out, *size)
+        y = _add_bias(y, self.bias)
+        if any(s != 1 for s in self.stride):
+            # The paper strides by pooling after the frequency-domain filter.
+            y = _POOL_FNS[nd - 1](y, self.stride)
+        return y
+
+    # ---- equivalent spatial kernels -------------------------------------------------------------
+
+    def spatial_kernel(self, size: Sequence[int]) -> Tensor:
+        """Equivalent spatial kernels on the filter grid, centred: ``(filters, *grid)``.
+
+        ``grid = self.grid(size)`` (the input size in the default circular mode).
+        Entry ``[c, i, j]`` is the weight of offset ``(i - H//2, j - W//2)`` in a
+        **circular convolution** (not cross-correlation) on the grid:
+        ``y[c, n] = sum_d kernel[c, d + grid//2] * x_pad[c, (n - d) mod grid]`` —
+        the depthwise part of the layer before bias, pointwise mixing and pooling.
+        Equal to ``fftshift(Re(ifftn(W)))``.
+        """
+        grid = self.grid(size)
+        p = next(self.parameters())
+        w = self._half_filter(grid, p.device, p.dtype)
+        k = _spectrum_to_spatial(w, grid)  # (filters, *grid), offset 0 at index 0
+        return torch.fft.fftshift(k, dim=tuple(range(-self._ndim, 0)))
+
+    def _correlation_taps(self, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+        """Depthwise cross-correlation weight ``(filters, *K)`` and the zero padding the plain conv uses."""
+        grid = self.grid(size)
+        k = torch.fft.ifftshift(self.spatial_kernel(size), dim=tuple(range(-self._ndim, 0)))  # offset 0 first
+        if self.mode == "circular" and not any(self.padding):
+            # padding="same" on a circular conv with K = n puts (n - 1) // 2 taps before: tap m is offset left - m.
+            taps = [((n - 1) // 2 - torch.arange(n)) % n for n in grid]
+            pad = (0,) * self._ndim
+        elif self.mode == "linear" or self.padding_mode == "zeros":
+            # Zero-padded input: output n sees x[n - d] for |d| <= size - 1; offset d uses the grid's tap d mod grid.
+            taps = [(n - 1 - torch.arange(2 * n - 1)) % g for n, g in zip(size, grid)]
+            pad = tuple(n - 1 for n in size)
+        else:
+            # Padded by padding_mode first (size -> grid); offsets up to grid - 1 reach the padded input.
+            taps = [(g - 1 - torch.arange(2 * g - 1)) % g for g in grid]
+            pad = tuple(n + p - 1 for n, p in zip(size, self.padding))
+        for axis, idx in enumerate(taps):
+            k = k.index_select(axis + 1, idx.to(k.device))
+        return k, pad
+
+    def construct_kernel(self, size: Sequence[int]) -> Tensor:
+        """The dense kernel the layer applies to an input of spatial ``size``, in torch conv layout.
+
+        ``(out, 1, *K)`` for the depthwise layer, ``(out, in, *K)`` for the full
+        variant (pointwise folded in), to be applied by cross-correlation as
+        :meth:`bake` does: ``K = size`` with circular "same" padding in the default
+        mode, ``K = 2 * size - 1`` with zero padding ``size - 1`` in linear mode or
+        with zero padding; for reflect/replicate/circular ``padding``, ``K = 2 * grid - 1``
+        after padding the input by ``padding`` in that mode.
+        """
+        return self._dense_kernel(_ntuple(tuple(size), self._ndim, "size"))[0]
+
+    def _dense_kernel(self, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+        k, pad = self._correlation_taps(size)  # (filters, *K)
+        if self.pointwise is None:
+            return k.unsqueeze(1), pad  # (out, 1, *K)
+        return self.pointwise.view(*self.pointwise.shape, *([1] * self._ndim)) * k, pad  # (out, in, *K)
+
+    @torch.no_grad()
+    def bake(self, input_size: Sequence[int]) -> nn.Module:
+        """An equivalent plain ``largekernel.nn.Conv{n}d`` (``backend="fft"``) for inputs of spatial ``input_size``.
+
+        Padding by reflect/replicate/circular ``padding`` becomes a torch padding
+        module in front of it and a stride becomes an ``AvgPool`` after it (an
+        ``nn.Sequential`` then). The layer's ``output="spectrum"`` is not bakeable.
+        """
+        if self.output == "spectrum":
+            raise ValueError("bake() needs output='spatial': a plain convolution returns a spatial tensor")
+        nd = self._ndim
+        size = _ntuple(tuple(input_size), nd, "input_size")
+        weight, pad = self._dense_kernel(size)
+        circular = self.mode == "circular" and not any(self.padding)
+        groups = self.in_channels if self.pointwise is None else 1
+        conv = _CONVS[nd](self.in_channels, self.out_channels, tuple(weight.shape[2:]), groups=groups,
+                          padding="same" if circular else pad, padding_mode="circular" if circular else "zeros",
+                          bias=self.bias is not None, backend="fft", device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        layers: list[nn.Module] = [conv]
+        if self.mode == "circular" and any(self.padding) and self.padding_mode != "zeros":
+            pads = tuple(q for p_ in reversed(self.padding) for q in (p_, p_))
+            layers.insert(0, _PADS[self.padding_mode][nd - 1](pads))
+        if any(s != 1 for s in self.stride):
+            layers.append(_POOLS[nd - 1](self.stride))
+        return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}"
+        if self.groups != self.in_channels:
+            s += f", groups={self.groups}"
+        if any(x != 1 for x in self.stride):
+            s += f", stride={self.stride}"
+        if any(self.padding):
+            s += f", padding={self.padding}, padding_mode={self.padding_mode!r}"
+        if self.bias is None:
+            s += ", bias=False"
+        s += f", hidden_channels={self.hidden_channels}"
+        if self.mode != "circular":
+            s += f", mode={self.mode!r}"
+        if self.output != "spatial":
+            s += f", output={self.output!r}"
+        return s
+
+
+_DOC = """{n}-D NIFF convolution (Grabinski et al., TMLR 2024): a depthwise filter as large as the input,
+    defined in the frequency domain by two coordinate networks (real and imaginary part).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (default ``in_channels``).
+        kernel_size: accepted for ``torch.nn.Conv{n}d`` signature compatibility and
+            ignored: a NIFF kernel is always as large as its (padded) input.
+        stride: applied as average pooling after the filter, as in the paper.
+        padding: per side, applied with ``padding_mode`` before the filter (the
+            paper's padding ablation); the output is cropped back to the input size.
+            ``"same"`` means 0.
+        groups: ``in_channels`` (depthwise; ``out_channels`` a multiple of it) or
+            ``1`` (the paper's full variant: depthwise then a pointwise
+            ``in -> out`` mixing, both in the frequency domain: one FFT round trip).
+            Default: depthwise when ``out_channels`` is a multiple of ``in_channels``.
+        bias: a learnable per-output-channel bias.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        preset: ``"small"`` (hidden 8, 4) or ``"big"`` (16, 128, 32), the widths of
+            the reference's ``fft_small.py`` / ``fft_big.py``.
+        hidden_channels: explicit hidden widths (overrides ``preset``).
+        mode: ``"circular"`` (the paper's default: circular convolution on the
+            input grid) or ``"linear"`` (zero-padded to twice the size: a linear
+            convolution with a ``2 * size - 1`` kernel).
+        output: ``"spatial"`` or ``"spectrum"`` (return a :class:`Spectrum` so the
+            next frequency-domain layer skips the FFT: the paper's split form).
+            A :class:`Spectrum` is also accepted as input.
+
+    Shape:
+        - Input: ``(N, C_in, {dims})`` (or a :class:`Spectrum`).
+        - Output: ``(N, C_out, {dims_out})`` with ``{out_formula}``: the input size,
+          pooled by ``stride`` (floor).
+    """
+
+
+class NIFFConv1d(_NIFFConvNd):
+    __doc__ = _DOC.format(n=1, dims="L", dims_out="L_out", out_formula="L_out = L // stride")
+    _ndim = 1
+
+
+class NIFFConv2d(_NIFFConvNd):
+    __doc__ = _DOC.format(n=2, dims="H, W", dims_out="H_out, W_out", out_formula="H_out = H // stride[0]")
+    _ndim = 2
+
+
+class NIFFConv3d(_NIFFConvNd):
+    __doc__ = _DOC.format(n=3, dims="D, H, W", dims_out="D_out, H_out, W_out", out_formula="D_out = D // stride[0]")
+    _ndim = 3
+
+
+class SpectralPointwise(nn.Module):
+    """A 1x1 convolution applied in the frequency domain (the reference's ``FreqConv_1x1_*``).
+
+    The pointwise map commutes with the Fourier transform, so it can act on a
+    :class:`Spectrum` and keep it there (``output="spectrum"``) or end a chain of
+    frequency-domain layers with the single inverse FFT (``output="spatial"``).
+    A real tensor input is transformed first.
+
+    Shape:
+        - Input: ``(N, C_in, *spatial)`` real, or a :class:`Spectrum` with ``C_in`` channels.
+        - Output: ``(N, C_out, *spatial)`` or a :class:`Spectrum` with ``C_out`` channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, *, ndim: int = 2,
+                 output: str = "spatial", device=None, dtype=None) -> None:
+        super().__init__()
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("ndim", ndim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.in_channels, self.out_channels, self.ndim, self.output = in_channels, out_channels, ndim, output
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        if self.bias is not None:
+            bound = 1.0 / self.in_channels**0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
+        if isinstance(input, Spectrum):
+            spec, grid = input.data, tuple(input.grid)
+        else:
+            if input.dim() != self.ndim + 2:
+                raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D input, "
+                                 f"got shape {tuple(input.shape)}")
+            grid = tuple(input.shape[-self.ndim:])
+            spec = torch.fft.rfftn(input, dim=tuple(range(-self.ndim, 0)))  # (B, C, *half) complex
+        if spec.shape[1] != self.in_channels:
+            raise ValueError(f"SpectralPointwise expects {self.in_channels} channels, got shape {tuple(spec.shape)}")
+        spec = _pointwise(spec, self.weight)  # (B, out, *half)
+        if self.output == "spectrum":
+            return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
+        return _add_bias(_spectrum_to_spatial(spec, grid), self.bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, ndim={self.ndim}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s if self.output == "spatial" else f"{s}, output={self.output!r}"

@@ -1,0 +1,223 @@
+"""NIFF (Grabinski et al., TMLR 2024) against the paper's formula and torch's own convolution."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from largekernel.nn import NIFFConv1d, NIFFConv2d
+from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
+
+
+def _reference_filter(layer, h, w):
+    """The reference code's filter: both networks on the fftshift-ed grid of (k_x, k_y), then ifftshift."""
+    ky = torch.arange(h, dtype=torch.float64) - h // 2
+    kx = torch.arange(w, dtype=torch.float64) - w // 2
+    grid_y, grid_x = torch.meshgrid(ky, kx, indexing="ij")
+    coords = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)  # channel 0 varies along the width
+    weights = torch.complex(layer.mlp_real(coords), layer.mlp_imag(coords)).t().reshape(-1, h, w)
+    return weights  # fftshift layout
+
+
+def _reference_niff(layer, x):
+    """Paper, eq. of section 3: Re(ifft2(ifftshift(W * fftshift(fft2(x)))))."""
+    h, w = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+    return torch.fft.ifft2(torch.fft.ifftshift(_reference_filter(layer, h, w) * spectrum, dim=(-2, -1))).real
+
+
+def _circular_conv_torch(x, kernel):
+    """Circular *convolution* of x (B, C, H, W) with centred kernels (C, H, W) by torch's conv2d."""
+    c, h, w = kernel.shape
+    # conv2d correlates: flip the kernel; centred index h//2 is offset 0.
+    padded = F.pad(x, (w - 1 - w // 2, w // 2, h - 1 - h // 2, h // 2), mode="circular")
+    return F.conv2d(padded, kernel.flip(-2, -1).unsqueeze(1), groups=c)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 9), (7, 5)])
+def test_matches_reference_formula(size):
+    torch.manual_seed(1)
+    layer = NIFFConv2d(5, bias=False, dtype=torch.float64)
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _reference_niff(layer, x), rtol=1e-10, atol=1e-10)
+
+
+def test_big_preset_and_bias_match_reference():
+    layer = NIFFConv2d(3, preset="big", dtype=torch.float64)
+    assert [m.out_features for m in layer.mlp_real if isinstance(m, torch.nn.Linear)] == [*PRESETS["big"], 3]
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    expected = _reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_parameter_count_independent_of_input_size():
+    layer = NIFFConv2d(16, bias=False)
+    # two networks 2 -> 8 -> 4 -> 16 (weights and biases)
+    per_net = (2 * 8 + 8) + (8 * 4 + 4) + (4 * 16 + 16)
+    assert sum(p.numel() for p in layer.parameters()) == 2 * per_net
+    for size in [(4, 4), (32, 20), (9, 13)]:
+        assert layer(torch.randn(1, 16, *size)).shape == (1, 16, *size)
+
+
+def test_sizes_change_between_calls():
+    layer = NIFFConv2d(3, dtype=torch.float64)
+    for size in [(6, 6), (11, 4), (6, 6), (16, 15)]:
+        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        expected = _reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(layer(x), expected)
+
+
+def test_inference_cache_follows_parameter_updates():
+    layer = NIFFConv2d(2, bias=False, dtype=torch.float64)
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer(x)
+        layer.mlp_real[0].weight.add_(0.5)
+        second = layer(x)
+        torch.testing.assert_close(second, _reference_niff(layer, x))
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_spatial_kernel_is_a_circular_convolution(size):
+    layer = NIFFConv2d(4, bias=False, dtype=torch.float64)
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    kernel = layer.spatial_kernel(size)
+    assert kernel.shape == (4, *size)
+    torch.testing.assert_close(_circular_conv_torch(x, kernel), layer(x))
+    # and it is the real part of the inverse transform of the (unsymmetrised) filter, centred
+    expected = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(_reference_filter(layer, *size),
+                                                                       dim=(-2, -1))).real, dim=(-2, -1))
+    torch.testing.assert_close(kernel, expected)
+
+
+def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel():
+    h, w = 6, 5
+    layer = NIFFConv2d(3, bias=False, mode="linear", dtype=torch.float64)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    kernel = layer.spatial_kernel((h, w))  # centred on the (2h, 2w) grid
+    assert kernel.shape == (3, 2 * h, 2 * w)
+    # offsets -(n-1)..(n-1) of the grid kernel, as a (2h-1, 2w-1) linear kernel; conv2d correlates: flip.
+    linear = kernel[:, h - (h - 1): h + h, w - (w - 1): w + w]
+    expected = F.conv2d(x, linear.flip(-2, -1).unsqueeze(1), padding=(h - 1, w - 1), groups=3)
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])
+def test_padding_ablation_is_pad_filter_crop(padding_mode):
+    layer = NIFFConv2d(2, padding=2, padding_mode=padding_mode, bias=False, dtype=torch.float64)
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64)
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    padded = F.pad(x, (2, 2, 2, 2), mode=mode)
+    expected = _reference_niff(layer, padded)[..., 2:9, 2:8]
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_full_variant_is_depthwise_then_pointwise():
+    layer = NIFFConv2d(4, 6, groups=1, dtype=torch.float64)
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+    depthwise = _reference_niff(layer, x)
+    expected = torch.einsum("oi,bihw->bohw", layer.pointwise, depthwise) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_channel_multiplier():
+    layer = NIFFConv2d(3, 6, bias=False, dtype=torch.float64)
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _reference_niff(layer, x.repeat_interleave(2, dim=1)))
+
+
+def test_split_form_stays_in_frequency_domain():
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 8, 6, dtype=torch.float64)
+    first = NIFFConv2d(4, output="spectrum", dtype=torch.float64)
+    mix = SpectralPointwise(4, 5, output="spectrum", dtype=torch.float64)
+    second = NIFFConv2d(5, output="spatial", dtype=torch.float64)
+    spectrum = first(x)
+    assert isinstance(spectrum, Spectrum) and spectrum.grid == (8, 6)
+    y = second(mix(spectrum))
+    # the same layers, each in the spatial domain
+    a = _reference_niff(first, x) + first.bias.view(1, -1, 1, 1)
+    b = torch.einsum("oi,bihw->bohw", mix.weight, a) + mix.bias.view(1, -1, 1, 1)
+    c = _reference_niff(second, b) + second.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(y, c)
+
+
+def test_stride_is_average_pooling_after_the_filter():
+    layer = NIFFConv2d(2, stride=2, dtype=torch.float64)
+    x = torch.randn(1, 2, 9, 8, dtype=torch.float64)
+    expected = F.avg_pool2d(_reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1), 2)
+    assert layer(x).shape == (1, 2, 4, 4)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_niff1d_matches_formula():
+    layer = NIFFConv1d(3, bias=False, dtype=torch.float64)
+    x = torch.randn(2, 3, 11, dtype=torch.float64)
+    k = torch.fft.fftfreq(11, 1 / 11).to(torch.float64).unsqueeze(-1)  # integer frequencies, FFT order
+    weights = torch.complex(layer.mlp_real(k), layer.mlp_imag(k)).t()  # (3, 11)
+    expected = torch.fft.ifft(weights * torch.fft.fft(x)).real
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_niff3d_runs_and_bakes():
+    layer = NIFFConv3d(2, dtype=torch.float64)
+    x = torch.randn(1, 2, 4, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer.bake((4, 5, 6))(x), layer(x))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"mode": "linear"}, {"padding": 2}, {"padding": (1, 2), "padding_mode": "reflect"},
+    {"padding": 1, "padding_mode": "circular"}, {"out_channels": 5, "groups": 1}, {"out_channels": 6},
+    {"stride": 2},
+])
+def test_bake_equivalence(kwargs):
+    layer = NIFFConv2d(3, dtype=torch.float64, **kwargs)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    baked = layer.bake((7, 8))
+    assert not any(isinstance(m, (NIFFConv2d,)) for m in baked.modules())
+    torch.testing.assert_close(baked(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_construct_kernel_layout():
+    layer = NIFFConv2d(3, bias=False, dtype=torch.float64)
+    weight = layer.construct_kernel((6, 7))
+    assert weight.shape == (3, 1, 6, 7)
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    # torch's "same" padding for an even kernel puts (k-1)//2 before, the rest after
+    padded = F.pad(x, (3, 3, 2, 3), mode="circular")
+    torch.testing.assert_close(F.conv2d(padded, weight, groups=3), layer(x))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"mode": "linear"}, {"out_channels": 3, "groups": 1}, {"out_channels": 4}])
+@pytest.mark.parametrize("size", [(4, 5), (3, 4)])
+def test_gradcheck(kwargs, size):
+    torch.manual_seed(0)
+    layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)
+    x = torch.randn(2, 2, *size, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def fn(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert gradcheck(fn, (x, *layer.parameters()), fast_mode=True)
+
+
+def test_bad_inputs():
+    layer = NIFFConv2d(3)
+    with pytest.raises(ValueError, match="4-D input"):
+        layer(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="3 input channels"):
+        layer(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="mode"):
+        NIFFConv2d(3, mode="spiral")
+    with pytest.raises(ValueError, match="preset"):
+        NIFFConv2d(3, preset="huge")
+    with pytest.raises(ValueError, match="groups"):
+        NIFFConv2d(4, 6, groups=2)
+    with pytest.raises(ValueError, match="padding must be 0"):
+        NIFFConv2d(3, padding=1, mode="linear")
+    with pytest.raises(ValueError, match="output='spectrum'"):
+        NIFFConv2d(3, stride=2, output="spectrum")
+    with pytest.raises(TypeError, match="padding"):
+        NIFFConv2d(3, padding=(1, 2, 3))
