@@ -125,9 +125,12 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
     - ``"dcls"``: ``DclsConv{dim}d`` with ``dilated_kernel_size=kernel_size`` and
       ``kernel_count`` from ``opts`` (default ``2 * kernel_size``: the DCLS
       paper's 34 for a 17 box; ``kernel_size`` in 1-D).
-    - ``"flexconv"``, ``"ckconv"``, ``"niff"``, ``"sgconv"``, ``"s4d"``: the
-      corresponding ``largekernel.nn`` layer; ``kernel_size`` is its kernel's
-      extent where the family has one (``opts`` go to the constructor unchanged).
+    - ``"flexconv"``, ``"ckconv"``: ``FlexConv{dim}d`` / ``CKConv{dim}d`` sampling
+      their kernel net on a ``kernel_size`` grid (``kernel_net``,
+      ``kernel_net_kwargs``, ``mask_init`` ... in ``opts``).
+    - ``"niff"``: ``NIFFConv{dim}d``, a kernel as large as the input
+      (``kernel_size`` is not used; ``preset``, ``mode`` ... in ``opts``).
+    - ``"sgconv"``, ``"s4d"``: 1-D depthwise sequence kernels of length ``kernel_size``.
 
     Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
     family's own options) are passed to the layer. At stride 1 the output has the
@@ -190,14 +193,15 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
     if conv in ("flexconv", "ckconv"):
         return cls(in_channels, out_channels, kernel_size=_single(kernel, conv), stride=stride, groups=groups,
                    bias=bias, **opts)
-    # NIFF, SGConv and S4D are depthwise by construction: one filter per channel.
+    if conv == "niff":
+        # Input-sized kernel: kernel_size has no meaning; NIFF checks groups (depthwise or full) itself.
+        return cls(in_channels, out_channels, stride=stride, groups=groups, bias=bias, **opts)
+    # SGConv and S4D are depthwise by construction: one sequence-long filter per channel.
     if groups != in_channels or in_channels != out_channels or any(
             s != 1 for s in _ntuple(stride, dim, "stride")):
         raise ValueError(f"conv={conv!r} is a depthwise stride-1 layer: needs in_channels == out_channels == "
                          f"groups and stride=1, got in_channels={in_channels}, out_channels={out_channels}, "
                          f"groups={groups}, stride={stride!r}")
-    if conv == "niff":
-        return cls(in_channels, bias=bias, **opts)
     return cls(in_channels, kernel_size=_single(kernel, conv), bias=bias, **opts)
 
 
