@@ -1,0 +1,623 @@
+"""Continuous kernel convolutions: CKConv and FlexConv.
+
+CKConv (Romero et al., "CKConv: Continuous Kernel Convolution for Sequential
+Data", ICLR 2022) samples its kernel from a kernel network on a grid of relative
+positions in [-1, 1]^d, so its parameter count does not depend on the kernel's
+extent and the same layer can be sampled on any grid. FlexConv (Romero, Bruintjes
+et al., "FlexConv: Continuous Kernel Convolutions with Differentiable Kernel
+Sizes", ICLR 2022) multiplies the kernel by a learnable anisotropic Gaussian mask
+and crops it to where the mask exceeds a threshold (*dynamic cropping*), so the
+kernel size is learned and the cost follows it. Separable variants follow CCNN
+(Knigge, Romero et al., "Modelling Long Range Dependencies in ND", ICML 2023): a
+depthwise continuous kernel then a pointwise channel mixer.
+
+Every layer builds its kernel (batch-independent) and applies it through
+:func:`largekernel.functional.convolve`, whose FFT path makes long kernels cheap.
+
+Also here, as functions of a model: :func:`set_resolution` (cross-resolution
+evaluation with sampling-rate normalisation), :func:`antialiasing_loss`
+(FlexConv's regulariser of MAGNet frequencies above Nyquist),
+:func:`kernel_norm_loss` and :func:`mask_extent_loss` (the reference code's L_n
+regularisers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
+from largekernel.nn.kernelnets import _MFN, create_kernel_net
+from largekernel.optim import mark
+
+__all__ = [
+    "CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d",
+    "continuous_layers", "set_resolution", "antialiasing_loss", "kernel_norm_loss", "mask_extent_loss",
+]
+
+_PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+_BAKED = {1: Conv1d, 2: Conv2d, 3: Conv3d}
+# Baked kernels at least this long in some dimension are applied by FFT.
+_FFT_BAKE_MIN = 32
+
+
+def _ntuple(value, nd: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    values = (value,) * nd if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(values, (tuple, list)) or len(values) != nd
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)):
+        raise ValueError(f"{name} must be an int >= {minimum} or a tuple of {nd} such ints, got {value!r}")
+    return tuple(values)
+
+
+def _grid_1d(size: int, causal: bool, device, dtype) -> Tensor:
+    """``size`` equispaced relative positions over [-1, 1]; a single sample sits at the anchor (0, or +1 if causal)."""
+    if size == 1:
+        return torch.full((1,), 1.0 if causal else 0.0, device=device, dtype=dtype)
+    return torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
+
+
+class _ContinuousConvNd(nn.Module):
+    """Shared machinery of CKConv / FlexConv: kernel sampling, padding, application, resolution, bake.
+
+    Subclasses only decide which part of the grid is sampled (:meth:`_crop`) and
+    what multiplies the sampled kernel (:meth:`_mask`).
+    """
+
+    _nd: int = 0
+    _default_kernel_net: str = "siren"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int] | None = None, *,
+                 kernel_net: str | nn.Module | None = None, kernel_net_kwargs: dict | None = None, stride=1,
+                 padding: str | int | Sequence[int] = "same", groups: int = 1, bias: bool = True,
+                 causal: bool = False, separable: bool = False, padding_mode: str = "zeros",
+                 backend: str = "auto", chang_init: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        nd = self._nd
+        factory = {"device": device, "dtype": dtype}
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                             f"by groups ({groups})")
+        if separable and groups != 1:
+            raise ValueError(f"separable=True builds its own depthwise + pointwise pair; groups must be 1, "
+                             f"got {groups}")
+        if causal and nd != 1:
+            raise ValueError(f"causal=True is defined for 1-D sequences only, got a {nd}-D layer")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a tuple of {nd} ints, got {padding!r}")
+        else:
+            padding = _ntuple(padding, nd, "padding", minimum=0)
+        if causal and padding != "same":
+            raise ValueError(f"a causal layer pads on the left by itself; padding must stay 'same', got {padding!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = _ntuple(stride, nd, "stride")
+        self.padding = padding
+        self.groups = groups
+        self.causal = bool(causal)
+        self.separable = bool(separable)
+        self.padding_mode = padding_mode
+        self.backend = backend
+        self.chang_init = bool(chang_init)
+        # Current sampling grid and the grid it was trained on (for the sampling-rate normalisation);
+        # both None until set, from the first input, when kernel_size is None.
+        self._kernel_size: tuple[int, ...] | None = None
+        self._base_kernel_size: tuple[int, ...] | None = None
+
+        # Separable: one depthwise continuous kernel per input channel, then a 1x1 channel mixer.
+        kernel_channels = in_channels if separable else out_channels * (in_channels // groups)
+        if kernel_net is None:
+            kernel_net = self._default_kernel_net
+        if isinstance(kernel_net, nn.Module):
+            if kernel_net_kwargs:
+                raise ValueError("kernel_net_kwargs only applies when kernel_net is given by name")
+            if getattr(kernel_net, "out_features", kernel_channels) != kernel_channels:
+                raise ValueError(f"kernel_net must produce {kernel_channels} values per position, "
+                                 f"its out_features is {kernel_net.out_features}")
+            self.kernel_net = kernel_net
+        else:
+            kwargs = {**self._kernel_net_defaults(kernel_net), **(kernel_net_kwargs or {}), **factory}
+            self.kernel_net = create_kernel_net(kernel_net, nd, kernel_channels, **kwargs)
+        if separable:
+            self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
+        else:
+            self.register_parameter("pointwise", None)
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        if kernel_size is not None:
+            self._kernel_size = self._base_kernel_size = _ntuple(kernel_size, nd, "kernel_size")
+        self.reset_parameters()
+
+    def _kernel_net_defaults(self, name: str) -> dict:
+        return {}
+
+    # ------------------------------------------------------------------ parameters and state
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the kernel net (its own scheme), the channel mixer, the bias and the output scale."""
+        if hasattr(self.kernel_net, "reset_parameters"):
+            self.kernel_net.reset_parameters()
+        with torch.no_grad():
+            if self.pointwise is not None:
+                nn.init.kaiming_normal_(self.pointwise)
+            if self.bias is not None:
+                self.bias.zero_()
+        if self._kernel_size is not None:
+            self._chang_initialize()
+
+    @torch.no_grad()
+    def _chang_initialize(self) -> None:
+        """Scale the kernel net's output layer by ``sqrt(1 / fan_in)`` (Chang et al. 2020, as in CCNN).
+
+        ``fan_in`` counts the kernel samples the layer applies at initialisation
+        (after cropping) times the input channels per group, so a layer starts
+        with roughly variance-preserving outputs whatever its kernel size.
+        """
+        output = getattr(self.kernel_net, "output", None)
+        if not self.chang_init or not isinstance(output, nn.Linear):
+            return
+        fan_in = math.prod(self.effective_kernel_size())
+        if not self.separable:
+            fan_in *= self.in_channels // self.groups
+        output.weight.mul_(math.sqrt(1.0 / fan_in))
+
+    def get_extra_state(self) -> dict:
+        return {"kernel_size": self._kernel_size, "base_kernel_size": self._base_kernel_size}
+
+    def set_extra_state(self, state: dict) -> None:
+        ks, base = state["kernel_size"], state["base_kernel_size"]
+        self._kernel_size = None if ks is None else tuple(ks)
+        self._base_kernel_size = None if base is None else tuple(base)
+
+    @property
+    def kernel_size(self) -> tuple[int, ...] | None:
+        """Samples of the current grid per dimension (before cropping); None until the first input if lazy."""
+        return self._kernel_size
+
+    @property
+    def base_kernel_size(self) -> tuple[int, ...] | None:
+        """The grid the layer was built (trained) on; the sampling-rate normalisation is relative to it."""
+        return self._base_kernel_size
+
+    def _require_kernel_size(self) -> tuple[int, ...]:
+        if self._kernel_size is None:
+            raise RuntimeError(f"{type(self).__name__} was built with kernel_size=None and sizes its kernel from "
+                               f"its first input; call it once (or pass kernel_size) before asking for the kernel")
+        return self._kernel_size
+
+    def _materialize(self, spatial: Sequence[int]) -> None:
+        """Lazy kernel size: the whole input (causal: its length) or the smallest odd size covering it."""
+        sizes = tuple(int(n) if self.causal else int(n) | 1 for n in spatial)
+        self._kernel_size = self._base_kernel_size = sizes
+        self._chang_initialize()
+
+    def resample(self, kernel_size: int | Sequence[int]) -> None:
+        """Sample the continuous kernel on a grid of ``kernel_size`` points (same [-1, 1] extent).
+
+        The sampled values are rescaled by the ratio of grid spacings,
+        ``prod_d (base_d - 1) / (kernel_size_d - 1)``, so the discrete sum keeps
+        approximating the same integral: a layer trained at 16x16 with a 17-point
+        kernel runs at 32x32 with ``resample(33)``.
+        """
+        self._require_kernel_size()
+        self._kernel_size = _ntuple(kernel_size, self._nd, "kernel_size")
+
+    def sampling_rate_norm(self) -> float:
+        """Factor on the sampled kernel: ratio of the current grid spacing to the base one (1 at base)."""
+        base, current = self._base_kernel_size, self._require_kernel_size()
+        norm = 1.0
+        for b, c in zip(base, current):
+            if b > 1 and c > 1:
+                norm *= (b - 1) / (c - 1)
+        return norm
+
+    # ------------------------------------------------------------------ kernel construction
+
+    def _crop(self, axes: list[Tensor]) -> list[Tensor]:
+        return axes
+
+    def _mask(self, axes: list[Tensor]) -> Tensor | None:
+        return None
+
+    def _axes(self) -> list[Tensor]:
+        # Coordinates follow the kernel net's device and dtype (a parameter-free net: its buffers, then ours).
+        tensors = itertools.chain(self.kernel_net.parameters(), self.kernel_net.buffers(), self.parameters())
+        ref = next((t for t in tensors if t.is_floating_point()), None)
+        device = ref.device if ref is not None else None
+        dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        return [_grid_1d(k, self.causal, device, dtype) for k in self._require_kernel_size()]
+
+    def effective_kernel_size(self) -> tuple[int, ...]:
+        """Size of the kernel this layer applies now (after cropping), per dimension."""
+        return tuple(a.numel() for a in self._crop(self._axes()))
+
+    def _sample(self) -> Tensor:
+        """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
+        axes = self._crop(self._axes())
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*k, nd)
+        kernel = self.kernel_net(coords)  # (C_k, *k)
+        norm = self.sampling_rate_norm()
+        if norm != 1.0:
+            kernel = kernel * norm
+        mask = self._mask(axes)
+        if mask is not None:
+            kernel = kernel * mask  # (C_k, *k)
+        return kernel
+
+    def construct_kernel(self) -> Tensor:
+        """The dense kernel this layer applies now, ``(out_channels, in_channels / groups, *k)``.
+
+        For ``separable=True`` it is the composition of the depthwise kernel and
+        the channel mixer, ``pointwise[o, i] * depthwise[i]``: the same linear map.
+        """
+        kernel = self._sample()
+        spatial = kernel.shape[1:]
+        if self.separable:
+            mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
+            return mixer * kernel.unsqueeze(0)  # (out, in, *k)
+        return kernel.reshape(self.out_channels, self.in_channels // self.groups, *spatial)
+
+    # ------------------------------------------------------------------ application
+
+    def _pads(self, kernel_size: Sequence[int]) -> list[tuple[int, int]]:
+        if self.causal:
+            return [(kernel_size[0] - 1, 0)]
+        if self.padding == "same":
+            return [((k - 1) // 2, k // 2) for k in kernel_size]
+        if self.padding == "valid":
+            return [(0, 0)] * self._nd
+        return [(p, p) for p in self.padding]
+
+    def _convolve(self, input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+        pads = self._pads(weight.shape[2:])
+        if all(lo == hi for lo, hi in pads):
+            padding = tuple(lo for lo, _ in pads)
+        else:
+            flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            input = F.pad(input, flat, mode=mode)  # (B, C, *padded)
+            padding = 0
+        return convolve(input, weight, bias, self.stride, padding, 1, groups, self.padding_mode,
+                        backend=self.backend)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != self._nd + 2 or input.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_channels}, "
+                             f"{', '.join(['*'] * self._nd)}), got {tuple(input.shape)}")
+        if self._kernel_size is None:
+            self._materialize(input.shape[2:])
+        kernel = self._sample()  # (C_k, *k)
+        spatial = kernel.shape[1:]
+        if self.separable:
+            depthwise = kernel.view(self.in_channels, 1, *spatial)
+            out = self._convolve(input, depthwise, None, self.in_channels)  # (B, in, *out)
+            mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
+            return convolve(out, mixer, self.bias, backend="direct")  # (B, out, *out)
+        weight = kernel.view(self.out_channels, self.in_channels // self.groups, *spatial)
+        return self._convolve(input, weight, self.bias, self.groups)
+
+    @torch.no_grad()
+    def bake(self) -> nn.Module:
+        """An equivalent plain convolution holding the kernel this layer applies now.
+
+        A ``largekernel.nn.Conv{1,2,3}d`` (backend ``"fft"`` for kernels at least
+        32 long in some dimension), preceded by a ``ConstantPad`` / mode pad when
+        the padding is asymmetric (causal layers, even kernels with ``"same"``).
+        Later changes to the mask or resolution are not reflected.
+        """
+        weight = self.construct_kernel()
+        k = tuple(weight.shape[2:])
+        groups = 1 if self.separable else self.groups
+        backend = self.backend
+        if backend == "auto" and max(k) >= _FFT_BAKE_MIN:
+            backend = "fft"
+        pads = self._pads(k)
+        symmetric = all(lo == hi for lo, hi in pads)
+        conv = _BAKED[self._nd](self.in_channels, self.out_channels, k, stride=self.stride,
+                                padding=tuple(lo for lo, _ in pads) if symmetric else 0, groups=groups,
+                                bias=self.bias is not None, padding_mode=self.padding_mode if symmetric else "zeros",
+                                backend=backend, device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        if symmetric:
+            return conv
+        flat = tuple(p for lo_hi in reversed(pads) for p in lo_hi)
+        if self.padding_mode == "zeros":
+            pad = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self._nd](flat, 0.0)
+        else:
+            pad = _ModePad(flat, self.padding_mode)
+        return nn.Sequential(pad, conv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self._kernel_size}"
+        if self._base_kernel_size != self._kernel_size:
+            s += f", base_kernel_size={self._base_kernel_size}"
+        if self.stride != (1,) * self._nd:
+            s += f", stride={self.stride}"
+        if self.padding != "same":
+            s += f", padding={self.padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        for flag in ("causal", "separable"):
+            if getattr(self, flag):
+                s += f", {flag}=True"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class _ModePad(nn.Module):
+    """``F.pad`` with a non-constant mode, as a module (for baked asymmetric padding)."""
+
+    def __init__(self, pad: tuple[int, ...], mode: str) -> None:
+        super().__init__()
+        self.pad, self.mode = pad, mode
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.pad(input, self.pad, mode=self.mode)
+
+
+class _FlexConvNd(_ContinuousConvNd):
+    """CKConv plus FlexConv's learnable Gaussian mask and dynamic cropping."""
+
+    _default_kernel_net = "magnet"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int] | None = None, *,
+                 mask_init: float = 0.075, mask_threshold: float = 0.1, dynamic_cropping: bool = True,
+                 learn_mask_mean: bool = True, mask_lr_scale: float | None = None, **kwargs) -> None:
+        if isinstance(mask_init, bool) or not isinstance(mask_init, (int, float)) or not mask_init > 0:
+            raise ValueError(f"mask_init (the Gaussian mask's initial width) must be > 0, got {mask_init!r}")
+        if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)) \
+                or not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in the open interval (0, 1), got {mask_threshold!r}")
+        self.mask_init = float(mask_init)
+        self.mask_threshold = float(mask_threshold)
+        self.dynamic_cropping = bool(dynamic_cropping)
+        super().__init__(in_channels, out_channels, kernel_size, **kwargs)
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        nd = self._nd
+        self.mask_width = mark(nn.Parameter(torch.empty(nd, **factory)), kind="mask", lr_scale=mask_lr_scale)
+        mean = torch.empty(nd, **factory)
+        if learn_mask_mean:
+            self.mask_mean = mark(nn.Parameter(mean), kind="mask", lr_scale=mask_lr_scale)
+        else:
+            self.register_buffer("mask_mean", mean)
+        self.reset_parameters()
+
+    def _kernel_net_defaults(self, name: str) -> dict:
+        # FlexConv: start the Gabor windows where the mask is, ~1.667 x its width.
+        if name.lower() in ("magnet", "gabor"):
+            return {"init_spatial_value": min(1.0, 1.667 * self.mask_init)}
+        return {}
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "mask_width"):
+            return  # called by the base constructor before the mask exists; done again at the end of __init__
+        with torch.no_grad():
+            self.mask_width.fill_(self.mask_init)
+            # A causal mask starts on the most recent samples (+1 is "now"); others at the centre.
+            self.mask_mean.fill_(1.0 if self.causal else 0.0)
+        super().reset_parameters()
+
+    def mask_roots(self) -> Tensor:
+        """Per-dimension half-width ``|sigma| sqrt(-2 ln threshold)`` of the region where the mask > threshold."""
+        return self.mask_width.detach().abs() * math.sqrt(-2.0 * math.log(self.mask_threshold))
+
+    def _crop(self, axes: list[Tensor]) -> list[Tensor]:
+        """Keep the samples inside the thresholded mask (FlexConv's dynamic cropping).
+
+        Causal: the samples with ``x >= mean - a`` (``a`` = :meth:`mask_roots`),
+        so the kernel still ends at "now". Otherwise, per dimension, the samples
+        with ``|x| <= max(|mean - a|, |mean + a|)``: a centred crop keeps "same"
+        alignment. At least 3 samples (2 on an even grid or a causal one) are kept
+        so that the mask's parameters always receive a gradient.
+        """
+        if not self.dynamic_cropping:
+            return axes
+        roots = self.mask_roots().tolist()
+        means = self.mask_mean.detach().tolist()
+        cropped = []
+        for x, a, mu in zip(axes, roots, means):
+            k = x.numel()
+            if k <= 2:
+                cropped.append(x)
+                continue
+            step = 2.0 / (k - 1)
+            tol = 1e-6
+            if self.causal:
+                start = math.ceil((mu - a + 1.0) / step - tol)
+                start = min(max(start, 0), k - 2)
+                cropped.append(x[start:])
+                continue
+            reach = max(abs(mu - a), abs(mu + a))
+            start = math.ceil((1.0 - reach) / step - tol)  # first index with x >= -reach
+            start = min(max(start, 0), (k - 3) // 2 if k % 2 else k // 2 - 1)
+            cropped.append(x[start:k - start])
+        return cropped
+
+    def _mask(self, axes: list[Tensor]) -> Tensor:
+        """Separable anisotropic Gaussian ``prod_d exp(-1/2 ((x_d - mean_d) / width_d)^2)``, shape ``(*k)``."""
+        mask = None
+        for d, x in enumerate(axes):
+            g = torch.exp(-0.5 * ((x - self.mask_mean[d]) / self.mask_width[d]).square())  # (k_d,)
+            g = g.view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
+            mask = g if mask is None else mask * g
+        return mask
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.mask_init != 0.075:
+            s += f", mask_init={self.mask_init}"
+        if self.mask_threshold != 0.1:
+            s += f", mask_threshold={self.mask_threshold}"
+        if not self.dynamic_cropping:
+            s += ", dynamic_cropping=False"
+        return s
+
+
+_COMMON_ARGS = """
+    Args:
+        in_channels, out_channels: as in ``torch.nn.Conv{n}d``.
+        kernel_size: samples of the kernel grid over [-1, 1] per dimension. ``None``
+            (default): set from the first input, the input's size (causal) or the
+            smallest odd size covering it, so the kernel sees the whole input.
+        kernel_net: ``"siren"``, ``"mlp"``, ``"fourier"``, ``"gabor"``, ``"magnet"``
+            or a module mapping ``(*grid, {n})`` coordinates to ``(C, *grid)``.
+        kernel_net_kwargs: options of the named kernel net (``hidden_channels``,
+            ``num_layers``, ``omega_0``, ``input_scale`` ...).
+        stride, padding, groups, bias, padding_mode: as in ``torch.nn.Conv{n}d``;
+            ``padding="same"`` (default) follows torch's convention for even kernels.
+        causal: (1-D) pad on the left only, so output ``t`` sees inputs ``<= t``.
+        separable: depthwise continuous kernel followed by a pointwise mixer (CCNN).
+        backend: ``"auto"``, ``"direct"`` or ``"fft"``, as in ``largekernel.nn.Conv{n}d``.
+        chang_init: scale the kernel net's output layer by ``1 / sqrt(fan_in)``.
+
+    Shape:
+        - Input: ``(B, C_in, *spatial)``
+        - Output: ``(B, C_out, *out)`` with ``out = floor((spatial + pad_total - k) / stride) + 1``,
+          ``k`` the applied (cropped) kernel size; ``"same"`` and causal give
+          ``pad_total = k - 1``, i.e. ``out = ceil(spatial / stride)``.
+"""
+
+_FLEX_ARGS = """
+        mask_init: initial width (std) of the Gaussian mask, in units of the [-1, 1] grid.
+        mask_threshold: cropping keeps the samples where the mask exceeds this, in (0, 1).
+        dynamic_cropping: crop to the mask's support (off: sample the whole grid).
+        learn_mask_mean: learn the mask's centre as well as its width.
+        mask_lr_scale: learning-rate multiplier of the mask parameters (optimizer mark).
+"""
+
+
+def _make(name: str, base: type, nd: int, summary: str) -> type:
+    doc = f"{summary}\n" + _COMMON_ARGS.replace("{n}", str(nd))
+    if base is _FlexConvNd:
+        doc = doc.replace("\n    Shape:", _FLEX_ARGS + "\n    Shape:")
+    return type(name, (base,), {"_nd": nd, "__doc__": doc, "__module__": __name__})
+
+
+CKConv1d = _make("CKConv1d", _ContinuousConvNd, 1, "1-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
+CKConv2d = _make("CKConv2d", _ContinuousConvNd, 2, "2-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
+CKConv3d = _make("CKConv3d", _ContinuousConvNd, 3, "3-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
+FlexConv1d = _make("FlexConv1d", _FlexConvNd, 1, "1-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
+FlexConv2d = _make("FlexConv2d", _FlexConvNd, 2, "2-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
+FlexConv3d = _make("FlexConv3d", _FlexConvNd, 3, "3-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
+
+
+# ---------------------------------------------------------------------- model-level helpers
+
+def continuous_layers(model: nn.Module) -> Iterator[_ContinuousConvNd]:
+    """Every CKConv / FlexConv layer of ``model`` (``model`` itself included)."""
+    return (m for m in model.modules() if isinstance(m, _ContinuousConvNd))
+
+
+def set_resolution(model: nn.Module, size: int | Sequence[int], train_size: int | Sequence[int]) -> nn.Module:
+    """Resample every continuous layer of ``model`` for inputs of ``size`` instead of ``train_size``.
+
+    Each layer's grid is stretched by ``size / train_size``: a base kernel of
+    ``K`` samples becomes ``(K - 1) * size / train_size + 1`` samples (and is
+    rescaled by the grid-spacing ratio, see :meth:`resample`), which must be an
+    integer. ``set_resolution(model, train_size, train_size)`` restores the
+    training grid. Returns ``model``.
+    """
+    layers = list(continuous_layers(model))
+    for layer in layers:
+        nd = layer._nd
+        new = _ntuple(size, nd, "size")
+        old = _ntuple(train_size, nd, "train_size")
+        base = layer.base_kernel_size
+        if base is None:
+            raise RuntimeError(f"{type(layer).__name__} has no kernel size yet (kernel_size=None and never called); "
+                               f"run one input of the training size through the model first")
+        sizes = []
+        for b, n, o in zip(base, new, old):
+            target = (b - 1) * n / o + 1
+            if abs(target - round(target)) > 1e-9 or round(target) < 1:
+                raise ValueError(f"resolution {tuple(new)} does not fit a kernel of {tuple(base)} samples trained at "
+                                 f"{tuple(old)}: (k - 1) * size / train_size + 1 = {target:g} is not a whole number "
+                                 f"of samples")
+            sizes.append(round(target))
+        layer.resample(tuple(sizes))
+    return model
+
+
+def antialiasing_loss(model: nn.Module, target: str = "gabor+mask", method: str = "together",
+                      gauss_stddevs: float = 2.0) -> Tensor:
+    """FlexConv's anti-aliasing regulariser: squared excess of the analytic kernel frequencies over Nyquist.
+
+    For every continuous layer with a multiplicative filter net (MAGNet, Gabor,
+    Fourier) the analytic frequency of filter ``l`` is
+    ``f_l = max_{unit, dim} (|W_l| + gauss_stddevs * gamma_l) / 2 pi`` (cycles
+    per unit of the [-1, 1] grid); ``target="gabor+mask"`` adds the mask's
+    ``gauss_stddevs / (2 pi min_d |width_d|)``. The Nyquist frequency of a
+    ``K``-sample grid over [-1, 1] is ``(K - 1) / 4`` (smallest over dimensions).
+
+    - ``method="together"`` (the reference default): each of the ``L + 1``
+      filters gets ``1 / (L + 1)`` of the Nyquist budget (and of the mask's
+      frequency); loss ``sum_l relu(f_l - nyq / (L + 1))^2``.
+    - ``method="summed"``: loss ``relu(sum_l f_l (+ mask) - nyq)^2`` per layer.
+
+    Summed over layers; zero when every layer is band-limited below Nyquist.
+    Multiply by the regularisation factor yourself (the reference uses 1e-3).
+    """
+    if target not in ("gabor", "gabor+mask"):
+        raise ValueError(f"target must be 'gabor' or 'gabor+mask', got {target!r}")
+    if method not in ("together", "summed"):
+        raise ValueError(f"method must be 'together' or 'summed', got {method!r}")
+    if not gauss_stddevs >= 0:
+        raise ValueError(f"gauss_stddevs must be >= 0, got {gauss_stddevs!r}")
+    loss = None
+    for layer in continuous_layers(model):
+        if not isinstance(layer.kernel_net, _MFN):
+            continue
+        freqs = layer.kernel_net.frequency_bounds(gauss_stddevs)  # (L + 1,)
+        if target == "gabor+mask" and isinstance(layer, _FlexConvNd):
+            mask_freq = gauss_stddevs / (2 * math.pi * layer.mask_width.abs().min())
+            mask_freq = mask_freq.to(freqs.dtype)
+        else:
+            mask_freq = freqs.new_zeros(())
+        nyquist = (min(layer._require_kernel_size()) - 1) / 4.0
+        if method == "together":
+            n = freqs.numel()
+            term = F.relu(freqs + mask_freq / n - nyquist / n).square().sum()
+        else:
+            term = F.relu(freqs.sum() + mask_freq - nyquist).square()
+        loss = term if loss is None else loss + term
+    return loss if loss is not None else torch.zeros(())
+
+
+def kernel_norm_loss(model: nn.Module, p: float = 2.0) -> Tensor:
+    """Sum over continuous layers of ``||kernel||_p + ||bias||_p`` on the kernels they apply now (CKConv's LnLoss)."""
+    loss = None
+    for layer in continuous_layers(model):
+        term = torch.linalg.vector_norm(layer.construct_kernel(), ord=p)
+        if layer.bias is not None:
+            term = term + torch.linalg.vector_norm(layer.bias, ord=p)
+        loss = term if loss is None else loss + term
+    return loss if loss is not None else torch.zeros(())
+
+
+def mask_extent_loss(model: nn.Module, p: float = 2.0) -> Tensor:
+    """Sum over FlexConv layers of ``||mask_width||_p``: pushes learned kernels to stay small (LimitLnLoss)."""
+    loss = None
+    for layer in continuous_layers(model):
+        if isinstance(layer, _FlexConvNd):
+            term = torch.linalg.vector_norm(layer.mask_width, ord=p)
+            loss = term if loss is None else loss + term
+    return loss if loss is not None else torch.zeros(())

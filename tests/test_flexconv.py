@@ -1,0 +1,385 @@
+"""CKConv / FlexConv layers against torch's conv, the mask and cropping formulas, causality, cross-resolution,
+anti-aliasing and the regularisers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from largekernel.nn.flexconv import (CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d,
+                                     antialiasing_loss, continuous_layers, kernel_norm_loss, mask_extent_loss,
+                                     set_resolution)
+from largekernel.optim import param_groups
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+LAYERS = {(1, "ck"): CKConv1d, (2, "ck"): CKConv2d, (3, "ck"): CKConv3d,
+          (1, "flex"): FlexConv1d, (2, "flex"): FlexConv2d, (3, "flex"): FlexConv3d}
+
+
+def _reference(layer, x, kernel):
+    """torch's own conv with the layer's kernel and padding written out from the stated conventions."""
+    nd = x.dim() - 2
+    k = kernel.shape[2:]
+    if layer.causal:
+        pads = [(k[0] - 1, 0)]
+    elif layer.padding == "same":
+        pads = [((kk - 1) // 2, kk // 2) for kk in k]
+    elif layer.padding == "valid":
+        pads = [(0, 0)] * nd
+    else:
+        pads = [(p, p) for p in layer.padding]
+    x = F.pad(x, [p for lo_hi in reversed(pads) for p in lo_hi])
+    groups = 1 if layer.separable else layer.groups
+    return TORCH_CONV[nd](x, kernel, layer.bias, stride=layer.stride, groups=groups)
+
+
+CASES = [
+    # (nd, family, in, out, spatial, kwargs)
+    (1, "ck", 3, 4, (20,), {}),
+    (1, "ck", 4, 4, (20,), {"groups": 4, "kernel_net": "mlp"}),
+    (1, "flex", 3, 5, (30,), {"causal": True}),
+    (1, "flex", 4, 6, (25,), {"causal": True, "separable": True, "stride": 2}),
+    (2, "ck", 2, 4, (9, 8), {"kernel_net": "magnet", "groups": 2}),
+    (2, "flex", 4, 4, (12, 12), {"kernel_size": 9}),
+    (2, "flex", 3, 6, (11, 10), {"kernel_size": (7, 6), "dynamic_cropping": False, "padding": "valid"}),
+    (2, "flex", 4, 4, (10, 10), {"kernel_size": 8, "groups": 4, "stride": 2, "mask_init": 0.4}),
+    (2, "ck", 3, 2, (8, 8), {"kernel_size": 5, "padding": 1, "kernel_net": "fourier", "bias": False}),
+    (2, "flex", 3, 5, (10, 10), {"separable": True, "kernel_net": "gabor"}),
+    (3, "flex", 2, 2, (6, 5, 4), {"mask_init": 0.5}),
+    (3, "ck", 2, 3, (5, 5, 5), {"kernel_size": 3}),
+]
+
+
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+@pytest.mark.parametrize("nd,family,cin,cout,spatial,kwargs", CASES)
+def test_forward_matches_torch_conv_on_construct_kernel_and_bake(nd, family, cin, cout, spatial, kwargs, backend):
+    layer = LAYERS[nd, family](cin, cout, backend=backend, **kwargs).double()
+    x = torch.randn(2, cin, *spatial, dtype=torch.float64)
+    y = layer(x)
+    kernel = layer.construct_kernel()
+    groups = 1 if layer.separable else layer.groups
+    assert kernel.shape[:2] == (cout, cin // groups)
+    assert tuple(kernel.shape[2:]) == layer.effective_kernel_size()
+    torch.testing.assert_close(y, _reference(layer, x, kernel), rtol=1e-9, atol=1e-9)
+    baked = layer.bake()
+    torch.testing.assert_close(baked(x), y, rtol=1e-5, atol=1e-5)
+    # The baked module holds plain torch convolutions only.
+    assert any(isinstance(m, nn.modules.conv._ConvNd) for m in baked.modules())
+
+
+def test_defaults_just_work_and_size_the_kernel_from_the_input():
+    layer = FlexConv2d(4, 4)
+    assert layer.kernel_size is None
+    y = layer(torch.randn(2, 4, 16, 16))
+    assert y.shape == (2, 4, 16, 16)
+    assert layer.kernel_size == (17, 17) and layer.base_kernel_size == (17, 17)
+    seq = CKConv1d(1, 8, causal=True)
+    assert seq(torch.randn(3, 1, 40)).shape == (3, 8, 40)
+    assert seq.kernel_size == (40,)
+    # The grid is fixed once set: a later input of another size does not resize the kernel.
+    seq(torch.randn(3, 1, 50))
+    assert seq.kernel_size == (40,)
+    assert "kernel_size=(40,)" in repr(seq) and "causal=True" in repr(seq)
+
+
+def test_state_dict_round_trip_restores_lazy_kernel_size():
+    torch.manual_seed(0)
+    layer = FlexConv2d(3, 3)
+    x = torch.randn(1, 3, 10, 10)
+    y = layer(x)
+    fresh = FlexConv2d(3, 3)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.kernel_size == (11, 11)
+    torch.testing.assert_close(fresh(x), y)
+
+
+@pytest.mark.parametrize("cls", [CKConv1d, FlexConv1d])
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+def test_causal_layers_never_see_the_future(cls, backend):
+    torch.manual_seed(0)
+    layer = cls(3, 4, causal=True, backend=backend, **({"mask_init": 0.6} if cls is FlexConv1d else {}))
+    x = torch.randn(2, 3, 64)
+    y = layer(x)
+    for t0 in (0, 17, 40, 63):
+        x2 = x.clone()
+        x2[..., t0:] += torch.randn_like(x2[..., t0:]) * 10
+        y2 = layer(x2)
+        torch.testing.assert_close(y2[..., :t0], y[..., :t0], rtol=0, atol=1e-5)
+        assert (y2[..., t0:] - y[..., t0:]).abs().max() > 1e-3  # and the present does matter
+
+
+def _kept_by_formula(k, mean, width, threshold, causal):
+    """Indices of the K-point [-1, 1] grid that FlexConv's cropping keeps, written from the stated rule."""
+    x = np.linspace(-1.0, 1.0, k)
+    a = abs(width) * math.sqrt(-2 * math.log(threshold))
+    if causal:
+        keep = np.nonzero(x >= mean - a - 1e-9)[0]
+        return keep if keep.size >= 2 else np.arange(k - 2, k)
+    reach = max(abs(mean - a), abs(mean + a))
+    keep = np.nonzero(np.abs(x) <= reach + 1e-9)[0]
+    minimum = 3 if k % 2 else 2
+    if keep.size < minimum:
+        keep = np.arange((k - minimum) // 2, (k + minimum) // 2)
+    return keep
+
+
+@pytest.mark.parametrize("k", [33, 32, 9])
+@pytest.mark.parametrize("mean,width,threshold", [(0.0, 0.075, 0.1), (0.2, 0.1, 0.1), (-0.3, 0.05, 0.5),
+                                                  (0.0, 0.01, 0.1), (0.0, 2.0, 0.1), (0.5, -0.2, 0.3)])
+def test_mask_crops_exactly_where_stated(k, mean, width, threshold):
+    layer = FlexConv2d(2, 2, kernel_size=k, mask_threshold=threshold).double()
+    full = FlexConv2d(2, 2, kernel_size=k, mask_threshold=threshold, dynamic_cropping=False).double()
+    full.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        for m in (layer, full):
+            m.mask_mean.copy_(torch.tensor([mean, -mean]))
+            m.mask_width.copy_(torch.tensor([width, width / 2]))
+    rows = _kept_by_formula(k, mean, width, threshold, causal=False)
+    cols = _kept_by_formula(k, -mean, width / 2, threshold, causal=False)
+    assert layer.effective_kernel_size() == (len(rows), len(cols))
+    # The cropped kernel is the full (masked) kernel restricted to the kept samples.
+    torch.testing.assert_close(layer.construct_kernel(), full.construct_kernel()[:, :, rows][:, :, :, cols])
+    # Everything cropped away lies where the mask is below the threshold.
+    x = np.linspace(-1, 1, k)
+    mask_rows = np.exp(-0.5 * ((x - mean) / width) ** 2)
+    dropped = np.setdiff1d(np.arange(k), rows)
+    assert (mask_rows[dropped] < threshold + 1e-12).all()
+
+
+@pytest.mark.parametrize("k,mean,width", [(40, 1.0, 0.075), (4096, 1.0, 0.25 / math.sqrt(2 * math.log(10))),
+                                          (50, 0.3, 0.2), (10, 1.0, 0.001), (64, 1.0, 5.0)])
+def test_causal_crop_keeps_the_recent_end(k, mean, width):
+    layer = FlexConv1d(1, 1, kernel_size=k, causal=True)
+    with torch.no_grad():
+        layer.mask_mean.fill_(mean)
+        layer.mask_width.fill_(width)
+    keep = _kept_by_formula(k, mean, width, 0.1, causal=True)
+    assert keep[-1] == k - 1
+    assert layer.effective_kernel_size() == (len(keep),)
+    if k == 4096:
+        assert len(keep) == 4096 // 8  # a mask covering the last eighth of the grid
+
+
+def test_mask_is_the_anisotropic_gaussian_times_the_kernel_net():
+    layer = FlexConv2d(2, 3, kernel_size=(7, 5), dynamic_cropping=False).double()
+    with torch.no_grad():
+        layer.mask_mean.copy_(torch.tensor([0.2, -0.1]))
+        layer.mask_width.copy_(torch.tensor([0.3, 0.6]))
+    ys, xs = torch.linspace(-1, 1, 7, dtype=torch.float64), torch.linspace(-1, 1, 5, dtype=torch.float64)
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1)
+    mask = torch.exp(-0.5 * (((coords[..., 0] - 0.2) / 0.3) ** 2 + ((coords[..., 1] + 0.1) / 0.6) ** 2))
+    expected = (layer.kernel_net(coords) * mask).view(3, 2, 7, 5)
+    torch.testing.assert_close(layer.construct_kernel(), expected)
+
+
+def test_gradients_flow_to_mask_parameters_and_gradcheck():
+    torch.manual_seed(0)
+    layer = FlexConv2d(2, 2, kernel_size=7, mask_init=0.3, kernel_net_kwargs={"hidden_channels": 4}).double()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    layer(x).square().sum().backward()
+    assert layer.mask_width.grad.abs().min() > 0
+    assert layer.mask_mean.grad.abs().min() > 0
+    width = layer.mask_width.detach().clone().requires_grad_()
+    x.requires_grad_()
+
+    def fn(inp, w):
+        return torch.func.functional_call(layer, {"mask_width": w}, (inp,))
+
+    assert torch.autograd.gradcheck(fn, (x, width), fast_mode=True)
+
+
+def test_causal_gradcheck():
+    layer = FlexConv1d(2, 2, kernel_size=12, causal=True, mask_init=0.5,
+                       kernel_net_kwargs={"hidden_channels": 4}).double()
+    x = torch.randn(1, 2, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,), fast_mode=True)
+
+
+def test_effective_size_follows_the_learned_width():
+    layer = FlexConv2d(2, 2, kernel_size=33)
+    sizes = []
+    for w in (0.05, 0.1, 0.2, 0.4, 0.8):
+        with torch.no_grad():
+            layer.mask_width.fill_(w)
+        sizes.append(layer.effective_kernel_size()[0])
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] == 33
+
+
+def test_mask_parameters_are_marked_for_the_optimizer():
+    layer = FlexConv2d(2, 2, kernel_size=5, mask_lr_scale=3.0)
+    groups = param_groups(layer, lr=1e-3, weight_decay=0.1)
+    mask_group = [g for g in groups if g["kind"] == "mask"]
+    assert len(mask_group) == 1 and set(mask_group[0]["names"]) == {"mask_width", "mask_mean"}
+    assert mask_group[0]["lr"] == pytest.approx(3e-3) and mask_group[0]["weight_decay"] == 0.0
+    fixed = FlexConv2d(2, 2, kernel_size=5, learn_mask_mean=False)
+    assert "mask_mean" not in dict(fixed.named_parameters()) and "mask_mean" in dict(fixed.named_buffers())
+
+
+def test_chang_initialisation_scales_the_output_layer():
+    torch.manual_seed(3)
+    plain = CKConv2d(3, 4, kernel_size=5, chang_init=False)
+    torch.manual_seed(3)
+    scaled = CKConv2d(3, 4, kernel_size=5)
+    ratio = scaled.kernel_net.output.weight / plain.kernel_net.output.weight
+    torch.testing.assert_close(ratio, torch.full_like(ratio, math.sqrt(1 / (3 * 25))))
+
+
+class _Smooth(nn.Module):
+    """A known smooth continuous kernel psi(x) = exp(-x^2) cos(3 x), one channel."""
+
+    out_features = 1
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("amplitude", torch.ones(()))  # follows .double() like a real kernel net
+
+    def forward(self, coords):
+        x = coords[..., 0]
+        return (self.amplitude * torch.exp(-x ** 2) * torch.cos(3 * x))[None]
+
+
+def test_cross_resolution_sampling_converges_to_the_continuous_convolution():
+    # Continuous: (psi * f)(t) = int psi(u) f(t + u) du. A layer built on a K0-point grid (spacing h0 = 2/(K0-1))
+    # and resampled on a finer grid approximates h0^-1 times that integral, whatever the resolution.
+    def f(t):
+        return torch.sin(2 * t) + 0.5 * torch.cos(5 * t + 1)
+
+    u = torch.linspace(-1, 1, 200001, dtype=torch.float64)
+    t_star = 0.5
+    integral = torch.trapezoid(_Smooth()(u[:, None])[0] * f(t_star + u), u).item()
+
+    k0, train_len = 9, 32  # 32 input samples with the kernel grid's spacing 2 / (k0 - 1) = 0.25
+    layer = CKConv1d(1, 1, kernel_size=k0, kernel_net=_Smooth(), bias=False).double()
+    model = nn.Sequential(layer)
+    errors = []
+    for scale in (1, 2, 4, 8, 16):
+        size = train_len * scale
+        set_resolution(model, size, train_len)
+        assert layer.kernel_size == ((k0 - 1) * scale + 1,)
+        h = 0.25 / scale
+        t = -4 + h * torch.arange(size, dtype=torch.float64)
+        y = layer(f(t)[None, None])[0, 0]
+        idx = int(round((t_star + 4) / h))
+        errors.append(abs(y[idx].item() * 0.25 - integral))
+    # A Riemann sum of a kernel that does not vanish at +-1 converges at first order: halving h halves the error.
+    assert all(0.4 < b / a < 0.6 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 5e-3
+    set_resolution(model, train_len, train_len)
+    assert layer.kernel_size == (k0,) and layer.sampling_rate_norm() == 1.0
+
+
+def test_flexconv_trained_at_16_runs_at_32_with_the_same_physical_extent():
+    torch.manual_seed(0)
+    layer = FlexConv2d(2, 2, mask_init=0.3)
+    layer(torch.randn(1, 2, 16, 16))
+    small = layer.effective_kernel_size()
+    set_resolution(layer, 32, 16)
+    assert layer.kernel_size == (33, 33)
+    y = layer(torch.randn(1, 2, 32, 32))
+    assert y.shape == (1, 2, 32, 32)
+    big = layer.effective_kernel_size()
+    assert all(abs((b - 1) - 2 * (s - 1)) <= 2 for s, b in zip(small, big))
+    assert layer.sampling_rate_norm() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"resolution \(24, 24\) does not fit a kernel of \(17, 17\).*22.3333"):
+        set_resolution(layer, 24, 18)
+
+
+def _band_limit(layer, factor):
+    with torch.no_grad():
+        for f in layer.kernel_net.filters:
+            f.linear.weight.mul_(factor)
+            f.gamma.mul_(factor)
+
+
+@pytest.mark.parametrize("method", ["together", "summed"])
+def test_antialiasing_regulariser(method):
+    torch.manual_seed(0)
+    layer = FlexConv2d(2, 2, kernel_size=33, mask_init=0.5)
+    model = nn.Sequential(layer, nn.ReLU(), CKConv2d(2, 2, kernel_size=5))  # SIREN layer: no analytic bound
+    nyquist = (33 - 1) / 4
+
+    def formula(target):
+        freqs = torch.stack([((f.linear.weight.abs() + 2.0 * f.gamma.abs()) / (2 * math.pi)).max()
+                             for f in layer.kernel_net.filters])
+        mask = 2.0 / (2 * math.pi * layer.mask_width.abs().min()) if target == "gabor+mask" else 0.0
+        n = len(freqs)
+        if method == "together":
+            return F.relu(freqs + mask / n - nyquist / n).square().sum()
+        return F.relu(freqs.sum() + mask - nyquist).square()
+
+    _band_limit(layer, 0.01)  # far below Nyquist
+    for target in ("gabor", "gabor+mask"):
+        assert antialiasing_loss(model, target=target, method=method).item() == 0.0
+    _band_limit(layer, 300.0)  # far above
+    for target in ("gabor", "gabor+mask"):
+        loss = antialiasing_loss(model, target=target, method=method)
+        assert loss.item() > 0
+        torch.testing.assert_close(loss, formula(target))
+    loss = antialiasing_loss(model, target="gabor+mask", method=method)
+    loss.backward()
+    assert layer.kernel_net.filters[0].gamma.grad.abs().sum() > 0
+    # A narrow mask alone pushes "gabor+mask" above Nyquist but not "gabor".
+    _band_limit(layer, 1 / 300.0)
+    with torch.no_grad():
+        layer.mask_width.fill_(0.005)
+    assert antialiasing_loss(model, target="gabor", method=method).item() == 0.0
+    assert antialiasing_loss(model, target="gabor+mask", method=method).item() > 0
+
+
+def test_norm_and_extent_regularisers():
+    model = nn.Sequential(FlexConv2d(2, 3, kernel_size=7), CKConv2d(3, 3, kernel_size=5, bias=False))
+    a, b = model
+    expected = (a.construct_kernel().abs().pow(2).sum().sqrt() + a.bias.abs().pow(2).sum().sqrt()
+                + b.construct_kernel().abs().pow(2).sum().sqrt())
+    torch.testing.assert_close(kernel_norm_loss(model, p=2), expected)
+    torch.testing.assert_close(kernel_norm_loss(model, p=1),
+                               a.construct_kernel().abs().sum() + a.bias.abs().sum() + b.construct_kernel().abs().sum())
+    torch.testing.assert_close(mask_extent_loss(model), a.mask_width.norm())
+    assert list(continuous_layers(model)) == [a, b]
+    assert mask_extent_loss(nn.Linear(2, 2)).item() == 0.0
+
+
+def test_bad_input_is_rejected_with_clear_messages():
+    with pytest.raises(ValueError, match=r"mask_threshold must be in the open interval \(0, 1\), got 1.0"):
+        FlexConv2d(2, 2, mask_threshold=1.0)
+    with pytest.raises(ValueError, match="mask_threshold .* got 0"):
+        FlexConv2d(2, 2, mask_threshold=0)
+    with pytest.raises(ValueError, match=r"mask_init .* must be > 0, got -0.1"):
+        FlexConv2d(2, 2, mask_init=-0.1)
+    with pytest.raises(ValueError, match="causal=True is defined for 1-D sequences only"):
+        FlexConv2d(2, 2, causal=True)
+    with pytest.raises(ValueError, match=r"divisible by groups \(2\)"):
+        CKConv2d(3, 4, groups=2)
+    with pytest.raises(ValueError, match="groups must be 1, got 2"):
+        CKConv1d(2, 2, groups=2, separable=True)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid'"):
+        CKConv1d(2, 2, padding="full")
+    with pytest.raises(ValueError, match="padding must stay 'same'"):
+        CKConv1d(2, 2, causal=True, padding=3)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        CKConv1d(2, 2, backend="cuda")
+    with pytest.raises(ValueError, match="kernel_size must be an int >= 1 or a tuple of 2"):
+        CKConv2d(2, 2, kernel_size=(3, 0))
+    with pytest.raises(ValueError, match="kernel_net must be one of"):
+        CKConv2d(2, 2, kernel_net="wavelet")
+    with pytest.raises(ValueError, match="must produce 4 values per position, its out_features is 1"):
+        CKConv2d(2, 2, kernel_net=_Smooth())
+    layer = FlexConv2d(2, 2)
+    with pytest.raises(RuntimeError, match="kernel_size=None"):
+        layer.construct_kernel()
+    with pytest.raises(ValueError, match=r"expects input of shape \(B, 2, \*, \*\), got \(1, 3, 8, 8\)"):
+        layer(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"got \(1, 2, 8\)"):
+        layer(torch.randn(1, 2, 8))
+    with pytest.raises(RuntimeError, match="no kernel size yet"):
+        set_resolution(layer, 32, 16)
+    layer(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ValueError, match="size must be an int >= 1"):
+        set_resolution(layer, 0, 8)
+    with pytest.raises(ValueError, match="kernel_size must be"):
+        layer.resample(-3)
+    with pytest.raises(ValueError, match="target must be 'gabor' or 'gabor\\+mask'"):
+        antialiasing_loss(layer, target="sines")
