@@ -66,6 +66,7 @@ class TrainConfig:
     clip_grad: Optional[float] = None  # max global gradient norm (None: off)
     ema_decay: Optional[float] = None  # EMA of weights, e.g. 0.999 (None: off); evaluated every epoch too
     # per-family learning techniques
+    dcls_sigma: Optional[tuple[float, float]] = None  # (start, end): linear schedule of DCLS Gaussian widths
     dcls_repulsion: float = 0.0  # weight of the DCLS position-repulsion loss, when the layers provide one
     regularization_weight: float = 1.0  # multiplier of the layers' regularization_loss() (e.g. FlexConv masks)
     regularizers: dict[str, float] = field(default_factory=dict)  # "module:function" -> weight; function(model) -> loss
@@ -106,6 +107,10 @@ class TrainConfig:
         _check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "None or in (0, 1)")
         _check(self.kernel_net_weight_decay is None or self.kernel_net_weight_decay >= 0, "kernel_net_weight_decay",
                self.kernel_net_weight_decay, "None or >= 0")
+        if self.dcls_sigma is not None:
+            self.dcls_sigma = tuple(self.dcls_sigma)
+            _check(len(self.dcls_sigma) == 2 and all(v > 0 for v in self.dcls_sigma), "dcls_sigma", self.dcls_sigma,
+                   "None or two positive values (start, end)")
         for key, weight in self.regularizers.items():
             _check(isinstance(key, str) and ":" in key, "regularizers", key, "keys of the form 'package.module:function'")
             _check(weight >= 0, f"regularizers.{key}", weight, ">= 0")

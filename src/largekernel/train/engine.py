@@ -9,7 +9,8 @@ discovered on the model, so a model without them trains unchanged:
 - after each optimizer step, every module with ``clamp_parameters()`` is
   called (DCLS keeps its positions inside the dilated kernel);
 - before each step, every module with ``set_training_progress(p)`` gets the
-  fraction ``p`` of training done (schedules such as the DCLS Gaussian sigma);
+  fraction ``p`` of training done, and with ``dcls_sigma = (start, end)`` every
+  DCLS layer with Gaussian widths gets ``set_sigma`` linearly from start to end;
 - each module's ``regularization_loss()`` is added to the loss (times
   ``regularization_weight``; FlexConv mask regularisation), ``repulsion_loss()``
   when ``dcls_repulsion > 0``, and every ``"package.module:function"`` in
@@ -67,13 +68,27 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, warmup_ratio: floa
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or Nesterov SGD over ``optim.param_groups`` (marks give positions / SSM / masks their own lr and decay)."""
     groups = param_groups(model, cfg.lr, cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)
-    for g in groups:
-        if g["kind"] == "kernel_net" and cfg.kernel_net_weight_decay is not None:
-            g["weight_decay"] = cfg.kernel_net_weight_decay
+    if cfg.kernel_net_weight_decay is not None:
+        groups = _with_kernel_net_decay(groups, cfg.kernel_net_weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                            weight_decay=cfg.weight_decay)
+
+
+def _with_kernel_net_decay(groups: list[dict], weight_decay: float) -> list[dict]:
+    # Only "kernel_net" parameters whose mark left weight_decay unset take the configured decay;
+    # an explicit mark (e.g. weight_decay=0.0 on SIREN frequencies) wins.
+    out = []
+    for g in groups:
+        free = [p for p in g["params"] if g["kind"] == "kernel_net" and p._optim["weight_decay"] is None]
+        fixed = [(p, n) for p, n in zip(g["params"], g["names"]) if not any(p is q for q in free)]
+        if free:
+            names = [n for p, n in zip(g["params"], g["names"]) if any(p is q for q in free)]
+            out.append({**g, "params": free, "names": names, "weight_decay": weight_decay})
+        if fixed:
+            out.append({**g, "params": [p for p, _ in fixed], "names": [n for _, n in fixed]})
+    return out
 
 
 def _resolve_device(cfg: TrainConfig) -> torch.device:
@@ -139,6 +154,8 @@ class _FamilyHooks:
         modules = list(model.modules())
         self.clampers = [m for m in modules if callable(getattr(m, "clamp_parameters", None))]
         self.progress = [m for m in modules if callable(getattr(m, "set_training_progress", None))]
+        self.sigma = [m for m in modules if callable(getattr(m, "set_sigma", None)) and getattr(m, "SIG", None) is not None] \
+            if cfg.dcls_sigma is not None else []
         self.regularized = [m for m in modules if callable(getattr(m, "regularization_loss", None))]
         self.repulsive = [m for m in modules if callable(getattr(m, "repulsion_loss", None))] \
             if cfg.dcls_repulsion > 0 else []
@@ -155,6 +172,10 @@ class _FamilyHooks:
     def set_progress(self, fraction: float) -> None:
         for m in self.progress:
             m.set_training_progress(fraction)
+        if self.sigma:
+            start, end = self.cfg.dcls_sigma
+            for m in self.sigma:
+                m.set_sigma(start + (end - start) * fraction)
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         terms = [self.cfg.regularization_weight * m.regularization_loss() for m in self.regularized]

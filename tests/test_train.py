@@ -1,0 +1,276 @@
+"""largekernel.train: config validation, schedule, optimizer groups, hooks, EMA, checkpoints, bit-identical resume."""
+
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from largekernel.models import is_model, register_model
+from largekernel.optim import mark
+from largekernel.train import TrainConfig, build_optimizer, evaluate, load_checkpoint, lr_factor, save_checkpoint, train
+from largekernel.train import checkpoint as ckpt_module
+
+
+class _Clamped(nn.Module):
+    """A layer with the per-family hooks the loop must discover: clamping, a regulariser, a progress schedule."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, 1, 5) * 0.3)
+        self.pos = mark(nn.Parameter(torch.zeros(channels)), kind="position")
+        self.clamp_calls = 0
+        self.progress: list[float] = []
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, padding=2, groups=x.shape[1]) + self.pos.view(1, -1, 1)
+
+    def clamp_parameters(self):
+        self.clamp_calls += 1
+        self.pos.clamp_(-0.01, 0.01)
+
+    def set_training_progress(self, fraction):
+        self.progress.append(fraction)
+
+    def regularization_loss(self):
+        return self.weight.square().sum()
+
+
+class _Tiny(nn.Module):
+    def __init__(self, num_classes=10, in_chans=1, width=8, dropout=0.1):
+        super().__init__()
+        self.stem = nn.Conv1d(in_chans, width, 3, padding=1)
+        self.mix = _Clamped(width)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = F.gelu(self.mix(self.stem(x)))
+        return self.head(self.drop(x.mean(-1)))
+
+
+if not is_model("_test_train_tiny"):
+    @register_model
+    def _test_train_tiny(**kwargs):
+        return _Tiny(**kwargs)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="_test_train_tiny", dataset="mnist1d", epochs=2, batch_size=32, lr=1e-2, train_subset=160,
+                test_subset=64, output_dir=str(tmp_path / "run"), seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("lr", -1.0, "lr: got -1.0, expected > 0"),
+    ("batch_size", 0, "batch_size: got 0, expected a positive integer"),
+    ("epochs", 0, "epochs: got 0"),
+    ("label_smoothing", 1.0, "label_smoothing: got 1.0"),
+    ("ema_decay", 1.0, "ema_decay: got 1.0"),
+    ("dataset", "imagenet", "dataset: got 'imagenet'"),
+    ("optimizer", "lamb", "optimizer: got 'lamb'"),
+    ("augment", {"hflip": 2.0}, "augment.hflip: got 2.0"),
+    ("regularizers", {"nocolon": 1.0}, "regularizers: got 'nocolon'"),
+])
+def test_config_rejects_impossible_values(key, value, expected):
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**{key: value})
+
+
+def test_lr_schedule_formula():
+    total, warm = 100, 10
+    assert lr_factor(0, total, warm, 0.01, 0.0) == pytest.approx(0.01)
+    assert lr_factor(5, total, warm, 0.01, 0.0) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(10, total, warm, 0.01, 0.0) == pytest.approx(1.0)
+    for step in (30, 55, 90):
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        assert lr_factor(step, total, warm, 0.01, 0.1) == pytest.approx(expected)
+    assert lr_factor(100, total, warm, 0.01, 0.1) == pytest.approx(0.1)
+
+
+def test_optimizer_groups_follow_marks(tmp_path):
+    model = _Tiny()
+    model.k = nn.Linear(3, 3)
+    mark(model.k.weight, kind="kernel_net")
+    model.omega = mark(nn.Parameter(torch.ones(2, 2)), kind="kernel_net", weight_decay=0.0)
+    opt = build_optimizer(model, _cfg(tmp_path, lr=0.1, weight_decay=0.05, kernel_net_weight_decay=0.2))
+    assert isinstance(opt, torch.optim.AdamW)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_param[id(model.mix.pos)]["lr"] == pytest.approx(0.5) and by_param[id(model.mix.pos)]["weight_decay"] == 0
+    assert by_param[id(model.stem.weight)]["weight_decay"] == 0.05
+    assert by_param[id(model.stem.bias)]["weight_decay"] == 0.0
+    assert by_param[id(model.k.weight)]["weight_decay"] == 0.2  # configured kernel-net decay
+    assert by_param[id(model.omega)]["weight_decay"] == 0.0  # an explicit mark wins
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sgd = build_optimizer(model, _cfg(tmp_path, optimizer="sgd", momentum=0.9))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+def test_train_runs_hooks_logs_and_checkpoints(tmp_path):
+    cfg = _cfg(tmp_path, ema_decay=0.9, label_smoothing=0.1, clip_grad=1.0)
+    result = train(cfg, progress=False)
+    steps = 2 * (160 // 32)
+    assert result["step"] == steps and result["epochs"] == 2 and len(result["history"]) == 2
+    assert set(result["history"][0]) >= {"epoch", "train_loss", "test_acc", "lr", "time_s", "ema_acc"}
+    assert result["best_acc"] == max(h["test_acc"] for h in result["history"])
+    assert result["last_acc"] == result["history"][-1]["test_acc"] and result["ema_acc"] is not None
+    run = tmp_path / "run"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,test_acc")
+    for name in ("last", "best"):
+        assert {p.name for p in (run / "checkpoints" / name).iterdir()} == {
+            "model.safetensors", "config.json", "state.json", "state.safetensors"}
+    model, cfg2, state = load_checkpoint(run)
+    # hooks ran inside the loop: one clamp per optimizer step, progress fractions step / total
+    assert state["step"] == steps
+    trained = _Tiny()
+    trained.load_state_dict(load_file(str(run / "checkpoints" / "last" / "model.safetensors")))
+    assert trained.mix.pos.abs().max() <= 0.01 + 1e-7
+    assert cfg2 == cfg and not model.training
+    # evaluate() against a direct computation on the test split
+    from largekernel.data import load_dataset
+
+    test = load_dataset("mnist1d", "test")
+    with torch.no_grad():
+        logits = model(test.x[:64])
+    metrics = evaluate(model, cfg2)
+    assert metrics["acc"] == pytest.approx((logits.argmax(-1) == test.y[:64]).float().mean().item())
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, test.y[:64]).item(), rel=1e-5)
+    assert metrics["acc"] == pytest.approx(result["last_acc"])
+    ema_model, _, _ = load_checkpoint(run, ema=True)
+    assert evaluate(ema_model, cfg2)["acc"] == pytest.approx(result["ema_acc"])
+
+
+def test_hooks_are_called_per_step(tmp_path, monkeypatch):
+    calls = []
+    original = _Clamped.clamp_parameters
+
+    def counting(self):
+        calls.append(1)
+        original(self)
+
+    monkeypatch.setattr(_Clamped, "clamp_parameters", counting)
+    progress = []
+    monkeypatch.setattr(_Clamped, "set_training_progress", lambda self, p: progress.append(p))
+    train(_cfg(tmp_path, epochs=1), progress=False)
+    assert len(calls) == 5 and progress == [i / 5 for i in range(5)]
+
+
+def test_regularizer_functions_enter_the_loss(tmp_path):
+    # Plain SGD: a regulariser 100 * ||w||^2 multiplies w by (1 - 2 * 100 * lr) = 0.8 per step on top of the
+    # task gradient, so after 5 steps the depthwise weights are about 3x smaller than without it.
+    kw = dict(epochs=1, optimizer="sgd", momentum=0.0, lr=1e-3, weight_decay=0.0, warmup_epochs=0.0,
+              min_lr_ratio=1.0, regularization_weight=0.0)
+    train(_cfg(tmp_path / "plain", **kw), progress=False)
+    train(_cfg(tmp_path / "reg", regularizers={"tests.test_train:_weight_energy": 100.0}, **kw), progress=False)
+    plain = load_checkpoint(tmp_path / "plain" / "run")[0].mix.weight.abs().mean()
+    reg = load_checkpoint(tmp_path / "reg" / "run")[0].mix.weight.abs().mean()
+    assert reg < 0.5 * plain
+    with pytest.raises(ValueError, match="regularizers: cannot import 'tests.test_train:missing'"):
+        train(_cfg(tmp_path, regularizers={"tests.test_train:missing": 1.0}), progress=False)
+
+
+def _weight_energy(model):
+    return model.mix.weight.square().sum()
+
+
+@pytest.mark.parametrize("stops", [[3], [5, 7]])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stops):
+    # Dropout, mixup, crop and EMA consume every random stream the loop has.
+    kw = dict(ema_decay=0.9, augment={"crop_padding": 3, "mixup_alpha": 0.4, "hflip": 0.5}, epochs=2)
+    full = train(_cfg(tmp_path / "full", **kw), progress=False)
+    for stop in stops:  # stop mid-epoch (3, 7) and exactly at an epoch boundary (5)
+        part = train(_cfg(tmp_path / "part", max_steps=stop, resume=True, **kw), progress=False)
+        assert part["step"] == stop and part["stopped_early"]
+    resumed = train(_cfg(tmp_path / "part", resume=True, **kw), progress=False)
+    assert resumed["step"] == full["step"] == 10
+    a = load_file(str(tmp_path / "full" / "run" / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, _, sa = load_checkpoint(tmp_path / "full" / "run")
+    _, _, sb = load_checkpoint(tmp_path / "part" / "run")
+    assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])
+    assert [h["test_acc"] for h in full["history"]] == [h["test_acc"] for h in resumed["history"]]
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
+    log = (tmp_path / "part" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+# --------------------------------------------------------------------------- checkpoint atomicity
+
+
+def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    from largekernel.data import DatasetInfo
+
+    cfg = _cfg(tmp_path)
+    info = DatasetInfo(10, 1, (40,), 1)
+    model = _Tiny()
+    path = tmp_path / "ck" / "last"
+    save_checkpoint(path, model, cfg, info, {"step": 1})
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+
+    def broken_save(tensors, filename):
+        open(filename, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_module, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, cfg, info, {"step": 2})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "ck")) == ["last"]  # no temporary directory left behind
+    loaded, _, state = load_checkpoint(path)
+    assert state["step"] == 1 and all(torch.equal(loaded.state_dict()[k], first[k]) for k in first)
+
+    # a crash between the two renames: the previous version survives as last.old and is found
+    real_rename = os.rename
+
+    def rename_then_crash(src, dst):
+        real_rename(src, dst)
+        if str(dst).endswith(".old"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_module.os, "rename", rename_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, cfg, info, {"step": 3})
+    monkeypatch.undo()
+    assert not path.exists()
+    _, _, state = load_checkpoint(tmp_path / "ck" / "last")
+    assert state["step"] == 1
+    save_checkpoint(path, model, cfg, info, {"step": 4})
+    assert sorted(os.listdir(tmp_path / "ck")) == ["last"]
+    assert load_checkpoint(path)[2]["step"] == 4
+
+
+def test_checkpoint_state_roundtrip_is_exact(tmp_path):
+    from largekernel.data import DatasetInfo
+
+    model = _Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 1, 40)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "nested": {"a": [1, 2.5, None]}}
+    save_checkpoint(tmp_path / "c", model, _cfg(tmp_path), DatasetInfo(10, 1, (40,), 1), state)
+    _, _, back = load_checkpoint(tmp_path / "c")
+    assert torch.equal(back["rng"], state["rng"]) and back["nested"] == {"a": [1, 2.5, None]}
+    opt2 = torch.optim.AdamW(_Tiny().parameters(), lr=0.1)
+    opt2.load_state_dict(back["optimizer"])
+    for k, v in opt.state_dict()["state"].items():
+        assert all(torch.equal(v[name], opt2.state_dict()["state"][k][name]) for name in v)
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        load_checkpoint(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="no EMA weights"):
+        load_checkpoint(tmp_path / "c", ema=True)
