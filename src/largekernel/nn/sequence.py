@@ -1,0 +1,386 @@
+"""Long-sequence convolution kernels: SGConv and S4D, applied by FFT convolution.
+
+- SGConv: Li, Cai, Zhang, Chen and Dey, "What Makes Convolutional Models Great
+  on Long Sequence Modeling?", ICLR 2023 (seed 003, section 3.2; reference code
+  ctlllll/SGConv, ``cat`` mode): a few sub-kernels of ``kernel_dim`` taps, the
+  ``i``-th upsampled ``2**max(0, i - 1)`` times by interpolation and weighted by
+  a decaying ``multiplier**(num_scales - 1 - i)``, concatenated into one kernel
+  as long as the sequence, divided by its initial norm.
+- S4D: Gu, Gupta, Goel and Ré, "On the Parameterization and Initialization of
+  Diagonal State Space Models", NeurIPS 2022 (reference code state-spaces/s4,
+  ``models/s4/s4d.py``): the kernel of a diagonal state space discretised by
+  zero-order hold, ``K[l] = 2 Re(sum_n C_n (exp(dt A_n) - 1) / A_n * exp(dt A_n l))``,
+  a Vandermonde product.
+
+Kernel generators (:class:`SGKernel`, :class:`S4DKernel`) are separate from the
+layers that apply them (:class:`SGConv1d`, :class:`S4DConv1d`): channels-first
+``(B, C, L)`` like ``torch.nn.Conv1d``, causal or bidirectional, with the SSM
+skip term ``D * x``, optional pointwise channel mixing and a bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from largekernel.functional.fft_conv import fast_fft_length
+from largekernel.nn.conv import Conv1d
+from largekernel.optim import mark
+
+__all__ = ["SGKernel", "S4DKernel", "SGConv1d", "S4DConv1d"]
+
+_INTERPOLATIONS = ("linear", "nearest")
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class SGKernel(nn.Module):
+    """SGConv's multi-scale kernel generator: ``forward(length) -> (channels, length)``.
+
+    Args:
+        channels: kernels to generate (one per channel; twice that for a bidirectional layer).
+        span: length of the full kernel; taps beyond it are zero.
+        kernel_dim: taps per sub-kernel (``d`` in the paper), at most ``span``.
+        num_scales: sub-kernels; default ``1 + ceil(log2(span / kernel_dim))``, enough to cover ``span``.
+        decay: the multiplier ``alpha`` (or a ``(min, max)`` range spread over channels, as the
+            reference's ``decay_min``/``decay_max``): sub-kernel ``i`` is scaled by
+            ``alpha**(num_scales - 1 - i)``, so far taps weigh less.
+        interpolation: ``"linear"`` or ``"nearest"`` upsampling of the sub-kernels.
+    """
+
+    def __init__(self, channels: int, span: int, kernel_dim: int = 64, num_scales: int | None = None,
+                 decay: float | tuple[float, float] = 2.0, interpolation: str = "linear",
+                 lr_scale: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        self.channels = _positive_int(channels, "channels")
+        self.span = _positive_int(span, "span")
+        self.kernel_dim = min(_positive_int(kernel_dim, "kernel_dim"), span)
+        if num_scales is None:
+            num_scales = 1 + max(0, math.ceil(math.log2(span / self.kernel_dim)))
+        self.num_scales = _positive_int(num_scales, "num_scales")
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = interpolation
+        low, high = (decay, decay) if isinstance(decay, (int, float)) else tuple(decay)
+        if low <= 0 or high <= 0:
+            raise ValueError(f"decay must be positive, got {decay!r}")
+        self.decay = (float(low), float(high))
+        factory = {"device": device, "dtype": dtype}
+        self.kernels = nn.ParameterList()
+        for _ in range(self.num_scales):
+            k = nn.Parameter(torch.empty(self.channels, self.kernel_dim, **factory))
+            if lr_scale is not None:
+                mark(k, kind="sgconv", lr_scale=lr_scale, weight_decay=0.0)
+            self.kernels.append(k)
+        self.register_buffer("multiplier", torch.linspace(low, high, self.channels, **factory).unsqueeze(-1))
+        self.register_buffer("kernel_norm", torch.ones(self.channels, 1, **factory))
+        self.reset_parameters()
+
+    @property
+    def length(self) -> int:
+        """Taps the sub-kernels cover before truncation to ``span``: ``kernel_dim * 2**(num_scales - 1)``."""
+        return self.kernel_dim * 2 ** (self.num_scales - 1)
+
+    def reset_parameters(self) -> None:
+        for k in self.kernels:
+            nn.init.normal_(k)
+        with torch.no_grad():
+            self.kernel_norm.fill_(1.0)
+            # Normalise by the norm at initialisation (the reference fixes it at its first call).
+            self.kernel_norm.copy_(self._raw().norm(dim=-1, keepdim=True))
+
+    def _raw(self) -> Tensor:
+        pieces = []
+        for i, k in enumerate(self.kernels):
+            scale = 2 ** max(0, i - 1)
+            k = k * self.multiplier ** (self.num_scales - 1 - i)  # (channels, kernel_dim)
+            if scale > 1:
+                k = F.interpolate(k.unsqueeze(0), scale_factor=scale, mode=self.interpolation).squeeze(0)
+            pieces.append(k)  # (channels, kernel_dim * scale)
+        return torch.cat(pieces, dim=-1)[:, : self.span]  # (channels, span)
+
+    def forward(self, length: int) -> Tensor:
+        """The kernel's first ``min(length, span)`` taps: ``(channels, min(length, span))``."""
+        k = self._raw() / self.kernel_norm  # (channels, span)
+        return k[:, :length]
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, span={self.span}, kernel_dim={self.kernel_dim}, num_scales={self.num_scales}, "
+                f"decay={self.decay}")
+
+
+class S4DKernel(nn.Module):
+    """S4D's diagonal state-space kernel generator (S4D-Lin init): ``forward(length) -> (channels, length)``.
+
+    ``log_dt``, ``log_A_real`` and ``A_imag`` are marked ``kind="ssm"`` with no weight
+    decay and ``lr_scale`` for :func:`largekernel.optim.param_groups` (the reference's
+    ``_optim`` dict); ``C`` (stored as ``view_as_real``) is an ordinary parameter.
+    """
+
+    def __init__(self, channels: int, d_state: int = 64, dt_min: float = 0.001, dt_max: float = 0.1,
+                 lr_scale: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        self.channels = _positive_int(channels, "channels")
+        if _positive_int(d_state, "d_state") % 2:
+            raise ValueError(f"d_state must be even (conjugate pairs), got {d_state!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        self.d_state, self.dt_min, self.dt_max = d_state, dt_min, dt_max
+        factory = {"device": device, "dtype": dtype}
+        half = d_state // 2
+        self.log_dt = mark(nn.Parameter(torch.empty(channels, **factory)), kind="ssm", lr_scale=lr_scale,
+                           weight_decay=0.0)
+        self.C = nn.Parameter(torch.empty(channels, half, 2, **factory))
+        self.log_A_real = mark(nn.Parameter(torch.empty(channels, half, **factory)), kind="ssm",
+                               lr_scale=lr_scale, weight_decay=0.0)
+        self.A_imag = mark(nn.Parameter(torch.empty(channels, half, **factory)), kind="ssm", lr_scale=lr_scale,
+                           weight_decay=0.0)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+            self.log_dt.uniform_(lo, hi)
+            # C ~ complex normal with unit variance per component, as torch.randn(..., dtype=cfloat).
+            self.C.normal_(0.0, 0.5**0.5)
+            self.log_A_real.fill_(math.log(0.5))
+            self.A_imag.copy_(math.pi * torch.arange(self.d_state // 2, dtype=self.A_imag.dtype,
+                                                     device=self.A_imag.device).expand_as(self.A_imag))
+
+    def forward(self, length: int) -> Tensor:
+        dt = self.log_dt.exp().unsqueeze(-1)  # (channels, 1)
+        a = torch.complex(-self.log_A_real.exp(), self.A_imag)  # (channels, N/2)
+        c = torch.view_as_complex(self.C)  # (channels, N/2)
+        dta = a * dt
+        c = c * (dta.exp() - 1.0) / a  # zero-order hold
+        steps = torch.arange(length, device=a.device, dtype=dt.dtype)
+        vandermonde = (dta.unsqueeze(-1) * steps).exp()  # (channels, N/2, length)
+        return 2.0 * torch.einsum("hn,hnl->hl", c, vandermonde).real  # (channels, length)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"
+
+
+def _long_conv(x: Tensor, causal: Tensor, anticausal: Tensor | None) -> Tensor:
+    """``y[t] = sum_{s>=0} causal[s] x[t-s] + sum_{s>=0} anticausal[s] x[t+1+s]`` by one real FFT product.
+
+    ``x``: ``(B, C, L)``; kernels ``(C, <= L)``. The FFT length is at least ``2 L``,
+    so the circular product has no wrap-around on the ``L`` outputs.
+    """
+    length = x.shape[-1]
+    n = fast_fft_length(2 * length, x.device.type)
+    kernel = F.pad(causal, (0, n - causal.shape[-1]))  # (C, n): offset s at index s
+    if anticausal is not None:
+        # offset -(s + 1) sits at index n - 1 - s of the circular kernel
+        kernel = kernel + F.pad(anticausal.flip(-1), (n - anticausal.shape[-1], 0))
+    spectrum = torch.fft.rfft(x, n=n) * torch.fft.rfft(kernel, n=n)  # (B, C, n//2 + 1) complex
+    return torch.fft.irfft(spectrum, n=n)[..., :length]  # (B, C, L)
+
+
+class _LongConv1d(nn.Module):
+    """Depthwise long convolution by FFT + ``D`` skip + optional pointwise mixing + bias."""
+
+    def _init_layer(self, in_channels: int, out_channels: int | None, bias: bool, skip: bool,
+                    bidirectional: bool, l_max: int | None, factory: dict) -> None:
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(in_channels if out_channels is None else out_channels, "out_channels")
+        self.bidirectional = bool(bidirectional)
+        self.l_max = None if l_max is None else _positive_int(l_max, "l_max")
+        self.D = nn.Parameter(torch.empty(in_channels, **factory)) if skip else None
+        if self.out_channels != self.in_channels:
+            self.pointwise = nn.Parameter(torch.empty(self.out_channels, self.in_channels, **factory))
+        else:
+            self.register_parameter("pointwise", None)
+        self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
+
+    def _reset_layer(self) -> None:
+        if self.D is not None:
+            nn.init.normal_(self.D)
+        if self.pointwise is not None:
+            nn.init.kaiming_uniform_(self.pointwise, a=5**0.5)
+        if self.bias is not None:
+            bound = 1.0 / self.in_channels**0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def kernels(self, length: int) -> tuple[Tensor, Tensor | None]:
+        """Causal kernel ``(C, <= length)`` (tap ``s`` weighs ``x[t - s]``) and the anticausal one or None."""
+        raise NotImplementedError
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"{type(self).__name__} expects a 3-D input (batch, channels, length), got {shape}")
+        if input.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, "
+                             f"got input of shape {tuple(input.shape)}")
+        length = input.shape[-1]
+        if self.l_max is not None and length > self.l_max:
+            raise ValueError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, "
+                             f"got length {length}")
+        causal, anticausal = self.kernels(length)
+        y = _long_conv(input, causal, anticausal)  # (B, C, L)
+        if self.D is not None:
+            y = y + input * self.D.unsqueeze(-1)
+        if self.pointwise is not None:
+            y = torch.matmul(self.pointwise, y)  # (B, out, L)
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(-1)
+        return y
+
+    def construct_kernel(self, length: int) -> Tensor:
+        """Dense kernel for sequences up to ``length``: ``(out, 1 or in, 2 length - 1)``, torch conv layout.
+
+        Applied by cross-correlation with zero padding ``length - 1`` (what :meth:`bake`
+        does); tap ``m`` holds offset ``length - 1 - m``, so the causal part fills the
+        second half. The ``D`` skip sits at the centre; pointwise mixing is folded in.
+        """
+        length = _positive_int(length, "length")
+        causal, anticausal = self.kernels(length)
+        c = causal.shape[0]
+        full = causal.new_zeros(c, 2 * length - 1)  # index j: offset j - (length - 1)
+        full[:, length - 1: length - 1 + causal.shape[-1]] = causal
+        if anticausal is not None:
+            anticausal = anticausal[:, : length - 1]  # offset -length never meets a sequence of this length
+            full[:, length - 1 - anticausal.shape[-1]: length - 1] = anticausal.flip(-1)
+        if self.D is not None:
+            full[:, length - 1] = full[:, length - 1] + self.D
+        weight = full.flip(-1).unsqueeze(1)  # (C, 1, 2L - 1), correlation layout
+        if self.pointwise is not None:
+            weight = self.pointwise.unsqueeze(-1) * weight.transpose(0, 1)  # (out, in, 2L - 1)
+        return weight
+
+    @torch.no_grad()
+    def bake(self, length: int) -> Conv1d:
+        """An equivalent ``largekernel.nn.Conv1d`` (``backend="fft"``) for sequences of length ``<= length``."""
+        weight = self.construct_kernel(length)
+        groups = self.in_channels if self.pointwise is None else 1
+        conv = Conv1d(self.in_channels, self.out_channels, weight.shape[-1], padding=length - 1, groups=groups,
+                      bias=self.bias is not None, backend="fft", device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def _layer_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}"
+        if self.l_max is not None:
+            s += f", l_max={self.l_max}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.D is None:
+            s += ", skip=False"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class SGConv1d(_LongConv1d):
+    """Structured global convolution (SGConv, Li et al. ICLR 2023), channels-first like ``nn.Conv1d``.
+
+    Args:
+        in_channels: channels (one kernel each; two when ``bidirectional``).
+        out_channels: default ``in_channels``; otherwise a pointwise ``in -> out`` map follows.
+        kernel_size: the kernel's span (taps beyond are zero); default ``l_max``.
+        bias: learnable bias.
+        l_max: longest accepted sequence (longer raises); ``None``: any length.
+        kernel_dim, num_scales, decay, interpolation: see :class:`SGKernel`.
+        bidirectional: add an anticausal kernel (offsets ``-1 .. -span``); default causal.
+        skip: the ``D * x`` term of the reference layer.
+        kernel_lr_scale: if given, sub-kernels are marked ``kind="sgconv"`` with this lr scale
+            and no weight decay (the reference gives them their own lr).
+
+    Shape:
+        - Input: ``(N, C_in, L)``, ``L <= l_max`` when set.
+        - Output: ``(N, C_out, L)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
+                 bias: bool = True, *, l_max: int | None = None, kernel_dim: int = 64,
+                 num_scales: int | None = None, decay: float | tuple[float, float] = 2.0,
+                 interpolation: str = "linear", bidirectional: bool = False, skip: bool = True,
+                 kernel_lr_scale: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, factory)
+        span = kernel_size if kernel_size is not None else l_max
+        if span is None:
+            if num_scales is None:
+                raise ValueError("SGConv1d needs kernel_size, l_max or num_scales to size its kernel, got none")
+            span = kernel_dim * 2 ** (num_scales - 1)
+        self.kernel_size = _positive_int(span, "kernel_size")
+        count = in_channels * (2 if bidirectional else 1)
+        self.kernel = SGKernel(count, span, kernel_dim, num_scales, decay, interpolation, kernel_lr_scale,
+                               **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.kernel.reset_parameters()
+        self._reset_layer()
+
+    def kernels(self, length: int) -> tuple[Tensor, Tensor | None]:
+        k = self.kernel(length)  # (count, min(length, span))
+        if self.bidirectional:
+            return k[: self.in_channels], k[self.in_channels:]
+        return k, None
+
+    def extra_repr(self) -> str:
+        return f"{self._layer_repr()}, kernel_size={self.kernel_size}"
+
+
+class S4DConv1d(_LongConv1d):
+    """S4D convolution (Gu et al. NeurIPS 2022), channels-first like ``nn.Conv1d``; any length.
+
+    The kernel of a diagonal state space (:class:`S4DKernel`) as long as the input
+    (or ``kernel_size`` taps), applied by causal FFT convolution, plus ``D * x``.
+
+    Args:
+        in_channels: channels (one SSM each; two when ``bidirectional``).
+        out_channels: default ``in_channels``; otherwise a pointwise ``in -> out`` map follows.
+        kernel_size: truncate the kernel to this many taps; default: as long as the input.
+        bias: learnable bias.
+        l_max: longest accepted sequence (longer raises); ``None``: any length.
+        d_state: state size ``N`` (``N/2`` conjugate pairs).
+        dt_min, dt_max: range of the log-uniform initial step size.
+        bidirectional: add an anticausal SSM kernel.
+        skip: the ``D * x`` term.
+        ssm_lr_scale: learning-rate scale of ``log_dt``, ``log_A_real``, ``A_imag`` in
+            :func:`largekernel.optim.param_groups` (they never get weight decay).
+
+    Shape:
+        - Input: ``(N, C_in, L)``, ``L <= l_max`` when set.
+        - Output: ``(N, C_out, L)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
+                 bias: bool = True, *, l_max: int | None = None, d_state: int = 64, dt_min: float = 0.001,
+                 dt_max: float = 0.1, bidirectional: bool = False, skip: bool = True,
+                 ssm_lr_scale: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, factory)
+        self.kernel_size = None if kernel_size is None else _positive_int(kernel_size, "kernel_size")
+        count = in_channels * (2 if bidirectional else 1)
+        self.kernel = S4DKernel(count, d_state, dt_min, dt_max, ssm_lr_scale, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.kernel.reset_parameters()
+        self._reset_layer()
+
+    def kernels(self, length: int) -> tuple[Tensor, Tensor | None]:
+        taps = length if self.kernel_size is None else min(length, self.kernel_size)
+        k = self.kernel(taps)  # (count, taps)
+        if self.bidirectional:
+            return k[: self.in_channels], k[self.in_channels:]
+        return k, None
+
+    def extra_repr(self) -> str:
+        s = self._layer_repr()
+        return s if self.kernel_size is None else f"{s}, kernel_size={self.kernel_size}"

@@ -1,0 +1,179 @@
+"""SGConv and S4D long convolutions against formulas written here and torch's conv1d."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from largekernel.nn import S4DConv1d, SGConv1d
+from largekernel.nn.sequence import S4DKernel, SGKernel
+from largekernel.optim import param_groups
+
+
+def _direct_conv(x, causal, anticausal=None):
+    """y[t] = sum_s causal[s] x[t - s] + sum_s anticausal[s] x[t + 1 + s], by loops over taps."""
+    b, c, length = x.shape
+    y = torch.zeros_like(x)
+    for s in range(causal.shape[-1]):
+        y[..., s:] += causal[:, s, None] * x[..., : length - s]
+    if anticausal is not None:
+        for s in range(anticausal.shape[-1]):
+            if s + 1 < length:
+                y[..., : length - 1 - s] += anticausal[:, s, None] * x[..., s + 1:]
+    return y
+
+
+def test_s4d_kernel_is_the_vandermonde_formula():
+    kernel = S4DKernel(3, d_state=8, dtype=torch.float64)
+    length = 20
+    dt = kernel.log_dt.exp()
+    a = -kernel.log_A_real.exp() + 1j * kernel.A_imag
+    c = torch.view_as_complex(kernel.C)
+    expected = torch.zeros(3, length, dtype=torch.float64)
+    for h in range(3):
+        for n in range(4):
+            coef = c[h, n] * (torch.exp(dt[h] * a[h, n]) - 1) / a[h, n]
+            for l in range(length):
+                expected[h, l] += 2 * (coef * torch.exp(dt[h] * a[h, n] * l)).real
+    torch.testing.assert_close(kernel(length), expected)
+
+
+def test_s4d_init_is_s4d_lin():
+    kernel = S4DKernel(2, d_state=6, dt_min=0.01, dt_max=0.1)
+    torch.testing.assert_close(kernel.log_A_real.exp(), torch.full((2, 3), 0.5))
+    torch.testing.assert_close(kernel.A_imag, math.pi * torch.arange(3.0).expand(2, 3))
+    assert ((kernel.log_dt.exp() >= 0.01) & (kernel.log_dt.exp() <= 0.1)).all()
+
+
+def _sg_reference(kernel: SGKernel):
+    """SGConv 'cat' mode written out: scale i upsampled 2**max(0, i-1) times, weighted alpha**(n-1-i)."""
+    pieces = []
+    n = kernel.num_scales
+    for i, k in enumerate(kernel.kernels):
+        factor = 2 ** max(0, i - 1)
+        k = k * kernel.multiplier ** (n - 1 - i)
+        pieces.append(F.interpolate(k[None], scale_factor=factor, mode="linear")[0])
+    return torch.cat(pieces, -1)[:, : kernel.span]
+
+
+def test_sgconv_kernel_structure_and_normalisation():
+    kernel = SGKernel(4, span=100, kernel_dim=16, dtype=torch.float64)
+    # 16 * 2**(n-1) >= 100 -> n = 4 scales covering 128 taps
+    assert kernel.num_scales == 4 and kernel.length == 128
+    raw = _sg_reference(kernel)
+    k = kernel(100)
+    # normalised by the norm at initialisation: unit norm per channel
+    torch.testing.assert_close(k.norm(dim=-1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(k, raw / raw.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(kernel(30), k[:, :30])
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (SGConv1d, {"kernel_size": 40, "kernel_dim": 8}),
+    (SGConv1d, {"kernel_size": 40, "kernel_dim": 8, "bidirectional": True}),
+    (S4DConv1d, {"d_state": 8}),
+    (S4DConv1d, {"d_state": 8, "bidirectional": True, "kernel_size": 12}),
+])
+def test_output_equals_direct_convolution(cls, kwargs):
+    layer = cls(3, dtype=torch.float64, **kwargs)
+    x = torch.randn(2, 3, 33, dtype=torch.float64)
+    causal, anti = layer.kernels(33)
+    expected = _direct_conv(x, causal, anti) + layer.D[:, None] * x + layer.bias[:, None]
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(SGConv1d, {"kernel_size": 64, "kernel_dim": 8}), (S4DConv1d, {})])
+def test_causal_by_perturbation(cls, kwargs):
+    layer = cls(4, dtype=torch.float64, **kwargs)
+    x = torch.randn(1, 4, 50, dtype=torch.float64)
+    x2 = x.clone()
+    x2[..., 30] += 1.0
+    y, y2 = layer(x), layer(x2)
+    torch.testing.assert_close(y[..., :30], y2[..., :30], rtol=0, atol=1e-12)
+    assert (y[..., 30:] - y2[..., 30:]).abs().max() > 1e-3
+    # a bidirectional layer does look ahead
+    both = cls(4, bidirectional=True, dtype=torch.float64, **kwargs)
+    assert (both(x)[..., :30] - both(x2)[..., :30]).abs().max() > 1e-6
+
+
+def test_length_agnostic_and_l_max():
+    layer = S4DConv1d(2)
+    for length in (5, 17, 64):
+        assert layer(torch.randn(1, 2, length)).shape == (1, 2, length)
+    fixed = SGConv1d(2, l_max=32, kernel_dim=8)
+    assert fixed(torch.randn(1, 2, 32)).shape == (1, 2, 32)
+    assert fixed(torch.randn(1, 2, 7)).shape == (1, 2, 7)
+    with pytest.raises(ValueError, match="l_max=32"):
+        fixed(torch.randn(1, 2, 33))
+
+
+def test_kernel_shorter_than_input_is_zero_beyond_span():
+    layer = SGConv1d(2, kernel_size=10, kernel_dim=4, skip=False, bias=False, dtype=torch.float64)
+    x = torch.zeros(1, 2, 40, dtype=torch.float64)
+    x[..., 0] = 1.0
+    impulse = layer(x)
+    torch.testing.assert_close(impulse[0], torch.cat([layer.kernels(40)[0], torch.zeros(2, 30, dtype=torch.float64)], -1))
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (SGConv1d, {"kernel_size": 24, "kernel_dim": 4, "bidirectional": True}),
+    (S4DConv1d, {"d_state": 4}),
+    (S4DConv1d, {"d_state": 4, "out_channels": 5}),
+])
+def test_bake_and_construct_kernel(cls, kwargs):
+    layer = cls(3, dtype=torch.float64, **kwargs)
+    baked = layer.bake(24)
+    for length in (24, 11):
+        x = torch.randn(2, 3, length, dtype=torch.float64)
+        torch.testing.assert_close(baked(x), layer(x), rtol=1e-5, atol=1e-5)
+    weight = layer.construct_kernel(24)
+    x = torch.randn(2, 3, 24, dtype=torch.float64)
+    groups = 3 if layer.pointwise is None else 1
+    torch.testing.assert_close(F.conv1d(x, weight, layer.bias, padding=23, groups=groups), layer(x))
+
+
+def test_pointwise_mixing():
+    layer = S4DConv1d(3, 5, d_state=4, dtype=torch.float64)
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
+    causal, _ = layer.kernels(16)
+    depthwise = _direct_conv(x, causal) + layer.D[:, None] * x
+    expected = torch.einsum("oi,bil->bol", layer.pointwise, depthwise) + layer.bias[:, None]
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_ssm_parameters_are_marked_for_param_groups():
+    model = torch.nn.Sequential(S4DConv1d(4, ssm_lr_scale=0.1), torch.nn.Linear(4, 4))
+    groups = {g["kind"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.05)}
+    ssm = groups["ssm"]
+    assert sorted(n.rsplit(".", 1)[-1] for n in ssm["names"]) == ["A_imag", "log_A_real", "log_dt"]
+    assert ssm["weight_decay"] == 0.0 and ssm["lr"] == pytest.approx(1e-4)
+    assert any(n.endswith("kernel.C") for n in groups["default"]["names"])
+
+
+@pytest.mark.parametrize("cls,kwargs", [(SGConv1d, {"kernel_size": 8, "kernel_dim": 2, "bidirectional": True}),
+                                        (S4DConv1d, {"d_state": 4})])
+def test_gradcheck(cls, kwargs):
+    layer = cls(2, dtype=torch.float64, **kwargs)
+    x = torch.randn(1, 2, 9, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def fn(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert gradcheck(fn, (x, *layer.parameters()), fast_mode=True)
+
+
+def test_bad_inputs():
+    layer = S4DConv1d(3)
+    with pytest.raises(ValueError, match="3-D input"):
+        layer(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="3 input channels"):
+        layer(torch.randn(1, 2, 10))
+    with pytest.raises(ValueError, match="d_state must be even"):
+        S4DConv1d(3, d_state=5)
+    with pytest.raises(ValueError, match="kernel_size, l_max or num_scales"):
+        SGConv1d(3)
+    with pytest.raises(ValueError, match="interpolation"):
+        SGConv1d(3, kernel_size=8, interpolation="cubic")
