@@ -1,17 +1,260 @@
+"""fft_conv against torch's own convolution (the independent reference) for every argument."""
+
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
 
-from largekernel.functional import fft_conv
+from largekernel.functional import fast_fft_length, fft_conv
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def reference(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """torch.nn.functional.convNd, with non-zero padding modes applied the way torch.nn.ConvNd does."""
+    nd = w.dim() - 2
+    if padding_mode != "zeros":
+        k = w.shape[2:]
+        d = (dilation,) * nd if isinstance(dilation, int) else dilation
+        if padding == "same":
+            total = [di * (ki - 1) for di, ki in zip(d, k)]
+            pads = [(t // 2, t - t // 2) for t in total]
+        elif padding == "valid":
+            pads = [(0, 0)] * nd
+        else:
+            p = (padding,) * nd if isinstance(padding, int) else padding
+            pads = [(pi, pi) for pi in p]
+        x = F.pad(x, [p for lo_hi in reversed(pads) for p in lo_hi], mode=padding_mode)
+        padding = 0
+    return TORCH_CONV[nd](x, w, b, stride, padding, dilation, groups)
+
+
+@st.composite
+def conv_configs(draw):
+    nd = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cin = groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 2))
+    sizes = [draw(st.integers(2, 9 if nd < 3 else 6)) for _ in range(nd)]
+    mode = draw(st.sampled_from(["zeros", "zeros", "circular", "reflect", "replicate"]))
+    kind = draw(st.sampled_from(["int", "tuple", "same", "valid"]))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    if kind == "same":
+        stride, padding = 1, "same"
+        pads = [0] * nd
+    else:
+        stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+        pads = [0] * nd if kind == "valid" else [draw(st.integers(0, 3)) for _ in range(nd)]
+        if mode == "reflect":
+            pads = [min(p, n - 1) for p, n in zip(pads, sizes)]
+        padding = "valid" if kind == "valid" else (pads[0] if kind == "int" else tuple(pads))
+        if kind == "int":
+            pads = [pads[0]] * nd
+            if mode == "reflect":
+                padding = min([padding] + [n - 1 for n in sizes])
+                pads = [padding] * nd
+    # kernels up to the padded input size (largest allowed), including even sizes
+    kernel = []
+    for n, p, d in zip(sizes, pads, dilation):
+        largest = (n + 2 * p - 1) // d + 1 if kind != "same" else (n - 1) // d + 1
+        if mode == "reflect" and kind == "same":
+            largest = (2 * (n - 1)) // d + 1 if d > 1 else n
+        kernel.append(draw(st.integers(1, max(1, largest))))
+    bias = draw(st.booleans())
+    return dict(nd=nd, groups=groups, cin=cin, cout=cout, sizes=sizes, kernel=kernel, stride=stride,
+                padding=padding, dilation=dilation, padding_mode=mode, bias=bias)
+
+
+def _tensors(cfg, dtype=torch.float64, batch=2):
+    x = torch.randn(batch, cfg["cin"], *cfg["sizes"], dtype=dtype)
+    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], *cfg["kernel"], dtype=dtype)
+    b = torch.randn(cfg["cout"], dtype=dtype) if cfg["bias"] else None
+    return x, w, b
+
+
+def _kwargs(cfg):
+    return {k: cfg[k] for k in ("stride", "padding", "dilation", "groups", "padding_mode")}
+
+
+@given(conv_configs())
+def test_matches_torch_conv_property(cfg):
+    x, w, b = _tensors(cfg)
+    kw = _kwargs(cfg)
+    try:
+        expected = reference(x, w, b, **kw)
+    except RuntimeError:  # a configuration torch itself rejects (e.g. reflect padding >= size)
+        with pytest.raises((ValueError, TypeError)):
+            fft_conv(x, w, b, **kw)
+        return
+    torch.testing.assert_close(fft_conv(x, w, b, **kw), expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
-@pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1, "dilation": 2}, {"padding": "same", "groups": 2}])
-def test_matches_torch_conv(nd, kw):
+@pytest.mark.parametrize("kw", [
+    {},
+    {"stride": 2, "padding": 1, "dilation": 2},
+    {"padding": "same", "groups": 2},
+    {"stride": 3, "padding": 4, "padding_mode": "circular"},
+    {"padding": "same", "padding_mode": "reflect", "dilation": 2},
+    {"stride": 2, "padding": 2, "padding_mode": "replicate"},
+])
+def test_matches_torch_conv_examples(nd, kw):
     groups = kw.get("groups", 1)
     x = torch.randn(2, 4, *([9] * nd), dtype=torch.float64)
     w = torch.randn(6, 4 // groups, *([3] * nd), dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64)
-    torch.testing.assert_close(fft_conv(x, w, b, **kw), TORCH_CONV[nd](x, w, b, **kw))
+    torch.testing.assert_close(fft_conv(x, w, b, **kw), reference(x, w, b, **kw))
+
+
+@pytest.mark.parametrize("kernel", [55, 56, 31, 32])
+def test_large_depthwise_same(kernel):
+    """The ConvNeXt-like case the length choice is tuned for, odd and even kernels up to the input size."""
+    x = torch.randn(2, 3, 56, 40, dtype=torch.float64)
+    w = torch.randn(3, 1, kernel, min(kernel, 40), dtype=torch.float64)
+    torch.testing.assert_close(fft_conv(x, w, padding="same", groups=3), F.conv2d(x, w, padding="same", groups=3))
+
+
+def test_channel_multiplier_and_valid_full_size_kernel():
+    x = torch.randn(2, 3, 20, dtype=torch.float64)
+    w = torch.randn(6, 1, 20, dtype=torch.float64)  # kernel == input: one output
+    torch.testing.assert_close(fft_conv(x, w, groups=3), F.conv1d(x, w, groups=3))
+    w = torch.randn(6, 1, 30, dtype=torch.float64)  # kernel == padded input
+    torch.testing.assert_close(fft_conv(x, w, padding=5, groups=3), F.conv1d(x, w, padding=5, groups=3))
+
+
+def test_unbatched_input():
+    x = torch.randn(4, 10, 11, dtype=torch.float64)
+    w = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(fft_conv(x, w, padding=2), F.conv2d(x, w, padding=2))
+
+
+@pytest.mark.parametrize("kw, cin, cout", [
+    ({"stride": 2, "padding": 2, "dilation": 2, "groups": 2}, 4, 4),
+    ({"stride": (3, 2), "padding": (1, 3)}, 3, 2),
+    ({"groups": 4}, 4, 4),
+    ({"groups": 2}, 2, 6),
+    ({"stride": 2, "padding": 3, "padding_mode": "circular"}, 2, 2),
+    ({"padding": 2, "padding_mode": "reflect", "dilation": 2}, 2, 2),
+])
+def test_gradcheck_2d(kw, cin, cout):
+    groups = kw.get("groups", 1)
+    x = torch.randn(2, cin, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
+
+
+def test_gradcheck_full_jacobian():
+    """Every Jacobian entry (not the fast random projection) for a strided, dilated, grouped call."""
+    x = torch.randn(1, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: fft_conv(x, w, b, stride=2, padding=(2, 1), dilation=(1, 2), groups=2),
+                     (x, w, b))
+
+
+@pytest.mark.parametrize("nd, kw", [(1, {"padding": "same", "dilation": 3}), (1, {"stride": 3, "padding": 4}),
+                                    (3, {"stride": 2, "padding": 1, "groups": 2})])
+def test_gradcheck_1d_3d(nd, kw):
+    x = torch.randn(2, 2, *([8] * nd if nd == 1 else [5] * nd), dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2 // kw.get("groups", 1), *([3] * nd), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
+
+
+def test_gradients_match_torch_for_partial_requires_grad():
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    w = torch.randn(4, 1, 9, 9, dtype=torch.float64, requires_grad=True)
+    fft_conv(x, w, padding="same", groups=4).square().sum().backward()
+    expected = torch.autograd.grad(F.conv2d(x, w, padding="same", groups=4).square().sum(), w)[0]
+    torch.testing.assert_close(w.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_round_trip(dtype):
+    x = torch.randn(2, 4, 16, 16)
+    w = torch.randn(4, 1, 7, 7) / 7
+    y = fft_conv(x.to(dtype), w.to(dtype), padding="same", groups=4)
+    assert y.dtype == dtype
+    expected = F.conv2d(x.to(dtype).float(), w.to(dtype).float(), padding="same", groups=4)
+    torch.testing.assert_close(y.float(), expected, rtol=0, atol=2e-2 if dtype == torch.bfloat16 else 4e-3)
+    xg = x.to(dtype).requires_grad_()
+    fft_conv(xg, w.to(dtype), padding="same", groups=4).sum().backward()
+    assert xg.grad.dtype == dtype
+
+
+def _smooth(n):
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def test_fast_fft_length():
+    for minimum in range(1, 300):
+        n = fast_fft_length(minimum)
+        assert minimum <= n <= 2 * minimum
+        assert _smooth(n) or n <= 2  # never a length with a large prime factor
+    assert fast_fft_length(71) == 72
+    assert fast_fft_length(86) != 86
+    assert fast_fft_length(50, multiple_of=4) % 4 == 0
+    with pytest.raises(ValueError, match="minimum"):
+        fast_fft_length(0)
+
+
+BAD = [
+    (dict(x=(2, 3, 8, 8), w=(4, 2, 3, 3)), {}, ValueError, "channels"),
+    (dict(x=(2, 4, 8, 8), w=(4, 2, 3, 3)), {"groups": 3}, ValueError, "groups"),
+    (dict(x=(2, 4, 8, 8), w=(3, 2, 3, 3)), {"groups": 2}, ValueError, "out_channels"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"groups": 0}, ValueError, "groups"),
+    (dict(x=(2, 4, 8, 8, 8), w=(4, 4, 3, 3)), {}, ValueError, "spatial dims"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4)), {}, ValueError, "weight"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"stride": 0}, ValueError, "stride"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"stride": (1, 2, 3)}, ValueError, "stride"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"dilation": -1}, ValueError, "dilation"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding": -1}, ValueError, "padding"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 9, 3)), {}, ValueError, "kernel size 9"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"dilation": 5}, ValueError, "padded input"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding": "full"}, ValueError, "'same' or 'valid'"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding": "same", "stride": 2}, ValueError, "stride 1"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding_mode": "mirror"}, ValueError, "padding_mode"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding": 8, "padding_mode": "reflect"}, ValueError, "reflect"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"padding": 9, "padding_mode": "circular"}, ValueError, "circular"),
+    (dict(x=(2, 4, 8, 8), w=(4, 4, 3, 3)), {"stride": 1.5}, TypeError, "stride"),
+]
+
+
+@pytest.mark.parametrize("shapes, kw, error, match", BAD)
+def test_bad_input(shapes, kw, error, match):
+    x, w = torch.randn(shapes["x"]), torch.randn(shapes["w"])
+    with pytest.raises(error, match=match):
+        fft_conv(x, w, **kw)
+
+
+def test_bad_tensors():
+    x, w = torch.randn(2, 4, 8), torch.randn(4, 4, 3)
+    with pytest.raises(TypeError, match="input must be a real floating-point"):
+        fft_conv(x.to(torch.complex64), w)
+    with pytest.raises(TypeError, match="weight must be a real floating-point"):
+        fft_conv(x, w.to(torch.int64))
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        fft_conv(x.tolist(), w)
+    with pytest.raises(TypeError, match="weight dtype"):
+        fft_conv(x, w.double())
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        fft_conv(x, w, torch.randn(3))
+    with pytest.raises(TypeError, match="bias dtype"):
+        fft_conv(x, w, torch.randn(4, dtype=torch.float64))
+
+
+def test_output_size_formula():
+    x = torch.randn(1, 1, 23, 17)
+    w = torch.randn(1, 1, 5, 4)
+    y = fft_conv(x, w, stride=(3, 2), padding=(2, 1), dilation=(2, 3))
+    expected = [math.floor((n + 2 * p - d * (k - 1) - 1) / s) + 1
+                for n, p, d, k, s in zip((23, 17), (2, 1), (2, 3), (5, 4), (3, 2))]
+    assert list(y.shape[2:]) == expected

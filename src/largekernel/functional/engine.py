@@ -1,53 +1,226 @@
 """The convolution engine: apply an already-built kernel by the direct or the FFT path.
 
-Every layer family (dense, DCLS, FlexConv, ...) builds its kernel and then calls
-:func:`convolve`; choosing the path per call shape is done here, in one place.
+Every layer family (dense, DCLS, FlexConv, ...; seeds 001-003) builds its kernel
+and then calls :func:`convolve`; choosing the path per call shape happens here,
+in one place.
+
+``backend="auto"`` picks the faster path per call shape. The first time a shape
+is seen, a cost model estimates both paths; when one is predicted to win by a
+wide margin (:data:`MODEL_MARGIN`) the model decides, otherwise both paths are
+timed on the actual call (one warm-up and :data:`CALIBRATION_REPS` runs each,
+forward and, when gradients are needed, backward; the minimum counts). The
+choice is cached per key (shapes, stride, padding, dilation, groups, padding
+mode, dtype, device, whether gradients are needed). Under ``torch.compile`` or
+``torch.jit`` tracing, and when calibration is disabled (:func:`set_calibration`
+or the environment variable ``LARGEKERNEL_CALIBRATE=0``), the model alone
+decides, which is deterministic.
 """
 
 from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from largekernel.functional.fft_conv import fft_conv
+from largekernel.functional.fft_conv import _check_args, _make_plan, fft_conv
 
-__all__ = ["convolve", "BACKENDS"]
+__all__ = [
+    "convolve",
+    "choose_backend",
+    "auto_cache",
+    "clear_auto_cache",
+    "set_calibration",
+    "BACKENDS",
+    "MODEL_MARGIN",
+    "CALIBRATION_REPS",
+]
 
 BACKENDS = ("auto", "direct", "fft")
+
+#: The model decides alone when it predicts one path faster by at least this factor.
+MODEL_MARGIN = 4.0
+#: Timed runs per path during calibration (after one warm-up); the minimum counts.
+CALIBRATION_REPS = 3
+#: Calls the model predicts slower than this (seconds) are not timed: calibration stays cheap.
+_MAX_CALIBRATION_CALL = 1.0
 
 _DIRECT = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    nd = weight.dim() - 2
-    if padding_mode != "zeros":
-        from largekernel.functional.fft_conv import _explicit_padding
+@dataclass(frozen=True)
+class _Choice:
+    backend: str
+    source: str  # "timed" or "model"
+    direct_seconds: float
+    fft_seconds: float
 
-        pads = _explicit_padding(padding, weight.shape[2:], dilation, nd)
-        input = F.pad(input, [p for lo_hi in reversed(pads) for p in lo_hi], mode=padding_mode)
+
+_CACHE: dict[tuple, _Choice] = {}
+_CALIBRATION = {"enabled": os.environ.get("LARGEKERNEL_CALIBRATE", "1") != "0"}
+
+
+def set_calibration(enabled: bool) -> None:
+    """Enable or disable timing-based calibration for ``backend="auto"`` (the model decides when off)."""
+    _CALIBRATION["enabled"] = bool(enabled)
+
+
+def auto_cache() -> dict[tuple, dict]:
+    """A copy of the ``backend="auto"`` decisions: key -> backend, source ("timed"/"model") and the
+    seconds per call of each path (measured when timed, modelled otherwise)."""
+    return {key: dict(vars(choice)) for key, choice in _CACHE.items()}
+
+
+def clear_auto_cache() -> None:
+    """Forget every ``backend="auto"`` decision (they are re-made on the next call)."""
+    _CACHE.clear()
+
+
+def _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode, args=None) -> Tensor:
+    args = args or _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    if padding_mode != "zeros":
+        flat = [p for lo_hi in reversed(args.pads) for p in lo_hi]
+        input = F.pad(input, flat, mode=padding_mode)  # (B, Cin, *padded)
         padding = 0
-    return _DIRECT[nd](input, weight, bias, stride, padding, dilation, groups)
+    return _DIRECT[args.nd](input, weight, bias, args.stride, padding, args.dilation, groups)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return True
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tuple[float, float]:
+    """Rough seconds per call of the direct and the FFT path (constants fitted on a 2-core CPU; only
+    their ratio matters, and only to skip timing when it is lopsided)."""
+    nd = args.nd
+    batch = input.shape[0] if args.batched else 1
+    cin, cout, per_group = input.shape[-nd - 1], weight.shape[0], weight.shape[1]
+    sizes = tuple(input.shape[-nd:])
+    kernel = tuple(weight.shape[2:])
+    out = [(n + lo + hi - d * (k - 1) - 1) // s + 1
+           for n, k, (lo, hi), s, d in zip(sizes, kernel, args.pads, args.stride, args.dilation)]
+    macs = batch * cout * per_group * math.prod(out) * math.prod(kernel)
+    direct_rate = 0.3e9 if per_group == 1 else 8e9  # depthwise kernels vectorise poorly
+    direct = macs / direct_rate
+    plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups,
+                      args.padding_mode == "circular", input.device.type)
+    points = math.prod(plan.fft)
+    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.5e9
+    products = batch * cout * per_group * points / 0.4e9
+    fft = transforms + products
+    scale = 3.0 if needs_grad else 1.0
+    return direct * scale, fft * scale
+
+
+def _time(fn, device: torch.device) -> float:
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()
+    return min(once() for _ in range(CALIBRATION_REPS))
+
+
+def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode, args, needs_grad):
+    def run(path):
+        if not needs_grad:
+            return lambda: path(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+        x = input.detach().requires_grad_(input.requires_grad)
+        w = weight.detach().requires_grad_(weight.requires_grad)
+        b = None if bias is None else bias.detach().requires_grad_(bias.requires_grad)
+
+        def forward_backward():
+            with torch.enable_grad():
+                out = path(x, w, b, stride, padding, dilation, groups, padding_mode)
+                out.backward(torch.ones_like(out))
+        return forward_backward
+
+    def direct(*a):
+        return _direct(*a, args=args)
+
+    with torch.no_grad() if not needs_grad else torch.enable_grad():
+        return _time(run(direct), input.device), _time(run(fft_conv), input.device)
+
+
+def choose_backend(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> str:
+    """The path (``"direct"`` or ``"fft"``) that ``backend="auto"`` takes for this call, calibrating
+    and caching it on first sight of the key."""
+    args = _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode, args).backend
+
+
+def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode, args) -> _Choice:
+    needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    key = (tuple(input.shape), tuple(weight.shape), args.stride, args.pads, args.dilation, groups,
+           padding_mode, input.dtype, str(input.device), needs_grad)
+    choice = _CACHE.get(key)
+    if choice is not None:
+        return choice
+    direct, fft = _model_seconds(input, weight, args, needs_grad)
+    lopsided = max(direct, fft) >= MODEL_MARGIN * min(direct, fft)
+    compiling = _compiling()
+    if lopsided or compiling or not _CALIBRATION["enabled"] or min(direct, fft) > _MAX_CALIBRATION_CALL:
+        choice = _Choice("direct" if direct <= fft else "fft", "model", direct, fft)
+    else:
+        direct, fft = _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                                     args, needs_grad)
+        choice = _Choice("direct" if direct <= fft else "fft", "timed", direct, fft)
+    if not compiling:  # a traced graph must not mutate Python state
+        _CACHE[key] = choice
+    return choice
 
 
 def convolve(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     backend: str = "auto",
 ) -> Tensor:
     """Cross-correlate ``input`` with an already-built ``weight`` (torch.nn.functional.convNd semantics).
 
-    ``backend``: ``"direct"`` (cuDNN / oneDNN), ``"fft"`` (:func:`fft_conv`) or
-    ``"auto"`` (the faster of the two for this call shape).
+    Arguments as :func:`largekernel.functional.fft_conv`, plus ``padding_mode``
+    as in ``torch.nn.ConvNd`` and ``backend``: ``"direct"`` (oneDNN / cuDNN),
+    ``"fft"`` (:func:`fft_conv`) or ``"auto"`` (the faster of the two for this
+    call shape, calibrated once per shape; see the module docstring).
+
+    Example:
+        >>> x, w = torch.randn(2, 8, 32, 32), torch.randn(8, 1, 21, 21)
+        >>> y = convolve(x, w, padding="same", groups=8)  # FFT for this large depthwise kernel
+        >>> y.shape
+        torch.Size([2, 8, 32, 32])
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    args = _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    if backend == "auto":
+        backend = _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode, args).backend
     if backend == "fft":
         return fft_conv(input, weight, bias, stride, padding, dilation, groups, padding_mode)
-    return _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode, args)

@@ -1,20 +1,30 @@
 """Drop-in ``torch.nn.Conv1d/2d/3d`` with a ``backend`` choice (direct, FFT or auto).
 
-The state_dict is torch's own: a ``torch.nn.ConvNd`` checkpoint loads unchanged.
+Seed 003 (FFT for vision): large kernels are cheaper in the frequency domain; the
+engine (:func:`largekernel.functional.convolve`) picks the path per call shape.
+The state_dict is torch's own: a ``torch.nn.ConvNd`` checkpoint loads unchanged,
+and these modules' checkpoints load into ``torch.nn.ConvNd``.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
+_SHAPE = """
+    Shape:
+        - Input: :math:`(N, C_{{in}}, {dims})` or :math:`(C_{{in}}, {dims})`
+        - Output: :math:`(N, C_{{out}}, {outs})` or :math:`(C_{{out}}, {outs})`, where for each
+          spatial dim ``out = floor((in + pad_before + pad_after - dilation * (kernel_size - 1) - 1)
+          / stride) + 1`` (``pad_before = pad_after = padding`` for an int, torch's split for "same").
+"""
+
 
 class _BackendConvMixin:
-    """Routes ``_conv_forward`` through the convolution engine."""
+    """Routes ``_conv_forward`` through the convolution engine; everything else is torch's ConvNd."""
 
     def _init_backend(self, backend: str) -> None:
         if backend not in BACKENDS:
@@ -35,24 +45,56 @@ class _BackendConvMixin:
 
 
 class Conv1d(_BackendConvMixin, nn.Conv1d):
-    """``torch.nn.Conv1d`` plus keyword ``backend="auto" | "direct" | "fft"``."""
+    __doc__ = """``torch.nn.Conv1d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+    Args:
+        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
+            calibrated once per shape), ``"direct"`` (torch's convolution) or
+            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
+    """ + _SHAPE.format(dims="L_{in}", outs="L_{out}")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
         self._init_backend(backend)
 
 
 class Conv2d(_BackendConvMixin, nn.Conv2d):
-    """``torch.nn.Conv2d`` plus keyword ``backend="auto" | "direct" | "fft"``."""
+    __doc__ = """``torch.nn.Conv2d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+    Args:
+        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
+            calibrated once per shape), ``"direct"`` (torch's convolution) or
+            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
+
+    Example:
+        >>> conv = Conv2d(96, 96, 31, padding="same", groups=96, backend="fft")
+        >>> conv(torch.randn(2, 96, 56, 56)).shape
+        torch.Size([2, 96, 56, 56])
+    """ + _SHAPE.format(dims="H_{in}, W_{in}", outs="H_{out}, W_{out}")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
         self._init_backend(backend)
 
 
 class Conv3d(_BackendConvMixin, nn.Conv3d):
-    """``torch.nn.Conv3d`` plus keyword ``backend="auto" | "direct" | "fft"``."""
+    __doc__ = """``torch.nn.Conv3d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+    Args:
+        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
+            calibrated once per shape), ``"direct"`` (torch's convolution) or
+            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
+    """ + _SHAPE.format(dims="D_{in}, H_{in}, W_{in}", outs="D_{out}, H_{out}, W_{out}")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
         self._init_backend(backend)

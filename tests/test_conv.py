@@ -1,0 +1,67 @@
+"""largekernel.nn.ConvNd against torch.nn.ConvNd: same arguments, state_dict and output."""
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import largekernel.nn as lnn
+
+PAIRS = {1: (lnn.Conv1d, nn.Conv1d), 2: (lnn.Conv2d, nn.Conv2d), 3: (lnn.Conv3d, nn.Conv3d)}
+SIZE = {1: (17,), 2: (11, 10), 3: (6, 7, 5)}
+
+
+@pytest.mark.parametrize("backend", ["auto", "direct", "fft"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kw", [
+    dict(kernel_size=3),
+    dict(kernel_size=5, stride=2, padding=2, dilation=1, groups=2, bias=False),
+    dict(kernel_size=4, padding="same", padding_mode="reflect"),
+    dict(kernel_size=3, padding=1, padding_mode="circular", dilation=2),
+    dict(kernel_size=3, padding=2, padding_mode="replicate", stride=2),
+])
+def test_state_dict_round_trip_and_same_output(backend, nd, kw):
+    ours_cls, torch_cls = PAIRS[nd]
+    theirs = torch_cls(4, 6, dtype=torch.float64, **kw)
+    ours = ours_cls(4, 6, backend=backend, dtype=torch.float64, **kw)
+    ours.load_state_dict(theirs.state_dict())  # torch checkpoint loads unchanged
+    x = torch.randn(2, 4, *SIZE[nd], dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x))
+    back = torch_cls(4, 6, dtype=torch.float64, **kw)
+    back.load_state_dict(ours.state_dict())  # and ours loads into torch's
+    torch.testing.assert_close(back(x), theirs(x))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def test_same_defaults_as_torch():
+    ours, theirs = lnn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+    for name in ("stride", "padding", "dilation", "groups", "padding_mode", "transposed", "output_padding"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.backend == "auto" and repr(ours) == repr(theirs)
+    assert "backend='fft'" in repr(lnn.Conv2d(3, 8, 3, backend="fft"))
+
+
+def test_gradients_match_torch():
+    theirs = nn.Conv2d(4, 4, 9, padding=4, groups=4, dtype=torch.float64)
+    ours = lnn.Conv2d(4, 4, 9, padding=4, groups=4, dtype=torch.float64, backend="fft")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    ours(x).square().sum().backward()
+    theirs(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad)
+
+
+def test_unbatched_input_and_pickle():
+    conv = lnn.Conv1d(2, 3, 5, padding="same", backend="fft")
+    x = torch.randn(2, 20)
+    torch.testing.assert_close(conv(x), conv(x.unsqueeze(0))[0])
+    clone = pickle.loads(pickle.dumps(conv))
+    assert clone.backend == "fft"
+    torch.testing.assert_close(clone(x), conv(x))
+
+
+def test_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lnn.Conv2d(3, 3, 3, backend="winograd")
