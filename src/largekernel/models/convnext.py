@@ -25,11 +25,11 @@ from largekernel.models.layers import (
     _trunc_normal_init,
     create_conv,
 )
+from largekernel.optim import share_positions
 
 __all__ = [
     "ConvNeXt",
     "ConvNeXtBlock",
-    "share_dcls_positions",
     "convnext_atto",
     "convnext_femto",
     "convnext_pico",
@@ -87,26 +87,6 @@ class _Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-def share_dcls_positions(convs: Sequence[nn.Module]) -> None:
-    """Make every layer in ``convs`` use the first one's DCLS positions (``P``, and ``SIG`` when present).
-
-    The DCLS paper's "synchronizing positions": one position tensor per stage,
-    receiving the gradients of every block; weights stay per-layer. The shared
-    parameter appears once in ``model.parameters()`` and under every name in the
-    ``state_dict``.
-    """
-    first = convs[0]
-    for other in convs[1:]:
-        for name in ("P", "SIG"):
-            shared = getattr(first, name, None)
-            if shared is None:
-                continue
-            if getattr(other, name).shape != shared.shape:
-                raise ValueError(f"cannot share {name}: shapes {tuple(shared.shape)} and "
-                                 f"{tuple(getattr(other, name).shape)} differ")
-            setattr(other, name, shared)
-
-
 class ConvNeXt(nn.Module):
     """ConvNeXt: patchify stem, four stages of :class:`ConvNeXtBlock`, global pool, LayerNorm, linear head.
 
@@ -159,7 +139,8 @@ class ConvNeXt(nn.Module):
         self.apply(_trunc_normal_init)
         if share_positions:
             for stage in self.stages:
-                share_dcls_positions([block.conv_dw for block in stage.blocks])
+                if len(stage.blocks) > 1:
+                    share_positions(block.conv_dw for block in stage.blocks)
 
     def no_weight_decay(self) -> set[str]:
         return set()

@@ -1,0 +1,439 @@
+"""Model surgery: swap a network's convolutions for a large-kernel family, and bake them back for deployment.
+
+The seed papers' central experiment (DCLS, Khalfaoui-Hassani et al. 2023;
+FlexConv, Romero et al. 2022; NIFF, Grabinski et al. 2023) replaces the
+(depthwise) convolutions of a known architecture by their method, at the same
+parameter count, and compares. :func:`convert` does that on any ``nn.Module``;
+:func:`bake` is the inverse for deployment: every learnable-kernel layer becomes
+the plain convolution holding the kernel it builds. ``main(argv)`` is
+``largekernel convert``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import inspect
+import json
+import math
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from largekernel.models.layers import CONV_TYPES, create_conv
+
+__all__ = ["convert", "bake", "ConvertReport", "ReplacedLayer", "is_depthwise_spatial", "main"]
+
+_TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# The option iso_params tunes, per family (DCLS: elements per kernel; kernel nets: hidden width).
+_ISO_KNOBS = {"dcls": "kernel_count", "flexconv": "hidden_channels", "ckconv": "hidden_channels"}
+_MAX_HIDDEN = 1 << 14
+
+
+@dataclass
+class ReplacedLayer:
+    """One replaced module: its qualified name, ``repr`` before and after, and parameter counts."""
+
+    name: str
+    before: str
+    after: str
+    params_before: int
+    params_after: int
+
+
+@dataclass
+class ConvertReport:
+    """What :func:`convert` did: the layers replaced and the model's parameter count before and after."""
+
+    to: str
+    replaced: list[ReplacedLayer] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+
+    def __str__(self) -> str:
+        lines = [f"converted {len(self.replaced)} layer(s) to {self.to!r}: parameters {self.params_before:,} -> "
+                 f"{self.params_after:,} ({_ratio(self.params_after, self.params_before)})"]
+        lines += [f"  {r.name}: {r.before} -> {r.after} ({r.params_before:,} -> {r.params_after:,} params)"
+                  for r in self.replaced]
+        return "\n".join(lines)
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before - 1:+.2%}" if before else "n/a"
+
+
+def _num_params(module: nn.Module) -> int:
+    # parameters() yields a shared tensor once, as the optimizer sees it.
+    return sum(p.numel() for p in module.parameters())
+
+
+def is_depthwise_spatial(module: nn.Module) -> bool:
+    """True for a ``torch.nn.Conv{1,2,3}d`` (or subclass) with ``groups == in_channels == out_channels``
+    and a kernel larger than 1 in some dimension: :func:`convert`'s default target."""
+    return (isinstance(module, _TORCH_CONVS) and module.groups == module.in_channels == module.out_channels
+            and max(module.kernel_size) > 1)
+
+
+def _is_spatial(module: nn.Module) -> bool:
+    return isinstance(module, _TORCH_CONVS) and max(module.kernel_size) > 1
+
+
+def _predicate(which) -> Callable[[str, nn.Module], bool]:
+    if which is None:
+        return lambda name, module: is_depthwise_spatial(module)
+    if isinstance(which, str):
+        return lambda name, module: _is_spatial(module) and fnmatch.fnmatchcase(name, which)
+    if callable(which):
+        return lambda name, module: isinstance(module, _TORCH_CONVS) and bool(which(name, module))
+    raise TypeError(f"which must be None, a module-name pattern (str) or a callable (name, module) -> bool, "
+                    f"got {type(which).__name__}")
+
+
+def _references(model: nn.Module, prefix: str = ""):
+    """Every (parent, attribute, qualified name, child), shared children included once per reference."""
+    # _modules, not named_children(): the latter skips a second attribute holding the same module.
+    for attr, child in model._modules.items():
+        if child is None:
+            continue
+        name = f"{prefix}.{attr}" if prefix else attr
+        yield model, attr, name, child
+        yield from _references(child, name)
+
+
+def _dense_copy(old: nn.Module, to: str, layer_kwargs: dict[str, Any]) -> nn.Module:
+    """The same convolution as a ``largekernel.nn.Conv{n}d`` with the same weights (exact output)."""
+    from largekernel.nn import conv as lk_conv
+
+    kwargs = dict(layer_kwargs)
+    default = "fft" if to == "fft" else "auto"
+    backend = kwargs.pop("backend", default)
+    if to == "fft" and backend != "fft":
+        raise ValueError(f"to='fft' implies backend='fft', got backend={backend!r}")
+    if kwargs:
+        raise ValueError(f"to={to!r} with the original kernel_size copies the layer exactly and takes only "
+                         f"'backend'; got {sorted(kwargs)}")
+    nd = old.weight.dim() - 2
+    new = getattr(lk_conv, f"Conv{nd}d")(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
+                                         padding=old.padding, dilation=old.dilation, groups=old.groups,
+                                         bias=old.bias is not None, padding_mode=old.padding_mode,
+                                         backend=backend, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    return new
+
+
+def _build(old: nn.Module, to: str, kernel_size, layer_kwargs: dict[str, Any]) -> nn.Module:
+    return create_conv(to, old.in_channels, old.out_channels, kernel_size, dim=old.weight.dim() - 2,
+                       stride=old.stride, groups=old.groups, bias=old.bias is not None, **layer_kwargs)
+
+
+def _with_knob(to: str, layer_kwargs: dict[str, Any], value: int) -> dict[str, Any]:
+    kwargs = dict(layer_kwargs)
+    if to == "dcls":
+        kwargs["kernel_count"] = value
+    else:
+        kwargs["kernel_net_kwargs"] = {**kwargs.get("kernel_net_kwargs", {}), "hidden_channels": value}
+    return kwargs
+
+
+def _iso_value(old: nn.Module, to: str, kernel_size, layer_kwargs: dict[str, Any], target: int) -> int:
+    """The knob value whose layer parameter count is closest to ``target``.
+
+    The count grows with the knob, so: double until it reaches ``target``, then bisect. Candidates are
+    built on the CPU (some layers initialise from their own parameters, which rules out the meta device);
+    doubling keeps the largest one within a small factor of the target.
+    """
+    cache: dict[int, int] = {}
+
+    def params(value: int) -> int:
+        if value not in cache:
+            cache[value] = _num_params(_build(old, to, kernel_size, _with_knob(to, layer_kwargs, value)))
+        return cache[value]
+
+    if to == "dcls":
+        ks = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * (old.weight.dim() - 2)
+        limit = math.prod(ks)  # more elements than cells buys nothing
+    else:
+        limit = _MAX_HIDDEN
+    hi = 1
+    while hi < limit and params(hi) < target:
+        hi = min(2 * hi, limit)
+    lo = max(1, hi // 2)
+    while lo < hi:  # smallest value in [lo, hi] with params(value) >= target
+        mid = (lo + hi) // 2
+        if params(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo > 1 and target - params(lo - 1) < params(lo) - target:
+        return lo - 1
+    return lo
+
+
+def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], bool] | None = None, *,
+            iso_params: bool = False, report: bool = False, **layer_kwargs):
+    """Replace the convolutions of ``model`` selected by ``which`` with layers of family ``to``, in place.
+
+    Args:
+        model: any ``nn.Module`` (a largekernel model, a hand-written net, another library's model).
+        to: the target family, one of ``largekernel.models.layers.CONV_TYPES``
+            (``"conv"``, ``"fft"``, ``"dilated"``, ``"dcls"``, ``"flexconv"``, ``"ckconv"``, ``"niff"``, ...).
+        which: the ``torch.nn.Conv{1,2,3}d`` modules to replace. ``None``: every depthwise spatial
+            convolution (:func:`is_depthwise_spatial`); a string: a shell-style pattern on the qualified
+            module name (spatial convolutions only, e.g. ``"stages.2.*"``); a callable ``(name, module) -> bool``.
+        iso_params: choose ``kernel_count`` (DCLS) or the kernel net's ``hidden_channels`` (FlexConv,
+            CKConv) per layer so that the replaced layers' total parameter count matches the original's
+            (the residue of each layer is carried to the next, so the total lands within one layer's step).
+        report: also return a :class:`ConvertReport`.
+        **layer_kwargs: options of the target layer (``kernel_size`` overrides the original extent, e.g.
+            ``convert(model, "dcls", kernel_size=17, kernel_count=34)``).
+
+    What is copied: the bias always; for ``to="conv"`` / ``"fft"`` at the original ``kernel_size`` the
+    whole layer (weights, padding, dilation, padding mode), so the output is unchanged. Each new layer
+    lives on the original's device and dtype and takes its train/eval mode. A module referenced twice
+    stays one module.
+
+    Returns:
+        ``model``, or ``(model, ConvertReport)`` when ``report=True``.
+    """
+    if to not in CONV_TYPES:
+        raise ValueError(f"to must be one of {CONV_TYPES}, got {to!r}")
+    if iso_params and to not in _ISO_KNOBS:
+        raise ValueError(f"iso_params=True tunes {sorted(_ISO_KNOBS)} layers; got to={to!r}")
+    knob = _ISO_KNOBS.get(to)
+    if iso_params and (knob in layer_kwargs or knob in layer_kwargs.get("kernel_net_kwargs", {})):
+        raise ValueError(f"iso_params=True chooses {knob} itself; do not pass {knob}")
+    match = _predicate(which)
+    result = ConvertReport(to=to, params_before=_num_params(model))
+    targets = [(parent, attr, name, child) for parent, attr, name, child in _references(model) if match(name, child)]
+    if isinstance(model, _TORCH_CONVS) and match("", model):
+        raise ValueError("convert() replaces submodules; model is itself a convolution: wrap it or "
+                         "call largekernel.models.layers.create_conv directly")
+    done: dict[int, nn.Module] = {}
+    carry = 0  # parameters the previous iso layers are short of (or over) their originals
+    for parent, attr, name, old in targets:
+        if id(old) in done:
+            setattr(parent, attr, done[id(old)])
+            continue
+        kernel_size = layer_kwargs.get("kernel_size", old.kernel_size)
+        if isinstance(kernel_size, int):
+            kernel_size = (kernel_size,) * len(old.kernel_size)
+        kernel_size = tuple(kernel_size)
+        rest = {k: v for k, v in layer_kwargs.items() if k != "kernel_size"}
+        if to in ("conv", "fft") and kernel_size == tuple(old.kernel_size):
+            new = _dense_copy(old, to, rest)
+        else:
+            if len(set(kernel_size)) == 1:
+                kernel_size = kernel_size[0]
+            if iso_params:
+                target = _num_params(old) + carry
+                rest = _with_knob(to, rest, _iso_value(old, to, kernel_size, rest, target))
+            factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+            new = _build(old, to, kernel_size, {**rest, **factory})
+            if old.bias is not None and getattr(new, "bias", None) is not None \
+                    and new.bias.shape == old.bias.shape:
+                with torch.no_grad():
+                    new.bias.copy_(old.bias)
+            if iso_params:
+                carry = _num_params(old) + carry - _num_params(new)
+        new.train(old.training)
+        setattr(parent, attr, new)
+        done[id(old)] = new
+        result.replaced.append(ReplacedLayer(name, _short(old), _short(new), _num_params(old), _num_params(new)))
+    result.params_after = _num_params(model)
+    return (model, result) if report else model
+
+
+def _short(module: nn.Module) -> str:
+    """``ClassName(first line of extra_repr)`` for reports."""
+    return f"{type(module).__name__}({module.extra_repr().splitlines()[0] if module.extra_repr() else ''})"
+
+
+def _is_learnable_kernel(module: nn.Module) -> bool:
+    return callable(getattr(module, "bake", None)) and callable(getattr(module, "construct_kernel", None))
+
+
+def _needs_size(module: nn.Module) -> bool:
+    params = inspect.signature(module.bake).parameters.values()
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
+
+
+def _layer_input_sizes(model: nn.Module, layers: list[nn.Module], input_size: Sequence[int]) -> dict[int, tuple]:
+    """Spatial size of the input each of ``layers`` sees when ``model`` runs on zeros of ``input_size``."""
+    sizes: dict[int, tuple] = {}
+
+    def record(module, args):
+        size = tuple(args[0].shape[2:])
+        if sizes.setdefault(id(module), size) != size:
+            raise ValueError(f"{type(module).__name__} is applied to inputs of spatial sizes {sizes[id(module)]} "
+                             f"and {size}; bake() needs a single input size per layer")
+
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    first = next(iter(model.parameters()), None)
+    factory = {"device": first.device, "dtype": first.dtype} if first is not None else {}
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_size), **factory))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def bake(model: nn.Module, input_size: Sequence[int] | None = None) -> nn.Module:
+    """Replace every learnable-kernel layer of ``model`` by its ``bake()``: a plain convolution, in place.
+
+    DCLS, CKConv and FlexConv layers bake on their own; layers whose kernel depends on the input size
+    (NIFF, SGConv, S4D) need ``input_size``, the shape of a whole model input *including the batch
+    dimension* (e.g. ``(1, 3, 32, 32)``): the model is run once on zeros of that shape to learn the size
+    each layer sees. The baked model gives the same output (to float rounding) and contains only standard
+    convolutions, so ``torch.export`` and ONNX export see no kernel construction.
+
+    Returns the baked ``model`` (or the baked layer when ``model`` itself is a learnable-kernel layer).
+    """
+    if input_size is not None and (isinstance(input_size, (str, bytes)) or not all(
+            isinstance(s, int) and s > 0 for s in input_size)):
+        raise ValueError(f"input_size must be a sequence of positive ints (batch, channels, *spatial), "
+                         f"got {input_size!r}")
+    if _is_learnable_kernel(model):
+        if not _needs_size(model):
+            return model.bake()
+        if input_size is None:
+            raise ValueError(f"bake() of a {type(model).__name__} needs input_size (its kernel is as large as "
+                             f"its input)")
+        return model.bake(tuple(input_size)[2:])
+    layers = _outermost_learnable(model)
+    sized = [m for _, _, _, m in layers if _needs_size(m)]
+    if sized and input_size is None:
+        names = sorted({name for _, _, name, m in layers if _needs_size(m)})
+        raise ValueError(f"bake() needs input_size for layers whose kernel depends on the input size: {names}")
+    sizes = _layer_input_sizes(model, sized, input_size) if sized else {}
+    done: dict[int, nn.Module] = {}
+    for parent, attr, name, layer in layers:
+        if id(layer) not in done:
+            if _needs_size(layer):
+                if id(layer) not in sizes:
+                    raise ValueError(f"layer {name!r} was not called by model.forward on an input of size "
+                                     f"{tuple(input_size)}; cannot infer its input size")
+                baked = layer.bake(sizes[id(layer)])
+            else:
+                baked = layer.bake()
+            done[id(layer)] = baked.train(layer.training)
+        setattr(parent, attr, done[id(layer)])
+    return model
+
+
+def _outermost_learnable(model: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, str, nn.Module]]:
+    found = []
+    for attr, child in model._modules.items():
+        if child is None:
+            continue
+        name = f"{prefix}.{attr}" if prefix else attr
+        if _is_learnable_kernel(child):
+            found.append((model, attr, name, child))
+        else:
+            found += _outermost_learnable(child, name)
+    return found
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints such as 1,3,32,32, got {text!r}") from None
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="largekernel convert",
+                                description="Convert a model's convolutions to a large-kernel family and/or bake "
+                                            "learnable kernels into plain convolutions; print the report.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="registered model name (largekernel.models.list_models())")
+    src.add_argument("--checkpoint", help="checkpoint or run directory written by `largekernel train`")
+    p.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--to", choices=CONV_TYPES, help="target family")
+    p.add_argument("--which", help="module-name pattern of the convolutions to replace (default: depthwise ones)")
+    p.add_argument("--iso-params", action="store_true", help="match the original parameter count")
+    p.add_argument("--layer-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"kernel_size": 17}\'')
+    p.add_argument("--bake", action="store_true", help="then bake learnable kernels into plain convolutions")
+    p.add_argument("--input-size", type=_int_list, help="model input shape with batch, e.g. 1,3,32,32 "
+                   "(needed to bake input-sized kernels, to count FLOPs and to write .pt2)")
+    p.add_argument("--out", help="write the model: FILE.pt2 = torch.export program (needs --input-size), "
+                   "otherwise torch.save of the module (load with torch.load(FILE, weights_only=False))")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``largekernel convert``: returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.to is None and not args.bake:
+        print("largekernel convert: nothing to do; give --to FAMILY and/or --bake")
+        return 2
+    if args.out and args.out.endswith(".pt2") and args.input_size is None:
+        print("largekernel convert: --out FILE.pt2 needs --input-size")
+        return 2
+    if args.checkpoint:
+        from largekernel.train.checkpoint import load_checkpoint
+
+        model = load_checkpoint(args.checkpoint)[0]
+    else:
+        from largekernel.models import create_model
+
+        model = create_model(args.model, **args.model_kwargs)
+    model.eval()
+    if args.input_size:
+        from largekernel.analysis.flops import count
+
+        print(f"before: {count(model, args.input_size)}")
+    if args.to:
+        model, rep = convert(model, args.to, args.which, iso_params=args.iso_params, report=True,
+                             **args.layer_kwargs)
+        print(rep)
+    if args.bake:
+        before = sum(1 for m in model.modules() if _is_learnable_kernel(m))
+        bake(model, args.input_size)
+        print(f"baked {before} learnable-kernel layer(s) into plain convolutions")
+    if args.input_size:
+        print(f"after: {count(model, args.input_size)}")
+    if args.out:
+        if args.out.endswith(".pt2"):
+            example = torch.zeros(args.input_size)
+            torch.export.save(torch.export.export(model, (example,)), args.out)
+        else:
+            torch.save(model, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``largekernel.convert(model, ...)`` work after ``import largekernel.convert``.
+
+    The package resolves ``largekernel.convert`` to the function lazily, but importing this
+    submodule (the CLI does) rebinds that package attribute to the module itself.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,195 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import largekernel
+from largekernel.convert import ConvertReport, is_depthwise_spatial, main
+from largekernel.models import create_model
+from largekernel.nn import CKConv2d, DclsConv2d, FlexConv2d, NIFFConv2d
+
+
+class Foreign(nn.Module):
+    """A hand-written net of the kind convert() must handle: mixed convs, a shared module, containers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)  # dense: kept
+        self.dw = nn.Conv2d(8, 8, 5, padding=2, groups=8)  # depthwise: replaced
+        self.alias = self.dw  # the same module again: must stay one module
+        self.pw = nn.Conv2d(8, 8, 1, groups=8)  # depthwise but 1x1: kept
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)  # grouped, not depthwise: kept
+        self.multiplier = nn.Conv2d(8, 16, 3, padding=1, groups=8)  # channel multiplier: kept
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(16, 16, 7, padding=3, groups=16, bias=False), nn.GELU()),  # replaced
+            nn.Sequential(nn.Conv2d(16, 16, (3, 5), padding=(1, 2), groups=16), nn.GELU()),  # replaced
+        ])
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.pw(self.alias(self.dw(self.stem(x))))
+        x = self.multiplier(self.grouped(x))
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x.mean((2, 3)))
+
+
+_DEPTHWISE = {"dw", "blocks.0.0", "blocks.1.0"}  # "alias" is "dw": replaced with it, reported once
+
+
+def test_default_replaces_exactly_the_depthwise_spatial_convs():
+    model = Foreign()
+    before = {name: m for name, m in model.named_modules(remove_duplicate=False)}
+    _, report = largekernel.convert(model, "dcls", report=True, kernel_size=9, kernel_count=6)
+    assert {r.name for r in report.replaced} == _DEPTHWISE
+    after = dict(model.named_modules(remove_duplicate=False))
+    for name, module in before.items():
+        if name in _DEPTHWISE | {"alias"}:
+            assert isinstance(after[name], DclsConv2d) and after[name].dilated_kernel_size == (9, 9)
+        elif name.count(".") <= 2 and name in after and isinstance(module, nn.Conv2d):
+            assert after[name] is module
+    assert model.alias is model.dw
+    assert model.blocks[0][0].bias is None and model.dw.bias is not None
+    assert model(torch.randn(2, 3, 12, 12)).shape == (2, 4)
+    # Parameter counts in the report, against a direct count.
+    assert report.params_after == sum(p.numel() for p in model.parameters())
+    # Each DCLS element costs 3 parameters (weight, 2 positions) per channel; biases are kept as they were.
+    assert report.params_before - report.params_after == (8 * 25 - 8 * 6 * 3) + (16 * 49 - 16 * 6 * 3) + (
+        16 * 15 - 16 * 6 * 3)
+
+
+def test_pattern_and_callable_selection():
+    model = Foreign()
+    _, report = largekernel.convert(model, "fft", "blocks.*", report=True)
+    assert {r.name for r in report.replaced} == {"blocks.0.0", "blocks.1.0"}
+    model = Foreign()
+    _, report = largekernel.convert(model, "dilated", lambda name, m: m.groups == 2, report=True, kernel_size=5)
+    assert [r.name for r in report.replaced] == ["grouped"]
+    assert model.grouped.dilation == (2, 2) and model.grouped.kernel_size == (3, 3)
+    assert is_depthwise_spatial(nn.Conv1d(4, 4, 3, groups=4)) and not is_depthwise_spatial(nn.Conv1d(4, 4, 1, groups=4))
+
+
+def test_fft_copies_kernel_and_round_trip_is_exact():
+    torch.manual_seed(0)
+    model = Foreign().double().eval()
+    x = torch.randn(2, 3, 11, 13, dtype=torch.float64)
+    reference = model(x)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    largekernel.convert(model, "fft")
+    assert model.dw.backend == "fft" and model.dw.weight.dtype == torch.float64
+    torch.testing.assert_close(model(x), reference, rtol=1e-10, atol=1e-10)
+    largekernel.convert(model, "conv", backend="direct")
+    assert model.dw.backend == "direct"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
+
+
+def test_dense_larger_kernel_is_fresh_same_size_layer_and_copies_bias():
+    model = Foreign()
+    bias = model.dw.bias.detach().clone()
+    largekernel.convert(model, "conv", "dw", kernel_size=11)
+    assert model.dw.kernel_size == (11, 11) and model.dw.padding == (5, 5)
+    assert torch.equal(model.dw.bias, bias)
+
+
+@pytest.mark.parametrize("to,kwargs", [("dcls", dict(kernel_size=17)), ("flexconv", {}), ("ckconv", {})])
+def test_iso_params_within_one_percent(to, kwargs):
+    model = create_model("convnext_atto", num_classes=10)
+    original = sum(p.numel() for p in model.parameters())
+    depthwise = sum(m.weight.numel() + m.bias.numel() for m in model.modules() if is_depthwise_spatial(m))
+    _, report = largekernel.convert(model, to, iso_params=True, report=True, **kwargs)
+    converted = sum(p.numel() for p in model.parameters())
+    assert report.params_before == original and report.params_after == converted
+    assert len(report.replaced) == 12
+    # The depthwise layers alone within 1% (a stricter test than the whole model).
+    replaced = sum(r.params_after for r in report.replaced)
+    assert abs(replaced - depthwise) <= 0.01 * depthwise
+    assert abs(converted - original) <= 0.01 * original
+
+
+def test_iso_params_dcls_kernel_count_formula():
+    # One depthwise 7x7 layer of 40 channels with bias: 40 * 49 + 40 = 2000 parameters; a 2-D DCLS element
+    # costs 3 (weight + 2 positions) per channel, so 16 elements give 40 * 48 + 40 = 1960 (17 would be 2080).
+    net = nn.Sequential(nn.Conv2d(40, 40, 7, padding=3, groups=40))
+    largekernel.convert(net, "dcls", iso_params=True, kernel_size=17)
+    assert net[0].kernel_count == 16
+
+
+def test_converted_model_trains_and_keeps_mode_and_device():
+    model = create_model("dwnet2d_tiny", num_classes=3).train()
+    largekernel.convert(model, "dcls", kernel_count=5)
+    assert all(m.training for m in model.modules())
+    out = model(torch.randn(4, 1, 8, 8))
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("to,kwargs", [("dcls", dict(kernel_size=9, kernel_count=6, interpolation="gaussian")),
+                                       ("flexconv", {}), ("ckconv", {}), ("niff", {})])
+def test_bake_is_equivalent_and_exports(to, kwargs):
+    model = create_model("dwnet2d_tiny", num_classes=5).eval()
+    largekernel.convert(model, to, **kwargs)
+    x = torch.randn(2, 1, 8, 8)
+    expected = model(x)
+    learnable = (DclsConv2d, FlexConv2d, CKConv2d, NIFFConv2d)
+    assert any(isinstance(m, learnable) for m in model.modules())
+    largekernel.bake(model, input_size=(1, 1, 8, 8))
+    assert not any(isinstance(m, learnable) for m in model.modules())
+    spatial = [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+    assert spatial and all(type(m).__module__ in ("torch.nn.modules.conv", "largekernel.nn.conv") for m in spatial)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bake_single_layer_and_input_size_errors():
+    layer = DclsConv2d(4, 4, 5, 7, padding=3, groups=4)
+    baked = largekernel.bake(layer)
+    x = torch.randn(1, 4, 10, 10)
+    assert isinstance(baked, nn.Conv2d)
+    # Against torch's own conv applied to the dense kernel the layer builds.
+    torch.testing.assert_close(baked(x), F.conv2d(x, layer.construct_kernel(), layer.bias, padding=3, groups=4))
+    model = create_model("dwnet2d_tiny", conv="niff")
+    with pytest.raises(ValueError, match=r"needs input_size .*blocks\.0\.dwconv"):
+        largekernel.bake(model)
+    with pytest.raises(ValueError, match="input_size must be a sequence of positive ints"):
+        largekernel.bake(model, input_size=(1, -1, 8, 8))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="to must be one of .* got 'dense'"):
+        largekernel.convert(Foreign(), "dense")
+    with pytest.raises(TypeError, match="which must be None, a module-name pattern"):
+        largekernel.convert(Foreign(), "fft", which=3)
+    with pytest.raises(ValueError, match=r"iso_params=True tunes .* got to='fft'"):
+        largekernel.convert(Foreign(), "fft", iso_params=True)
+    with pytest.raises(ValueError, match="chooses kernel_count itself"):
+        largekernel.convert(Foreign(), "dcls", iso_params=True, kernel_count=3)
+
+
+def test_cli_convert_and_bake(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    assert main(["--model", "dwnet2d_tiny", "--model-kwargs", '{"num_classes": 4}', "--to", "dcls",
+                 "--iso-params", "--layer-kwargs", '{"kernel_size": 9}', "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "converted 2 layer(s) to 'dcls'" in text and "blocks.0.dwconv" in text
+    model = torch.load(out, weights_only=False)
+    assert isinstance(model.blocks[0].dwconv, DclsConv2d)
+    exported = tmp_path / "model.pt2"
+    assert main(["--model", "dwnet2d_tiny", "--to", "flexconv", "--bake", "--input-size", "1,1,8,8",
+                 "--out", str(exported)]) == 0
+    text = capsys.readouterr().out
+    assert "baked 2 learnable-kernel layer(s)" in text and "FLOPs" in text
+    program = torch.export.load(str(exported))
+    assert program.module()(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    assert main(["--model", "dwnet2d_tiny"]) == 2
+
+
+def test_report_str_lists_layers():
+    _, report = largekernel.convert(Foreign(), "fft", report=True)
+    assert isinstance(report, ConvertReport)
+    assert str(report).startswith("converted 3 layer(s) to 'fft': parameters")
+    assert copy.deepcopy(report).params_before == report.params_after
