@@ -210,3 +210,12 @@ def test_set_sigma():
 def test_repr_names_non_defaults():
     text = repr(DclsConv2d(4, 4, 3, (5, 7), groups=4, interpolation="gaussian", backend="fft"))
     assert "dilated_kernel_size=(5, 7)" in text and "groups=4" in text and "'gaussian'" in text and "'fft'" in text
+
+
+def test_documentation_examples_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "dcls.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
+    exec(compile(code, "docs/dcls.md", "exec"), {})
