@@ -93,14 +93,11 @@ class _DclsNd(nn.Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups must divide in_channels and out_channels, got groups={groups} "
                              f"for in_channels={in_channels}, out_channels={out_channels}")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if position_init not in _POSITION_INITS:
-            raise ValueError(f"position_init must be one of {_POSITION_INITS}, got {position_init!r}")
+        for name, value, options in (("interpolation", interpolation, INTERPOLATIONS),
+                                     ("padding_mode", padding_mode, _PADDING_MODES),
+                                     ("backend", backend, BACKENDS), ("position_init", position_init, _POSITION_INITS)):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {options}, got {value!r}")
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
         self.in_channels = in_channels
@@ -235,22 +232,14 @@ class _DclsNd(nn.Module):
         if self.dense_kernel_size:
             s += f", dense_kernel_size={self.dense_kernel_size}"
         s += f", dilated_kernel_size={self.dilated_kernel_size}"
-        if self.stride != (1,) * nd:
-            s += f", stride={self.stride}"
-        if self.padding != (0,) * nd:
-            s += f", padding={self.padding}"
-        if self.dilation != (1,) * nd:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
+        defaults = {"stride": (1,) * nd, "padding": (0,) * nd, "dilation": (1,) * nd, "groups": 1,
+                    "padding_mode": "zeros", "interpolation": "bilinear", "backend": "auto"}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                s += f", {name}={value!r}"
         if self.bias is None:
             s += ", bias=False"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode!r}"
-        if self.interpolation != "bilinear":
-            s += f", interpolation={self.interpolation!r}"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
         return s
 
 
