@@ -219,3 +219,13 @@ def test_documentation_examples_run():
     text = (Path(__file__).resolve().parents[1] / "docs" / "dcls.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
     exec(compile(code, "docs/dcls.md", "exec"), {})
+
+
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+def test_unbatched_input_as_torch(backend):
+    layer = DclsConv1d(3, 4, 3, 7, padding=3, backend=backend)
+    x = torch.randn(3, 20)
+    torch.testing.assert_close(layer(x), F.conv1d(x, layer.construct_kernel(), layer.bias, padding=3),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="input must have shape"):
+        layer(torch.randn(20))

@@ -177,8 +177,14 @@ class _DclsNd(nn.Module):
                                 interpolation=self.interpolation)
 
     def forward(self, input: Tensor) -> Tensor:
-        return convolve(input, self.construct_kernel(), self.bias, self.stride, self.padding, self.dilation,
-                        self.groups, self.padding_mode, backend=self.backend)
+        nd = len(self.stride)
+        if input.dim() not in (nd + 1, nd + 2):
+            raise ValueError(f"input must have shape (N, C, *spatial) or (C, *spatial) with {nd} spatial dims, "
+                             f"got {tuple(input.shape)}")
+        unbatched = input.dim() == nd + 1  # (C, *spatial), as torch.nn.ConvNd accepts
+        out = convolve(input.unsqueeze(0) if unbatched else input, self.construct_kernel(), self.bias, self.stride,
+                       self.padding, self.dilation, self.groups, self.padding_mode, backend=self.backend)
+        return out.squeeze(0) if unbatched else out
 
     @torch.no_grad()
     def bake(self) -> nn.Module:
@@ -245,8 +251,8 @@ class _DclsNd(nn.Module):
 
 _SHAPE_DOC = r"""
     Shape:
-        - Input: :math:`(N, C_{in}, *L_{in})`
-        - Output: :math:`(N, C_{out}, *L_{out})`, per dimension :math:`d` with the
+        - Input: :math:`(N, C_{in}, *L_{in})` or :math:`(C_{in}, *L_{in})`
+        - Output: :math:`(N, C_{out}, *L_{out})` or :math:`(C_{out}, *L_{out})`, per dimension :math:`d` with the
           kernel extent :math:`K_d` (``dilated_kernel_size``, or ``dense_kernel_size``
           on dense dimensions):
           :math:`L_{out} = \lfloor (L_{in} + 2 p_d - \text{dilation}_d (K_d - 1) - 1) / \text{stride}_d + 1 \rfloor`
