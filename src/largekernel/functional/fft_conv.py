@@ -250,90 +250,91 @@ def _make_plan(sizes, kernel, pads, stride, dilation, groups, circular: bool, de
 # ----------------------------------------------------------------------------- transforms
 
 
-def _kernel_index(plan: _Plan, dim: int, device) -> Tensor:
-    """Buffer position of each (dilated, shifted) kernel tap along ``dim``: ``(t*d - shift) mod n``."""
-    k, d, lo, n = plan.kernel[dim], plan.dilation[dim], plan.shift[dim], plan.fft[dim]
-    return (torch.arange(k, device=device) * d - lo) % n
+def _kernel_index(plan: _Plan, device) -> list[Tensor]:
+    """Buffer position of each (dilated, shifted) kernel tap, ``(t*d - shift) mod n``, one index
+    tensor per spatial dim, shaped to broadcast over a ``(Cout, Cin/g, *kernel)`` tensor."""
+    nd = len(plan.fft)
+    index = []
+    for i, (k, d, lo, n) in enumerate(zip(plan.kernel, plan.dilation, plan.shift, plan.fft)):
+        position = (torch.arange(k, device=device) * d - lo) % n
+        index.append(position.reshape(k, *([1] * (nd - 1 - i))))
+    return index
 
 
 def _place_kernel(weight: Tensor, plan: _Plan) -> Tensor:
-    """Scatter kernel taps into the circular FFT buffer; taps that share a position add up."""
-    nd = len(plan.fft)
-    for i in range(nd):
-        dim = weight.dim() - nd + i
-        shape = list(weight.shape)
-        shape[dim] = plan.fft[i]
-        weight = weight.new_zeros(shape).index_add_(dim, _kernel_index(plan, i, weight.device), weight)
-    return weight  # (Cout, Cin/g, *fft)
+    """Scatter kernel taps into the circular FFT buffer (no zero-stuffed dilated copy); taps that
+    share a position (a kernel longer than the buffer) add up."""
+    buffer = weight.new_zeros(*weight.shape[:2], *plan.fft)  # (Cout, Cin/g, *fft)
+    index = _kernel_index(plan, weight.device)
+    if all(d * (k - 1) + 1 <= n for k, d, n in zip(plan.kernel, plan.dilation, plan.fft)):
+        buffer[(slice(None), slice(None), *index)] = weight
+        return buffer
+    channels = [torch.arange(c, device=weight.device).reshape(-1, *([1] * (weight.dim() - 1 - j)))
+                for j, c in enumerate(weight.shape[:2])]
+    return buffer.index_put_((*channels, *index), weight, accumulate=True)
 
 
 def _gather_kernel(buffer: Tensor, plan: _Plan) -> Tensor:
     """Adjoint of :func:`_place_kernel`: read each tap's position back out of the buffer."""
-    nd = len(plan.fft)
-    for i in range(nd):
-        dim = buffer.dim() - nd + i
-        buffer = buffer.index_select(dim, _kernel_index(plan, i, buffer.device))
-    return buffer  # (Cout, Cin/g, *kernel)
+    return buffer[(slice(None), slice(None), *_kernel_index(plan, buffer.device))]  # (Cout, Cin/g, *kernel)
 
 
-def _rfft(x: Tensor, fft: tuple[int, ...]) -> Tensor:
-    """Real spectrum of ``x`` zero-filled to ``fft``; the last dim first, on the unpadded rows only."""
-    nd = len(fft)
-    spectrum = torch.fft.rfft(x, n=fft[-1], dim=-1)  # (..., *sizes[:-1], fft[-1]//2+1)
-    for i in range(nd - 1):
-        spectrum = torch.fft.fft(spectrum, n=fft[i], dim=i - nd)
-    return spectrum  # (..., *fft[:-1], fft[-1]//2+1) complex
+def _spatial(nd: int) -> tuple[int, ...]:
+    return tuple(range(-nd, 0))
 
 
-def _fold_last(spectrum: Tensor, n: int, s: int) -> Tensor:
-    """Half spectrum (length n//2+1) of a length-n signal -> half spectrum of its every-s-th sample
-    (length m//2+1, m = n/s), up to the factor 1/s: ``Z[f] = sum_a Y[f + a*m]``."""
+def _mirror(spectrum: Tensor, nd: int) -> Tensor:
+    """``conj(Y[-k])`` over the non-last spatial dims: with the last dim at ``n - q``, the bin that the
+    Hermitian symmetry of a real N-D signal maps onto ``Y[k, q]``."""
+    dims = tuple(range(-nd, -1))
+    if dims:
+        spectrum = torch.roll(torch.flip(spectrum, dims), (1,) * len(dims), dims)
+    return spectrum.conj()
+
+
+def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
+    """Half spectrum (last dim n//2+1) of a real signal of last-dim length n -> half spectrum of its
+    every-s-th sample (m//2+1, m = n/s), up to the factor 1/s: ``Z[f] = sum_a Y[f + a*m]``."""
     m = n // s
     q = torch.arange(s, device=spectrum.device).unsqueeze(1) * m + torch.arange(m // 2 + 1, device=spectrum.device)
     mirrored = q > n // 2
     source = torch.where(mirrored, n - q, q).flatten()
     picked = spectrum.index_select(-1, source).unflatten(-1, (s, m // 2 + 1))  # (..., s, m//2+1)
-    picked = torch.where(mirrored, picked.conj(), picked)
+    picked = torch.where(mirrored, _mirror(picked.movedim(-2, 0), nd).movedim(0, -2), picked)
     return picked.sum(-2)  # (..., m//2+1)
 
 
-def _tile_last(spectrum: Tensor, n: int, s: int) -> Tensor:
-    """Half spectrum (length m//2+1) of a length-m signal -> half spectrum (length n//2+1, n = s*m)
-    of the signal zero-stuffed by s, which is the periodic repetition ``G[q] = Gm[q mod m]``."""
+def _tile_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
+    """Half spectrum (last dim m//2+1) of a real signal of last-dim length m -> half spectrum (n//2+1,
+    n = s*m) of the signal zero-stuffed by s, the periodic repetition ``G[q] = Gm[q mod m]``."""
     m = n // s
     r = torch.arange(n // 2 + 1, device=spectrum.device) % m
     mirrored = r > m // 2
     picked = spectrum.index_select(-1, torch.where(mirrored, m - r, r))  # (..., n//2+1)
-    return torch.where(mirrored, picked.conj(), picked)
+    return torch.where(mirrored, _mirror(picked, nd), picked)
 
 
 def _irfft_keep(spectrum: Tensor, fft: tuple[int, ...], stride: tuple[int, ...], keep: tuple[int, ...]) -> Tensor:
     """Samples ``j * stride`` (``j < keep``) of the real inverse transform of ``spectrum``.
 
-    When the stride divides the length, the spectrum is aliased first so that the
-    inverse has length n/s and no discarded sample is computed. Non-last dims go
-    first so that the last (real) inverse only runs on kept rows.
+    Where the stride divides the length, the spectrum is aliased first so that the
+    inverse has length n/s and no discarded sample is computed.
     """
     nd = len(fft)
-    scale = 1
-    for i in range(nd - 1):
-        dim, n, s = i - nd, fft[i], stride[i]
-        if s > 1 and n % s == 0:
+    scale, lengths, steps = 1, [], []
+    for i, (n, s) in enumerate(zip(fft, stride)):
+        decimate = s > 1 and n % s == 0
+        if decimate and i < nd - 1:
+            dim = i - nd
             spectrum = spectrum.unflatten(dim, (s, n // s)).sum(dim - 1)  # (..., n/s, ...)
-            spectrum = torch.fft.ifft(spectrum, dim=dim).narrow(dim, 0, keep[i])
-            scale *= s
-        else:
-            spectrum = torch.fft.ifft(spectrum, dim=dim)
-            index = [slice(None)] * spectrum.dim()
-            index[dim] = slice(0, (keep[i] - 1) * s + 1, s)
-            spectrum = spectrum[tuple(index)]
-    n, s = fft[-1], stride[-1]
-    if s > 1 and n % s == 0:
-        out = torch.fft.irfft(_fold_last(spectrum, n, s), n=n // s, dim=-1)[..., : keep[-1]]
-        scale *= s
-    else:
-        out = torch.fft.irfft(spectrum, n=n, dim=-1)[..., : (keep[-1] - 1) * s + 1 : s]
-    return out / scale if scale > 1 else out  # (..., *keep)
+        elif decimate:
+            spectrum = _fold_last(spectrum, n, s, nd)  # (..., n/s//2+1)
+        scale *= s if decimate else 1
+        lengths.append(n // s if decimate else n)
+        steps.append(1 if decimate else s)
+    out = torch.fft.irfftn(spectrum, s=lengths, dim=_spatial(nd))  # (..., *lengths)
+    out = out[(..., *(slice(0, (k - 1) * step + 1, step) for k, step in zip(keep, steps)))]  # (..., *keep)
+    return out / scale if scale > 1 else out
 
 
 def _rfft_upsampled(grad: Tensor, plan: _Plan) -> Tensor:
@@ -343,71 +344,58 @@ def _rfft_upsampled(grad: Tensor, plan: _Plan) -> Tensor:
     # Dims whose length the stride does not divide (circular mode only) are zero-stuffed explicitly.
     explicit = [s > 1 and n % s != 0 for n, s in zip(plan.fft, plan.stride)]
     if any(explicit):
-        shape = list(grad.shape)
-        index = [slice(None)] * grad.dim()
-        for i, stuff in enumerate(explicit):
-            if stuff:
-                dim = grad.dim() - nd + i
-                shape[dim] = (plan.out[i] - 1) * plan.stride[i] + 1
-                index[dim] = slice(None, None, plan.stride[i])
+        shape = list(grad.shape[:2]) + [(k - 1) * s + 1 if e else k for k, s, e in zip(plan.out, plan.stride, explicit)]
         stuffed = grad.new_zeros(shape)
-        stuffed[tuple(index)] = grad
+        stuffed[(..., *(slice(None, None, s) if e else slice(None) for s, e in zip(plan.stride, explicit)))] = grad
         grad = stuffed
-    stride = [1 if stuff else s for s, stuff in zip(plan.stride, explicit)]
-    n, s = plan.fft[-1], stride[-1]
-    spectrum = torch.fft.rfft(grad, n=n // s, dim=-1)
-    if s > 1:
-        spectrum = _tile_last(spectrum, n, s)
-    for i in range(nd - 1):
-        dim, n, s = i - nd, plan.fft[i], stride[i]
-        spectrum = torch.fft.fft(spectrum, n=n // s, dim=dim)
-        if s > 1:
-            repeats = [1] * spectrum.dim()
-            repeats[spectrum.dim() + dim] = s
-            spectrum = spectrum.repeat(repeats)
+    stride = [1 if e else s for s, e in zip(plan.stride, explicit)]
+    spectrum = torch.fft.rfftn(grad, s=[n // s for n, s in zip(plan.fft, stride)], dim=_spatial(nd))
+    if stride[-1] > 1:
+        spectrum = _tile_last(spectrum, plan.fft[-1], stride[-1], nd)
+    repeats = [1, 1, *stride[:-1], 1]
+    if any(r > 1 for r in repeats):
+        spectrum = spectrum.repeat(repeats)
     return spectrum  # (B, Cout, *fft[:-1], fft[-1]//2+1) complex
 
 
 # ----------------------------------------------------------------------------- spectral products
-# x: (B, G*I, *F), w: (G*O, I, *F), y: (B, G*O, *F). Cross-correlation multiplies by conj(w).
+# x: (B, G*I, *F), w: (G*O, I, *F), y: (B, G*O, *F). The kernel spectrum is kept conjugated
+# (cross-correlation multiplies by conj(w)), materialised once because it is small.
 
 
-def _product(x_f: Tensor, w_f: Tensor, groups: int) -> Tensor:
-    b, cin = x_f.shape[:2]
-    cout, i = w_f.shape[:2]
+def _product(x_f: Tensor, wc_f: Tensor, groups: int) -> Tensor:
+    """Output spectrum ``y = sum_i x * conj(w)`` per group."""
+    b = x_f.shape[0]
+    cout, i = wc_f.shape[:2]
     o = cout // groups
     freq = x_f.shape[2:]
     if i == 1:  # depthwise (o == 1) or channel multiplier: elementwise, no channel contraction
-        x_g = x_f.reshape(b, groups, 1, -1)  # (B, G, 1, F)
-        y_f = x_g * w_f.reshape(groups, o, -1).conj()  # (B, G, O, F)
+        y_f = x_f.reshape(b, groups, 1, -1) * wc_f.reshape(groups, o, -1)  # (B, G, O, F)
     else:
-        y_f = torch.einsum("bgif,goif->bgof", x_f.reshape(b, groups, i, -1), w_f.reshape(groups, o, i, -1).conj())
+        y_f = torch.einsum("bgif,goif->bgof", x_f.reshape(b, groups, i, -1), wc_f.reshape(groups, o, i, -1))
     return y_f.reshape(b, cout, *freq)
 
 
 def _input_grad_product(g_f: Tensor, w_f: Tensor, groups: int) -> Tensor:
+    """Input-gradient spectrum ``gx = sum_o g * w`` (a convolution: no conjugate)."""
     b, cout = g_f.shape[:2]
     i = w_f.shape[1]
     o = cout // groups
     freq = g_f.shape[2:]
-    g_g = g_f.reshape(b, groups, o, -1)  # (B, G, O, F)
-    if i == 1:
-        x_f = (g_g * w_f.reshape(groups, o, -1)).sum(2) if o > 1 else g_g[:, :, 0] * w_f.reshape(groups, -1)
-    else:
-        x_f = torch.einsum("bgof,goif->bgif", g_g, w_f.reshape(groups, o, i, -1))
+    if i == 1 and o == 1:  # depthwise: elementwise
+        return g_f * w_f.reshape(cout, *freq)
+    x_f = torch.einsum("bgof,goif->bgif", g_f.reshape(b, groups, o, -1), w_f.reshape(groups, o, i, -1))
     return x_f.reshape(b, groups * i, *freq)
 
 
-def _weight_grad_product(x_f: Tensor, g_f: Tensor, groups: int, i: int) -> Tensor:
+def _weight_grad_product(x_f: Tensor, g_f: Tensor, groups: int) -> Tensor:
+    """Kernel-gradient spectrum ``gw = sum_b x * conj(g)``: reduced over the batch before the inverse
+    transform, so that only a kernel-sized buffer is transformed back."""
     b, cout = g_f.shape[:2]
+    i = x_f.shape[1] // groups
     o = cout // groups
     freq = g_f.shape[2:]
-    g_g = g_f.reshape(b, groups, o, -1).conj()  # (B, G, O, F)
-    x_g = x_f.reshape(b, groups, i, -1)  # (B, G, I, F)
-    if i == 1:
-        w_f = (x_g * g_g).sum(0)  # (G, O, F)
-    else:
-        w_f = torch.einsum("bgif,bgof->goif", x_g, g_g)
+    w_f = torch.einsum("bgif,bgof->goif", x_f.reshape(b, groups, i, -1), g_f.reshape(b, groups, o, -1).conj())
     return w_f.reshape(cout, i, *freq)
 
 
@@ -420,13 +408,14 @@ class _FFTConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan) -> Tensor:
-        x_f = _rfft(input, plan.fft)  # (B, Cin, *F)
-        w_f = _rfft(_place_kernel(weight, plan), plan.fft)  # (Cout, Cin/g, *F)
-        out = _irfft_keep(_product(x_f, w_f, plan.groups), plan.fft, plan.stride, plan.out)  # (B, Cout, *out)
-        if bias is not None:
-            out = out + bias.reshape(-1, *([1] * len(plan.fft)))
+        dims = _spatial(len(plan.fft))
+        x_f = torch.fft.rfftn(input, s=plan.fft, dim=dims)  # (B, Cin, *F) complex
+        wc_f = torch.fft.rfftn(_place_kernel(weight, plan), dim=dims).conj_physical()  # (Cout, Cin/g, *F)
+        out = _irfft_keep(_product(x_f, wc_f, plan.groups), plan.fft, plan.stride, plan.out)  # (B, Cout, *out)
+        # the add (or copy) also makes the strided slice contiguous, like torch's conv output
+        out = out + bias.reshape(-1, *([1] * len(dims))) if bias is not None else out.contiguous()
         need_input, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_f if need_weight else None, w_f if need_input else None)
+        ctx.save_for_backward(x_f if need_weight else None, wc_f if need_input else None)
         ctx.plan = plan
         return out
 
@@ -434,19 +423,18 @@ class _FFTConvFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         plan: _Plan = ctx.plan
-        x_f, w_f = ctx.saved_tensors
+        x_f, wc_f = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         nd = len(plan.fft)
         grad_input = grad_weight = grad_bias = None
         if need_input or need_weight:
             g_f = _rfft_upsampled(grad, plan)  # (B, Cout, *F)
         if need_input:
-            ones = (1,) * nd
-            grad_input = _irfft_keep(_input_grad_product(g_f, w_f, plan.groups), plan.fft, ones, plan.sizes)
+            gx_f = _input_grad_product(g_f, wc_f.conj_physical(), plan.groups)  # (B, Cin, *F)
+            grad_input = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes).contiguous()  # (B, Cin, *sizes)
         if need_weight:
-            i = x_f.shape[1] // plan.groups
-            buffer = _irfft_keep(_weight_grad_product(x_f, g_f, plan.groups, i), plan.fft, (1,) * nd, plan.fft)
-            grad_weight = _gather_kernel(buffer, plan)
+            buffer = torch.fft.irfftn(_weight_grad_product(x_f, g_f, plan.groups), s=plan.fft, dim=_spatial(nd))
+            grad_weight = _gather_kernel(buffer, plan)  # (Cout, Cin/g, *kernel)
         if need_bias:
             grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
         return grad_input, grad_weight, grad_bias, None
