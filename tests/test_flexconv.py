@@ -175,6 +175,16 @@ def test_mask_is_the_anisotropic_gaussian_times_the_kernel_net():
     torch.testing.assert_close(layer.construct_kernel(), expected)
 
 
+def test_default_mask_width_is_the_reference_value_widened_on_coarse_grids():
+    assert FlexConv2d(2, 2, kernel_size=33).mask_width.tolist() == pytest.approx([0.075, 0.075])
+    assert FlexConv2d(2, 2, kernel_size=(9, 65)).mask_width.tolist() == pytest.approx([2.4 / 8, 0.075])
+    lazy = FlexConv2d(2, 2)
+    lazy(torch.randn(1, 2, 8, 8))  # 9-point grid, known only now
+    assert lazy.mask_width.tolist() == pytest.approx([0.3, 0.3])
+    assert lazy.effective_kernel_size() == (5, 5)  # |x| <= 0.3 * sqrt(2 ln 10) = 0.64 on a 0.25 step
+    assert FlexConv1d(1, 1, kernel_size=40, causal=True, mask_init=0.2).mask_width.tolist() == pytest.approx([0.2])
+
+
 def test_gradients_flow_to_mask_parameters_and_gradcheck():
     torch.manual_seed(0)
     layer = FlexConv2d(2, 2, kernel_size=7, mask_init=0.3, kernel_net_kwargs={"hidden_channels": 4}).double()
@@ -347,7 +357,7 @@ def test_bad_input_is_rejected_with_clear_messages():
         FlexConv2d(2, 2, mask_threshold=1.0)
     with pytest.raises(ValueError, match="mask_threshold .* got 0"):
         FlexConv2d(2, 2, mask_threshold=0)
-    with pytest.raises(ValueError, match=r"mask_init .* must be > 0, got -0.1"):
+    with pytest.raises(ValueError, match=r"mask_init .* must be > 0 or None, got -0.1"):
         FlexConv2d(2, 2, mask_init=-0.1)
     with pytest.raises(ValueError, match="causal=True is defined for 1-D sequences only"):
         FlexConv2d(2, 2, causal=True)

@@ -43,6 +43,8 @@ __all__ = [
 
 _PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 _BAKED = {1: Conv1d, 2: Conv2d, 3: Conv3d}
+# FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
+_REFERENCE_MASK_INIT = 0.075
 # Baked kernels at least this long in some dimension are applied by FFT.
 _FFT_BAKE_MIN = 32
 
@@ -201,6 +203,10 @@ class _ContinuousConvNd(nn.Module):
         """Lazy kernel size: the whole input (causal: its length) or the smallest odd size covering it."""
         sizes = tuple(int(n) if self.causal else int(n) | 1 for n in spatial)
         self._kernel_size = self._base_kernel_size = sizes
+        self._init_for_grid()
+
+    def _init_for_grid(self) -> None:
+        """Initialisation that needs the kernel grid (lazy layers: run at the first input)."""
         self._chang_initialize()
 
     def resample(self, kernel_size: int | Sequence[int]) -> None:
@@ -380,14 +386,15 @@ class _FlexConvNd(_ContinuousConvNd):
     _default_kernel_net = "magnet"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int] | None = None, *,
-                 mask_init: float = 0.075, mask_threshold: float = 0.1, dynamic_cropping: bool = True,
+                 mask_init: float | None = None, mask_threshold: float = 0.1, dynamic_cropping: bool = True,
                  learn_mask_mean: bool = True, mask_lr_scale: float | None = None, **kwargs) -> None:
-        if isinstance(mask_init, bool) or not isinstance(mask_init, (int, float)) or not mask_init > 0:
-            raise ValueError(f"mask_init (the Gaussian mask's initial width) must be > 0, got {mask_init!r}")
+        if mask_init is not None and (isinstance(mask_init, bool) or not isinstance(mask_init, (int, float))
+                                      or not mask_init > 0):
+            raise ValueError(f"mask_init (the Gaussian mask's initial width) must be > 0 or None, got {mask_init!r}")
         if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)) \
                 or not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in the open interval (0, 1), got {mask_threshold!r}")
-        self.mask_init = float(mask_init)
+        self.mask_init = None if mask_init is None else float(mask_init)
         self.mask_threshold = float(mask_threshold)
         self.dynamic_cropping = bool(dynamic_cropping)
         super().__init__(in_channels, out_channels, kernel_size, **kwargs)
@@ -404,17 +411,29 @@ class _FlexConvNd(_ContinuousConvNd):
     def _kernel_net_defaults(self, name: str) -> dict:
         # FlexConv: start the Gabor windows where the mask is, ~1.667 x its width.
         if name.lower() in ("magnet", "gabor"):
-            return {"init_spatial_value": min(1.0, 1.667 * self.mask_init)}
+            return {"init_spatial_value": min(1.0, 1.667 * max(self._initial_widths()))}
         return {}
 
     def reset_parameters(self) -> None:
         if not hasattr(self, "mask_width"):
             return  # called by the base constructor before the mask exists; done again at the end of __init__
         with torch.no_grad():
-            self.mask_width.fill_(self.mask_init)
+            self.mask_width.copy_(torch.tensor(self._initial_widths()))
             # A causal mask starts on the most recent samples (+1 is "now"); others at the centre.
             self.mask_mean.fill_(1.0 if self.causal else 0.0)
         super().reset_parameters()
+
+    def _initial_widths(self) -> list[float]:
+        if self.mask_init is not None:
+            return [self.mask_init] * self._nd
+        sizes = self._kernel_size or (33,) * self._nd
+        return [max(_REFERENCE_MASK_INIT, 2.4 / (k - 1)) if k > 1 else _REFERENCE_MASK_INIT for k in sizes]
+
+    def _init_for_grid(self) -> None:
+        if self.mask_init is None:  # the default width depends on the grid, known only now
+            with torch.no_grad():
+                self.mask_width.copy_(torch.tensor(self._initial_widths()))
+        super()._init_for_grid()
 
     def mask_roots(self) -> Tensor:
         """Per-dimension half-width ``|sigma| sqrt(-2 ln threshold)`` of the region where the mask > threshold."""
@@ -463,7 +482,7 @@ class _FlexConvNd(_ContinuousConvNd):
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        if self.mask_init != 0.075:
+        if self.mask_init is not None:
             s += f", mask_init={self.mask_init}"
         if self.mask_threshold != 0.1:
             s += f", mask_threshold={self.mask_threshold}"
@@ -497,7 +516,10 @@ _COMMON_ARGS = """
 """
 
 _FLEX_ARGS = """
-        mask_init: initial width (std) of the Gaussian mask, in units of the [-1, 1] grid.
+        mask_init: initial width (std) of the Gaussian mask, in units of the [-1, 1] grid. ``None``:
+            the reference's 0.075 (a ~5-sample kernel on a 33-point grid), widened on coarse grids to
+            1.2 grid steps, ``max(0.075, 2.4 / (K - 1))`` per dimension, so a small grid does not start
+            as a 1x1 kernel.
         mask_threshold: cropping keeps the samples where the mask exceeds this, in (0, 1).
         dynamic_cropping: crop to the mask's support (off: sample the whole grid).
         learn_mask_mean: learn the mask's centre as well as its width.
