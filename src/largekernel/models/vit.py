@@ -6,6 +6,11 @@ al. 2022): ``O(N log N)`` in the number of tokens instead of ``O(N^2)``. Both us
 pre-norm blocks, a patch-embedding convolution, learned positional embeddings
 sized for ``img_size`` and interpolated (bicubic) for other input sizes, and a
 class token (``global_pool="token"``) or mean pooling (``"avg"``).
+
+FiT defaults to mean pooling: its token FFT then runs over ``h * w`` tokens
+(64, 256, 1024, 3136 at 32-224 px with 4-px patches), FFT-friendly lengths; a
+class token makes them ``h * w + 1`` (257 and 3137 are prime), where the
+transform is several times slower. ``global_pool="token"`` restores the class token.
 """
 
 from __future__ import annotations
@@ -189,11 +194,11 @@ def vit_small(**kwargs) -> VisionTransformer:
 
 @register_model
 def fit_tiny(**kwargs) -> VisionTransformer:
-    """FiT-Ti: ViT-Ti with Fourier token mixing instead of self-attention."""
-    return _create_vit(dict(embed_dim=192, depth=12, num_heads=3, mixer="fourier"), **kwargs)
+    """FiT-Ti: ViT-Ti with Fourier token mixing instead of self-attention (mean pooling, see module doc)."""
+    return _create_vit(dict(embed_dim=192, depth=12, num_heads=3, mixer="fourier", global_pool="avg"), **kwargs)
 
 
 @register_model
 def fit_small(**kwargs) -> VisionTransformer:
-    """FiT-S: ViT-S with Fourier token mixing instead of self-attention."""
-    return _create_vit(dict(embed_dim=384, depth=12, num_heads=6, mixer="fourier"), **kwargs)
+    """FiT-S: ViT-S with Fourier token mixing instead of self-attention (mean pooling, see module doc)."""
+    return _create_vit(dict(embed_dim=384, depth=12, num_heads=6, mixer="fourier", global_pool="avg"), **kwargs)
