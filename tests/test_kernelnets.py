@@ -34,6 +34,17 @@ def test_shapes_grid_and_points(cls, dim):
 
 
 @pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_position_scale_equals_scaling_the_output(cls, bias):
+    net = cls(2, 5, hidden_channels=8, bias=bias).double()
+    coords = _grid(4, 3).double()
+    scale = torch.rand(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(net(coords, scale), net(coords) * scale)
+    with pytest.raises(ValueError, match=r"scale must have the grid's shape \(4, 3\), got \(12,\)"):
+        net(coords, scale.reshape(-1))
+
+
+@pytest.mark.parametrize("cls", ALL)
 def test_gradients_reach_every_parameter(cls):
     net = cls(2, 3, hidden_channels=8).double()
     net(_grid(5, 5).double()).square().sum().backward()

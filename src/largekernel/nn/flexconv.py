@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
-from largekernel.nn.kernelnets import _MFN, create_kernel_net
+from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.optim import mark
 
 __all__ = [
@@ -253,14 +253,17 @@ class _ContinuousConvNd(nn.Module):
         """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
         axes = self._crop(self._axes())
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*k, nd)
-        kernel = self.kernel_net(coords)  # (C_k, *k)
         norm = self.sampling_rate_norm()
-        if norm != 1.0:
-            kernel = kernel * norm
-        mask = self._mask(axes)
-        if mask is not None:
-            kernel = kernel * mask  # (C_k, *k)
-        return kernel
+        scale = self._mask(axes)  # (*k) or None
+        if scale is not None and norm != 1.0:
+            scale = scale * norm
+        elif scale is None and norm != 1.0:
+            scale = coords.new_full(coords.shape[:-1], norm)
+        if scale is None:
+            return self.kernel_net(coords)  # (C_k, *k)
+        if isinstance(self.kernel_net, _KernelNet):
+            return self.kernel_net(coords, scale)  # (C_k, *k); scaled before the output layer
+        return self.kernel_net(coords) * scale  # (C_k, *k)
 
     def construct_kernel(self) -> Tensor:
         """The dense kernel this layer applies now, ``(out_channels, in_channels / groups, *k)``.

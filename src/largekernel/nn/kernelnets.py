@@ -56,19 +56,37 @@ class _KernelNet(nn.Module):
         self.hidden_channels = hidden_channels
         self.output = nn.Linear(hidden_channels, out_features, bias=bias, **factory)
 
-    def forward(self, coords: Tensor) -> Tensor:
+    def forward(self, coords: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Kernel values ``(out_features, *grid)`` at ``coords`` ``(*grid, dim)``.
+
+        ``scale`` (shape ``grid``, optional) multiplies every channel at each
+        position: ``net(coords, scale) == net(coords) * scale``, but applied to
+        the ``hidden_channels`` features before the output layer, which is far
+        cheaper than rescaling the ``out_features``-channel kernel (FlexConv's
+        mask is such a per-position factor).
+        """
         if not isinstance(coords, Tensor):
             raise TypeError(f"coords must be a Tensor of shape (*grid, {self.dim}), got {type(coords).__name__}")
         if coords.dim() < 1 or coords.shape[-1] != self.dim:
             raise ValueError(f"coords must have shape (*grid, {self.dim}) for a {self.dim}-D kernel net, "
                              f"got {tuple(coords.shape)}")
         grid = coords.shape[:-1]
+        if scale is not None and scale.shape != grid:
+            raise ValueError(f"scale must have the grid's shape {tuple(grid)}, got {tuple(scale.shape)}")
         h = self._hidden(coords.reshape(-1, self.dim))  # (N, hidden)
+        weight, bias = self.output.weight, self.output.bias
+        if scale is not None:
+            s = scale.reshape(-1, 1)  # (N, 1)
+            h = h * s  # (N, hidden)
+            if bias is not None:
+                # The bias becomes one more input feature, s itself: (W | b) @ (h s | s)^T in one GEMM.
+                h = torch.cat([h, s], dim=1)  # (N, hidden + 1)
+                weight, bias = torch.cat([weight, bias.unsqueeze(1)], dim=1), None  # (out, hidden + 1)
         # W @ h^T writes the kernel channels-first directly: no transpose copy of the (large) output.
-        if self.output.bias is None:
-            out = self.output.weight @ h.t()  # (out_features, N)
+        if bias is None:
+            out = weight @ h.t()  # (out_features, N)
         else:
-            out = torch.addmm(self.output.bias.unsqueeze(1), self.output.weight, h.t())  # (out_features, N)
+            out = torch.addmm(bias.unsqueeze(1), weight, h.t())  # (out_features, N)
         return out.view(self.out_features, *grid)
 
     def _hidden(self, coords: Tensor) -> Tensor:
