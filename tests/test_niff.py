@@ -1,6 +1,8 @@
 """NIFF (Grabinski et al., TMLR 2024) against the paper's formula and torch's own convolution."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
@@ -233,3 +235,16 @@ def test_docs_examples_run():
     assert len(blocks) >= 4
     for block in blocks:
         exec(compile(block, "docs/spectral.md", "exec"), {})
+
+
+@settings(max_examples=10)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), mode=st.sampled_from(["circular", "linear"]))
+def test_property_any_size_matches_reference(h, w, mode):
+    layer = NIFFConv2d(2, bias=False, mode=mode, dtype=torch.float64)
+    x = torch.randn(1, 2, h, w, dtype=torch.float64)
+    if mode == "circular":
+        expected = _reference_niff(layer, x)
+    else:
+        expected = _reference_niff(layer, F.pad(x, (0, w, 0, h)))[..., :h, :w]
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.bake((h, w))(x), expected)

@@ -25,6 +25,7 @@ true integer frequencies are used.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -90,11 +91,8 @@ def _spectral_bias(spec: Tensor, bias: Tensor | None, grid: tuple[int, ...]) -> 
     """Add a per-channel constant to a spectrum: it lives in the DC bin, times the grid size (unnormalised FFT)."""
     if bias is None:
         return spec
-    numel = 1
-    for n in grid:
-        numel *= n
     dc = torch.zeros_like(spec)
-    dc[(slice(None), slice(None)) + (0,) * len(grid)] = bias * numel
+    dc[(slice(None), slice(None)) + (0,) * len(grid)] = bias * math.prod(grid)
     return spec + dc
 
 
@@ -114,10 +112,7 @@ def _half_weights(grid: tuple[int, ...], device, dtype) -> Tensor:
     m[0] = 1.0
     if n % 2 == 0:
         m[-1] = 1.0
-    numel = 1
-    for g in grid:
-        numel *= g
-    return m / numel
+    return m / math.prod(grid)
 
 
 class _SpectralProduct(torch.autograd.Function):
@@ -186,7 +181,7 @@ class _NIFFConvNd(nn.Module):
         self,
         in_channels: int,
         out_channels: int | None = None,
-        kernel_size=None,
+        kernel_size: int | tuple[int, ...] | None = None,
         stride: int | tuple[int, ...] = 1,
         padding: int | tuple[int, ...] | str = 0,
         groups: int | None = None,
@@ -304,8 +299,9 @@ class _NIFFConvNd(nn.Module):
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         """``W_sym`` on the rfft half-spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex."""
         if not torch.is_grad_enabled():
-            # Inference: reuse the filter while the parameters are unchanged (in-place updates bump _version).
-            key = (grid, device, dtype, tuple(p._version for p in self.parameters()))
+            # Inference: reuse the filter while the parameters are unchanged (in-place updates bump
+            # _version; a replaced parameter changes id).
+            key = (grid, device, dtype, tuple((id(p), p._version) for p in self.parameters()))
             if self._filter_cache is not None and self._filter_cache[0] == key:
                 return self._filter_cache[1]
         k, m = self._coordinates(grid, device, dtype)
