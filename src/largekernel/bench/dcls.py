@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="batch 2 and shorter timing (a smoke run)")
     parser.add_argument("--out", default="bench_results", help="folder for dcls.json")
     parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 makes a loaded machine's numbers far less noisy)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     batch, channels, size, count, box = (2 if args.quick else 8), 96, 56, 34, 17
     min_run = args.min_run_time or (0.2 if args.quick else 1.0)
