@@ -20,6 +20,7 @@ from largekernel.data import (
     random_crop,
     random_flip,
 )
+from largekernel.data.datasets import _mnist1d_arrays
 
 # --------------------------------------------------------------------------- embedded datasets
 
@@ -32,9 +33,13 @@ def test_mnist1d_is_generated_locally_with_published_split(tmp_path, monkeypatch
 
     monkeypatch.setattr(requests, "get", no_network)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LARGEKERNEL_CACHE", str(tmp_path / "cache"))
+    _mnist1d_arrays.cache_clear()
     state = np.random.get_state()
     train, test = load_dataset("mnist1d", "train"), load_dataset("mnist1d", "test")
-    assert list(tmp_path.iterdir()) == []  # nothing cached in the working directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing written to the working directory
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".npz"
     assert np.array_equal(np.random.get_state()[1], state[1])  # the generator's reseeding does not leak
     assert (len(train), len(test)) == (4000, 1000)
     x, y = train[0]
@@ -45,6 +50,14 @@ def test_mnist1d_is_generated_locally_with_published_split(tmp_path, monkeypatch
     assert abs(allx.mean().item()) < 1e-3 and abs(allx.std().item() - 1) < 1e-3
     assert dataset_info("mnist1d") == train.info
     assert torch.equal(load_dataset("mnist1d_seq", "train").x, train.x)
+    # the published generator with its default seed: compare with the package's own output
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    reference = make_dataset(get_dataset_args())
+    assert np.array_equal(train.x[:, 0].numpy(), reference["x"].astype(np.float32))
+    assert np.array_equal(test.y.numpy(), reference["y_test"])
+    _mnist1d_arrays.cache_clear()  # reload from the .npz cache: same data
+    assert torch.equal(load_dataset("mnist1d", "train").x, train.x)
 
 
 def test_digits_layouts_and_stratified_split():

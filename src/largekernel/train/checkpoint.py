@@ -86,9 +86,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp creates it private; a checkpoint is an ordinary output directory
     try:
-        # clone(): safetensors refuses tensors sharing storage (tied weights).
-        weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        # clone(): safetensors refuses tensors sharing storage (tied weights). Non-tensor entries
+        # (modules' get_extra_state(), e.g. a FlexConv grid size) go to state.json.
+        model_state = model.state_dict()
+        weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()
+                   if isinstance(v, torch.Tensor)}
         save_file(weights, str(tmp / _MODEL_FILE))
+        state = {**(state or {}), "model_extra_state": {k: v for k, v in model_state.items() if k not in weights}}
         from largekernel import __version__
 
         _write_json(tmp / _CONFIG_FILE, {
@@ -100,7 +104,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
             "largekernel_version": __version__,
         })
         tensors: dict[str, torch.Tensor] = {}
-        encoded = _encode(state or {}, tensors, "state")
+        encoded = _encode(state, tensors, "state")
         save_file(tensors, str(tmp / _TENSORS_FILE))
         _write_json(tmp / _STATE_FILE, encoded)
         old = path.with_name(path.name + ".old")
@@ -150,8 +154,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     return model.to(device).eval(), cfg, state
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TrainConfig, DatasetInfo, dict[str, Any]]:
-    """The raw contents of a checkpoint: ``(model state_dict, cfg, dataset info, training state)``, on the CPU."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig, DatasetInfo, dict[str, Any]]:
+    """The raw contents of a checkpoint: ``(model state_dict, cfg, dataset info, training state)``, on the CPU.
+
+    The state_dict holds the tensors of ``model.safetensors`` and the modules' non-tensor extra state.
+    """
     ckpt = resolve_checkpoint(path)
     with open(ckpt / _CONFIG_FILE) as f:
         meta = json.load(f)
@@ -162,4 +169,5 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], T
     if (ckpt / _STATE_FILE).is_file():
         with open(ckpt / _STATE_FILE) as f:
             state = _decode(json.load(f), load_file(str(ckpt / _TENSORS_FILE)))
-    return load_file(str(ckpt / _MODEL_FILE)), cfg, info, state
+    weights: dict[str, Any] = {**load_file(str(ckpt / _MODEL_FILE)), **state.pop("model_extra_state", {})}
+    return weights, cfg, info, state

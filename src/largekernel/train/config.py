@@ -74,6 +74,7 @@ class TrainConfig:
     # execution
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 only on CUDA)
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when available, else cpu
+    num_threads: Optional[int] = None  # torch.set_num_threads for this process (None: torch's default)
     num_workers: int = 0  # DataLoader workers for datasets that do not fit in memory (imagefolder)
     seed: int = 0
     deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only) + no cuDNN autotuning
@@ -114,6 +115,7 @@ class TrainConfig:
         for key, weight in self.regularizers.items():
             _check(isinstance(key, str) and ":" in key, "regularizers", key, "keys of the form 'package.module:function'")
             _check(weight >= 0, f"regularizers.{key}", weight, ">= 0")
+        _check(self.num_threads is None or self.num_threads > 0, "num_threads", self.num_threads, "None or > 0")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
         _check(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "'adamw' or 'sgd'")
         _check(self.precision in ("fp32", "bf16", "fp16"), "precision", self.precision, "'fp32', 'bf16' or 'fp16'")

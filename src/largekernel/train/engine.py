@@ -140,7 +140,9 @@ class _ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+        for e, m in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(m, 1.0 - self.decay)
+        for e, m in zip(self.module.buffers(), model.buffers()):
             if e.dtype.is_floating_point:
                 e.lerp_(m, 1.0 - self.decay)
             else:
@@ -279,6 +281,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cudnn.deterministic = cfg.deterministic
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     info: DatasetInfo = dataset_info(cfg.dataset, cfg.data_dir, **cfg.dataset_kwargs)
     train_ds, test_ds = _load_split(cfg, "train"), _load_split(cfg, "test")
