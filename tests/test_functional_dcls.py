@@ -61,11 +61,17 @@ def test_matches_reference_construction(interpolation, box):
     # it moves along (box[M-1-i] // 2); the two agree for square boxes, shift otherwise.
     shift = torch.tensor([box[i] // 2 - box[len(box) - 1 - i] // 2 for i in range(len(box))], dtype=torch.float64)
     P = ref.P.detach() + shift.view(-1, 1, 1, 1)
-    expected = ref.DCK(ref.weight, ref.P, ref.SIG).detach()
-    got = construct_kernel(ref.weight.detach(), P, None if ref.SIG is None else ref.SIG.detach(),
-                           dilated_kernel_size=box, interpolation=interpolation)
+    expected = ref.DCK(ref.weight, ref.P, ref.SIG)
+    params = [t.detach().clone().requires_grad_(True) for t in (ref.weight, P, ref.SIG) if t is not None]
+    got = construct_kernel(*params, dilated_kernel_size=box, interpolation=interpolation)
     assert got.shape == (6, 2, *box)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-10, atol=1e-12)
+    # gradients too: project both kernels on one random direction and backpropagate
+    direction = torch.randn_like(got)
+    (expected * direction).sum().backward()
+    (got * direction).sum().backward()
+    for ours, theirs in zip(params, [t for t in (ref.weight, ref.P, ref.SIG) if t is not None]):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-8, atol=1e-10)
 
 
 def test_matches_reference_n_md_construction():

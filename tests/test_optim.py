@@ -113,6 +113,24 @@ def test_clamp_hook_runs_after_every_step_and_can_be_removed():
     assert max(layer.P.abs().max() for layer in layers) > 3
 
 
+def test_clamp_hook_is_generic_over_clamp_parameters():
+    class Bounded(nn.Module):  # any family: a module with clamp_parameters() gets clamped
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.zeros(3))
+
+        def clamp_parameters(self):
+            with torch.no_grad():
+                self.scale.clamp_(-1, 1)
+
+    model = nn.Sequential(nn.Linear(3, 3), Bounded())
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    install_dcls_clamp(opt, model)
+    model[1].scale.grad = torch.tensor([-5.0, 0.5, 5.0])
+    opt.step()
+    torch.testing.assert_close(model[1].scale.detach(), torch.tensor([1.0, -0.5, -1.0]))
+
+
 def test_clamp_hook_needs_a_clampable_module():
     with pytest.raises(ValueError, match="clamp_parameters"):
         install_dcls_clamp(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), nn.Linear(2, 2))
