@@ -248,3 +248,12 @@ def test_property_any_size_matches_reference(h, w, mode):
         expected = _reference_niff(layer, F.pad(x, (0, w, 0, h)))[..., :h, :w]
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer.bake((h, w))(x), expected)
+
+
+def test_low_precision_input_is_transformed_in_float32():
+    layer = NIFFConv2d(3, 4, groups=1)
+    x = torch.randn(2, 3, 7, 9)
+    y = layer(x.bfloat16())
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), layer(x.bfloat16().float()), rtol=1e-2, atol=1e-2)
+    assert layer.bfloat16()(x.bfloat16()).dtype == torch.bfloat16

@@ -177,3 +177,12 @@ def test_bad_inputs():
         SGConv1d(3)
     with pytest.raises(ValueError, match="interpolation"):
         SGConv1d(3, kernel_size=8, interpolation="cubic")
+
+
+@pytest.mark.parametrize("cls,kwargs", [(SGConv1d, {"kernel_size": 30, "kernel_dim": 8}), (S4DConv1d, {})])
+def test_low_precision_input_is_transformed_in_float32(cls, kwargs):
+    layer = cls(4, **kwargs)
+    x = torch.randn(2, 4, 30).bfloat16()
+    y = layer(x)  # float32 parameters: promoted like any torch op
+    torch.testing.assert_close(y.float(), layer(x.float()), rtol=2e-2, atol=2e-2)
+    assert layer.bfloat16()(x).dtype == torch.bfloat16

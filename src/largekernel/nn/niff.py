@@ -49,6 +49,8 @@ _PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d)
          "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)}
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _POOL_FNS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 class Spectrum(NamedTuple):
@@ -313,6 +315,8 @@ class _NIFFConvNd(nn.Module):
         real = 0.5 * (re[:points] + re[points:])
         imag = 0.5 * (im[:points] - im[points:])
         half = (*grid[:-1], grid[-1] // 2 + 1)
+        if real.dtype in _LOW_PRECISION:
+            real, imag = real.float(), imag.float()  # no complex bfloat16; complex32 has few kernels
         w = torch.complex(real, imag).t().reshape(self.filters, *half)  # (filters, *half) complex
         if not torch.is_grad_enabled():
             self._filter_cache = (key, w)
@@ -328,7 +332,10 @@ class _NIFFConvNd(nn.Module):
         p = next(self.parameters())
         axes = [_frequencies(n) for n in grid]
         k = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).reshape(-1, len(grid)).to(p)
-        w = torch.complex(self.mlp_real(k), self.mlp_imag(k))  # (points, filters)
+        re, im = self.mlp_real(k), self.mlp_imag(k)  # (points, filters)
+        if re.dtype in _LOW_PRECISION:
+            re, im = re.float(), im.float()
+        w = torch.complex(re, im)
         return w.t().reshape(self.filters, *grid)
 
     # ---- forward ----------------------------------------------------------------------------------
@@ -343,8 +350,8 @@ class _NIFFConvNd(nn.Module):
         if input.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, "
                              f"got input of shape {tuple(input.shape)}")
-        if input.is_complex():
-            raise TypeError(f"input must be real, got dtype {input.dtype}")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a real floating-point tensor, got dtype {input.dtype}")
 
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         nd = self._ndim
@@ -367,15 +374,22 @@ class _NIFFConvNd(nn.Module):
                 x = F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
             if self.filters != self.in_channels:
                 x = x.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *size)
+            if x.dtype in _LOW_PRECISION:
+                # FFTs of half-precision tensors are unsupported on CPU and limited to powers of two on CUDA.
+                x = x.float()
+        param_dtype = next(self.parameters()).dtype
+        pointwise = self.pointwise
         if isinstance(input, Tensor) and self.output == "spatial":
-            w = self._half_filter(grid, x.device, x.dtype)  # (filters, *half) complex
-            y = _SpectralProduct.apply(x, w, self.pointwise, grid)  # (B, out, *grid)
+            w = self._half_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *half)
+            if pointwise is not None:
+                pointwise = pointwise.to(x.dtype)
+            y = _SpectralProduct.apply(x, w, pointwise, grid).to(input.dtype)  # (B, out, *grid)
         else:
             if isinstance(input, Tensor):
                 spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, filters, *grid[:-1], grid[-1]//2+1) complex
-            spec = spec * self._half_filter(grid, spec.device, spec.real.dtype)
-            if self.pointwise is not None:
-                spec = _pointwise(spec, self.pointwise)  # (B, out, *half)
+            spec = spec * self._half_filter(grid, spec.device, param_dtype).to(spec.dtype)
+            if pointwise is not None:
+                spec = _pointwise(spec, pointwise.to(spec.real.dtype))  # (B, out, *half)
             if self.output == "spectrum":
                 return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
             y = torch.fft.irfftn(spec, s=grid, dim=dims)  # (B, out, *grid)

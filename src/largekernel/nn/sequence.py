@@ -155,9 +155,11 @@ class S4DKernel(nn.Module):
                                                      device=self.A_imag.device).expand_as(self.A_imag))
 
     def forward(self, length: int) -> Tensor:
-        dt = self.log_dt.exp().unsqueeze(-1)  # (channels, 1)
-        a = torch.complex(-self.log_A_real.exp(), self.A_imag)  # (channels, N/2)
-        c = torch.view_as_complex(self.C)  # (channels, N/2)
+        # Complex arithmetic needs float32 at least (there is no complex bfloat16).
+        real = torch.promote_types(self.log_dt.dtype, torch.float32)
+        dt = self.log_dt.to(real).exp().unsqueeze(-1)  # (channels, 1)
+        a = torch.complex(-self.log_A_real.to(real).exp(), self.A_imag.to(real))  # (channels, N/2)
+        c = torch.view_as_complex(self.C.to(real))  # (channels, N/2)
         dta = a * dt
         c = c * (dta.exp() - 1.0) / a  # zero-order hold
         steps = torch.arange(length, device=a.device, dtype=dt.dtype)
@@ -225,7 +227,13 @@ class _LongConv1d(nn.Module):
             raise ValueError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, "
                              f"got length {length}")
         causal, anticausal = self.kernels(length)
-        y = _long_conv(input, causal, anticausal)  # (B, C, L)
+        x = input
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # FFTs of half-precision tensors are unsupported on CPU and limited to powers of two on CUDA.
+            x = x.float()
+        causal = causal.to(x.dtype)
+        anticausal = None if anticausal is None else anticausal.to(x.dtype)
+        y = _long_conv(x, causal, anticausal).to(input.dtype)  # (B, C, L)
         if self.D is not None:
             y = y + input * self.D.unsqueeze(-1)
         if self.pointwise is not None:
