@@ -119,6 +119,9 @@ class _ContinuousConvNd(nn.Module):
         self._kernel_size: tuple[int, ...] | None = None
         self._base_kernel_size: tuple[int, ...] | None = None
 
+        if kernel_size is not None:
+            self._kernel_size = self._base_kernel_size = _ntuple(kernel_size, nd, "kernel_size")
+
         # Separable: one depthwise continuous kernel per input channel, then a 1x1 channel mixer.
         kernel_channels = in_channels if separable else out_channels * (in_channels // groups)
         if kernel_net is None:
@@ -131,15 +134,14 @@ class _ContinuousConvNd(nn.Module):
                                  f"its out_features is {kernel_net.out_features}")
             self.kernel_net = kernel_net
         else:
-            kwargs = {**self._kernel_net_defaults(kernel_net), **(kernel_net_kwargs or {}), **factory}
+            defaults = self._kernel_net_defaults(kernel_net) if isinstance(kernel_net, str) else {}
+            kwargs = {**defaults, **(kernel_net_kwargs or {}), **factory}
             self.kernel_net = create_kernel_net(kernel_net, nd, kernel_channels, **kwargs)
         if separable:
             self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        if kernel_size is not None:
-            self._kernel_size = self._base_kernel_size = _ntuple(kernel_size, nd, "kernel_size")
         self.reset_parameters()
 
     def _kernel_net_defaults(self, name: str) -> dict:
@@ -530,19 +532,39 @@ _FLEX_ARGS = """
 """
 
 
-def _make(name: str, base: type, nd: int, summary: str) -> type:
+def _doc(summary: str, nd: int, flex: bool) -> str:
     doc = f"{summary}\n" + _COMMON_ARGS.replace("{n}", str(nd))
-    if base is _FlexConvNd:
-        doc = doc.replace("\n    Shape:", _FLEX_ARGS + "\n    Shape:")
-    return type(name, (base,), {"_nd": nd, "__doc__": doc, "__module__": __name__})
+    return doc.replace("\n    Shape:", _FLEX_ARGS + "\n    Shape:") if flex else doc
 
 
-CKConv1d = _make("CKConv1d", _ContinuousConvNd, 1, "1-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
-CKConv2d = _make("CKConv2d", _ContinuousConvNd, 2, "2-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
-CKConv3d = _make("CKConv3d", _ContinuousConvNd, 3, "3-D continuous kernel convolution (CKConv); SIREN kernel net by default.")
-FlexConv1d = _make("FlexConv1d", _FlexConvNd, 1, "1-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
-FlexConv2d = _make("FlexConv2d", _FlexConvNd, 2, "2-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
-FlexConv3d = _make("FlexConv3d", _FlexConvNd, 3, "3-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.")
+class CKConv1d(_ContinuousConvNd):
+    __doc__ = _doc("1-D continuous kernel convolution (CKConv); SIREN kernel net by default.", 1, flex=False)
+    _nd = 1
+
+
+class CKConv2d(_ContinuousConvNd):
+    __doc__ = _doc("2-D continuous kernel convolution (CKConv); SIREN kernel net by default.", 2, flex=False)
+    _nd = 2
+
+
+class CKConv3d(_ContinuousConvNd):
+    __doc__ = _doc("3-D continuous kernel convolution (CKConv); SIREN kernel net by default.", 3, flex=False)
+    _nd = 3
+
+
+class FlexConv1d(_FlexConvNd):
+    __doc__ = _doc("1-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.", 1, flex=True)
+    _nd = 1
+
+
+class FlexConv2d(_FlexConvNd):
+    __doc__ = _doc("2-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.", 2, flex=True)
+    _nd = 2
+
+
+class FlexConv3d(_FlexConvNd):
+    __doc__ = _doc("3-D FlexConv: MAGNet kernel, learnable Gaussian mask, dynamic cropping.", 3, flex=True)
+    _nd = 3
 
 
 # ---------------------------------------------------------------------- model-level helpers
