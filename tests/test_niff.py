@@ -257,3 +257,31 @@ def test_low_precision_input_is_transformed_in_float32():
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.float(), layer(x.bfloat16().float()), rtol=1e-2, atol=1e-2)
     assert layer.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_loads_reference_checkpoint_keys():
+    """A state dict in the reference's layout (1x1 Conv2d layers mlp_*.layer_mpl{i}) loads and computes its formula."""
+    torch.manual_seed(5)
+    widths = [2, 8, 4, 3]
+    reference = {}
+    for part in ("mlp_real", "mlp_imag"):
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            reference[f"{part}.layer_mpl{i}.weight"] = torch.randn(b, a, 1, 1, dtype=torch.float64)
+            reference[f"{part}.layer_mpl{i}.bias"] = torch.randn(b, dtype=torch.float64)
+    layer = NIFFConv2d(3, bias=False, dtype=torch.float64)
+    layer.load_state_dict(reference)
+
+    def net(part, mask):  # the reference MLP: 1x1 convs with SiLU between, on a (1, 2, H, W) mask
+        h = mask.unsqueeze(0)
+        for i in range(1, 4):
+            h = F.conv2d(h, reference[f"{part}.layer_mpl{i}.weight"], reference[f"{part}.layer_mpl{i}.bias"])
+            h = F.silu(h) if i < 3 else h
+        return h
+
+    n = 8  # the reference grid: arange(-n/2, n/2), channel 0 varying along the width
+    axis = torch.arange(-n / 2, n / 2, dtype=torch.float64)
+    mask = torch.stack([axis[None, :].repeat(n, 1), axis[:, None].repeat(1, n)])
+    weights = torch.complex(net("mlp_real", mask), net("mlp_imag", mask))  # (1, 3, n, n), fftshift layout
+    x = torch.randn(2, 3, n, n, dtype=torch.float64)
+    expected = torch.fft.ifft2(torch.fft.ifftshift(weights * torch.fft.fftshift(torch.fft.fft2(x)))).real
+    torch.testing.assert_close(layer(x), expected)

@@ -20,7 +20,11 @@ Coordinates follow the reference: integer frequencies in ``[-n//2, (n-1)//2]``
 (the Nyquist frequency of an even axis is ``-n/2``), the coordinate vector
 listing the last spatial axis first (``(k_x, k_y)`` in 2-D). For odd sizes the
 reference's grid ``arange(-n/2, n/2)`` is offset by half a frequency; here the
-true integer frequencies are used.
+true integer frequencies are used. The reference's ``fftshift`` without ``dim``
+also rolls the channel axis, pairing channel ``c`` with filter ``(c + C//2) mod C``;
+here channel ``c`` uses filter ``c``, and ``load_state_dict`` accepts the
+reference's key names (``mlp_real.layer_mpl1.weight`` ...) and rolls the output
+layer accordingly, so reference checkpoints reproduce their outputs (even sizes).
 """
 
 from __future__ import annotations
@@ -273,6 +277,27 @@ class _NIFFConvNd(nn.Module):
         if self.bias is not None:
             bound = 1.0 / self.in_channels**0.5
             nn.init.uniform_(self.bias, -bound, bound)
+        self._filter_cache = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Checkpoints of the reference code (GeJulia/NIFF FreqConv_DW_*) name the 1x1 layers
+        # mlp_{real,imag}.layer_mpl{i} with (out, in, 1, 1) weights; map them onto our Linear layers.
+        # The reference fftshifts over *all* dims, channels included, so its channel c is filtered by
+        # network output (c + C//2) mod C: roll the output layer's rows to give channel c its filter.
+        for part in ("mlp_real", "mlp_imag"):
+            linear = [i for i, m in enumerate(getattr(self, part)) if isinstance(m, nn.Linear)]
+            for number, index in enumerate(linear, start=1):
+                for name in ("weight", "bias"):
+                    old = f"{prefix}{part}.layer_mpl{number}.{name}"
+                    if old in state_dict:
+                        value = state_dict.pop(old)
+                        value = value.flatten(1) if name == "weight" else value
+                        if number == len(linear):
+                            value = value.roll(-(value.shape[0] // 2), dims=0)
+                        state_dict[f"{prefix}{part}.{index}.{name}"] = value
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         self._filter_cache = None
 
     # ---- geometry ---------------------------------------------------------------------------------
