@@ -339,6 +339,27 @@ def test_antialiasing_regulariser(method):
     assert antialiasing_loss(model, target="gabor+mask", method=method).item() > 0
 
 
+def test_layer_frequency_bound_covers_the_sampled_kernel_spectrum():
+    # Sample a FlexConv's masked continuous kernel densely; its spectrum lies under the layer's analytic bound.
+    torch.manual_seed(0)
+    layer = FlexConv1d(1, 2, kernel_size=33, dynamic_cropping=False, mask_init=0.3,
+                       kernel_net_kwargs={"hidden_channels": 8}).double()
+    n = 2 ** 13 + 1
+    layer.resample(n)
+    kernel = layer.construct_kernel()[:, 0].detach()  # (2, n): the mask decays to ~0 at +-1
+    power = torch.fft.rfft(kernel, dim=-1).abs().square()
+    freq = torch.fft.rfftfreq(n, d=2 / (n - 1))
+    bound = layer.frequency_bound("gabor+mask").item()
+    freqs, mask = layer.frequency_terms("gabor+mask")
+    torch.testing.assert_close(layer.frequency_bound("gabor+mask"), freqs.sum() + 2 / (2 * math.pi * 0.3))
+    assert layer.frequency_bound("gabor").item() == pytest.approx(freqs.sum().item())
+    assert bound < freq[-1]
+    assert (power[:, freq > bound].sum() / power.sum()).item() < 1e-4
+    assert layer.nyquist_frequency() == (n - 1) / 4
+    with pytest.raises(TypeError, match="only MAGNet / Gabor / Fourier .* SIRENKernel"):
+        CKConv1d(1, 1, kernel_size=5).frequency_bound()
+
+
 def test_norm_and_extent_regularisers():
     model = nn.Sequential(FlexConv2d(2, 3, kernel_size=7), CKConv2d(3, 3, kernel_size=5, bias=False))
     a, b = model

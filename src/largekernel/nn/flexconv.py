@@ -280,6 +280,37 @@ class _ContinuousConvNd(nn.Module):
             return mixer * kernel.unsqueeze(0)  # (out, in, *k)
         return kernel.reshape(self.out_channels, self.in_channels // self.groups, *spatial)
 
+    # ------------------------------------------------------------------ anti-aliasing
+
+    def frequency_terms(self, target: str = "gabor+mask", gauss_stddevs: float = 2.0) -> tuple[Tensor, Tensor]:
+        """Analytic frequency bounds in cycles per unit of the [-1, 1] grid (differentiable).
+
+        Returns the per-filter bounds of the kernel net, shape ``(L + 1,)`` (see
+        :meth:`MAGNetKernel.frequency_bounds`), and the mask's contribution, a
+        0-dim tensor: ``gauss_stddevs / (2 pi min_d |width_d|)`` for FlexConv with
+        ``target="gabor+mask"``, 0 otherwise. Only multiplicative filter nets
+        (MAGNet, Gabor, Fourier) have an analytic bound.
+        """
+        _check_frequency_args(target, gauss_stddevs)
+        if not isinstance(self.kernel_net, _MFN):
+            raise TypeError(f"only MAGNet / Gabor / Fourier kernel nets have an analytic frequency bound, this "
+                            f"layer's kernel net is {type(self.kernel_net).__name__}")
+        freqs = self.kernel_net.frequency_bounds(gauss_stddevs)  # (L + 1,)
+        mask = self._mask_frequency(gauss_stddevs) if target == "gabor+mask" else None
+        return freqs, freqs.new_zeros(()) if mask is None else mask.to(freqs.dtype)
+
+    def _mask_frequency(self, gauss_stddevs: float) -> Tensor | None:
+        return None
+
+    def frequency_bound(self, target: str = "gabor+mask", gauss_stddevs: float = 2.0) -> Tensor:
+        """Bound on the frequency content of this layer's continuous kernel: filters' sum plus the mask's."""
+        freqs, mask = self.frequency_terms(target, gauss_stddevs)
+        return freqs.sum() + mask
+
+    def nyquist_frequency(self) -> float:
+        """Nyquist frequency of the current grid, ``(K - 1) / 4`` cycles per unit (smallest ``K`` over dims)."""
+        return (min(self._require_kernel_size()) - 1) / 4.0
+
     # ------------------------------------------------------------------ application
 
     def _pads(self, kernel_size: Sequence[int]) -> list[tuple[int, int]]:
@@ -440,6 +471,10 @@ class _FlexConvNd(_ContinuousConvNd):
                 self.mask_width.copy_(torch.tensor(self._initial_widths()))
         super()._init_for_grid()
 
+    def _mask_frequency(self, gauss_stddevs: float) -> Tensor:
+        # A Gaussian of width w has a Gaussian spectrum of width 1 / (2 pi w) cycles per unit.
+        return gauss_stddevs / (2 * math.pi * self.mask_width.abs().min())
+
     def mask_roots(self) -> Tensor:
         """Per-dimension half-width ``|sigma| sqrt(-2 ln threshold)`` of the region where the mask > threshold."""
         return self.mask_width.detach().abs() * math.sqrt(-2.0 * math.log(self.mask_threshold))
@@ -569,6 +604,13 @@ class FlexConv3d(_FlexConvNd):
 
 # ---------------------------------------------------------------------- model-level helpers
 
+def _check_frequency_args(target: str, gauss_stddevs: float) -> None:
+    if target not in ("gabor", "gabor+mask"):
+        raise ValueError(f"target must be 'gabor' or 'gabor+mask', got {target!r}")
+    if not gauss_stddevs >= 0:
+        raise ValueError(f"gauss_stddevs must be >= 0, got {gauss_stddevs!r}")
+
+
 def continuous_layers(model: nn.Module) -> Iterator[_ContinuousConvNd]:
     """Every CKConv / FlexConv layer of ``model`` (``model`` itself included)."""
     return (m for m in model.modules() if isinstance(m, _ContinuousConvNd))
@@ -623,23 +665,15 @@ def antialiasing_loss(model: nn.Module, target: str = "gabor+mask", method: str 
     Summed over layers; zero when every layer is band-limited below Nyquist.
     Multiply by the regularisation factor yourself (the reference uses 1e-3).
     """
-    if target not in ("gabor", "gabor+mask"):
-        raise ValueError(f"target must be 'gabor' or 'gabor+mask', got {target!r}")
+    _check_frequency_args(target, gauss_stddevs)
     if method not in ("together", "summed"):
         raise ValueError(f"method must be 'together' or 'summed', got {method!r}")
-    if not gauss_stddevs >= 0:
-        raise ValueError(f"gauss_stddevs must be >= 0, got {gauss_stddevs!r}")
     loss = None
     for layer in continuous_layers(model):
         if not isinstance(layer.kernel_net, _MFN):
             continue
-        freqs = layer.kernel_net.frequency_bounds(gauss_stddevs)  # (L + 1,)
-        if target == "gabor+mask" and isinstance(layer, _FlexConvNd):
-            mask_freq = gauss_stddevs / (2 * math.pi * layer.mask_width.abs().min())
-            mask_freq = mask_freq.to(freqs.dtype)
-        else:
-            mask_freq = freqs.new_zeros(())
-        nyquist = (min(layer._require_kernel_size()) - 1) / 4.0
+        freqs, mask_freq = layer.frequency_terms(target, gauss_stddevs)  # (L + 1,), ()
+        nyquist = layer.nyquist_frequency()
         if method == "together":
             n = freqs.numel()
             term = F.relu(freqs + mask_freq / n - nyquist / n).square().sum()
