@@ -145,6 +145,13 @@ def test_split_form_stays_in_frequency_domain():
     torch.testing.assert_close(y, c)
 
 
+def test_spectrum_input_with_channel_multiplier():
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    spectrum = Spectrum(torch.fft.rfft2(x), (6, 5))
+    layer = NIFFConv2d(2, 4, bias=False, dtype=torch.float64)
+    torch.testing.assert_close(layer(spectrum), layer(x))
+
+
 def test_stride_is_average_pooling_after_the_filter():
     layer = NIFFConv2d(2, stride=2, dtype=torch.float64)
     x = torch.randn(1, 2, 9, 8, dtype=torch.float64)
@@ -223,6 +230,10 @@ def test_bad_inputs():
         NIFFConv2d(3, stride=2, output="spectrum")
     with pytest.raises(TypeError, match="padding"):
         NIFFConv2d(3, padding=(1, 2, 3))
+    with pytest.raises(ValueError, match="Spectrum data"):
+        layer(Spectrum(torch.fft.rfft2(torch.randn(1, 3, 8, 8)), (8, 9)))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(1, 3, 8, 8, dtype=torch.int64))
 
 
 def test_docs_examples_run():

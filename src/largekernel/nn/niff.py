@@ -385,8 +385,9 @@ class _NIFFConvNd(nn.Module):
             if any(self.padding) or self.mode != "circular":
                 raise ValueError("a Spectrum input needs mode='circular' and padding=0")
             spec, grid = input.data, tuple(input.grid)
-            if spec.dim() != nd + 2 or spec.shape[1] != self.in_channels:
-                raise ValueError(f"Spectrum data must be ({nd + 2}-D, {self.in_channels} channels), "
+            half = (*grid[:-1], grid[-1] // 2 + 1) if len(grid) == nd else None
+            if spec.dim() != nd + 2 or spec.shape[1] != self.in_channels or tuple(spec.shape[2:]) != half:
+                raise ValueError(f"Spectrum data must be (B, {self.in_channels}, *{half}) for grid {grid}, "
                                  f"got shape {tuple(spec.shape)}")
             size = grid
         else:
@@ -412,6 +413,8 @@ class _NIFFConvNd(nn.Module):
         else:
             if isinstance(input, Tensor):
                 spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, filters, *grid[:-1], grid[-1]//2+1) complex
+            elif self.filters != self.in_channels:
+                spec = spec.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *half)
             spec = spec * self._half_filter(grid, spec.device, param_dtype).to(spec.dtype)
             if pointwise is not None:
                 spec = _pointwise(spec, pointwise.to(spec.real.dtype))  # (B, out, *half)
