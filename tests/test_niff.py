@@ -231,7 +231,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="padding"):
         NIFFConv2d(3, padding=(1, 2, 3))
     with pytest.raises(ValueError, match="Spectrum data"):
-        layer(Spectrum(torch.fft.rfft2(torch.randn(1, 3, 8, 8)), (8, 9)))
+        layer(Spectrum(torch.fft.rfft2(torch.randn(1, 3, 8, 8)), (8, 12)))
     with pytest.raises(TypeError, match="floating-point"):
         layer(torch.ones(1, 3, 8, 8, dtype=torch.int64))
 
