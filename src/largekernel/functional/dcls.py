@@ -35,6 +35,8 @@ Interpolations and their cost per (out, in) pair, with ``S = prod(box)``:
   the 1-D profiles, one (count, box[1] * box[2]) outer product for M = 3.
   Gaussian tails below ``tiny ** (1 / (M + 1))`` of the dtype (about 1e-13 in
   float32 2-D) are flushed to zero so that the GEMM never meets subnormal floats.
+  The backward is written out (custom autograd function): about 5x faster on CPU
+  than autograd through the profile formulas, and it saves only the profiles.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -100,32 +103,104 @@ def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolati
     return flat.view(*lead, *box)
 
 
+def _outer(profiles: list[Tensor]) -> Tensor:
+    """Outer product over the last dims of (B, count, size_i) profiles: (B, count, prod(size_i))."""
+    rest = profiles[0]
+    for prof in profiles[1:]:
+        rest = (rest.unsqueeze(-1) * prof.unsqueeze(-2)).flatten(-2)  # (B, count, prod so far)
+    return rest
+
+
+class _SeparableKernel(torch.autograd.Function):
+    """Whole-box separable profiles combined by one batched matmul, with an analytic backward.
+
+    Autograd through the element-wise profile formulas saved every intermediate
+    and ran about twice as many passes over the (B, count, size) profiles; the
+    closed-form backward below is ~5x faster on CPU (profiled) and keeps only the
+    profiles and their normalised offsets.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+        # weight (B, count); P, SIG (M, B, count), P[i] along box dim M-1-i
+        m, (pairs, count) = len(box), weight.shape
+        width = SIG.abs() + SIGMA_OFFSET[interpolation]
+        # Gaussian tails below exp(floor) are flushed to zero: products of M of them would be
+        # subnormal floats, which make CPU arithmetic ~100x slower, for no visible change.
+        floor = math.log(torch.finfo(weight.dtype).tiny) / (m + 1)
+        profiles, offsets, sums = [], [], []
+        for dim, size in enumerate(box):
+            pos = P[m - 1 - dim].unsqueeze(-1) + size // 2  # (B, count, 1) in box coordinates
+            sig = width[m - 1 - dim].unsqueeze(-1)
+            offset = torch.arange(size, device=weight.device, dtype=weight.dtype) - pos  # (B, count, size)
+            if interpolation == "gaussian":
+                offset = offset / sig  # z: the Gaussian's argument
+                expo = offset.square().mul_(-0.5)
+                keep = expo > floor
+                prof = expo.clamp_(min=floor).exp_().mul_(keep)
+            else:
+                prof = (sig - offset.abs()).relu_()
+            profiles.append(prof)
+            offsets.append(offset)
+            sums.append(prof.sum(-1))  # (B, count)
+        norm = math.prod(sums) + _EPS
+        scale = weight / norm  # (B, count)
+        rest = _outer(profiles[1:]) if m > 1 else weight.new_ones(pairs, count, 1)
+        kernel = torch.bmm((scale.unsqueeze(-1) * profiles[0]).transpose(1, 2), rest)  # (B, box[0], prod(box[1:]))
+        ctx.box, ctx.interpolation = box, interpolation
+        ctx.save_for_backward(weight, SIG, width, norm, scale, *sums, *profiles, *offsets)
+        return kernel
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        box, m = ctx.box, len(ctx.box)
+        weight, SIG, width, norm, scale, *saved = ctx.saved_tensors
+        sums, profiles, offsets = saved[:m], saved[m:2 * m], saved[2 * m:]
+        pairs, count = weight.shape
+        # kernel = first^T @ rest with first = scale * profiles[0], rest = outer(profiles[1:])
+        rest = _outer(profiles[1:]) if m > 1 else weight.new_ones(pairs, count, 1)
+        d_first = torch.bmm(rest, grad.transpose(1, 2))  # (B, count, box[0])
+        d_profiles = [d_first * scale.unsqueeze(-1)]
+        d_scale = (d_first * profiles[0]).sum(-1)  # (B, count)
+        if m > 1:
+            d_rest = torch.bmm(scale.unsqueeze(-1) * profiles[0], grad).view(pairs, count, *box[1:])
+            for dim in range(1, m):
+                prod = d_rest
+                for other in range(1, m):
+                    if other != dim:
+                        shape = [box[other] if j == other else 1 for j in range(1, m)]
+                        prod = prod * profiles[other].view(pairs, count, *shape)
+                axes = [1 + j for j in range(1, m) if j != dim]
+                d_profiles.append(prod.sum(axes) if axes else prod)  # (B, count, box[dim])
+        # scale = weight / norm, norm = prod(sums) + eps, sums[dim] = profiles[dim].sum(-1)
+        d_weight = d_scale / norm
+        d_norm = -d_scale * scale / norm
+        grad_P, grad_width = torch.empty_like(width), torch.empty_like(width)
+        for dim in range(m):
+            row = m - 1 - dim
+            others = math.prod(sums[i] for i in range(m) if i != dim) if m > 1 else 1.0
+            d_prof = d_profiles[dim] + (d_norm * others).unsqueeze(-1)  # (B, count, box[dim])
+            prof, offset = profiles[dim], offsets[dim]
+            if ctx.interpolation == "gaussian":
+                # d prof / d pos = prof z / sig, d prof / d sig = prof z^2 / sig
+                t = d_prof * prof * offset
+                grad_P[row] = t.sum(-1) / width[row]
+                grad_width[row] = (t * offset).sum(-1) / width[row]
+            else:
+                # d prof / d pos = sign(i - pos), d prof / d sig = 1, where the tent is positive
+                active = d_prof * (prof > 0)
+                grad_P[row] = (active * offset.sign()).sum(-1)
+                grad_width[row] = active.sum(-1)
+        return d_weight, grad_P, grad_width * SIG.sign(), None, None
+
+
 def _separable_kernel(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
     """Whole-box profiles: per-dimension 1-D profiles combined by one batched matmul."""
     lead, count, m = weight.shape[:-1], weight.shape[-1], len(box)
     pairs = math.prod(lead)
-    width = SIG.abs() + SIGMA_OFFSET[interpolation]
-    profiles = []
-    norm = None
-    for dim, size in enumerate(box):
-        pos = P[m - 1 - dim].reshape(pairs, count, 1) + size // 2
-        sig = width[m - 1 - dim].reshape(pairs, count, 1)
-        dist = torch.arange(size, device=weight.device, dtype=weight.dtype) - pos  # (B, count, size)
-        if interpolation == "gaussian":
-            # Tails below `floor` are flushed to zero: products of M tails would otherwise be
-            # subnormal floats, which make CPU arithmetic ~100x slower, for no visible change.
-            floor = math.log(torch.finfo(weight.dtype).tiny) / (m + 1)
-            expo = -0.5 * (dist / sig) ** 2
-            prof = torch.exp(expo.clamp(min=floor)) * (expo > floor)
-        else:
-            prof = torch.relu(sig - dist.abs())
-        profiles.append(prof)
-        norm = prof.sum(-1) if norm is None else norm * prof.sum(-1)  # (B, count)
-    scaled = (weight.reshape(pairs, count) / (norm + _EPS)).unsqueeze(-1) * profiles[0]  # (B, count, box[0])
-    rest = profiles[1] if m > 1 else scaled.new_ones(pairs, count, 1)
-    for prof in profiles[2:]:
-        rest = (rest.unsqueeze(-1) * prof.unsqueeze(-2)).flatten(-2)  # (B, count, prod(box[1:dim+1]))
-    kernel = torch.bmm(scaled.transpose(1, 2), rest)  # (B, box[0], prod(box[1:]))
+    kernel = _SeparableKernel.apply(weight.reshape(pairs, count), P.reshape(m, pairs, count),
+                                    SIG.reshape(m, pairs, count), box, interpolation)
     return kernel.view(*lead, *box)
 
 
