@@ -198,8 +198,8 @@ def test_construct_kernel_layout():
     torch.testing.assert_close(F.conv2d(padded, weight, groups=3), layer(x))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"mode": "linear"}, {"out_channels": 3, "groups": 1}, {"out_channels": 4}])
-@pytest.mark.parametrize("size", [(4, 5), (3, 4)])
+@pytest.mark.parametrize("kwargs,size", [({}, (4, 5)), ({}, (3, 4)), ({"mode": "linear"}, (3, 4)),
+                                         ({"out_channels": 3, "groups": 1}, (4, 5)), ({"out_channels": 4}, (3, 3))])
 def test_gradcheck(kwargs, size):
     torch.manual_seed(0)
     layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)

@@ -92,7 +92,6 @@ class SGKernel(nn.Module):
         for k in self.kernels:
             nn.init.normal_(k)
         with torch.no_grad():
-            self.kernel_norm.fill_(1.0)
             # Normalise by the norm at initialisation (the reference fixes it at its first call).
             self.kernel_norm.copy_(self._raw().norm(dim=-1, keepdim=True))
 
