@@ -64,7 +64,13 @@ def train_main(argv: list[str] | None = None) -> int:
     from largekernel.train.engine import train
 
     cfg, quiet = parse_train_config(list(sys.argv[1:] if argv is None else argv))
-    train(cfg, progress=not quiet)
+    try:
+        train(cfg, progress=not quiet)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
