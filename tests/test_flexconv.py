@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -147,6 +149,21 @@ def test_mask_crops_exactly_where_stated(k, mean, width, threshold):
     mask_rows = np.exp(-0.5 * ((x - mean) / width) ** 2)
     dropped = np.setdiff1d(np.arange(k), rows)
     assert (mask_rows[dropped] < threshold + 1e-12).all()
+
+
+@given(k=st.integers(1, 80), mean=st.floats(-1.5, 1.5), width=st.floats(1e-3, 3.0), negative=st.booleans(),
+       threshold=st.floats(0.01, 0.99), causal=st.booleans())
+def test_crop_formula_property(k, mean, width, negative, threshold, causal):
+    layer = FlexConv1d(1, 1, kernel_size=k, causal=causal, mask_threshold=threshold,
+                       kernel_net_kwargs={"hidden_channels": 2, "num_layers": 1})
+    width = -width if negative else width  # the mask uses width^2: its sign is irrelevant
+    with torch.no_grad():
+        layer.mask_mean.fill_(mean)
+        layer.mask_width.fill_(width)
+    expected = k if k <= 2 else len(_kept_by_formula(k, mean, width, threshold, causal))
+    assert layer.effective_kernel_size() == (expected,)
+    x = torch.randn(1, 1, 7)
+    assert layer(x).shape == (1, 1, 7)
 
 
 @pytest.mark.parametrize("k,mean,width", [(40, 1.0, 0.075), (4096, 1.0, 0.25 / math.sqrt(2 * math.log(10))),
