@@ -148,9 +148,24 @@ def test_scatter_memory_is_linear_in_count():
     with torch.profiler.profile(profile_memory=True) as prof:
         construct_kernel(weight, P, dilated_kernel_size=box).sum().backward()
     dense_bytes = pairs * math.prod(box) * 4
-    largest = max(e.cpu_memory_usage for e in prof.events())  # largest single op allocation
+    largest = max(e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::"))  # single ops
     assert dense_bytes <= largest <= dense_bytes + 4096
     assert count * dense_bytes > 10 * largest  # what evaluating every element at every cell would need
+
+
+def test_gaussian_memory_is_profiles_not_count_times_box():
+    # Separable construction: 1-D profiles (pairs, count, size) and the dense kernel, never
+    # (pairs, count, *box); in 2-D no intermediate is larger than the larger of the two.
+    box, pairs, count = (61, 61), 8, 64
+    weight = torch.randn(pairs, 1, count, requires_grad=True)
+    P = torch.randn(2, pairs, 1, count, requires_grad=True)
+    SIG = torch.rand(2, pairs, 1, count, requires_grad=True)
+    with torch.profiler.profile(profile_memory=True) as prof:
+        construct_kernel(weight, P, SIG, dilated_kernel_size=box, interpolation="gaussian").sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::"))  # single ops
+    bound = max(pairs * math.prod(box), pairs * count * max(box)) * 4
+    assert largest <= bound + 4096
+    assert count * pairs * math.prod(box) * 4 > 10 * largest
 
 
 @pytest.mark.parametrize(
