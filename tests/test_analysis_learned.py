@@ -48,7 +48,7 @@ def test_positions_and_1d_histograms_per_stage():
 def test_2d_histogram_matches_numpy():
     layer = _FakeDcls(2)
     model = nn.Sequential(layer)
-    hist = position_histograms(model, bins=6, density=False)["all"]
+    hist = position_histograms(model, bins=6, density=False)["0"]
     pos = layer.P.detach().reshape(2, -1).numpy()
     counts, _, _ = np.histogram2d(pos[0], pos[1], bins=6, range=[(-4.5, 4.5), (-4.5, 4.5)])
     np.testing.assert_array_equal(hist["counts"].numpy(), counts)

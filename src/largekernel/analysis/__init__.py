@@ -8,14 +8,15 @@ from importlib import import_module
 # module -> public names it defines; each analysis file adds its names here.
 _MODULES: dict[str, list[str]] = {
     "largekernel.analysis.flops": ["count"],
-    "largekernel.analysis.kernels": ["spatial_kernels", "kernel_layers", "window_sizes", "kernel_mass_ratio",
-                                     "effective_kernel_size", "kernel_size_report", "stage_summary",
+    "largekernel.analysis.kernels": ["spatial_kernels", "kernel_layers", "layer_input_sizes", "window_sizes",
+                                     "kernel_mass_ratio", "effective_kernel_size", "kernel_size_report", "stage_summary",
                                      "gaussian_fit", "kernel_pca"],
     "largekernel.analysis.erf": ["effective_receptive_field", "erf_area_ratios"],
     "largekernel.analysis.learned": ["dcls_positions", "position_histograms", "position_evolution",
                                      "flexconv_mask_extents"],
     "largekernel.analysis.plots": ["plot_kernel_gallery", "plot_mass_ratio", "plot_erf", "plot_position_histograms",
                                    "plot_mask_extents", "plot_gaussian_fit", "plot_pca", "plot_effective_sizes"],
+    "largekernel.analysis.report": ["analyze_model", "plot_position_evolution"],
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 

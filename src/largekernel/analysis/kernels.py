@@ -28,6 +28,7 @@ from torch import Tensor, nn
 __all__ = [
     "spatial_kernels",
     "kernel_layers",
+    "layer_input_sizes",
     "window_sizes",
     "kernel_mass_ratio",
     "effective_kernel_size",
@@ -157,7 +158,12 @@ def _call_with_size(fn, input_size: Sequence[int] | None, what: str):
         if input_size is None:
             raise ValueError(f"{what} needs the input size; pass input_size=(spatial sizes), got None") from None
         size = tuple(int(s) for s in input_size)
-        return fn(size if len(size) > 1 else size[0])
+        if len(size) > 1:
+            return fn(size)
+        try:  # 1-D layers take a length (SGConv, S4D) or a 1-tuple (NIFF)
+            return fn(size[0])
+        except (TypeError, ValueError):
+            return fn(size)
 
 
 def spatial_kernels(module: nn.Module, input_size: Sequence[int] | None = None) -> Tensor:
@@ -215,12 +221,17 @@ def kernel_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _stage_of(name: str) -> str:
+    """``stages.2.blocks.1.conv`` -> ``stage2``; names outside numbered stages keep their first part (``stem``)."""
     match = _STAGE_RE.search(name)
-    return f"stage{match.group(1)}" if match else "all"
+    if match:
+        return f"stage{match.group(1)}"
+    return name.split(".")[0] or "model"
 
 
-def _layer_input_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]],
-                       example: Tensor) -> dict[str, tuple[int, ...]]:
+def layer_input_sizes(model: nn.Module, example: Tensor,
+                      layers: list[tuple[str, nn.Module]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Spatial input size of each kernel layer (default :func:`kernel_layers`) in one forward pass of ``example``."""
+    layers = kernel_layers(model) if layers is None else layers
     sizes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str):
@@ -249,14 +260,15 @@ def kernel_size_report(model: nn.Module, example: Tensor | None = None,
         fractions: mass fractions for the effective sizes.
 
     Returns:
-        One dict per layer: ``name``, ``stage`` (from ``stages.N``-style names),
+        One dict per layer: ``name``, ``stage`` (``stageN`` from ``stages.N`` / ``blocks.N``-style
+        names, else the name's first part),
         ``family`` (class name), ``kernel_shape``, ``num_kernels``, ``sizes`` and
         ``mass_ratio`` (the mean over the layer's kernels of their mass-ratio
         curves), ``effective_size`` (fraction -> window side of the mean curve) and
         ``median_size`` (fraction -> median over kernels of each kernel's size).
     """
     layers = kernel_layers(model)
-    input_sizes = _layer_input_sizes(model, layers, example) if example is not None else {}
+    input_sizes = layer_input_sizes(model, example, layers) if example is not None else {}
     report = []
     for name, module in layers:
         kernels = spatial_kernels(module, input_sizes.get(name))  # (N, *k)

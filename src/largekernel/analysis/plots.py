@@ -27,11 +27,12 @@ __all__ = [
 ]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    # grids of many small panels are laid out by hand: the constrained solver costs ~3x the drawing
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -63,7 +64,9 @@ def plot_kernel_gallery(kernels: Tensor, path: str | Path, title: str, *, spectr
         dims = tuple(range(1, data.dim()))
         data = torch.fft.fftshift(torch.fft.fftn(data, dim=dims).abs(), dim=dims)
     rows, cols = _grid(data.shape[0])
-    fig = _figure(1.6 * cols + 0.8, 1.5 * rows + 0.8)
+    fig = _figure(1.6 * cols + 0.8, 1.5 * rows + 0.8, layout=None)
+    fig.subplots_adjust(left=0.7 / (1.6 * cols + 0.8), right=0.98, bottom=0.5 / (1.5 * rows + 0.8),
+                        top=1 - 0.45 / (1.5 * rows + 0.8), wspace=0.35, hspace=0.45)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= data.shape[0]:
@@ -242,7 +245,8 @@ def plot_pca(pca: Mapping[str, Tensor], path: str | Path, title: str) -> Path:
     components = pca["components"].detach().to(torch.float32).cpu()
     ratio = pca["explained_variance_ratio"].tolist()
     count = components.shape[0]
-    fig = _figure(1.8 * count + 0.6, 2.4)
+    fig = _figure(2.0 * count + 0.6, 2.6, layout=None)
+    fig.subplots_adjust(left=0.6 / (2.0 * count + 0.6), right=0.98, bottom=0.2, top=0.78, wspace=0.45)
     axes = fig.subplots(1, count, squeeze=False)[0]
     for i, ax in enumerate(axes):
         comp = components[i].numpy()

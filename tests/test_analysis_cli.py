@@ -1,0 +1,35 @@
+"""`largekernel analyze CHECKPOINT_DIR` on a freshly trained checkpoint."""
+
+import json
+
+from largekernel.analysis.cli import main
+from largekernel.train import TrainConfig, train
+
+
+def _train(tmp_path, name, conv):
+    cfg = TrainConfig(model="dwnet1d_tiny", model_kwargs={"conv": conv, "kernel_size": 9}, dataset="mnist1d",
+                      epochs=1, batch_size=32, train_subset=64, test_subset=32, output_dir=str(tmp_path / name))
+    return train(cfg, progress=False)["output_dir"]
+
+
+def test_analyze_writes_figures_and_summary(tmp_path, capsys):
+    run = _train(tmp_path, "dcls", "dcls")
+    out = tmp_path / "analysis"
+    assert main([run, run, "--out", str(out), "--images", "8"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    written = [line for line in printed if line.startswith(str(out))]
+    names = {p.split("/")[-1] for p in written}
+    assert {"mass_ratio.png", "effective_size.png", "erf.png", "gaussian_fit.png", "pca.png", "dcls_positions.png",
+            "dcls_position_evolution.png", "summary.json"} <= names
+    assert any(n.startswith("kernels_blocks_0") for n in names)
+    for path in written:
+        assert (tmp_path / path).exists() or __import__("pathlib").Path(path).exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["layers"]] == ["stem.0", "blocks.0.dwconv", "blocks.1.dwconv"]
+    assert set(summary["erf_area"]) == {"0.2", "0.3", "0.5", "0.99"}
+    assert any("effective kernel size" in line for line in printed)
+
+
+def test_analyze_missing_checkpoint(tmp_path, capsys):
+    assert main([str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().out
