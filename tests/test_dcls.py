@@ -189,6 +189,8 @@ def test_wrong_shapes_in_state_dict(key, shape):
     ({"backend": "cudnn"}, "backend"),
     ({"position_init": "zeros"}, "position_init"),
     ({"padding": "full"}, "padding"),
+    ({"dilated_kernel_size": "same"}, "dilated_kernel_size"),
+    ({"stride": (1, 2, 3)}, "stride"),
 ])
 def test_bad_arguments(kwargs, match):
     args = {"in_channels": 4, "out_channels": 4, "kernel_count": 3, "dilated_kernel_size": 5}

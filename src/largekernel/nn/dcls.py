@@ -36,15 +36,13 @@ _SIG_INIT = {"gaussian": 0.23, "triangle": 0.0}
 _FFT_BAKE_CELLS = {1: 64, 2: 13 * 13, 3: 7 * 7 * 7}
 
 
-def _ntuple(value, n: int, name: str) -> tuple:
-    if isinstance(value, str):
-        return value
+def _ntuple(value, n: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    values = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    return value
+    return values
 
 
 def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -106,7 +104,7 @@ class _DclsNd(nn.Module):
         self.dense_kernel_size = _positive(dense_kernel_size, "dense_kernel_size")
         self.dilated_kernel_size = _positive(dilated_kernel_size, "dilated_kernel_size")
         self.stride = _positive(_ntuple(stride, nd, "stride"), "stride")
-        self.padding = _ntuple(padding, nd, "padding")
+        self.padding = padding if isinstance(padding, str) else _ntuple(padding, nd, "padding")
         self.dilation = _positive(_ntuple(dilation, nd, "dilation"), "dilation")
         self.groups = groups
         self.padding_mode = padding_mode
