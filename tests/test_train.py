@@ -32,7 +32,8 @@ class _Clamped(nn.Module):
 
     def clamp_parameters(self):
         self.clamp_calls += 1
-        self.pos.clamp_(-0.01, 0.01)
+        with torch.no_grad():
+            self.pos.clamp_(-0.01, 0.01)
 
     def set_training_progress(self, fraction):
         self.progress.append(fraction)
@@ -58,6 +59,27 @@ if not is_model("_test_train_tiny"):
     @register_model
     def _test_train_tiny(**kwargs):
         return _Tiny(**kwargs)
+
+
+class _TinyDcls(nn.Module):
+    """A Gaussian DCLS layer (learned positions, scheduled widths) between a stem and a head."""
+
+    def __init__(self, num_classes=10, in_chans=1, width=4):
+        super().__init__()
+        from largekernel.nn import DclsConv1d
+
+        self.stem = nn.Conv1d(in_chans, width, 3, padding=1)
+        self.dcls = DclsConv1d(width, width, 4, 9, padding=4, groups=width, interpolation="gaussian")
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.dcls(self.stem(x))).mean(-1))
+
+
+if not is_model("_test_train_tiny_dcls"):
+    @register_model
+    def _test_train_tiny_dcls(**kwargs):
+        return _TinyDcls(**kwargs)
 
 
 def _cfg(tmp_path, **kw):
@@ -206,6 +228,38 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stops):
     assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
     log = (tmp_path / "part" / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_dcls_sigma_schedule_and_repulsion_resume_exactly(tmp_path):
+    from largekernel.nn import DclsConv1d
+
+    kw = dict(model="_test_train_tiny_dcls", epochs=1, dcls_sigma=(2.0, 0.5), dcls_repulsion=0.1)
+    full = train(_cfg(tmp_path / "full", **kw), progress=False)
+    train(_cfg(tmp_path / "part", max_steps=2, **kw), progress=False)
+    train(_cfg(tmp_path / "part", resume=True, **kw), progress=False)
+    a = load_checkpoint(tmp_path / "full" / "run")[0]
+    b = load_checkpoint(tmp_path / "part" / "run")[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # after the last step the widths are the schedule's end value, as set_sigma(0.5) writes them
+    reference = DclsConv1d(4, 4, 4, 9, padding=4, groups=4, interpolation="gaussian")
+    reference.set_sigma(0.5)
+    assert torch.equal(a.dcls.SIG, reference.SIG) and full["step"] == 5
+    # positions stayed in the box (the clamp ran) and moved (their lr is the position lr)
+    assert a.dcls.P.abs().max() <= 4 and not torch.equal(a.dcls.P, _fresh_positions())
+    with pytest.raises(ValueError, match="no DCLS layer"):
+        train(_cfg(tmp_path / "x", dcls_repulsion=0.1), progress=False)
+
+
+def _fresh_positions():
+    torch.manual_seed(3)
+    return _TinyDcls().dcls.P
+
+
+def test_precision_bf16_on_cpu_and_fp16_rejected(tmp_path):
+    result = train(_cfg(tmp_path, epochs=1, precision="bf16"), progress=False)
+    assert math.isfinite(result["history"][0]["train_loss"]) and 0 <= result["last_acc"] <= 1
+    with pytest.raises(ValueError, match="precision: got 'fp16' on device cpu"):
+        train(_cfg(tmp_path, epochs=1, precision="fp16"), progress=False)
 
 
 # --------------------------------------------------------------------------- checkpoint atomicity

@@ -7,14 +7,15 @@ spacings"; Romero et al., 2022, "FlexConv"). Family-specific techniques are
 discovered on the model, so a model without them trains unchanged:
 
 - after each optimizer step, every module with ``clamp_parameters()`` is
-  called (DCLS keeps its positions inside the dilated kernel);
+  called (``optim.install_dcls_clamp``: DCLS keeps its positions in the box);
 - before each step, every module with ``set_training_progress(p)`` gets the
-  fraction ``p`` of training done, and with ``dcls_sigma = (start, end)`` every
-  DCLS layer with Gaussian widths gets ``set_sigma`` linearly from start to end;
+  fraction ``p`` of training done; with ``dcls_sigma = (start, end)`` the
+  Gaussian DCLS widths follow ``optim.SigmaSchedule`` over the optimizer steps;
 - each module's ``regularization_loss()`` is added to the loss (times
-  ``regularization_weight``; FlexConv mask regularisation), ``repulsion_loss()``
-  when ``dcls_repulsion > 0``, and every ``"package.module:function"`` in
-  ``regularizers`` is called as ``function(model)``.
+  ``regularization_weight``), ``optim.dcls_repulsive_loss`` times
+  ``dcls_repulsion``, and every ``"package.module:function"`` in
+  ``regularizers`` as ``weight * function(model)`` (e.g. FlexConv's
+  ``largekernel.nn.flexconv:antialiasing_loss``).
 
 Determinism: batches are a function of ``(seed, epoch)``, augmentation draws
 from a generator whose state is checkpointed together with torch's RNG, so a
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from largekernel.data import DatasetInfo, TensorDataset, dataset_info, load_dataset
 from largekernel.data.transforms import mixup_cutmix, random_crop, random_flip
-from largekernel.optim import param_groups
+from largekernel.optim import SigmaSchedule, dcls_repulsive_loss, install_dcls_clamp, param_groups
 from largekernel.train.checkpoint import create_run_model, read_checkpoint, save_checkpoint
 from largekernel.train.config import TrainConfig
 from largekernel.train.distributed import DistInfo, all_reduce_sum, setup
@@ -150,17 +151,13 @@ class _ModelEma:
 
 
 class _FamilyHooks:
-    """The per-family learning techniques, discovered once on the model."""
+    """The per-family learning techniques, discovered once on the model (before the optimizer is built)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int) -> None:
         modules = list(model.modules())
-        self.clampers = [m for m in modules if callable(getattr(m, "clamp_parameters", None))]
+        self.has_clamp = any(callable(getattr(m, "clamp_parameters", None)) for m in modules)
         self.progress = [m for m in modules if callable(getattr(m, "set_training_progress", None))]
-        self.sigma = [m for m in modules if callable(getattr(m, "set_sigma", None)) and getattr(m, "SIG", None) is not None] \
-            if cfg.dcls_sigma is not None else []
         self.regularized = [m for m in modules if callable(getattr(m, "regularization_loss", None))]
-        self.repulsive = [m for m in modules if callable(getattr(m, "repulsion_loss", None))] \
-            if cfg.dcls_repulsion > 0 else []
         self.functions: list[tuple[Callable, float]] = []
         for key, weight in cfg.regularizers.items():
             module_name, _, fn_name = key.partition(":")
@@ -169,26 +166,33 @@ class _FamilyHooks:
             except (ImportError, AttributeError) as err:
                 raise ValueError(f"regularizers: cannot import {key!r} ({err}); expected 'package.module:function'") from None
             self.functions.append((fn, weight))
+        if cfg.dcls_repulsion > 0:
+            self.functions.append((dcls_repulsive_loss, cfg.dcls_repulsion))
+            dcls_repulsive_loss(model)  # fails now, naming the model, when it has no DCLS layer
+        # Widths are set by the schedule, not learned: SIG leaves the optimizer (requires_grad False).
+        self.sigma = SigmaSchedule(model, *cfg.dcls_sigma, total_steps=max(1, total_steps)) \
+            if cfg.dcls_sigma is not None else None
         self.cfg = cfg
 
-    def set_progress(self, fraction: float) -> None:
+    def install(self, optimizer: torch.optim.Optimizer, model: nn.Module, step: int) -> None:
+        """Clamp after every optimizer step; put the sigma schedule at ``step`` (resumed runs)."""
+        if self.has_clamp:
+            install_dcls_clamp(optimizer, model)
+        if self.sigma is not None:
+            self.sigma.last_step = step
+
+    def before_step(self, fraction: float) -> None:
         for m in self.progress:
             m.set_training_progress(fraction)
-        if self.sigma:
-            start, end = self.cfg.dcls_sigma
-            for m in self.sigma:
-                m.set_sigma(start + (end - start) * fraction)
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         terms = [self.cfg.regularization_weight * m.regularization_loss() for m in self.regularized]
-        terms += [self.cfg.dcls_repulsion * m.repulsion_loss() for m in self.repulsive]
         terms += [w * fn(model) for fn, w in self.functions]
         return sum(terms) if terms else None
 
-    @torch.no_grad()
     def after_step(self) -> None:
-        for m in self.clampers:
-            m.clamp_parameters()
+        if self.sigma is not None:
+            self.sigma.step()
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -287,18 +291,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     info: DatasetInfo = dataset_info(cfg.dataset, cfg.data_dir, **cfg.dataset_kwargs)
     train_ds, test_ds = _load_split(cfg, "train"), _load_split(cfg, "test")
     model = create_run_model(cfg, info).to(device)
-    params = count_parameters(model)
-    optimizer = build_optimizer(model, cfg)
-    ema = _ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
-    hooks = _FamilyHooks(model, cfg)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-
     n = len(train_ds)
     batch = min(cfg.batch_size, n - n % world)  # the global batch; tiny subsets use all (world-divisible) samples
     steps_per_epoch = n // batch  # incomplete last batches are dropped so every step averages `batch` samples
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    hooks = _FamilyHooks(model, cfg, total_steps)
+    params = count_parameters(model)
+    optimizer = build_optimizer(model, cfg)
+    ema = _ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
@@ -317,6 +320,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         step, history, best_acc = state["step"], state["history"], state["best_acc"]
         train_time, epoch_loss = state["train_time_s"], state["epoch_loss"]
         logger.truncate_after(len(history))
+    hooks.install(optimizer, model, step)
     net = model
     if dist_info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -360,7 +364,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             lr_now = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.warmup_lr_ratio, cfg.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr_now * g.get("lr_scale", 1.0)
-            hooks.set_progress(step / max(1, total_steps))
+            hooks.before_step(step / max(1, total_steps))
             with _autocast(cfg, device):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing if y.dim() == 1 else 0.0)
