@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="length 1024 and shorter timing (a smoke run)")
     parser.add_argument("--out", default="bench_results", help="folder for flexconv.json")
     parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 gives steadier ratios on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     batch, channels, length = 8, 64, (1024 if args.quick else 4096)
     min_run = args.min_run_time or (0.2 if args.quick else 1.0)
