@@ -42,7 +42,8 @@ def _reference(layer, x, kernel):
         pads = [(0, 0)] * nd
     else:
         pads = [(p, p) for p in layer.padding]
-    x = F.pad(x, [p for lo_hi in reversed(pads) for p in lo_hi])
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    x = F.pad(x, [p for lo_hi in reversed(pads) for p in lo_hi], mode=mode)
     groups = 1 if layer.separable else layer.groups
     return TORCH_CONV[nd](x, kernel, layer.bias, stride=layer.stride, groups=groups)
 
@@ -61,6 +62,9 @@ CASES = [
     (2, "flex", 3, 5, (10, 10), {"separable": True, "kernel_net": "gabor"}),
     (3, "flex", 2, 2, (6, 5, 4), {"mask_init": 0.5}),
     (3, "ck", 2, 3, (5, 5, 5), {"kernel_size": 3}),
+    (2, "ck", 2, 2, (9, 9), {"kernel_size": 5, "padding_mode": "reflect"}),
+    (2, "flex", 2, 2, (10, 10), {"kernel_size": 6, "padding_mode": "circular", "mask_init": 1.0}),
+    (1, "ck", 2, 2, (16,), {"causal": True, "padding_mode": "replicate"}),
 ]
 
 
