@@ -255,12 +255,10 @@ class _ContinuousConvNd(nn.Module):
         """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
         axes = self._crop(self._axes())
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*k, nd)
-        norm = self.sampling_rate_norm()
         scale = self._mask(axes)  # (*k) or None
-        if scale is not None and norm != 1.0:
-            scale = scale * norm
-        elif scale is None and norm != 1.0:
-            scale = coords.new_full(coords.shape[:-1], norm)
+        norm = self.sampling_rate_norm()
+        if norm != 1.0:
+            scale = coords.new_full(coords.shape[:-1], norm) if scale is None else scale * norm
         if scale is None:
             return self.kernel_net(coords)  # (C_k, *k)
         if isinstance(self.kernel_net, _KernelNet):
