@@ -158,7 +158,10 @@ class _SpectralProduct(torch.autograd.Function):
                 grad_p = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(b, c, -1))
             g = _pointwise(g, pointwise.t())  # (B, in, *half)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.linalg.vecdot(spec, g, dim=0)  # sum_b conj(X) * G: (C, *half)
+            # sum_b conj(X_b) * G_b, accumulated per sample: no (B, C, *half) temporary.
+            grad_w = spec[0].conj() * g[0]  # (C, *half)
+            for b in range(1, spec.shape[0]):
+                grad_w.addcmul_(spec[b].conj(), g[b])
             grad_w = grad_w * _half_weights(grid, grad.device, grad.dtype)
         if ctx.needs_input_grad[0]:
             grad_x = torch.fft.irfftn(g.mul_(w.conj()), s=grid, dim=dims)  # (B, in, *grid)
@@ -168,7 +171,11 @@ class _SpectralProduct(torch.autograd.Function):
 
 
 class _FrequencyNet(nn.Sequential):
-    """Coordinate network ``ndim -> hidden... -> channels`` of 1x1 layers (Linear per point) with SiLU between."""
+    """Coordinate network ``ndim -> hidden... -> channels`` of 1x1 layers (Linear per point) with SiLU between.
+
+    Called as a module on ``(points, ndim)``; :meth:`columns` applies the same layers
+    channels first, ``(ndim, points) -> (channels, points)``.
+    """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, device=None, dtype=None):
         widths = (in_features, *hidden, out_features)
@@ -178,6 +185,14 @@ class _FrequencyNet(nn.Sequential):
                 layers.append(nn.SiLU())
             layers.append(nn.Linear(a, b, device=device, dtype=dtype))
         super().__init__(*layers)
+
+    def columns(self, h: Tensor) -> Tensor:
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h)  # (out, points)
+            else:
+                h = layer(h)
+        return h
 
 
 class _NIFFConvNd(nn.Module):
@@ -310,17 +325,17 @@ class _NIFFConvNd(nn.Module):
             return tuple(2 * n for n in size)
         return tuple(n + 2 * p for n, p in zip(size, self.padding))
 
-    def _coordinates(self, grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
-        """Frequency coordinates of the rfft half-spectrum and of its mirror ``-k``, each ``(points, ndim)``."""
+    def _coordinates(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        """Frequency coordinates, channels first: ``(ndim, 2, points)``, the rfft half-spectrum then its mirror ``-k``."""
         key = (grid, device, dtype)
         if key not in self._coords:
             axes = [_frequencies(n) for n in grid]
             axes[-1] = axes[-1][: grid[-1] // 2 + 1]
             # -k modulo n: the Nyquist bin of an even axis is its own mirror, so negate by index, not by value.
             mirror = [_frequencies(n)[(-torch.arange(len(a))) % n] for n, a in zip(grid, axes)]
-            k = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # (*half, nd), last axis first
-            m = torch.stack(torch.meshgrid(*mirror, indexing="ij")[::-1], dim=-1)  # (*half, nd)
-            self._coords[key] = (k.reshape(-1, len(grid)).to(device, dtype), m.reshape(-1, len(grid)).to(device, dtype))
+            k = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1])  # (nd, *half), last axis first
+            m = torch.stack(torch.meshgrid(*mirror, indexing="ij")[::-1])  # (nd, *half)
+            self._coords[key] = torch.stack([k, m], dim=1).reshape(len(grid), 2, -1).to(device, dtype)
         return self._coords[key]
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
@@ -331,18 +346,19 @@ class _NIFFConvNd(nn.Module):
             key = (grid, device, dtype, tuple((id(p), p._version) for p in self.parameters()))
             if self._filter_cache is not None and self._filter_cache[0] == key:
                 return self._filter_cache[1]
-        k, m = self._coordinates(grid, device, dtype)
-        points = k.shape[0]
-        both = torch.cat([k, m])  # (2 * points, nd)
-        re = self.mlp_real(both)  # (2 * points, filters)
-        im = self.mlp_imag(both)
+        coords = self._coordinates(grid, device, dtype)  # (nd, 2, points)
+        nd, _, points = coords.shape
+        # Channels-first 1x1 layers, as the reference applies them: outputs come out (filters, 2, points)
+        # with no transposition, and the k / -k halves are views (no slice-backward zero fills).
+        re_k, re_m = self.mlp_real.columns(coords.view(nd, -1)).view(self.filters, 2, points).unbind(1)
+        im_k, im_m = self.mlp_imag.columns(coords.view(nd, -1)).view(self.filters, 2, points).unbind(1)
         # W_sym(k) = (W(k) + conj(W(-k))) / 2
-        real = 0.5 * (re[:points] + re[points:])
-        imag = 0.5 * (im[:points] - im[points:])
+        real = 0.5 * (re_k + re_m)
+        imag = 0.5 * (im_k - im_m)
         half = (*grid[:-1], grid[-1] // 2 + 1)
         if real.dtype in _LOW_PRECISION:
             real, imag = real.float(), imag.float()  # no complex bfloat16; complex32 has few kernels
-        w = torch.complex(real, imag).t().reshape(self.filters, *half)  # (filters, *half) complex
+        w = torch.complex(real, imag).view(self.filters, *half)  # (filters, *half) complex
         if not torch.is_grad_enabled():
             self._filter_cache = (key, w)
         return w
