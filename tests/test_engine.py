@@ -49,7 +49,7 @@ def test_backends_agree_with_torch(backend, nd, kw, xs, ws):
 def test_auto_calibrates_once_per_key_and_caches(monkeypatch):
     calls = []
     real = engine._timed_seconds
-    monkeypatch.setattr(engine, "_timed_seconds", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1.0, 1.5))  # close: must time
     x, w = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 7, 7)
     convolve(x, w, padding="same", groups=4)
@@ -71,7 +71,7 @@ def test_auto_calibrates_once_per_key_and_caches(monkeypatch):
 
 
 def test_lopsided_model_skips_timing(monkeypatch):
-    monkeypatch.setattr(engine, "_timed_seconds", lambda *a: pytest.fail("timed a lopsided call"))
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: pytest.fail("timed a lopsided call"))
     x = torch.randn(1, 8, 64, 64)
     assert choose_backend(x, torch.randn(8, 8, 1, 1)) == "direct"  # pointwise: FFT is hopeless
     assert choose_backend(x, torch.randn(8, 1, 63, 63), padding="same", groups=8) == "fft"
@@ -79,7 +79,7 @@ def test_lopsided_model_skips_timing(monkeypatch):
 
 
 def test_calibration_can_be_disabled(monkeypatch):
-    monkeypatch.setattr(engine, "_timed_seconds", lambda *a: pytest.fail("timed with calibration off"))
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: pytest.fail("timed with calibration off"))
     monkeypatch.setattr(engine, "_model_seconds", lambda *a: (2.0, 1.0))
     set_calibration(False)
     x, w = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 7, 7)
@@ -88,7 +88,7 @@ def test_calibration_can_be_disabled(monkeypatch):
 
 
 def test_no_calibration_or_caching_while_tracing(monkeypatch):
-    monkeypatch.setattr(engine, "_timed_seconds", lambda *a: pytest.fail("timed while tracing"))
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: pytest.fail("timed while tracing"))
     monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1.0, 1.1))
     w = torch.randn(4, 1, 5, 5)
     traced = torch.jit.trace(lambda x: convolve(x, w, padding=2, groups=4), torch.randn(1, 4, 10, 10),

@@ -97,8 +97,14 @@ def _compiling() -> bool:
 
 
 def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tuple[float, float]:
-    """Rough seconds per call of the direct and the FFT path (constants fitted on a 2-core CPU; only
-    their ratio matters, and only to skip timing when it is lopsided)."""
+    """Rough seconds per call of the direct and the FFT path.
+
+    Constants fitted on the 2-core reference CPU (docs/fft_conv.md); only their
+    ratio matters, and only to skip timing when it is lopsided, to pick which
+    path to time first, and to decide under tracing or with calibration off.
+    Depthwise direct convolutions run far below the dense rate, and their
+    backward (weight gradient) is much slower still than their forward.
+    """
     nd = args.nd
     batch = input.shape[0] if args.batched else 1
     cin, cout, per_group = input.shape[-nd - 1], weight.shape[0], weight.shape[1]
@@ -106,20 +112,24 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
     kernel = tuple(weight.shape[2:])
     out = [(n + lo + hi - d * (k - 1) - 1) // s + 1
            for n, k, (lo, hi), s, d in zip(sizes, kernel, args.pads, args.stride, args.dilation)]
-    macs = batch * cout * per_group * math.prod(out) * math.prod(kernel)
-    direct_rate = 0.3e9 if per_group == 1 else 8e9  # depthwise kernels vectorise poorly
-    direct = macs / direct_rate
+    outputs = batch * cout * math.prod(out)
+    macs = outputs * per_group * math.prod(kernel)
+    if per_group == 1:
+        direct = macs / 0.6e9 + outputs * 30e-9
+        if needs_grad:  # the depthwise weight gradient slows down faster than the kernel grows
+            direct += macs * 15e-9 * min(math.sqrt(math.prod(kernel) / 9), 4.0)
+    else:
+        direct = (macs / 25e9 + outputs * 2e-9) * (3.5 if needs_grad else 1.0)
     plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups,
                       args.padding_mode == "circular", input.device.type)
     points = math.prod(plan.fft)
-    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.5e9
-    products = batch * cout * per_group * points / 0.4e9
-    fft = transforms + products
-    scale = 3.0 if needs_grad else 1.0
-    return direct * scale, fft * scale
+    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.3e9
+    products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
+    fft = (transforms + products) * (2.5 if needs_grad else 1.0)
+    return direct, fft
 
 
-def _time(fn, device: torch.device) -> float:
+def _timer(fn, device: torch.device):
     def once() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -128,12 +138,14 @@ def _time(fn, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
-
-    once()
-    return min(once() for _ in range(CALIBRATION_REPS))
+    return once
 
 
-def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode, args, needs_grad):
+def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode, args, needs_grad,
+                   direct_first: bool) -> tuple[float, float]:
+    """Measured seconds per call of (direct, fft). The path the model favours is timed first (a
+    warm-up, then the minimum of :data:`CALIBRATION_REPS` runs); the other one stops after its
+    warm-up when that alone is already twice as slow, so a hopeless path costs one run."""
     def run(path):
         if not needs_grad:
             return lambda: path(input, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -142,16 +154,23 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
         b = None if bias is None else bias.detach().requires_grad_(bias.requires_grad)
 
         def forward_backward():
-            with torch.enable_grad():
-                out = path(x, w, b, stride, padding, dilation, groups, padding_mode)
-                out.backward(torch.ones_like(out))
+            out = path(x, w, b, stride, padding, dilation, groups, padding_mode)
+            out.backward(torch.ones_like(out))
         return forward_backward
 
     def direct(*a):
         return _direct(*a, args=args)
 
-    with torch.no_grad() if not needs_grad else torch.enable_grad():
-        return _time(run(direct), input.device), _time(run(fft_conv), input.device)
+    paths = [direct, fft_conv] if direct_first else [fft_conv, direct]
+    with torch.enable_grad() if needs_grad else torch.no_grad():
+        first = _timer(run(paths[0]), input.device)
+        first()
+        best = min(first() for _ in range(CALIBRATION_REPS))
+        second = _timer(run(paths[1]), input.device)
+        other = second()
+        if other < 2 * best:
+            other = min(second() for _ in range(CALIBRATION_REPS))
+    return (best, other) if direct_first else (other, best)
 
 
 def choose_backend(
@@ -185,7 +204,7 @@ def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode
         choice = _Choice("direct" if direct <= fft else "fft", "model", direct, fft)
     else:
         direct, fft = _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                                     args, needs_grad)
+                                     args, needs_grad, direct_first=direct <= fft)
         choice = _Choice("direct" if direct <= fft else "fft", "timed", direct, fft)
     if not compiling:  # a traced graph must not mutate Python state
         _CACHE[key] = choice
