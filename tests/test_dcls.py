@@ -231,3 +231,10 @@ def test_unbatched_input_as_torch(backend):
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="input must have shape"):
         layer(torch.randn(20))
+
+
+def test_triangle_width_learns_from_init():
+    # |SIG| has zero gradient at SIG = 0 (the reference's init): ours must start where it can move
+    layer = DclsConv1d(2, 2, 3, 9, padding=4, interpolation="triangle")
+    layer(torch.randn(2, 2, 20)).square().sum().backward()
+    assert layer.SIG.grad.abs().min() > 0

@@ -30,8 +30,9 @@ __all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dc
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _POSITION_INITS = ("normal", "uniform")
-# Initial |SIG| of the reference: Gaussian width 0.23 + 0.27 = 0.5, triangle half-width 1 (= bilinear).
-_SIG_INIT = {"gaussian": 0.23, "triangle": 0.0}
+# Initial SIG: the reference's Gaussian width 0.23 + 0.27 = 0.5; the triangle starts as bilinear
+# (half-width 1 + 0.01) but not at the reference's SIG = 0, where |SIG| has zero gradient forever.
+_SIG_INIT = {"gaussian": 0.23, "triangle": 0.01}
 # Boxes with at least this many cells are baked into an FFT convolution.
 _FFT_BAKE_CELLS = {1: 64, 2: 13 * 13, 3: 7 * 7 * 7}
 
@@ -264,7 +265,7 @@ _SHAPE_DOC = r"""
             or uniform over the box; marked ``kind="position"`` for
             :func:`largekernel.optim.param_groups`.
         SIG: like ``P``, only for ``gaussian`` (width ``|SIG| + 0.27``, init 0.23) and
-            ``triangle`` (half-width ``|SIG| + 1``, init 0); marked ``kind="sigma"``.
+            ``triangle`` (half-width ``|SIG| + 1``, init 0.01); marked ``kind="sigma"``.
         bias: ``(out_channels,)``.
 """
 
