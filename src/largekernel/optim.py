@@ -84,8 +84,8 @@ def install_dcls_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> Re
 
     Positions that reach the box limit stay there (the paper clamps "at the end of
     every batch step"). Generic: any module with a ``clamp_parameters`` method is
-    clamped, whatever its family. Returns the hook handle; ``handle.remove()``
-    stops clamping.
+    clamped, whatever its family (those present when the hook is installed).
+    Returns the hook handle; ``handle.remove()`` stops clamping.
 
     Example:
         >>> model = nn.Sequential(largekernel.nn.DclsConv2d(4, 4, 9, 7, padding=3))
