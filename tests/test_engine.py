@@ -70,12 +70,21 @@ def test_auto_calibrates_once_per_key_and_caches(monkeypatch):
     assert auto_cache() == {}
 
 
-def test_lopsided_model_skips_timing(monkeypatch):
+@pytest.mark.parametrize("model, expected", [((0.1, 1.0), "direct"), ((1.0, 0.1), "fft")])
+def test_lopsided_model_skips_timing(monkeypatch, model, expected):
     monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: pytest.fail("timed a lopsided call"))
-    x = torch.randn(1, 8, 64, 64)
-    assert choose_backend(x, torch.randn(8, 8, 1, 1)) == "direct"  # pointwise: FFT is hopeless
-    assert choose_backend(x, torch.randn(8, 1, 63, 63), padding="same", groups=8) == "fft"
-    assert {e["source"] for e in auto_cache().values()} == {"model"}
+    monkeypatch.setattr(engine, "_model_seconds", lambda *a: model)
+    x, w = torch.randn(1, 8, 16, 16), torch.randn(8, 1, 5, 5)
+    assert choose_backend(x, w, padding="same", groups=8) == expected
+    assert [e["source"] for e in auto_cache().values()] == ["model"]
+
+
+def test_tiny_calls_are_always_timed(monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: calls.append(1) or (1.0, 2.0))
+    monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1e-4, 1e-2))  # lopsided but cheap to time
+    assert choose_backend(torch.randn(1, 2, 8), torch.randn(2, 2, 3)) == "direct"
+    assert calls == [1]
 
 
 def test_calibration_can_be_disabled(monkeypatch):

@@ -10,18 +10,28 @@ import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils import benchmark
 
-__all__ = ["median_time", "machine_info", "format_table", "write_json"]
+__all__ = ["median_time", "machine_info", "format_table", "write_json", "plot_series"]
 
 
-def median_time(fn: Callable[[], object], min_run_time: float = 0.5) -> float:
-    """Median seconds per call of ``fn`` (after one warm-up call), by ``torch.utils.benchmark``."""
+def median_time(fn: Callable[[], object], min_run_time: float = 0.5, max_warmup: float | None = None) -> float:
+    """Median seconds per call of ``fn`` (after one warm-up call), by ``torch.utils.benchmark``.
+
+    ``max_warmup``: when the warm-up call alone takes longer than this many
+    seconds, its time is returned instead (one sample), so that a candidate that
+    is orders of magnitude slower does not dominate a suite's run time.
+    """
+    start = time.perf_counter()
     fn()
+    warmup = time.perf_counter() - start
+    if max_warmup is not None and warmup > max_warmup:
+        return warmup
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
@@ -70,3 +80,30 @@ def write_json(path: str | Path, payload: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def plot_series(path: str | Path, panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], *,
+                title: str, xlabel: str, ylabel: str, logy: bool = True) -> None:
+    """One PNG with a panel per ``panels`` key, each holding named (x, y) lines (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (name, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

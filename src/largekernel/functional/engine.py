@@ -6,8 +6,8 @@ in one place.
 
 ``backend="auto"`` picks the faster path per call shape. The first time a shape
 is seen, a cost model estimates both paths; when one is predicted to win by a
-wide margin (:data:`MODEL_MARGIN`) the model decides, otherwise both paths are
-timed on the actual call (one warm-up and :data:`CALIBRATION_REPS` runs each,
+wide margin (:data:`MODEL_MARGIN`) on a call that is not tiny, the model
+decides, otherwise both paths are timed on the actual call (one warm-up and :data:`CALIBRATION_REPS` runs each,
 forward and, when gradients are needed, backward; the minimum counts). The
 choice is cached per key (shapes, stride, padding, dilation, groups, padding
 mode, dtype, device, whether gradients are needed). Under ``torch.compile`` or
@@ -48,6 +48,8 @@ MODEL_MARGIN = 4.0
 CALIBRATION_REPS = 3
 #: Calls the model predicts slower than this (seconds) are not timed: calibration stays cheap.
 _MAX_CALIBRATION_CALL = 1.0
+#: Calls the model predicts faster than this (seconds, both paths) are always timed.
+_MIN_MODEL_CALL = 0.02
 
 _DIRECT = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -125,7 +127,7 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
     points = math.prod(plan.fft)
     transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.3e9
     products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
-    fft = (transforms + products) * (2.5 if needs_grad else 1.0)
+    fft = (transforms + products + 3e-4) * (2.5 if needs_grad else 1.0)  # + Python overhead of the FFT path
     return direct, fft
 
 
@@ -198,7 +200,8 @@ def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode
     if choice is not None:
         return choice
     direct, fft = _model_seconds(input, weight, args, needs_grad)
-    lopsided = max(direct, fft) >= MODEL_MARGIN * min(direct, fft)
+    # timing small calls is cheap, so the model only short-cuts large, lopsided ones
+    lopsided = max(direct, fft) >= MODEL_MARGIN * min(direct, fft) and max(direct, fft) > _MIN_MODEL_CALL
     compiling = _compiling()
     if lopsided or compiling or not _CALIBRATION["enabled"] or min(direct, fft) > _MAX_CALIBRATION_CALL:
         choice = _Choice("direct" if direct <= fft else "fft", "model", direct, fft)

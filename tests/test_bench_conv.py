@@ -1,0 +1,29 @@
+"""Smoke test of `largekernel bench conv` on a tiny configuration (no timing assertions)."""
+
+import json
+
+from largekernel.bench import conv
+from largekernel.cli import main as cli_main
+
+
+def test_bench_conv_tiny(tmp_path, capsys):
+    argv = ["--kernels", "3", "5", "--batch", "1", "--channels", "2", "--size", "12",
+            "--min-run-time", "0.001", "--out", str(tmp_path)]
+    assert conv.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| kernel | mode | direct_ms | fft_ms | auto_ms" in out
+    payload = json.loads((tmp_path / "conv.json").read_text())
+    assert payload["config"]["kernels"] == [3, 5] and payload["machine"]["torch"]
+    rows = payload["rows"]
+    assert [(r["kernel"], r["mode"]) for r in rows] == [(3, "forward"), (3, "forward+backward"),
+                                                        (5, "forward"), (5, "forward+backward")]
+    for r in rows:
+        assert r["direct_ms"] > 0 and r["fft_ms"] > 0 and r["auto_ms"] > 0 and r["floor_ms"] > 0
+        assert abs(r["direct/fft"] - r["direct_ms"] / r["fft_ms"]) < 1e-9 * r["direct/fft"]
+        assert r["floor_length"] >= 12 + r["kernel"] - 1
+    assert (tmp_path / "conv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_conv_via_cli_rejects_even_kernels(capsys):
+    assert cli_main(["bench", "conv", "--kernels", "4"]) == 2
+    assert "odd" in capsys.readouterr().err
