@@ -91,6 +91,7 @@ def test_spatial_kernel_is_a_circular_convolution(size):
     expected = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(_reference_filter(layer, *size),
                                                                        dim=(-2, -1))).real, dim=(-2, -1))
     torch.testing.assert_close(kernel, expected)
+    torch.testing.assert_close(layer.filter(size), torch.fft.ifftshift(_reference_filter(layer, *size), dim=(-2, -1)))
 
 
 def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel():
