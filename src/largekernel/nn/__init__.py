@@ -10,8 +10,8 @@ _FAMILIES = {
     "largekernel.nn.dcls": ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"],
     "largekernel.nn.kernelnets": ["MLPKernel", "SIRENKernel", "GaborKernel", "FourierKernel", "MAGNetKernel"],
     "largekernel.nn.flexconv": ["CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d"],
-    "largekernel.nn.niff": ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d"],
-    "largekernel.nn.sequence": ["SGConv1d", "S4DConv1d"],
+    "largekernel.nn.niff": ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "SpectralPointwise", "Spectrum"],
+    "largekernel.nn.sequence": ["SGConv1d", "S4DConv1d", "SGKernel", "S4DKernel"],
     "largekernel.nn.mixing": ["FourierMix"],
 }
 _WHERE = {name: module for module, names in _FAMILIES.items() for name in names}
