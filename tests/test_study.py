@@ -85,8 +85,9 @@ def test_plan_matches_parameters_and_validates():
     large = study._num_params(study._build(plan, info, runs[0]["config"]["model_kwargs"]))
     dcls = study._num_params(study._build(plan, info, runs[2]["config"]["model_kwargs"]))
     count = runs[2]["config"]["model_kwargs"]["conv_kwargs"]["kernel_count"]
-    # DCLS's 1-D parameters grow by 2 * width * depth per kernel element: the closest count is within half a step
-    assert abs(dcls - large) <= 2 * 32 * 2 / 2 and count > 1
+    # each 1-D DCLS kernel element adds a weight and a position per channel of every block: within half a step
+    step = 2 * 32 * plan.model_kwargs.get("depth", 2)
+    assert abs(dcls - large) <= step / 2 and count > 1
     with pytest.raises(ValueError, match="match"):
         study.plan_runs(["mnist1d"], match="medium")
 
