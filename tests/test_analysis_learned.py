@@ -65,3 +65,29 @@ def test_flexconv_extents():
         ("blocks.0", "stage0", [5.0], [33]), ("blocks.1", "stage1", [17.5], [33])]
     with pytest.raises(TypeError, match="model"):
         flexconv_mask_extents("model")
+
+
+def test_position_evolution_reads_each_checkpoint(tmp_path):
+    from largekernel.analysis import position_evolution
+    from largekernel.data import dataset_info
+    from largekernel.train import TrainConfig, save_checkpoint
+    from largekernel.train.checkpoint import create_run_model
+
+    cfg = TrainConfig(model="dwnet1d_tiny", model_kwargs={"conv": "dcls", "kernel_size": 9}, dataset="mnist1d")
+    info = dataset_info("mnist1d")
+    model = create_run_model(cfg, info)
+    paths, expected = [], []
+    for epoch in (1, 2):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".P"):
+                    p.uniform_(-epoch, epoch)  # positions spread out as "training" goes on
+        paths.append(save_checkpoint(tmp_path / f"epoch{epoch}", model, cfg, info, {"epoch": epoch}))
+        expected.append(position_histograms(model, bins=9, density=False))
+    evolution = position_evolution(paths, bins=9)
+    assert [e["epoch"] for e in evolution] == [1, 2]
+    for got, want in zip(evolution, expected):
+        assert got["histograms"].keys() == want.keys()
+        for stage in want:
+            assert got["histograms"][stage]["mean_abs"] == pytest.approx(want[stage]["mean_abs"])
+    assert evolution[1]["histograms"]["stage0"]["mean_abs"][0] > evolution[0]["histograms"]["stage0"]["mean_abs"][0]
