@@ -238,3 +238,17 @@ def test_triangle_width_learns_from_init():
     layer = DclsConv1d(2, 2, 3, 9, padding=4, interpolation="triangle")
     layer(torch.randn(2, 2, 20)).square().sum().backward()
     assert layer.SIG.grad.abs().min() > 0
+
+
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+def test_layer_gradcheck_end_to_end(backend):
+    layer = DclsConv2d(2, 2, 3, (5, 4), padding=2, groups=2, interpolation="gaussian", backend=backend,
+                       dtype=torch.float64)
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    names = ("weight", "P", "SIG")
+    params = tuple(getattr(layer, n).detach().clone().requires_grad_(True) for n in names)
+
+    def fn(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), fast_mode=True)
