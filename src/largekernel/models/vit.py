@@ -52,6 +52,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Sequential):
+    """The feed-forward sublayer: Linear, GELU, Linear (dropout after each)."""
+
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, dim), nn.Dropout(drop))
 
