@@ -53,7 +53,7 @@ def _check_ndim(kernel: Tensor, ndim: int | None) -> int:
     return ndim
 
 
-def _centred_windows(ndim: int, shape: Sequence[int], size: int) -> tuple[slice, ...]:
+def _centred_windows(shape: Sequence[int], size: int) -> tuple[slice, ...]:
     """Slices of the centred window of odd ``size`` (clipped to the kernel) over the last dims."""
     slices = []
     for length in shape:
@@ -105,7 +105,7 @@ def kernel_mass_ratio(kernel: Tensor, ndim: int | None = None,
     ratios = []
     for size in sizes:
         # an even size inside an odd axis has no centred window; round it up to the odd one
-        inner = mass[_centred_windows(ndim, shape, size + 1 - size % 2)].sum(dim=spatial)
+        inner = mass[_centred_windows(shape, size + 1 - size % 2)].sum(dim=spatial)
         ratios.append(torch.where(total > 0, inner / total.clamp_min(1e-300), torch.ones_like(total)))
     return torch.stack(ratios, dim=-1).clamp(0, 1), sizes  # (..., S)
 
