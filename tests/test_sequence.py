@@ -114,7 +114,8 @@ def test_kernel_shorter_than_input_is_zero_beyond_span():
     x = torch.zeros(1, 2, 40, dtype=torch.float64)
     x[..., 0] = 1.0
     impulse = layer(x)
-    torch.testing.assert_close(impulse[0], torch.cat([layer.kernels(40)[0], torch.zeros(2, 30, dtype=torch.float64)], -1))
+    expected = torch.cat([layer.kernels(40)[0], torch.zeros(2, 30, dtype=torch.float64)], -1)
+    torch.testing.assert_close(impulse[0], expected)
 
 
 @pytest.mark.parametrize("cls,kwargs", [

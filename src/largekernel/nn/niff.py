@@ -326,7 +326,7 @@ class _NIFFConvNd(nn.Module):
         return tuple(n + 2 * p for n, p in zip(size, self.padding))
 
     def _coordinates(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """Frequency coordinates, channels first: ``(ndim, 2, points)``, the rfft half-spectrum then its mirror ``-k``."""
+        """Frequency coordinates ``(ndim, 2, points)``, channels first: the half-spectrum, then its mirror ``-k``."""
         key = (grid, device, dtype)
         if key not in self._coords:
             axes = [_frequencies(n) for n in grid]
