@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=96)
     p.add_argument("--size", type=int, default=56, help="height = width of the activation")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-warmup", type=float, default=5.0,
                    help="a candidate whose warm-up call exceeds this (s) is timed by that one call")
     return p
@@ -147,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largekernel bench conv: kernels must not exceed --size {args.size}, got {max(kernels)}",
               file=sys.stderr)
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     batch = args.batch or (2 if args.quick else 8)
     min_run_time = args.min_run_time if args.min_run_time is not None else (0.1 if args.quick else 0.5)
     config = {"kernels": kernels, "batch": batch, "channels": args.channels, "size": args.size,
-              "groups": args.channels, "padding": "same", "dtype": "float32", "min_run_time": min_run_time}
+              "groups": args.channels, "padding": "same", "dtype": "float32", "min_run_time": min_run_time,
+              "threads": torch.get_num_threads()}
     rows = run(kernels, batch, args.channels, args.size, min_run_time, args.max_warmup)
 
     names = [c[:-3] for c in rows[0] if c.endswith("_ms") and c != "floor_ms"]

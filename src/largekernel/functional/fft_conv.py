@@ -377,13 +377,13 @@ def _product(x_f: Tensor, wc_f: Tensor, groups: int) -> Tensor:
 
 
 def _input_grad_product(g_f: Tensor, w_f: Tensor, groups: int) -> Tensor:
-    """Input-gradient spectrum ``gx = sum_o g * w`` (a convolution: no conjugate)."""
+    """Input-gradient spectrum ``gx = sum_o g * w`` (a convolution: no conjugate). May overwrite ``g_f``."""
     b, cout = g_f.shape[:2]
     i = w_f.shape[1]
     o = cout // groups
     freq = g_f.shape[2:]
-    if i == 1 and o == 1:  # depthwise: elementwise
-        return g_f * w_f.reshape(cout, *freq)
+    if i == 1 and o == 1:  # depthwise: elementwise, in place (no fresh spectrum-sized allocation)
+        return g_f.mul_(w_f.reshape(cout, *freq))
     x_f = torch.einsum("bgof,goif->bgif", g_f.reshape(b, groups, o, -1), w_f.reshape(groups, o, i, -1))
     return x_f.reshape(b, groups * i, *freq)
 
@@ -429,12 +429,12 @@ class _FFTConvFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if need_input or need_weight:
             g_f = _rfft_upsampled(grad, plan)  # (B, Cout, *F)
+        if need_weight:  # first: the input-gradient product below may overwrite g_f
+            buffer = torch.fft.irfftn(_weight_grad_product(x_f, g_f, plan.groups), s=plan.fft, dim=_spatial(nd))
+            grad_weight = _gather_kernel(buffer, plan)  # (Cout, Cin/g, *kernel)
         if need_input:
             gx_f = _input_grad_product(g_f, wc_f.conj_physical(), plan.groups)  # (B, Cin, *F)
             grad_input = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes).contiguous()  # (B, Cin, *sizes)
-        if need_weight:
-            buffer = torch.fft.irfftn(_weight_grad_product(x_f, g_f, plan.groups), s=plan.fft, dim=_spatial(nd))
-            grad_weight = _gather_kernel(buffer, plan)  # (Cout, Cin/g, *kernel)
         if need_bias:
             grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
         return grad_input, grad_weight, grad_bias, None
