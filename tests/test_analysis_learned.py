@@ -62,7 +62,7 @@ def test_flexconv_extents():
     model.blocks = nn.Sequential(_FakeFlex(5.0), _FakeFlex(17.5))
     rows = flexconv_mask_extents(model)
     assert [(r["name"], r["stage"], r["extent"], r["max_extent"]) for r in rows] == [
-        ("blocks.0", "stage0", [5.0], [33]), ("blocks.1", "stage1", [17.5], [33])]
+        ("blocks.0", "block0", [5.0], [33]), ("blocks.1", "block1", [17.5], [33])]
     with pytest.raises(TypeError, match="model"):
         flexconv_mask_extents("model")
 
@@ -90,4 +90,4 @@ def test_position_evolution_reads_each_checkpoint(tmp_path):
         assert got["histograms"].keys() == want.keys()
         for stage in want:
             assert got["histograms"][stage]["mean_abs"] == pytest.approx(want[stage]["mean_abs"])
-    assert evolution[1]["histograms"]["stage0"]["mean_abs"][0] > evolution[0]["histograms"]["stage0"]["mean_abs"][0]
+    assert evolution[1]["histograms"]["block0"]["mean_abs"][0] > evolution[0]["histograms"]["block0"]["mean_abs"][0]

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_FRACTIONS = (0.5, 0.9, 0.99)
-_STAGE_RE = re.compile(r"(?:^|\.)(?:stages|layers|blocks|stage|layer)\.?(\d+)")
+_STAGE_RE = re.compile(r"(?:^|\.)(stage|layer|block)s?\.?(\d+)")
 
 
 def _check_ndim(kernel: Tensor, ndim: int | None) -> int:
@@ -221,10 +221,11 @@ def kernel_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _stage_of(name: str) -> str:
-    """``stages.2.blocks.1.conv`` -> ``stage2``; names outside numbered stages keep their first part (``stem``)."""
+    """``stages.2.blocks.1.conv`` -> ``stage2``, ``blocks.3.conv`` -> ``block3``; other names keep their
+    first part (``stem``)."""
     match = _STAGE_RE.search(name)
     if match:
-        return f"stage{match.group(1)}"
+        return f"{match.group(1)}{match.group(2)}"
     return name.split(".")[0] or "model"
 
 
@@ -260,8 +261,8 @@ def kernel_size_report(model: nn.Module, example: Tensor | None = None,
         fractions: mass fractions for the effective sizes.
 
     Returns:
-        One dict per layer: ``name``, ``stage`` (``stageN`` from ``stages.N`` / ``blocks.N``-style
-        names, else the name's first part),
+        One dict per layer: ``name``, ``stage`` (``stageN`` / ``layerN`` / ``blockN`` from the first
+        such numbered part of the name, else the name's first part),
         ``family`` (class name), ``kernel_shape``, ``num_kernels``, ``sizes`` and
         ``mass_ratio`` (the mean over the layer's kernels of their mass-ratio
         curves), ``effective_size`` (fraction -> window side of the mean curve) and
