@@ -14,7 +14,13 @@ from largekernel.functional.engine import BACKENDS, convolve
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
-_SHAPE = """
+_DOC = """``torch.nn.Conv{n}d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
+
+    Args:
+        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
+            calibrated once per shape), ``"direct"`` (torch's convolution) or
+            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
+{example}
     Shape:
         - Input: :math:`(N, C_{{in}}, {dims})` or :math:`(C_{{in}}, {dims})`
         - Output: :math:`(N, C_{{out}}, {outs})` or :math:`(C_{{out}}, {outs})`, where for each
@@ -22,13 +28,25 @@ _SHAPE = """
           / stride) + 1`` (``pad_before = pad_after = padding`` for an int, torch's split for "same").
 """
 
+_EXAMPLE_2D = """
+    Example:
+        >>> conv = Conv2d(96, 96, 31, padding="same", groups=96, backend="fft")
+        >>> conv(torch.randn(2, 96, 56, 56)).shape
+        torch.Size([2, 96, 56, 56])
+"""
+
 
 class _BackendConvMixin:
-    """Routes ``_conv_forward`` through the convolution engine; everything else is torch's ConvNd."""
+    """Adds ``backend`` and routes ``_conv_forward`` through the convolution engine; the rest is torch's ConvNd."""
 
-    def _init_backend(self, backend: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        # torch.nn.Conv1d/2d/3d share this signature; the MRO sends it to the right one
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
         self.backend = backend
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -45,56 +63,12 @@ class _BackendConvMixin:
 
 
 class Conv1d(_BackendConvMixin, nn.Conv1d):
-    __doc__ = """``torch.nn.Conv1d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
-
-    Args:
-        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
-            calibrated once per shape), ``"direct"`` (torch's convolution) or
-            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
-    """ + _SHAPE.format(dims="L_{in}", outs="L_{out}")
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
-                 backend: str = "auto") -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
-        self._init_backend(backend)
+    __doc__ = _DOC.format(n=1, example="", dims="L_{in}", outs="L_{out}")
 
 
 class Conv2d(_BackendConvMixin, nn.Conv2d):
-    __doc__ = """``torch.nn.Conv2d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
-
-    Args:
-        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
-            calibrated once per shape), ``"direct"`` (torch's convolution) or
-            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
-
-    Example:
-        >>> conv = Conv2d(96, 96, 31, padding="same", groups=96, backend="fft")
-        >>> conv(torch.randn(2, 96, 56, 56)).shape
-        torch.Size([2, 96, 56, 56])
-    """ + _SHAPE.format(dims="H_{in}, W_{in}", outs="H_{out}, W_{out}")
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
-                 backend: str = "auto") -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
-        self._init_backend(backend)
+    __doc__ = _DOC.format(n=2, example=_EXAMPLE_2D, dims="H_{in}, W_{in}", outs="H_{out}, W_{out}")
 
 
 class Conv3d(_BackendConvMixin, nn.Conv3d):
-    __doc__ = """``torch.nn.Conv3d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
-
-    Args:
-        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
-            calibrated once per shape), ``"direct"`` (torch's convolution) or
-            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
-    """ + _SHAPE.format(dims="D_{in}, H_{in}, W_{in}", outs="D_{out}, H_{out}, W_{out}")
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
-                 backend: str = "auto") -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
-        self._init_backend(backend)
+    __doc__ = _DOC.format(n=3, example="", dims="D_{in}, H_{in}, W_{in}", outs="D_{out}, H_{out}, W_{out}")
