@@ -231,11 +231,15 @@ def plot_gaussian_fit(fit: Mapping[str, Tensor], path: str | Path, title: str) -
         left.set_xlabel("sigma (taps)")
         left.set_ylabel("kernels (count)")
     left.set_title("fitted Gaussian widths", fontsize=9)
-    right.hist(aspect.numpy(), bins=30, color="tab:orange")
-    right.set_xlabel("aspect ratio (major / minor sigma)")
+    r2 = fit["r2"].reshape(-1).to(torch.float64).cpu()
+    if sigma.shape[1] >= 2:
+        right.hist(aspect.numpy(), bins=30, color="tab:orange")
+        right.set_xlabel("aspect ratio (major / minor sigma)")
+    else:  # a 1-D Gaussian has no aspect: show how well it fits instead
+        right.hist(r2.clamp_min(-1).numpy(), bins=30, color="tab:orange")
+        right.set_xlabel("R^2 of the fit (clipped at -1)")
     right.set_ylabel("kernels (count)")
-    right.set_title(f"median aspect {float(aspect.median()):.2f}, median R^2 {float(fit['r2'].median()):.2f}",
-                    fontsize=9)
+    right.set_title(f"median aspect {float(aspect.median()):.2f}, median R^2 {float(r2.median()):.2f}", fontsize=9)
     fig.suptitle(title)
     return _save(fig, path)
 
