@@ -193,3 +193,14 @@ def test_report_str_lists_layers():
     assert isinstance(report, ConvertReport)
     assert str(report).startswith("converted 3 layer(s) to 'fft': parameters")
     assert copy.deepcopy(report).params_before == report.params_after
+
+
+def test_docs_examples_run():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        exec(compile(block, "docs/models.md", "exec"), {})

@@ -1,21 +1,225 @@
+"""Every registered model: forward, backward, the timm-style interface, parameter counts, convert, bake, compile.
+
+Inputs are small (8x8 to 16x16 images, length-40 sequences). To keep this file
+within its time budget on a 2-core CPU:
+
+- ``_FULL`` (one small variant per architecture family: the tiny DWNets, ConvNeXt-atto
+  and its DCLS version, ResNet-20/18, the tiny FlexNet/CKResNet/CKCNN/FlexTCN, ViT/FiT-tiny)
+  gets everything: interface, backward, convert round trip, bake, torch.compile;
+- ``_BIG`` (ConvNeXt-T/S/B and their DCLS versions, ConvNeXt-nano, ResNet-50, ViT/FiT-S)
+  is constructed and its parameters counted against published numbers or a formula,
+  with no forward pass;
+- every other registered model (the remaining sizes of the same families, built from
+  the same blocks as ``_FULL``) is constructed and run forward once on a batch of one.
+"""
+
+import copy
+import math
+
 import pytest
 import torch
+from torch import nn
 
+import largekernel
 from largekernel.models import create_model, list_models
 
+_ALL = list_models()
+_FULL = ["dwnet1d_tiny", "dwnet2d_tiny", "convnext_atto", "convnext_atto_dcls", "resnet20", "resnet18",
+         "ckcnn_tiny", "ckresnet_tiny", "flexnet_tiny", "flextcn_tiny", "vit_tiny", "fit_tiny"]
+_BIG = ["convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls",
+        "convnext_small_dcls", "convnext_base_dcls", "resnet50", "vit_small", "fit_small"]
+_REST = [n for n in _ALL if n not in _FULL and n not in _BIG]
+# FlexConv's dynamic cropping sizes the kernel from the learned mask width (a data-dependent
+# shape), which torch.compile cannot keep in one graph: these compile with graph breaks.
+_GRAPH_BREAKS = ("flexnet", "flextcn")
 
-@pytest.mark.parametrize("name,shape", [("dwnet1d_tiny", (2, 1, 40)), ("dwnet1d_small", (2, 3, 40)),
-                                        ("dwnet2d_tiny", (2, 1, 8, 8)), ("dwnet2d_small", (2, 3, 32, 32))])
-@pytest.mark.parametrize("conv", ["conv", "fft", "dilated"])
-def test_dwnet_forward_backward(name, shape, conv):
-    model = create_model(name, num_classes=7, in_chans=shape[1], conv=conv, kernel_size=9, drop_path_rate=0.1)
-    x = torch.randn(shape, requires_grad=True)
-    y = model(x)
-    assert y.shape == (2, 7)
-    y.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+
+def _setup(name: str) -> tuple[dict, tuple[int, ...]]:
+    """Constructor kwargs and an input shape small enough for a quick CPU test."""
+    if name.startswith(("dwnet1d", "ckcnn", "flextcn")):
+        return {"in_chans": 1}, (2, 1, 40)
+    if name.startswith(("dwnet2d", "flexnet", "ckresnet")):
+        return {"in_chans": 1}, (2, 1, 8, 8)
+    if name.startswith("convnext"):
+        return {"patch_size": 1}, (2, 3, 8, 8)
+    if name.startswith("resnet"):
+        return {}, (2, 3, 8, 8)
+    if name.startswith(("vit", "fit")):
+        return {"img_size": 16}, (2, 3, 16, 16)
+    raise KeyError(f"no test input for model {name!r}: add its family to _setup in tests/test_models.py")
+
+
+def _model(name: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+    setup, shape = _setup(name)
+    model = create_model(name, num_classes=5, **{**setup, **kwargs})
+    return model, torch.randn(shape)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_registered_model_is_tested():
+    assert set(_FULL) <= set(_ALL) and set(_BIG) <= set(_ALL)
+    for name in _ALL:
+        if name not in _BIG:
+            _setup(name)  # raises for a family this file does not know yet
+
+
+def _check_interface(model: nn.Module, x: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (x.shape[0], 5) and torch.isfinite(y).all()
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features), y)
+        pooled = model.forward_head(features, pre_logits=True)
+        model.reset_classifier(3)
+        assert model(x).shape == (x.shape[0], 3)
+        model.reset_classifier(0)
+        torch.testing.assert_close(model(x), pooled)
+    assert isinstance(set(model.no_weight_decay()), set)
+
+
+@pytest.mark.parametrize("name", _FULL)
+def test_timm_interface(name):
+    _check_interface(*_model(name))
+
+
+@pytest.mark.parametrize("name", _REST)
+def test_other_sizes_run_forward(name):
+    model, x = _model(name)
+    _check_interface(model, x[:1])
+
+
+@pytest.mark.parametrize("name", _FULL)
+def test_backward_reaches_every_parameter(name):
+    model, x = _model(name, drop_path_rate=0.1) if name.startswith(("dwnet", "convnext")) else _model(name)
+    model.train()
+    x.requires_grad_(True)
+    model(x).logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
     assert torch.isfinite(x.grad).all()
 
 
-def test_dwnet_registered():
-    assert {"dwnet1d_tiny", "dwnet1d_small", "dwnet2d_tiny", "dwnet2d_small"} <= set(list_models("dwnet*"))
+# Independent references: torchvision's documented parameter counts.
+_KNOWN = {"convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
+          "resnet18": 11_689_512, "resnet50": 25_557_032}
+_DCLS = {"convnext_atto_dcls": ("convnext_atto", 34), "convnext_tiny_dcls": ("convnext_tiny", 34),
+         "convnext_small_dcls": ("convnext_small", 40), "convnext_base_dcls": ("convnext_base", 40)}
+
+
+def _dcls_expected(model: nn.Module, dense_count: int, count: int) -> int:
+    depths = [len(stage.blocks) for stage in model.stages]
+    dims = [stage.blocks[0].conv_dw.in_channels for stage in model.stages]
+    # 7x7 depthwise weights out, `count` weights in per layer, 2 x count positions per channel once per stage.
+    return dense_count + sum(d * c * (count - 49) for d, c in zip(depths, dims)) + sum(2 * c * count for c in dims)
+
+
+@pytest.mark.parametrize("name", _BIG + ["resnet18", "convnext_atto_dcls"])
+def test_parameter_count(name):
+    model = create_model(name)
+    n = _count(model)
+    assert n == len(torch.nn.utils.parameters_to_vector(model.parameters()))
+    if name in _KNOWN:
+        assert n == _KNOWN[name]
+    if name in _DCLS:
+        base, count = _DCLS[name]
+        dense = _KNOWN.get(base) or _count(create_model(base))
+        assert n == _dcls_expected(model, dense, count)
+        block0, block1 = model.stages[0].blocks[:2]
+        assert block0.conv_dw.P is block1.conv_dw.P and block0.conv_dw.weight is not block1.conv_dw.weight
+        assert block0.conv_dw.dilated_kernel_size == (17, 17) and block0.conv_dw.kernel_count == count
+    for method in ("forward_features", "forward_head", "reset_classifier", "no_weight_decay"):
+        assert callable(getattr(model, method))
+
+
+@pytest.mark.parametrize("depth", [20, 44, 56])
+def test_cifar_resnet_count(depth):
+    n = (depth - 2) // 6
+    expected = 3 * 9 * 16 + 2 * 16 + 64 * 10 + 10  # stem conv + BN, head
+    prev = 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            expected += prev * width * 9 + width * width * 9 + 4 * width  # two 3x3 convs and BNs
+            if prev != width:
+                expected += prev * width + 2 * width  # 1x1 projection shortcut + BN
+            prev = width
+    assert _count(create_model(f"resnet{depth}")) == expected
+    if depth == 20:  # He et al.'s 0.27M (269,722 with parameter-free shortcuts) plus the two projections
+        assert expected == 269_722 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
+@pytest.mark.parametrize("name", _FULL)
+def test_convert_round_trip_keeps_output(name):
+    model, x = _model(name)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        # After the first call: continuous kernels record their sampling resolution then.
+        state = copy.deepcopy(model.state_dict())
+        _, report = largekernel.convert(model, "fft", "*", report=True)
+        assert report.replaced or not name.startswith(("dwnet", "convnext", "resnet"))
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+        largekernel.convert(model, "conv", "*", backend="direct")
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in after.items() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("name", _FULL)
+def test_bake_keeps_output(name):
+    model, x = _model(name)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        largekernel.bake(model, input_size=tuple(x.shape))
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert not any(callable(getattr(m, "construct_kernel", None)) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", _FULL)
+def test_compile_matches_eager(name):
+    model, x = _model(name)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model, backend="eager", fullgraph=not name.startswith(_GRAPH_BREAKS))
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", ["conv", "fft", "dilated", "dcls", "flexconv", "ckconv", "niff", "sgconv", "s4d"])
+def test_dwnet1d_every_family(conv):
+    model = create_model("dwnet1d_tiny", conv=conv, kernel_size=15)
+    x = torch.randn(3, 1, 40, requires_grad=True)
+    y = model(x)
+    assert y.shape == (3, 10)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("conv", ["fft", "dcls", "flexconv", "niff"])
+def test_models_take_conv_choice(conv):
+    for name, shape in (("convnext_atto", (1, 1, 8, 8)), ("dwnet2d_tiny", (1, 1, 8, 8))):
+        kwargs = {"patch_size": 1} if name.startswith("convnext") else {}
+        model = create_model(name, conv=conv, kernel_size=5, in_chans=1, num_classes=4, **kwargs)
+        assert model(torch.randn(shape)).shape == (1, 4)
+    resnet = create_model("resnet20", conv="dcls", kernel_size=5, conv_kwargs={"kernel_count": 4})
+    assert sum(type(m).__name__ == "DclsConv2d" for m in resnet.modules()) == 18
+
+
+def test_input_sizes_and_bad_arguments():
+    model = create_model("convnext_atto", patch_size=2, num_classes=3)
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"H, W >= 16, got shape \(1, 3, 8, 8\)"):
+        model(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="share_positions=True needs conv='dcls'"):
+        create_model("convnext_atto", share_positions=True)
+    with pytest.raises(ValueError, match="stem must be 'imagenet' or 'small', got 'tiny'"):
+        create_model("resnet18", stem="tiny")
+    with pytest.raises(ValueError, match="expects a 3-D input"):
+        create_model("dwnet1d_tiny")(torch.randn(1, 1, 8, 8))
+    assert create_model("resnet18", in_chans=1, stem="small")(torch.randn(2, 1, 8, 8)).shape == (2, 1000)
+    assert math.isclose(create_model("dwnet1d_tiny", drop_path_rate=0.2).blocks[-1].drop_path.drop_prob, 0.2)

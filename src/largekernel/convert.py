@@ -265,6 +265,12 @@ def _needs_size(module: nn.Module) -> bool:
                for p in params)
 
 
+def _size_argument(layer: nn.Module, size: tuple[int, ...]):
+    """``size`` in the form ``layer.bake`` takes: sequence layers take ``length`` (an int), others a tuple."""
+    first = next(iter(inspect.signature(layer.bake).parameters))
+    return size[0] if first == "length" and len(size) == 1 else size
+
+
 def _layer_input_sizes(model: nn.Module, layers: list[nn.Module], input_size: Sequence[int]) -> dict[int, tuple]:
     """Spatial size of the input each of ``layers`` sees when ``model`` runs on zeros of ``input_size``."""
     sizes: dict[int, tuple] = {}
@@ -311,7 +317,7 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None) -> nn.Module
         if input_size is None:
             raise ValueError(f"bake() of a {type(model).__name__} needs input_size (its kernel is as large as "
                              f"its input)")
-        return model.bake(tuple(input_size)[2:])
+        return model.bake(_size_argument(model, tuple(input_size)[2:]))
     layers = _outermost_learnable(model)
     sized = [m for _, _, _, m in layers if _needs_size(m)]
     if sized and input_size is None:
@@ -325,7 +331,7 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None) -> nn.Module
                 if id(layer) not in sizes:
                     raise ValueError(f"layer {name!r} was not called by model.forward on an input of size "
                                      f"{tuple(input_size)}; cannot infer its input size")
-                baked = layer.bake(sizes[id(layer)])
+                baked = layer.bake(_size_argument(layer, sizes[id(layer)]))
             else:
                 baked = layer.bake()
             done[id(layer)] = baked.train(layer.training)

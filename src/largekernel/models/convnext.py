@@ -19,13 +19,15 @@ from torch import Tensor, nn
 
 from largekernel.models._registry import register_model
 from largekernel.models.layers import (
+    Classifier,
     DropPath,
     LayerNormChannelsFirst,
     _check_positive,
+    _linear_rates,
     _trunc_normal_init,
     create_conv,
 )
-from largekernel.optim import share_positions
+from largekernel import optim
 
 __all__ = [
     "ConvNeXt",
@@ -87,7 +89,7 @@ class _Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(Classifier):
     """ConvNeXt: patchify stem, four stages of :class:`ConvNeXtBlock`, global pool, LayerNorm, linear head.
 
     Args:
@@ -124,11 +126,12 @@ class ConvNeXt(nn.Module):
         self.patch_size = patch_size
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], patch_size, stride=patch_size),
                                   LayerNormChannelsFirst(dims[0], eps=1e-6))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        flat = _linear_rates(drop_path_rate, sum(depths))
+        starts = [sum(depths[:i]) for i in range(len(depths))]
         stages = []
         prev = dims[0]
         for i, (depth, width) in enumerate(zip(depths, dims)):
-            stages.append(_Stage(prev, width, depth, downsample=i > 0, drop_path=rates[i].tolist(), conv=conv,
+            stages.append(_Stage(prev, width, depth, downsample=i > 0, drop_path=flat[starts[i]:starts[i] + depth], conv=conv,
                                  kernel_size=kernel_size, conv_kwargs=conv_kwargs, mlp_ratio=mlp_ratio,
                                  ls_init_value=ls_init_value))
             prev = width
@@ -140,14 +143,7 @@ class ConvNeXt(nn.Module):
         if share_positions:
             for stage in self.stages:
                 if len(stage.blocks) > 1:
-                    share_positions(block.conv_dw for block in stage.blocks)
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+                    optim.share_positions(block.conv_dw for block in stage.blocks)
 
     def forward_features(self, x: Tensor) -> Tensor:
         minimum = self.patch_size * 2 ** (len(self.stages) - 1)
@@ -159,9 +155,6 @@ class ConvNeXt(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.norm(x.mean(dim=(2, 3))))  # (B, C)
         return x if pre_logits else self.head(x)  # (B, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_convnext(variant: dict[str, Any], **kwargs) -> ConvNeXt:

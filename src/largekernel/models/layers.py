@@ -26,6 +26,7 @@ __all__ = [
     "DropPath",
     "LayerNormChannelsFirst",
     "create_norm",
+    "Classifier",
 ]
 
 # Families whose kernel is a plain dense tensor, built here from torch / largekernel.nn.Conv.
@@ -130,7 +131,8 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
       ``kernel_net_kwargs``, ``mask_init`` ... in ``opts``).
     - ``"niff"``: ``NIFFConv{dim}d``, a kernel as large as the input
       (``kernel_size`` is not used; ``preset``, ``mode`` ... in ``opts``).
-    - ``"sgconv"``, ``"s4d"``: 1-D depthwise sequence kernels of length ``kernel_size``.
+    - ``"sgconv"``, ``"s4d"``: 1-D depthwise sequence kernels spanning ``kernel_size``
+      taps on each side (``bidirectional=True`` unless ``opts`` say otherwise).
 
     Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
     family's own options) are passed to the layer. At stride 1 the output has the
@@ -202,7 +204,9 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
         raise ValueError(f"conv={conv!r} is a depthwise stride-1 layer: needs in_channels == out_channels == "
                          f"groups and stride=1, got in_channels={in_channels}, out_channels={out_channels}, "
                          f"groups={groups}, stride={stride!r}")
-    return cls(in_channels, kernel_size=_single(kernel, conv), bias=bias, **opts)
+    # A spatial convolution sees both sides: bidirectional kernels unless the caller asks for causal ones.
+    opts.setdefault("bidirectional", True)
+    return cls(in_channels, out_channels, kernel_size=_single(kernel, conv), bias=bias, **opts)
 
 
 class DropPath(nn.Module):
@@ -243,6 +247,30 @@ def create_norm(norm: str, channels: int, dim: int) -> nn.Module:
     raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
 
 
+class Classifier(nn.Module):
+    """timm's classifier interface for models that pool to ``num_features`` and end in a linear ``head``.
+
+    Subclasses set ``num_features``, ``num_classes`` and ``head`` and implement
+    ``forward_features`` and ``forward_head``.
+    """
+
+    num_features: int
+    num_classes: int
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a fresh ``num_classes``-way linear layer (0: identity, features out)."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
     """timm's init for Linear / dense conv weights (learnable-kernel layers keep their own init)."""
     if type(module) in (nn.Linear,) or (isinstance(module, nn.modules.conv._ConvNd)
@@ -251,6 +279,11 @@ def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
         nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _linear_rates(rate: float, n: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over ``n`` blocks (exact in Python floats)."""
+    return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
 def _check_positive(value, name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from largekernel.models._registry import register_model
-from largekernel.models.layers import _check_positive, create_conv
+from largekernel.models.layers import Classifier, _check_positive, create_conv
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet44", "resnet56", "resnet18", "resnet50"]
 
@@ -83,7 +83,7 @@ class Bottleneck(nn.Module):
         return self.act(y + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
     """Stem, stages of residual blocks (the first block of each stage after the first has stride 2), pool, head.
 
     Args:
@@ -151,13 +151,6 @@ class ResNet(nn.Module):
             if isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"ResNet expects (B, C, H, W) input, got shape {tuple(x.shape)}")
@@ -166,9 +159,6 @@ class ResNet(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))  # (B, num_features)
         return x if pre_logits else self.head(x)  # (B, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_resnet(variant: dict[str, Any], **kwargs) -> ResNet:

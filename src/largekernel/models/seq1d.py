@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from largekernel.models._registry import register_model
-from largekernel.models.layers import DropPath, _check_positive, create_conv, create_norm, same_padding
+from largekernel.models.layers import (
+    Classifier,
+    DropPath,
+    _check_positive,
+    _linear_rates,
+    create_conv,
+    create_norm,
+    same_padding,
+)
 
 __all__ = ["DWNet", "DWBlock", "dwnet1d_tiny", "dwnet1d_small", "dwnet2d_tiny", "dwnet2d_small"]
 
@@ -49,7 +56,7 @@ class DWBlock(nn.Module):
         return x + self.drop_path(y)
 
 
-class DWNet(nn.Module):
+class DWNet(Classifier):
     """Stem, ``depth`` :class:`DWBlock` s of ``width`` channels, global average pool, LayerNorm, linear head.
 
     Args:
@@ -91,20 +98,13 @@ class DWNet(nn.Module):
                        padding=same_padding(stem_kernel_size, dim=dim, stride=stem_stride)),
             create_norm(norm, width, dim),
         )
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = _linear_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*(
             DWBlock(width, dim=dim, conv=conv, kernel_size=kernel_size, conv_kwargs=conv_kwargs, norm=norm,
                     mlp_ratio=mlp_ratio, drop_path=rate) for rate in rates))
         self.norm = nn.LayerNorm(width)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         if x.dim() != self.dim + 2:
@@ -116,9 +116,6 @@ class DWNet(nn.Module):
         x = self.norm(x.mean(dim=tuple(range(2, x.dim()))))  # (B, width)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)  # (B, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_dwnet(variant: dict[str, Any], **kwargs) -> DWNet:
