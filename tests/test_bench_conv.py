@@ -8,7 +8,7 @@ from largekernel.cli import main as cli_main
 
 def test_bench_conv_tiny(tmp_path, capsys):
     argv = ["--kernels", "3", "5", "--batch", "1", "--channels", "2", "--size", "12",
-            "--min-run-time", "0.001", "--out", str(tmp_path)]
+            "--min-run-time", "0.001", "--rounds", "2", "--out", str(tmp_path)]
     assert conv.main(argv) == 0
     out = capsys.readouterr().out
     assert "| kernel | mode | direct_ms | fft_ms | auto_ms" in out

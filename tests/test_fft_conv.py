@@ -195,13 +195,15 @@ def _smooth(n):
 
 
 def test_fast_fft_length():
-    for minimum in range(1, 300):
+    for minimum in [*range(1, 300), 1000, 1025, 4097, 65537, 1_000_001]:
         n = fast_fft_length(minimum)
         assert minimum <= n <= 2 * minimum
         assert _smooth(n) or n <= 2  # never a length with a large prime factor
     assert fast_fft_length(71) == 72
     assert fast_fft_length(86) != 86
     assert fast_fft_length(50, multiple_of=4) % 4 == 0
+    assert fast_fft_length(1001, multiple_of=3) % 3 == 0 and fast_fft_length(1001, multiple_of=3) >= 1001
+    assert _smooth(fast_fft_length(5000, "cuda"))  # cuFFT: only 2, 3, 5, 7 are fast radices
     with pytest.raises(ValueError, match="minimum"):
         fast_fft_length(0)
 

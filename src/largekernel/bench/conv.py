@@ -3,10 +3,10 @@
 ConvNeXt-like depthwise 2-D shapes (batch 8, 96 channels, 56x56, "same" padding),
 forward and forward+backward, timed with ``torch.utils.benchmark`` in one run so
 that only ratios are compared. Also times the ``fft-conv-pytorch`` package when
-it is installed, and the "FFT floor": two rfft2+irfft2 round trips over the
-activation pre-padded to the fastest length a linear convolution can use
-(``size + kernel - 1`` or more), i.e. the transforms any FFT convolution's
-forward+backward needs, without products, padding or cropping.
+it is installed, and the "FFT floor": rfft2+irfft2 round trips (one for forward,
+two for forward+backward) over the activation pre-padded to the fastest length a
+linear convolution can use (``size + kernel - 1`` or more), i.e. the transforms
+any FFT convolution needs, without products, padding or cropping.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=96)
     p.add_argument("--size", type=int, default=56, help="height = width of the activation")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating measurement rounds, fastest counts (default 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-warmup", type=float, default=5.0,
                    help="a candidate whose warm-up call exceeds this (s) is timed by that one call")
@@ -79,45 +81,61 @@ def _even_smooth(n: int) -> bool:
     return n % 2 == 0 and max(_factor(n)) <= 7
 
 
-def fft_floor(x: torch.Tensor, kernel: int, min_run_time: float) -> tuple[float, int]:
-    """Seconds of two rfft2+irfft2 round trips over ``x`` pre-padded to each even 7-smooth length
-    in [size + kernel - 1, 1.3 x that] (the linear-convolution lengths worth trying), and the
-    fastest length: the minimum over them."""
-    linear = x.shape[-1] + kernel - 1
-    lengths = [n for n in range(linear, int(1.3 * linear) + 2) if _even_smooth(n)] or [linear]
-    best = (float("inf"), linear)
-    for n in lengths:
-        padded = F.pad(x, (0, n - x.shape[-1], 0, n - x.shape[-2]))  # (B, C, n, n)
-
-        def round_trips(padded=padded, n=n):
-            for _ in range(2):
-                torch.fft.irfft2(torch.fft.rfft2(padded), s=(n, n))
-        best = min(best, (median_time(round_trips, min_run_time), n))
-    return best
+def _floor_lengths(size: int, kernel: int) -> list[int]:
+    """The linear-convolution lengths worth trying for the floor: even 7-smooth ones in
+    [size + kernel - 1, 1.3 x that]."""
+    linear = size + kernel - 1
+    return [n for n in range(linear, int(1.3 * linear) + 2) if _even_smooth(n)] or [linear]
 
 
-def run(kernels, batch: int, channels: int, size: int, min_run_time: float, max_warmup: float) -> list[dict]:
-    """Time every candidate at every kernel size and mode; one row per (kernel, mode)."""
+def _round_trip(x: torch.Tensor, n: int):
+    padded = F.pad(x, (0, n - x.shape[-1], 0, n - x.shape[-2]))  # (B, C, n, n)
+    return lambda: torch.fft.irfft2(torch.fft.rfft2(padded), s=(n, n))
+
+
+def run(kernels, batch: int, channels: int, size: int, min_run_time: float, max_warmup: float,
+        rounds: int = 3) -> list[dict]:
+    """Time every candidate at every kernel size and mode; one row per (kernel, mode).
+
+    Candidates are measured in ``rounds`` alternating rounds and the fastest round
+    counts, so that a load spike from other processes hits one sample, not one
+    candidate. A candidate whose warm-up exceeds ``max_warmup`` seconds is timed once.
+    The floor is one rfft2+irfft2 round trip at the fastest linear length for forward,
+    two for forward+backward.
+    """
     rows = []
     x = torch.randn(batch, channels, size, size)
-    progress = tqdm(total=len(kernels) * len(_MODES), desc="bench conv", unit="shape", file=sys.stderr)
+    progress = tqdm(total=len(kernels) * rounds, desc="bench conv", unit="round", file=sys.stderr)
     for k in kernels:
         w = torch.randn(channels, 1, k, k) / k
         b = torch.randn(channels)
-        fns = _candidates(x, w, b)
-        floor, floor_length = fft_floor(x, k, min_run_time)
-        for mode in _MODES:
-            progress.set_postfix(kernel=k, mode=mode)
-            times = {name: median_time(_step(fn, x, w, b, mode), min_run_time, max_warmup) for name, fn in fns.items()}
-            row = {"kernel": k, "mode": mode, **{f"{name}_ms": t * 1e3 for name, t in times.items()},
-                   "floor_ms": floor * 1e3, "floor_length": floor_length,
-                   "direct/fft": times["direct"] / times["fft"],
-                   "fft/floor": times["fft"] / floor,
-                   "auto/best": times["auto"] / min(times["direct"], times["fft"])}
-            if "fft-conv-pytorch" in times:
-                row["fft-conv-pytorch/fft"] = times["fft-conv-pytorch"] / times["fft"]
-            rows.append(row)
+        steps = {(mode, name): _step(fn, x, w, b, mode) for name, fn in _candidates(x, w, b).items()
+                 for mode in _MODES}
+        steps.update({("floor", n): _round_trip(x, n) for n in _floor_lengths(size, k)})
+        times = dict.fromkeys(steps, float("inf"))
+        single = set()
+        for r in range(rounds):
+            progress.set_postfix(kernel=k, round=r + 1)
+            for key, step in steps.items():
+                if key in single:
+                    continue
+                t = median_time(step, min_run_time, max_warmup)
+                times[key] = min(times[key], t)
+                if t > max_warmup:
+                    single.add(key)
             progress.update()
+        trip, length = min((t, key[1]) for key, t in times.items() if key[0] == "floor")
+        for mode in _MODES:
+            per = {name: t for (m, name), t in times.items() if m == mode}
+            floor = trip * (1 if mode == "forward" else 2)
+            row = {"kernel": k, "mode": mode, **{f"{name}_ms": t * 1e3 for name, t in per.items()},
+                   "floor_ms": floor * 1e3, "floor_length": length,
+                   "direct/fft": per["direct"] / per["fft"],
+                   "fft/floor": per["fft"] / floor,
+                   "auto/best": per["auto"] / min(per["direct"], per["fft"])}
+            if "fft-conv-pytorch" in per:
+                row["fft-conv-pytorch/fft"] = per["fft-conv-pytorch"] / per["fft"]
+            rows.append(row)
     progress.close()
     return rows
 
@@ -155,14 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     config = {"kernels": kernels, "batch": batch, "channels": args.channels, "size": args.size,
               "groups": args.channels, "padding": "same", "dtype": "float32", "min_run_time": min_run_time,
               "threads": torch.get_num_threads()}
-    rows = run(kernels, batch, args.channels, args.size, min_run_time, args.max_warmup)
+    rounds = args.rounds or (1 if args.quick else 3)
+    config["rounds"] = rounds
+    rows = run(kernels, batch, args.channels, args.size, min_run_time, args.max_warmup, rounds)
 
     names = [c[:-3] for c in rows[0] if c.endswith("_ms") and c != "floor_ms"]
     columns = ["kernel", "mode", *(f"{n}_ms" for n in names), "floor_ms", "direct/fft", "fft/floor", "auto/best"]
     if "fft-conv-pytorch/fft" in rows[0]:
         columns.append("fft-conv-pytorch/fft")
     print(f"depthwise conv2d, batch {batch}, {args.channels} channels, {args.size}x{args.size}, "
-          f"padding='same', float32; times in ms (median), ratios within this run")
+          f"padding='same', float32, {torch.get_num_threads()} threads; times in ms (fastest of {rounds} "
+          f"alternating rounds of medians), ratios within this run; floor = 1 (forward) or 2 (fwd+bwd) "
+          f"rfft2+irfft2 round trips at the fastest linear length")
     print(format_table(rows, columns))
     for line in _targets(rows):
         print(line)

@@ -193,6 +193,14 @@ def _cost_per_element(n: int, device_type: str) -> float:
     return 2.5 if largest <= 23 else 4.0
 
 
+def _smooth_numbers(stop: int) -> list[int]:
+    """All products of 2, 3, 5, 7, 11 and 13 below ``stop``, sorted."""
+    numbers = [1]
+    for p in (2, 3, 5, 7, 11, 13):
+        numbers = [n * p**e for n in numbers for e in range(int(math.log(stop / n, p)) + 2) if n * p**e < stop]
+    return sorted(numbers)
+
+
 @lru_cache(maxsize=4096)
 def fast_fft_length(minimum: int, device_type: str = "cpu", multiple_of: int = 1) -> int:
     """The fastest FFT length ``n >= minimum`` (and a multiple of ``multiple_of``) by the cost model.
@@ -205,8 +213,13 @@ def fast_fft_length(minimum: int, device_type: str = "cpu", multiple_of: int = 1
     if multiple_of < 1:
         raise ValueError(f"multiple_of must be positive, got {multiple_of}")
     start = -(-minimum // multiple_of) * multiple_of
+    stop = 2 * start + multiple_of
+    if start <= 256:
+        candidates = range(start, stop, multiple_of)
+    else:  # long signals: only 13-smooth lengths can win, and there are few of them
+        candidates = [n for n in _smooth_numbers(stop) if n >= start and n % multiple_of == 0] or [start]
     best, best_cost = start, math.inf
-    for n in range(start, 2 * start + multiple_of, multiple_of):
+    for n in candidates:
         cost = n * (2.0 + _cost_per_element(n, device_type) * math.log2(max(n, 2)))
         if cost < best_cost:
             best, best_cost = n, cost
