@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from largekernel.nn import S4DConv1d, SGConv1d
-from largekernel.nn.sequence import S4DKernel, SGKernel
+from largekernel.nn.sequence import S4DKernel, SGConv2d, SGKernel
 from largekernel.optim import param_groups
 
 
@@ -187,3 +187,42 @@ def test_low_precision_input_is_transformed_in_float32(cls, kwargs):
     y = layer(x)  # float32 parameters: promoted like any torch op
     torch.testing.assert_close(y.float(), layer(x.float()), rtol=2e-2, atol=2e-2)
     assert layer.bfloat16()(x).dtype == torch.bfloat16
+
+
+def _two_sided(kernel: SGKernel, channels: int, size: int):
+    """Taps at offsets -(size-1)//2 .. size//2: the second half of the generator's kernels mirrored in front."""
+    k = kernel(size)
+    left = (size - 1) // 2
+    return torch.cat([k[channels:, :left].flip(-1), k[:channels, : size - left]], dim=-1)
+
+
+@pytest.mark.parametrize("kernel_size", [7, (6, 9)])
+def test_sgconv2d_is_the_outer_product_kernel(kernel_size):
+    layer = SGConv2d(3, kernel_size=kernel_size, kernel_dim=2, dtype=torch.float64)
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    box = torch.einsum("ci,cj->cij", _two_sided(layer.kernel_h, 3, kh), _two_sided(layer.kernel_w, 3, kw))
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64)
+    # torch's "same" layout: (K - 1) // 2 zeros before, the rest after
+    padded = F.pad(x, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
+    expected = F.conv2d(padded, box.unsqueeze(1), groups=3) + layer.D.view(-1, 1, 1) * x + layer.bias.view(-1, 1, 1)
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("out_channels", [None, 5])
+def test_sgconv2d_bake(out_channels):
+    layer = SGConv2d(3, out_channels, kernel_size=9, kernel_dim=4, dtype=torch.float64)
+    x = torch.randn(1, 3, 12, 8, dtype=torch.float64)
+    baked = layer.bake()
+    assert type(baked).__name__ == "Conv2d"
+    torch.testing.assert_close(baked(x), layer(x))
+
+
+def test_sgconv2d_from_the_layer_factory():
+    from largekernel.models.layers import create_conv
+
+    layer = create_conv("sgconv", 4, 4, 7, dim=2, groups=4)
+    assert isinstance(layer, SGConv2d) and layer(torch.randn(1, 4, 9, 9)).shape == (1, 4, 9, 9)
+    with pytest.raises(ValueError, match="two-sided"):
+        SGConv2d(4, kernel_size=7, bidirectional=False)
+    with pytest.raises(ValueError, match="4-D input"):
+        layer(torch.randn(4, 9, 9))

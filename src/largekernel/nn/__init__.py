@@ -11,7 +11,7 @@ _FAMILIES = {
     "largekernel.nn.kernelnets": ["MLPKernel", "SIRENKernel", "GaborKernel", "FourierKernel", "MAGNetKernel"],
     "largekernel.nn.flexconv": ["CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d"],
     "largekernel.nn.niff": ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "SpectralPointwise", "Spectrum"],
-    "largekernel.nn.sequence": ["SGConv1d", "S4DConv1d", "SGKernel", "S4DKernel"],
+    "largekernel.nn.sequence": ["SGConv1d", "SGConv2d", "S4DConv1d", "SGKernel", "S4DKernel"],
     "largekernel.nn.mixing": ["FourierMix"],
 }
 _WHERE = {name: module for module, names in _FAMILIES.items() for name in names}

@@ -16,6 +16,8 @@ Kernel generators (:class:`SGKernel`, :class:`S4DKernel`) are separate from the
 layers that apply them (:class:`SGConv1d`, :class:`S4DConv1d`): channels-first
 ``(B, C, L)`` like ``torch.nn.Conv1d``, causal or bidirectional, with the SSM
 skip term ``D * x``, optional pointwise channel mixing and a bias.
+:class:`SGConv2d` extends SGConv to images by the outer product of two
+bidirectional 1-D SGConv kernels (seed 003, section 3.2).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.functional.fft_conv import fast_fft_length
-from largekernel.nn.conv import Conv1d
+from largekernel.nn.conv import Conv1d, Conv2d
 from largekernel.optim import mark
 
-__all__ = ["SGKernel", "S4DKernel", "SGConv1d", "S4DConv1d"]
+__all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
 
 _INTERPOLATIONS = ("linear", "nearest")
 
@@ -391,3 +394,125 @@ class S4DConv1d(_LongConv1d):
     def extra_repr(self) -> str:
         s = self._layer_repr()
         return s if self.kernel_size is None else f"{s}, kernel_size={self.kernel_size}"
+
+
+class SGConv2d(nn.Module):
+    """2-D SGConv: a separable kernel, the outer product of two bidirectional SGConv kernels (seed 003 §3.2).
+
+    Along each axis, one :class:`SGKernel` of ``2 * in_channels`` kernels gives the
+    taps on the two sides of the centre (decaying away from it); the
+    ``kernel_size`` box is their outer product, applied depthwise by
+    :func:`largekernel.functional.convolve` with "same" zero padding (FFT by
+    default: the box is large), plus ``D * x``, an optional pointwise
+    ``in -> out`` map and a bias.
+
+    Args:
+        in_channels: channels (one kernel each).
+        out_channels: default ``in_channels``; otherwise a pointwise map follows.
+        kernel_size: the box ``(K_h, K_w)`` (or one int); tap ``j`` of an axis is
+            offset ``j - (K - 1) // 2`` (torch's "same" layout, cross-correlation).
+        bias: learnable bias.
+        kernel_dim, num_scales, decay, interpolation: see :class:`SGKernel` (per half axis).
+        bidirectional: must be True (accepted for the layer factory's 1-D/2-D symmetry).
+        skip: the ``D * x`` term.
+        kernel_lr_scale: as :class:`SGConv1d`.
+        backend: ``"auto"``, ``"direct"`` or ``"fft"`` for applying the box.
+
+    Shape:
+        - Input: ``(N, C_in, H, W)``.
+        - Output: ``(N, C_out, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None,
+                 kernel_size: int | tuple[int, int] | None = None, bias: bool = True, *, kernel_dim: int = 16,
+                 num_scales: int | None = None, decay: float | tuple[float, float] = 2.0,
+                 interpolation: str = "linear", bidirectional: bool = True, skip: bool = True,
+                 kernel_lr_scale: float | None = None, backend: str = "fft", device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        if not bidirectional:
+            raise ValueError("SGConv2d kernels are two-sided; bidirectional=False (causal) exists in 1-D only")
+        if kernel_size is None:
+            raise ValueError("SGConv2d needs kernel_size (the box its kernel spans), got None")
+        box = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if len(box) != 2:
+            raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}")
+        self.kernel_size = tuple(_positive_int(k, "kernel_size") for k in box)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(in_channels if out_channels is None else out_channels, "out_channels")
+        # Each axis: taps at offsets >= 0 (K - (K-1)//2 of them) and < 0 ((K-1)//2), from one generator.
+        self.kernel_h, self.kernel_w = (
+            SGKernel(2 * in_channels, k - (k - 1) // 2, kernel_dim, num_scales, decay, interpolation,
+                     kernel_lr_scale, **factory) for k in self.kernel_size)
+        self.D = nn.Parameter(torch.empty(in_channels, **factory)) if skip else None
+        if self.out_channels != self.in_channels:
+            self.pointwise = nn.Parameter(torch.empty(self.out_channels, self.in_channels, **factory))
+        else:
+            self.register_parameter("pointwise", None)
+        self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    reset_parameters = _LongConv1d._reset_layer
+
+    def _axis(self, generator: SGKernel, size: int) -> Tensor:
+        k = generator(size)  # (2C, K - left)
+        left = (size - 1) // 2
+        c = self.in_channels
+        return torch.cat([k[c:, :left].flip(-1), k[:c]], dim=-1)  # (C, K): tap j is offset j - left
+
+    def depthwise_kernel(self) -> Tensor:
+        """The box applied to each channel, ``(C, 1, K_h, K_w)``, before ``D``, pointwise and bias."""
+        a = self._axis(self.kernel_h, self.kernel_size[0])  # (C, K_h)
+        b = self._axis(self.kernel_w, self.kernel_size[1])  # (C, K_w)
+        return (a.unsqueeze(-1) * b.unsqueeze(-2)).unsqueeze(1)  # (C, 1, K_h, K_w)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or input.dim() != 4:
+            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"SGConv2d expects a 4-D input (batch, channels, height, width), got {shape}")
+        if input.shape[1] != self.in_channels:
+            raise ValueError(f"SGConv2d expects {self.in_channels} input channels, got input of shape "
+                             f"{tuple(input.shape)}")
+        weight = self.depthwise_kernel().to(input.dtype)
+        y = convolve(input, weight, None, padding="same", groups=self.in_channels, backend=self.backend)
+        if self.D is not None:
+            y = y + input * self.D.view(-1, 1, 1)
+        if self.pointwise is not None:
+            y = torch.einsum("oi,bihw->bohw", self.pointwise, y)  # (B, out, H, W)
+        if self.bias is not None:
+            y = y + self.bias.view(-1, 1, 1)
+        return y
+
+    def construct_kernel(self) -> Tensor:
+        """The dense kernel, ``(out, 1 or in, K_h, K_w)`` in torch conv layout, ``D`` and pointwise folded in."""
+        weight = self.depthwise_kernel()  # (C, 1, K_h, K_w)
+        if self.D is not None:
+            centre = torch.zeros_like(weight)
+            centre[:, 0, (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2] = 1.0
+            weight = weight + centre * self.D.view(-1, 1, 1, 1)
+        if self.pointwise is not None:
+            weight = self.pointwise.view(*self.pointwise.shape, 1, 1) * weight.transpose(0, 1)  # (out, in, Kh, Kw)
+        return weight
+
+    @torch.no_grad()
+    def bake(self) -> Conv2d:
+        """An equivalent ``largekernel.nn.Conv2d`` ("same" padding, this layer's backend)."""
+        weight = self.construct_kernel()
+        groups = self.in_channels if self.pointwise is None else 1
+        conv = Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding="same", groups=groups,
+                      bias=self.bias is not None, backend=self.backend, device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if self.D is None:
+            s += ", skip=False"
+        if self.bias is None:
+            s += ", bias=False"
+        return s if self.backend == "fft" else f"{s}, backend={self.backend!r}"
