@@ -455,7 +455,10 @@ class SGConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
         self.reset_parameters()
 
-    reset_parameters = _LongConv1d._reset_layer
+    def reset_parameters(self) -> None:
+        self.kernel_h.reset_parameters()
+        self.kernel_w.reset_parameters()
+        _LongConv1d._reset_layer(self)
 
     def _axis(self, generator: SGKernel, size: int) -> Tensor:
         k = generator(size)  # (2C, K - left)
