@@ -98,17 +98,84 @@ def test_fft_rejects_other_backend():
         create_conv("fft", 2, 2, 3, dim=2, backend="direct")
 
 
-def test_every_family_resolves_to_a_class_or_names_itself():
-    for conv in CONV_TYPES:
-        for dim in (1, 2):
-            try:
-                cls = layer_class(conv, dim)
-            except ImportError as err:
-                assert repr(conv) in str(err)
-            except ValueError as err:
-                assert f"{dim}-D" in str(err)
-            else:
-                assert issubclass(cls, nn.Module)
+def test_missing_family_raises_import_error_naming_it(monkeypatch):
+    from largekernel.models import layers
+
+    monkeypatch.setitem(layers._LEARNABLE_TYPES, "dcls", ("largekernel.nn.not_installed", "DclsConv{dim}d"))
+    with pytest.raises(ImportError, match=r"conv='dcls' needs the 'dcls' layer family \(largekernel.nn.not_installed\)"):
+        create_conv("dcls", 4, 4, 7, dim=2, groups=4)
+
+
+def test_family_without_that_dimension():
+    with pytest.raises(ValueError, match=r"conv='s4d' has no 3-D layer \(S4DConv3d\)"):
+        layer_class("s4d", 3)
+
+
+@pytest.mark.parametrize("box,stride", [(9, 1), (8, 1), (9, 2)])
+def test_dcls_same_size_against_torch_conv_of_its_kernel(box, stride):
+    from largekernel.nn import DclsConv2d
+
+    layer = create_conv("dcls", 6, 6, box, dim=2, groups=6, stride=stride, kernel_count=5,
+                        interpolation="gaussian").double()
+    assert isinstance(layer, DclsConv2d) and layer.kernel_count == 5 and layer.interpolation == "gaussian"
+    x = _input(2, channels=6, size=13)
+    y = layer(x)
+    if stride == 1:
+        assert y.shape == x.shape
+        ref = F.conv2d(x, layer.construct_kernel(), layer.bias, padding="same", groups=6)
+    else:
+        pad = ((stride - 1) + (box - 1)) // 2
+        ref = F.conv2d(x, layer.construct_kernel(), layer.bias, stride=stride, padding=pad, groups=6)
+    torch.testing.assert_close(y, ref)
+
+
+def test_dcls_default_kernel_count():
+    assert create_conv("dcls", 4, 4, 17, dim=2, groups=4).kernel_count == 34  # the DCLS paper's ConvNeXt-T
+    assert create_conv("dcls", 4, 4, 3, dim=2, groups=4).kernel_count == 6
+    assert create_conv("dcls", 4, 4, 2, dim=2, groups=4).kernel_count == 4  # capped at the box's cells
+    assert create_conv("dcls", 4, 4, 11, dim=1, groups=4).kernel_count == 11
+
+
+@pytest.mark.parametrize("conv", ["flexconv", "ckconv"])
+def test_continuous_kernels_same_size_against_torch_conv(conv):
+    layer = create_conv(conv, 4, 4, 7, dim=2, groups=4, kernel_net_kwargs={"hidden_channels": 8})
+    assert type(layer).__name__ == {"flexconv": "FlexConv2d", "ckconv": "CKConv2d"}[conv]
+    x = torch.randn(2, 4, 12, 12)
+    y = layer(x)
+    assert y.shape == x.shape
+    ref = F.conv2d(x, layer.construct_kernel(), layer.bias, padding="same", groups=4)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_niff_is_input_sized_and_depthwise():
+    from largekernel.nn import NIFFConv2d
+
+    layer = create_conv("niff", 4, 4, 7, dim=2, groups=4)
+    assert isinstance(layer, NIFFConv2d)
+    x = torch.randn(2, 4, 10, 10)
+    assert layer(x).shape == x.shape
+    # Circular convolution with a kernel as large as the input: torch's conv on the circularly padded input.
+    k = layer.construct_kernel((10, 10))
+    ref = F.conv2d(F.pad(x, (4, 5, 4, 5), mode="circular"), k, layer.bias, groups=4)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", ["sgconv", "s4d"])
+def test_sequence_kernels_are_bidirectional_and_same_size(conv):
+    layer = create_conv(conv, 3, 3, 16, dim=1, groups=3)
+    assert layer.bidirectional
+    x = torch.randn(2, 3, 30)
+    y = layer(x)
+    assert y.shape == x.shape
+    # An impulse at t0 must reach outputs on both sides of t0.
+    impulse = torch.zeros(1, 3, 30)
+    impulse[..., 15] = 1.0
+    response = layer(impulse) - (layer.bias.view(1, 3, 1) if layer.bias is not None else 0)
+    assert response[..., :15].abs().sum() > 0 and response[..., 16:].abs().sum() > 0
+    causal = create_conv(conv, 3, 3, 16, dim=1, groups=3, bidirectional=False)
+    assert not causal.bidirectional
+    with pytest.raises(ValueError, match=f"conv='{conv}' is a depthwise stride-1 layer"):
+        create_conv(conv, 3, 6, 16, dim=1, groups=3)
 
 
 def test_drop_path_is_identity_in_eval_and_unbiased_in_train():

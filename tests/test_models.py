@@ -191,13 +191,17 @@ def test_compile_matches_eager(name):
 
 
 @pytest.mark.parametrize("conv", ["conv", "fft", "dilated", "dcls", "flexconv", "ckconv", "niff", "sgconv", "s4d"])
-def test_dwnet1d_every_family(conv):
+def test_dwnet1d_every_family_trains_and_compiles(conv):
     model = create_model("dwnet1d_tiny", conv=conv, kernel_size=15)
     x = torch.randn(3, 1, 40, requires_grad=True)
     y = model(x)
     assert y.shape == (3, 10)
     y.sum().backward()
     assert torch.isfinite(x.grad).all()
+    model.eval()
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="eager", fullgraph=conv != "flexconv")
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("conv", ["fft", "dcls", "flexconv", "niff"])

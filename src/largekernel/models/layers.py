@@ -131,8 +131,8 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
       ``kernel_net_kwargs``, ``mask_init`` ... in ``opts``).
     - ``"niff"``: ``NIFFConv{dim}d``, a kernel as large as the input
       (``kernel_size`` is not used; ``preset``, ``mode`` ... in ``opts``).
-    - ``"sgconv"``, ``"s4d"``: 1-D depthwise sequence kernels spanning ``kernel_size``
-      taps on each side (``bidirectional=True`` unless ``opts`` say otherwise).
+    - ``"sgconv"`` (1-D, 2-D), ``"s4d"`` (1-D): depthwise long kernels spanning
+      ``kernel_size`` taps on each side (``bidirectional=True`` unless ``opts`` say otherwise).
 
     Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
     family's own options) are passed to the layer. At stride 1 the output has the
@@ -272,10 +272,10 @@ class Classifier(nn.Module):
 
 
 def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
-    """timm's init for Linear / dense conv weights (learnable-kernel layers keep their own init)."""
-    if type(module) in (nn.Linear,) or (isinstance(module, nn.modules.conv._ConvNd)
-                                        and type(module).__module__ in ("torch.nn.modules.conv",
-                                                                       "largekernel.nn.conv")):
+    """timm's init for linear layers and dense convolutions (learnable-kernel layers keep their own init)."""
+    dense_conv = isinstance(module, nn.modules.conv._ConvNd) and type(module).__module__ in (
+        "torch.nn.modules.conv", "largekernel.nn.conv")
+    if type(module) is nn.Linear or dense_conv:
         nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
