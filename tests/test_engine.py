@@ -126,3 +126,13 @@ def test_bad_backend_and_arguments():
             convolve(x, w, groups=3, backend=backend)
         with pytest.raises(TypeError, match="input must be a real floating-point"):
             convolve(x.to(torch.int32), w, backend=backend)
+
+
+def test_no_calibration_or_caching_under_torch_compile(monkeypatch):
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: pytest.fail("timed while compiling"))
+    monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1.0, 1.1))
+    w = torch.randn(4, 1, 5, 5)
+    compiled = torch.compile(lambda x: convolve(x, w, padding=2, groups=4), backend="eager")
+    x = torch.randn(1, 4, 10, 10)
+    torch.testing.assert_close(compiled(x), F.conv2d(x, w, padding=2, groups=4))
+    assert auto_cache() == {}

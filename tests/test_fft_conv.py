@@ -260,3 +260,12 @@ def test_output_size_formula():
     expected = [math.floor((n + 2 * p - d * (k - 1) - 1) / s) + 1
                 for n, p, d, k, s in zip((23, 17), (2, 1), (2, 3), (5, 4), (3, 2))]
     assert list(y.shape[2:]) == expected
+
+
+def test_empty_batch_and_non_contiguous_input():
+    w = torch.randn(4, 1, 5, 5, dtype=torch.float64)
+    empty = torch.randn(0, 4, 12, 12, dtype=torch.float64)
+    assert fft_conv(empty, w, padding="same", groups=4, padding_mode="reflect").shape == (0, 4, 12, 12)
+    x = torch.randn(2, 4, 12, 13, dtype=torch.float64)
+    for view in (x.to(memory_format=torch.channels_last), x.transpose(2, 3)):
+        torch.testing.assert_close(fft_conv(view, w, padding=2, groups=4), F.conv2d(view, w, padding=2, groups=4))

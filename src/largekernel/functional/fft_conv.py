@@ -498,6 +498,10 @@ def fft_conv(
     args = _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
     if not args.batched:
         return fft_conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode)[0]
+    if input.numel() == 0:  # nothing to transform (and MKL rejects empty FFTs): zero padding gives the same shape
+        flat = [p for lo_hi in reversed(args.pads) for p in lo_hi]
+        conv = (F.conv1d, F.conv2d, F.conv3d)[args.nd - 1]
+        return conv(F.pad(input, flat), weight, bias, args.stride, 0, args.dilation, args.groups)
     dtype = input.dtype
     if dtype in _LOW_PRECISION:
         input, weight = input.float(), weight.float()
