@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from largekernel.functional.fft_conv import _check_args, _make_plan, fft_conv
+from largekernel.functional.fft_conv import _check_args, _direct_conv, _make_plan, fft_conv
 
 __all__ = [
     "convolve",
@@ -50,8 +49,6 @@ CALIBRATION_REPS = 3
 _MAX_CALIBRATION_CALL = 1.0
 #: Calls the model predicts faster than this (seconds, both paths) are always timed.
 _MIN_MODEL_CALL = 0.02
-
-_DIRECT = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 @dataclass(frozen=True)
@@ -84,11 +81,7 @@ def clear_auto_cache() -> None:
 
 def _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode, args=None) -> Tensor:
     args = args or _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
-    if padding_mode != "zeros":
-        flat = [p for lo_hi in reversed(args.pads) for p in lo_hi]
-        input = F.pad(input, flat, mode=padding_mode)  # (B, Cin, *padded)
-        padding = 0
-    return _DIRECT[args.nd](input, weight, bias, args.stride, padding, args.dilation, groups)
+    return _direct_conv(input, weight, bias, padding, args)
 
 
 def _compiling() -> bool:

@@ -163,6 +163,20 @@ def _check_args(input, weight, bias, stride, padding, dilation, groups, padding_
     return _Args(nd, input.dim() == nd + 2, stride, dilation, tuple(pads), groups, padding_mode)
 
 
+def _flat_pads(pads) -> list[int]:
+    """Per-dim (before, after) pairs -> the last-dim-first flat list ``F.pad`` takes."""
+    return [p for lo_hi in reversed(pads) for p in lo_hi]
+
+
+def _direct_conv(input: Tensor, weight: Tensor, bias: Tensor | None, padding, args: _Args) -> Tensor:
+    """torch's own convolution, with a padding mode applied the way ``torch.nn.ConvNd`` does."""
+    if args.padding_mode != "zeros":
+        input = F.pad(input, _flat_pads(args.pads), mode=args.padding_mode)  # (B, Cin, *padded)
+        padding = 0
+    conv = (F.conv1d, F.conv2d, F.conv3d)[args.nd - 1]
+    return conv(input, weight, bias, args.stride, padding, args.dilation, args.groups)
+
+
 # ----------------------------------------------------------------------------- FFT length choice
 
 def _factor(n: int) -> list[int]:
@@ -498,10 +512,8 @@ def fft_conv(
     args = _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
     if not args.batched:
         return fft_conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode)[0]
-    if input.numel() == 0:  # nothing to transform (and MKL rejects empty FFTs): zero padding gives the same shape
-        flat = [p for lo_hi in reversed(args.pads) for p in lo_hi]
-        conv = (F.conv1d, F.conv2d, F.conv3d)[args.nd - 1]
-        return conv(F.pad(input, flat), weight, bias, args.stride, 0, args.dilation, args.groups)
+    if input.numel() == 0:  # nothing to transform, and MKL rejects empty FFTs
+        return _direct_conv(input, weight, bias, padding, args)
     dtype = input.dtype
     if dtype in _LOW_PRECISION:
         input, weight = input.float(), weight.float()
@@ -510,8 +522,7 @@ def fft_conv(
     sizes = tuple(input.shape[2:])
     circular = args.padding_mode == "circular"
     if args.padding_mode in ("reflect", "replicate") or (circular and _circular_wraps(args, sizes, weight)):
-        flat = [p for lo_hi in reversed(pads) for p in lo_hi]
-        input = F.pad(input, flat, mode=args.padding_mode)  # (B, Cin, *padded)
+        input = F.pad(input, _flat_pads(pads), mode=args.padding_mode)  # (B, Cin, *padded)
         sizes, pads, circular = tuple(input.shape[2:]), ((0, 0),) * nd, False
     plan = _make_plan(sizes, tuple(weight.shape[2:]), pads, args.stride, args.dilation, args.groups,
                       circular, input.device.type)
