@@ -238,6 +238,16 @@ def test_causal_gradcheck():
     assert torch.autograd.gradcheck(layer, (x,), fast_mode=True)
 
 
+def test_collapsed_mask_stays_finite():
+    layer = FlexConv2d(2, 2, kernel_size=9)
+    with torch.no_grad():
+        layer.mask_width.zero_()
+    out = layer(torch.randn(1, 2, 9, 9))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(layer.mask_width.grad).all()
+    assert torch.isfinite(antialiasing_loss(layer))
+
+
 def test_effective_size_follows_the_learned_width():
     layer = FlexConv2d(2, 2, kernel_size=33)
     sizes = []

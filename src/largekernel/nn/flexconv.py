@@ -45,6 +45,8 @@ _PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 _BAKED = {1: Conv1d, 2: Conv2d, 3: Conv3d}
 # FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
 _REFERENCE_MASK_INIT = 0.075
+# Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
+_EPS = 1e-12
 # Baked kernels at least this long in some dimension are applied by FFT.
 _FFT_BAKE_MIN = 32
 
@@ -471,7 +473,7 @@ class _FlexConvNd(_ContinuousConvNd):
 
     def _mask_frequency(self, gauss_stddevs: float) -> Tensor:
         # A Gaussian of width w has a Gaussian spectrum of width 1 / (2 pi w) cycles per unit.
-        return gauss_stddevs / (2 * math.pi * self.mask_width.abs().min())
+        return gauss_stddevs / (2 * math.pi * self.mask_width.abs().min().clamp_min(_EPS))
 
     def mask_roots(self) -> Tensor:
         """Per-dimension half-width ``|sigma| sqrt(-2 ln threshold)`` of the region where the mask > threshold."""
@@ -513,7 +515,8 @@ class _FlexConvNd(_ContinuousConvNd):
         """Separable anisotropic Gaussian ``prod_d exp(-1/2 ((x_d - mean_d) / width_d)^2)``, shape ``(*k)``."""
         mask = None
         for d, x in enumerate(axes):
-            g = torch.exp(-0.5 * ((x - self.mask_mean[d]) / self.mask_width[d]).square())  # (k_d,)
+            # eps keeps a width driven to 0 by training from producing 0/0 at the mask's centre.
+            g = torch.exp(-0.5 * (x - self.mask_mean[d]).square() / (self.mask_width[d].square() + _EPS))  # (k_d,)
             g = g.view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
             mask = g if mask is None else mask * g
         return mask
