@@ -77,7 +77,7 @@ class TrainConfig:
     num_threads: Optional[int] = None  # torch.set_num_threads for this process (None: torch's default)
     num_workers: int = 0  # DataLoader workers for datasets that do not fit in memory (imagefolder)
     seed: int = 0
-    deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only) + no cuDNN autotuning
+    deterministic: bool = True  # CUDA: deterministic cuDNN, no autotuning (CPU runs are deterministic already)
     # outputs
     output_dir: str = "runs/default"
     checkpoint_every_steps: Optional[int] = None  # also checkpoint every N steps (besides every epoch)
