@@ -4,16 +4,19 @@ Every layer family (dense, DCLS, FlexConv, ...; seeds 001-003) builds its kernel
 and then calls :func:`convolve`; choosing the path per call shape happens here,
 in one place.
 
-``backend="auto"`` picks the faster path per call shape. The first time a shape
-is seen, a cost model estimates both paths; when one is predicted to win by a
-wide margin (:data:`MODEL_MARGIN`) on a call that is not tiny, the model
-decides, otherwise both paths are timed on the actual call (one warm-up and :data:`CALIBRATION_REPS` runs each,
-forward and, when gradients are needed, backward; the minimum counts). The
-choice is cached per key (shapes, stride, padding, dilation, groups, padding
-mode, dtype, device, whether gradients are needed). Under ``torch.compile`` or
-``torch.jit`` tracing, and when calibration is disabled (:func:`set_calibration`
-or the environment variable ``LARGEKERNEL_CALIBRATE=0``), the model alone
-decides, which is deterministic.
+``backend="auto"`` picks the faster path per call shape. The first time a key is
+seen, a cost model estimates both paths. When it predicts one of them faster by
+:data:`MODEL_MARGIN` or more on a call that is not tiny, or predicts both slower
+than a second, the model decides; otherwise both paths are timed on the actual
+call (forward, and forward+backward when gradients are needed): the favoured one
+with a warm-up and :data:`CALIBRATION_REPS` runs (the minimum counts), the other
+likewise unless its warm-up alone is already twice as slow. The choice is cached
+per key (shapes, stride, padding, dilation, groups, padding mode, dtype, device,
+whether gradients are needed); :func:`auto_cache` shows it and
+:func:`clear_auto_cache` forgets it. Under ``torch.compile`` or ``torch.jit``
+tracing, and when calibration is disabled (:func:`set_calibration` or the
+environment variable ``LARGEKERNEL_CALIBRATE=0``), the model alone decides,
+which is deterministic; nothing is cached while compiling.
 """
 
 from __future__ import annotations
