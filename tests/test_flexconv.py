@@ -335,6 +335,11 @@ def test_flexconv_trained_at_16_runs_at_32_with_the_same_physical_extent():
     assert layer.sampling_rate_norm() == pytest.approx(0.25)
     with pytest.raises(ValueError, match=r"resolution \(24, 24\) does not fit a kernel of \(17, 17\).*22.3333"):
         set_resolution(layer, 24, 18)
+    # All or nothing: a model whose second layer does not fit keeps every layer's grid.
+    model = nn.Sequential(CKConv2d(2, 2, kernel_size=9), CKConv2d(2, 2, kernel_size=10))
+    with pytest.raises(ValueError, match="does not fit"):
+        set_resolution(model, 24, 16)  # 9 -> 13 fits, 10 -> 14.5 does not
+    assert [l.kernel_size for l in model] == [(9, 9), (10, 10)]
 
 
 def _band_limit(layer, factor):

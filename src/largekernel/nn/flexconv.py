@@ -626,8 +626,8 @@ def set_resolution(model: nn.Module, size: int | Sequence[int], train_size: int 
     integer. ``set_resolution(model, train_size, train_size)`` restores the
     training grid. Returns ``model``.
     """
-    layers = list(continuous_layers(model))
-    for layer in layers:
+    plan = []  # validate every layer before changing any
+    for layer in continuous_layers(model):
         nd = layer._nd
         new = _ntuple(size, nd, "size")
         old = _ntuple(train_size, nd, "train_size")
@@ -643,7 +643,9 @@ def set_resolution(model: nn.Module, size: int | Sequence[int], train_size: int 
                                  f"{tuple(old)}: (k - 1) * size / train_size + 1 = {target:g} is not a whole number "
                                  f"of samples")
             sizes.append(round(target))
-        layer.resample(tuple(sizes))
+        plan.append((layer, tuple(sizes)))
+    for layer, sizes in plan:
+        layer.resample(sizes)
     return model
 
 
