@@ -7,7 +7,7 @@ in one place.
 ``backend="auto"`` picks the faster path per call shape. The first time a key is
 seen, a cost model estimates both paths. When it predicts one of them faster by
 :data:`MODEL_MARGIN` or more on a call that is not tiny, or predicts both slower
-than a second, the model decides; otherwise both paths are timed on the actual
+than a second (on CPU, where its constants were fitted), the model decides; otherwise both paths are timed on the actual
 call (forward, and forward+backward when gradients are needed): the favoured one
 with a warm-up and :data:`CALIBRATION_REPS` runs (the minimum counts), the other
 likewise unless its warm-up alone is already twice as slow. The choice is cached
@@ -196,10 +196,12 @@ def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode
     if choice is not None:
         return choice
     direct, fft = _model_seconds(input, weight, args, needs_grad)
-    # timing small calls is cheap, so the model only short-cuts large, lopsided ones
+    # Timing small calls is cheap, so the model only short-cuts large, lopsided ones; its constants
+    # are fitted on a CPU, so on accelerators every shape is timed.
     lopsided = max(direct, fft) >= MODEL_MARGIN * min(direct, fft) and max(direct, fft) > _MIN_MODEL_CALL
+    trusted = input.device.type == "cpu" and (lopsided or min(direct, fft) > _MAX_CALIBRATION_CALL)
     compiling = _compiling()
-    if lopsided or compiling or not _CALIBRATION["enabled"] or min(direct, fft) > _MAX_CALIBRATION_CALL:
+    if trusted or compiling or not _CALIBRATION["enabled"]:
         choice = _Choice("direct" if direct <= fft else "fft", "model", direct, fft)
     else:
         direct, fft = _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode,
