@@ -87,6 +87,17 @@ def test_fft_copies_kernel_and_round_trip_is_exact():
     torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
 
 
+def test_non_square_kernel_keeps_its_box_and_cli_dispatch(capsys):
+    from largekernel.cli import main as cli_main
+
+    model = Foreign()
+    largekernel.convert(model, "dcls", "blocks.1.0")
+    assert model.blocks[1][0].dilated_kernel_size == (3, 5) and model.blocks[1][0].kernel_count == 10
+    assert model(torch.randn(1, 3, 9, 9)).shape == (1, 4)
+    assert cli_main(["convert", "--model", "dwnet1d_tiny", "--to", "fft"]) == 0
+    assert "converted 2 layer(s) to 'fft'" in capsys.readouterr().out
+
+
 def test_dense_larger_kernel_is_fresh_same_size_layer_and_copies_bias():
     model = Foreign()
     bias = model.dw.bias.detach().clone()

@@ -157,8 +157,7 @@ def _iso_value(old: nn.Module, to: str, kernel_size, layer_kwargs: dict[str, Any
         return cache[value]
 
     if to == "dcls":
-        ks = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * (old.weight.dim() - 2)
-        limit = math.prod(ks)  # more elements than cells buys nothing
+        limit = math.prod(kernel_size)  # more elements than cells buys nothing
     else:
         limit = _MAX_HIDDEN
     hi = 1
@@ -229,8 +228,6 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         if to in ("conv", "fft") and kernel_size == tuple(old.kernel_size):
             new = _dense_copy(old, to, rest)
         else:
-            if len(set(kernel_size)) == 1:
-                kernel_size = kernel_size[0]
             if iso_params:
                 target = _num_params(old) + carry
                 rest = _with_knob(to, rest, _iso_value(old, to, kernel_size, rest, target))

@@ -13,6 +13,7 @@ At stride 1 every family returns an output of the input's spatial size
 
 from __future__ import annotations
 
+import math
 from importlib import import_module
 from typing import Sequence
 
@@ -124,8 +125,8 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
     - ``"dilated"``: a ``small_kernel_size`` (default 3) kernel with the dilation
       whose extent is closest to ``kernel_size`` (7 -> 3x3 dilated 3).
     - ``"dcls"``: ``DclsConv{dim}d`` with ``dilated_kernel_size=kernel_size`` and
-      ``kernel_count`` from ``opts`` (default ``2 * kernel_size``: the DCLS
-      paper's 34 for a 17 box; ``kernel_size`` in 1-D).
+      ``kernel_count`` from ``opts`` (default ``2 * kernel_size``, at most the
+      box's cells: the DCLS paper's 34 for a 17x17 box; ``kernel_size`` in 1-D).
     - ``"flexconv"``, ``"ckconv"``: ``FlexConv{dim}d`` / ``CKConv{dim}d`` sampling
       their kernel net on a ``kernel_size`` grid (``kernel_net``,
       ``kernel_net_kwargs``, ``mask_init`` ... in ``opts``).
@@ -174,27 +175,26 @@ def _create_dense(conv, cls, in_channels, out_channels, kernel, dim, stride, gro
                groups=groups, bias=bias, backend=backend, **opts)
 
 
-def _single(kernel: tuple[int, ...], conv: str) -> int:
-    if len(set(kernel)) != 1:
-        raise ValueError(f"conv={conv!r} needs the same kernel_size in every dimension, got {kernel!r}")
-    return kernel[0]
+def _squeeze(kernel: tuple[int, ...]) -> int | tuple[int, ...]:
+    """An int for a cubic kernel (how the layers print it), the tuple otherwise."""
+    return kernel[0] if len(set(kernel)) == 1 else kernel
 
 
 def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts) -> nn.Module:
     opts = dict(opts)
     if conv == "dcls":
-        box = _single(kernel, conv)
+        box = _squeeze(kernel)
         count = opts.pop("kernel_count", None)
         if count is None:
-            count = min(2 * box, box**dim) if dim > 1 else box
+            count = min(2 * max(kernel), math.prod(kernel)) if dim > 1 else kernel[0]
         padding = opts.pop("padding", None)
         if padding is None:
-            padding = same_padding(box, dim=dim, stride=stride)
+            padding = same_padding(kernel, dim=dim, stride=stride)
         return cls(in_channels, out_channels, count, box, stride=stride, padding=padding, groups=groups,
                    bias=bias, **opts)
     if conv in ("flexconv", "ckconv"):
-        return cls(in_channels, out_channels, kernel_size=_single(kernel, conv), stride=stride, groups=groups,
-                   bias=bias, **opts)
+        return cls(in_channels, out_channels, kernel_size=_squeeze(kernel),
+                   stride=stride, groups=groups, bias=bias, **opts)
     if conv == "niff":
         # Input-sized kernel: kernel_size has no meaning; NIFF checks groups (depthwise or full) itself.
         return cls(in_channels, out_channels, stride=stride, groups=groups, bias=bias, **opts)
@@ -206,7 +206,7 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
                          f"groups={groups}, stride={stride!r}")
     # A spatial convolution sees both sides: bidirectional kernels unless the caller asks for causal ones.
     opts.setdefault("bidirectional", True)
-    return cls(in_channels, out_channels, kernel_size=_single(kernel, conv), bias=bias, **opts)
+    return cls(in_channels, out_channels, kernel_size=_squeeze(kernel), bias=bias, **opts)
 
 
 class DropPath(nn.Module):
