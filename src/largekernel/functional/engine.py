@@ -113,15 +113,16 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
     outputs = batch * cout * math.prod(out)
     macs = outputs * per_group * math.prod(kernel)
     if per_group == 1:
-        direct = macs / 0.6e9 + outputs * 30e-9
+        # oneDNN's vectorised depthwise kernel covers small kernels only; larger ones fall to a generic loop
+        direct = macs / (4e9 if math.prod(kernel) <= 169 else 0.4e9) + outputs * 5e-9
         if needs_grad:  # the depthwise weight gradient slows down faster than the kernel grows
-            direct += macs * 15e-9 * min(math.sqrt(math.prod(kernel) / 9), 4.0)
+            direct += macs * 3e-9 * min(math.sqrt(math.prod(kernel) / 9), 4.0)
     else:
         direct = (macs / 25e9 + outputs * 2e-9) * (3.5 if needs_grad else 1.0)
     plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups,
                       args.padding_mode == "circular", input.device.type)
     points = math.prod(plan.fft)
-    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.3e9
+    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.6e9
     products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
     fft = (transforms + products + 3e-4) * (2.5 if needs_grad else 1.0)  # + Python overhead of the FFT path
     return direct, fft
