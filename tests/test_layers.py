@@ -98,6 +98,14 @@ def test_fft_rejects_other_backend():
         create_conv("fft", 2, 2, 3, dim=2, backend="direct")
 
 
+@pytest.mark.parametrize("conv", CONV_TYPES)
+def test_every_family_builds_a_same_size_1d_depthwise_layer(conv):
+    assert issubclass(layer_class(conv, 1), nn.Module)
+    layer = create_conv(conv, 3, 3, 9, dim=1, groups=3)
+    x = torch.randn(2, 3, 24)
+    assert layer(x).shape == x.shape
+
+
 def test_missing_family_raises_import_error_naming_it(monkeypatch):
     from largekernel.models import layers
 
