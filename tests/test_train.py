@@ -304,6 +304,7 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not path.exists()
     _, _, state = load_checkpoint(tmp_path / "ck" / "last")
     assert state["step"] == 1
+    (tmp_path / "ck" / ".last.tmp-killed").mkdir()  # a writer killed with SIGKILL leaves its temp dir
     save_checkpoint(path, model, cfg, info, {"step": 4})
     assert sorted(os.listdir(tmp_path / "ck")) == ["last"]
     assert load_checkpoint(path)[2]["step"] == 4

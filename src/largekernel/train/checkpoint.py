@@ -83,6 +83,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp creates it private; a checkpoint is an ordinary output directory
     try:
