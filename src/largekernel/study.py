@@ -239,6 +239,16 @@ def _train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the parallel runs), user + system."""
+    try:
+        import resource
+    except ImportError:  # Windows: this process only
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -387,15 +397,17 @@ def _report(out: Path, table: dict[str, list[dict]], figures: dict[str, list[Pat
              f"- machine: {meta['machine']['cpu']} ({meta['machine']['cores']} cores; {meta['jobs']} run(s) in "
              f"parallel, {meta['threads']} torch thread(s) each; torch {meta['machine']['torch']}, "
              f"{meta['machine']['device']})",
-             f"- wall time: {meta['wall_time_s']:.0f} s for {meta['runs_trained']} trained run(s) "
-             f"({meta['runs_cached']} taken from the cache)",
+             f"- wall time: {meta['wall_time_s']:.0f} s ({meta['cpu_time_s']:.0f} s of CPU time) for "
+             f"{meta['runs_trained']} trained run(s) ({meta['runs_cached']} taken from the cache)",
              f"- command: `{meta['command']}`", ""]
     for dataset, rows in table.items():
         cfg = meta["configs"][dataset]
         train = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("model_kwargs", "dataset", "data_dir",
                                                                             "seed", "save_best", "model"))
+        arch = ", ".join(f"{k}={v}" for k, v in DATASETS[dataset].model_kwargs.items())
         lines += [f"## {dataset}", "",
-                  f"Model `{cfg['model']}`; recipe: {train}; test accuracy of the last epoch over seeds "
+                  f"Model `{cfg['model']}`{f' ({arch})' if arch else ''}; recipe: {train}; test accuracy of the "
+                  f"last epoch over seeds "
                   f"{rows[0]['seeds']} (mean ± sample std).", "",
                   format_table(rows), ""]
         small = next((r for r in rows if r["variant"] == "small"), None)
@@ -443,7 +455,7 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
     from largekernel.bench._harness import machine_info
 
     out = Path(out)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     runs = plan_runs(datasets, variants, seeds, epochs, quick, data_dir, train_overrides, match)
     records, pending = [], []
     for run in runs:
@@ -467,6 +479,7 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
         configs.setdefault(run["dataset"], {k: v for k, v in run["config"].items()})
     meta = {"machine": machine_info(), "threads": threads or torch.get_num_threads(), "jobs": jobs,
             "python": platform.python_version(), "wall_time_s": time.perf_counter() - start,
+            "cpu_time_s": _cpu_seconds() - cpu_start,
             "runs_trained": len(pending), "runs_cached": len(records) - len(pending), "command": command,
             "match": match, "configs": configs}
     results = {"meta": meta, "table": table,

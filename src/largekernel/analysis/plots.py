@@ -197,7 +197,7 @@ def plot_mask_extents(rows: Sequence[Mapping], path: str | Path, title: str) -> 
     """Bar chart of each FlexConv layer's learned extent (first axis) beside its maximum."""
     if not rows:
         raise ValueError("rows is empty: the model has no FlexConv layer")
-    fig = _figure(max(4.0, 0.45 * len(rows) + 2.0), 4.0)
+    fig = _figure(max(6.5, 0.45 * len(rows) + 2.0), 4.0)
     ax = fig.subplots()
     xs = list(range(len(rows)))
     extents = [r["extent"][0] for r in rows]
@@ -277,7 +277,7 @@ def plot_effective_sizes(sizes: Mapping[str, Mapping[str, float]], path: str | P
     if not labels:
         raise ValueError("sizes is empty")
     fractions = list(next(iter(sizes.values())))
-    fig = _figure(max(5.0, 0.9 * len(labels) + 2.0), 4.0)
+    fig = _figure(max(6.5, 0.9 * len(labels) + 2.0), 4.0)
     ax = fig.subplots()
     width = 0.8 / len(fractions)
     for j, fraction in enumerate(fractions):
