@@ -50,6 +50,8 @@ def test_study_writes_report_and_skips_cached_runs(tmp_path, monkeypatch):
     study.run_study(["digits"], tmp_path, variants=["small"], seeds=1, epochs=2, train_overrides=TINY,
                     match="small", progress=False, figures=False)
     assert trained == ["small"]
+    marker = json.loads((tmp_path / "runs" / "digits" / "small" / "seed0" / "study_config.json").read_text())
+    assert marker["epochs"] == 2
 
 
 def _record(variant, seed, acc, params=100):

@@ -223,9 +223,11 @@ def _train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     from largekernel.train import TrainConfig, load_checkpoint, train
 
     run_dir = _run_dir(out, run)
-    stale = run_dir / "result.json"
-    if stale.exists():  # a result for another configuration: start over rather than resume it
+    marker, config = run_dir / "study_config.json", _jsonable(run["config"])
+    # resume only a run started with this very configuration; anything else there is stale
+    if run_dir.exists() and (not marker.is_file() or json.loads(marker.read_text()) != config):
         shutil.rmtree(run_dir)
+    _write_json(marker, config)
     cfg = TrainConfig(**run["config"], output_dir=str(run_dir), resume=True)
     result = train(cfg, progress=False)
     model, _, _ = load_checkpoint(run_dir)
