@@ -8,9 +8,9 @@ in one place.
 seen, a cost model estimates both paths. When it predicts one of them faster by
 :data:`MODEL_MARGIN` or more on a call that is not tiny, or predicts both slower
 than a second (on CPU, where its constants were fitted), the model decides; otherwise both paths are timed on the actual
-call (forward, and forward+backward when gradients are needed): the favoured one
-with a warm-up and :data:`CALIBRATION_REPS` runs (the minimum counts), the other
-likewise unless its warm-up alone is already twice as slow. The choice is cached
+call (forward, and forward+backward when gradients are needed): a warm-up, then
+:data:`CALIBRATION_REPS` alternating runs of each, the minimum counting; a path
+whose first run is already twice as slow as the other's is not run again. The choice is cached
 per key (shapes, stride, padding, dilation, groups, padding mode, dtype, device,
 whether gradients are needed); :func:`auto_cache` shows it and
 :func:`clear_auto_cache` forgets it. Under ``torch.compile`` or ``torch.jit``
@@ -142,9 +142,10 @@ def _timer(fn, device: torch.device):
 
 def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode, args, needs_grad,
                    direct_first: bool) -> tuple[float, float]:
-    """Measured seconds per call of (direct, fft). The path the model favours is timed first (a
-    warm-up, then the minimum of :data:`CALIBRATION_REPS` runs); the other one stops after its
-    warm-up when that alone is already twice as slow, so a hopeless path costs one run."""
+    """Measured seconds per call of (direct, fft). The path the model favours runs first (a warm-up
+    and one timed run), then the other one; unless that first run of the other is already twice
+    as slow (a hopeless path costs one run), both run :data:`CALIBRATION_REPS` more times,
+    alternating, and each one's minimum counts."""
     def run(path):
         if not needs_grad:
             return lambda: path(input, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -162,13 +163,14 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
 
     paths = [direct, fft_conv] if direct_first else [fft_conv, direct]
     with torch.enable_grad() if needs_grad else torch.no_grad():
-        first = _timer(run(paths[0]), input.device)
+        first, second = (_timer(run(path), input.device) for path in paths)
         first()
-        best = min(first() for _ in range(CALIBRATION_REPS))
-        second = _timer(run(paths[1]), input.device)
+        best = first()
         other = second()
         if other < 2 * best:
-            other = min(second() for _ in range(CALIBRATION_REPS))
+            # alternate the runs so that a change of machine load hits both paths alike
+            for _ in range(CALIBRATION_REPS):
+                best, other = min(best, first()), min(other, second())
     return (best, other) if direct_first else (other, best)
 
 
