@@ -144,8 +144,8 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
                    direct_first: bool) -> tuple[float, float]:
     """Measured seconds per call of (direct, fft). The path the model favours runs first (a warm-up
     and one timed run), then the other one; unless that first run of the other is already twice
-    as slow (a hopeless path costs one run), both run :data:`CALIBRATION_REPS` more times,
-    alternating, and each one's minimum counts."""
+    as slow and not tiny (a hopeless path costs one run), both run :data:`CALIBRATION_REPS` more
+    times, alternating, and each one's minimum counts."""
     def run(path):
         if not needs_grad:
             return lambda: path(input, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -166,8 +166,8 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
         first, second = (_timer(run(path), input.device) for path in paths)
         first()
         best = first()
-        other = second()
-        if other < 2 * best:
+        other = second()  # its first run: one-time costs (primitive creation, FFT plans) only matter if tiny
+        if other < 2 * best or other < _MIN_MODEL_CALL:
             # alternate the runs so that a change of machine load hits both paths alike
             for _ in range(CALIBRATION_REPS):
                 best, other = min(best, first()), min(other, second())
