@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                             [r[f"{name}_ms"] for r in rows if r["mode"] == mode]) for name in names + ["floor"]}
               for mode in _MODES}
     plot_series(out / "conv.png", panels, xlabel="kernel size (k x k)", ylabel="time per call (ms, log scale)",
-                title=f"depthwise conv2d, batch {batch}, {args.channels} ch, {args.size}x{args.size}")
+                title=f"depthwise conv2d, batch {batch}, {args.channels} ch, {args.size}x{args.size}, "
+                      f"{torch.get_num_threads()} thread(s)")
     print(f"wrote {out / 'conv.json'} and {out / 'conv.png'}")
     return 0
