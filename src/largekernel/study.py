@@ -400,7 +400,8 @@ def _report(out: Path, table: dict[str, list[dict]], figures: dict[str, list[Pat
              f"parallel, {meta['threads']} torch thread(s) each; torch {meta['machine']['torch']}, "
              f"{meta['machine']['device']})",
              f"- wall time: {meta['wall_time_s']:.0f} s ({meta['cpu_time_s']:.0f} s of CPU time) for "
-             f"{meta['runs_trained']} trained run(s) ({meta['runs_cached']} taken from the cache)",
+             f"{meta['runs_trained']} trained run(s) ({meta['runs_cached']} taken from the cache); "
+             f"training time summed over all runs: {meta['train_time_total_s']:.0f} s",
              f"- command: `{meta['command']}`", ""]
     for dataset, rows in table.items():
         cfg = meta["configs"][dataset]
@@ -482,6 +483,7 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
     meta = {"machine": machine_info(), "threads": threads or torch.get_num_threads(), "jobs": jobs,
             "python": platform.python_version(), "wall_time_s": time.perf_counter() - start,
             "cpu_time_s": _cpu_seconds() - cpu_start,
+            "train_time_total_s": sum(r["metrics"]["train_time_s"] for r in records),
             "runs_trained": len(pending), "runs_cached": len(records) - len(pending), "command": command,
             "match": match, "configs": configs}
     results = {"meta": meta, "table": table,
