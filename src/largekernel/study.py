@@ -203,12 +203,23 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> fl
     return x.shape[0] / statistics.median(times)
 
 
+def _family_rows(report: list[dict]) -> list[dict]:
+    """The rows of the layers the variants differ in: all but the (shared, dense) stem."""
+    rows = [r for r in report if r["stage"] != "stem"]
+    return rows or report
+
+
+def _mean_sizes(report: list[dict]) -> dict[str, float]:
+    rows = _family_rows(report)
+    return {f: statistics.fmean(r["effective_size"][f] for r in rows) for f in rows[0]["effective_size"]}
+
+
 def _measure(model: torch.nn.Module, x_test: torch.Tensor) -> dict[str, Any]:
     from largekernel.analysis import count, effective_receptive_field, erf_area_ratios, kernel_size_report
 
     model.eval()
     report = kernel_size_report(model, x_test[:2])
-    sizes = {f: statistics.fmean(r["effective_size"][f] for r in report) for f in report[0]["effective_size"]}
+    sizes = _mean_sizes(report)
     erf = effective_receptive_field(model, x_test[:64])
     try:
         macs = count(model, (1, *x_test.shape[1:])).macs
@@ -293,7 +304,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for (dataset, variant), recs in groups.items():
         m = [r["metrics"] for r in recs]
         acc_mean, acc_std = _mean_std([x["acc"] for x in m])
-        fractions = list(m[0]["effective_size"])
+        # from the per-layer report when cached, so the stem is left out of runs measured before it was
+        sizes = [_mean_sizes(x["kernel_report"]) if "kernel_report" in x else x["effective_size"] for x in m]
+        fractions = list(sizes[0])
         macs = [x["macs"] for x in m if x["macs"] is not None]
         table.setdefault(dataset, []).append({
             "variant": variant, "label": _LABELS[variant], "conv": recs[0]["config"]["model_kwargs"]["conv"],
@@ -303,7 +316,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "accs": [x["acc"] for x in m], "params": m[0]["params"], "macs": macs[0] if macs else None,
             "train_time_s": statistics.fmean(x["train_time_s"] for x in m),
             "throughput": statistics.fmean(x["throughput"] for x in m),
-            "effective_size": {f: statistics.fmean(x["effective_size"][f] for x in m) for f in fractions},
+            "effective_size": {f: statistics.fmean(size[f] for size in sizes) for f in fractions},
             "erf_area": {t: statistics.fmean(x["erf_area"][t]["area_ratio"] for x in m) for t in m[0]["erf_area"]},
         })
     order = {v: i for i, v in enumerate(VARIANTS)}
@@ -349,17 +362,17 @@ def _figures(out: Path, dataset: str, records: list[dict[str, Any]]) -> list[Pat
     written: list[Path] = []
     curves = {}
     for v in order:
-        report = first[v]["metrics"]["kernel_report"]
+        report = _family_rows(first[v]["metrics"]["kernel_report"])
         sizes = max((r["sizes"] for r in report), key=len)
         # a layer whose kernel is smaller than the window already holds all its mass there
         mean = [statistics.fmean(r["mass_ratio"][i] if i < len(r["mass_ratio"]) else 1.0 for r in report)
                 for i in range(len(sizes))]
         curves[_LABELS[v]] = (sizes, mean)
     written.append(plots.plot_mass_ratio(curves, fig_dir / f"{dataset}_mass_ratio.png",
-                                         f"{dataset}: kernel mass ratio (mean over layers)"))
+                                         f"{dataset}: kernel mass ratio (mean over blocks)"))
     written.append(plots.plot_effective_sizes(
-        {_LABELS[v]: first[v]["metrics"]["effective_size"] for v in order}, fig_dir / f"{dataset}_effective_size.png",
-        f"{dataset}: effective kernel size (mean over layers)"))
+        {_LABELS[v]: _mean_sizes(first[v]["metrics"]["kernel_report"]) for v in order},
+        fig_dir / f"{dataset}_effective_size.png", f"{dataset}: effective kernel size (mean over blocks)"))
     erfs = {_LABELS[v]: torch.tensor(first[v]["metrics"]["erf"]) for v in order}
     written.append(plots.plot_erf(erfs, fig_dir / f"{dataset}_erf.png", f"{dataset}: effective receptive field"))
     example = _example(dataset, first[order[0]]["config"]["data_dir"], 1)
@@ -427,7 +440,7 @@ def _report(out: Path, table: dict[str, list[dict]], figures: dict[str, list[Pat
                   f"parameter count is closest to the {meta['match']} dense model's; dilated spreads the small kernel's taps over the large extent; "
                   "large dense and FFT pay one weight per tap; NIFF and SGConv have their own fixed-size "
                   "parameterisation. The `params` column states every count. Effective size: smallest centred window "
-                  "holding that share of |kernel| mass (NIFF), mean over layers; ERF area: share of the input inside "
+                  "holding that share of |kernel| mass (NIFF), mean over the blocks' spatial convolutions (not the stem); ERF area: share of the input inside "
                   "the smallest centred window holding 99% of the effective receptive field (RepLKNet).", ""]
         if dataset.startswith("mnist1d"):
             lines += ["External reference, MNIST-1D paper (Greydanus 2020, test accuracy %): "
