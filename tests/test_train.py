@@ -1,13 +1,15 @@
 """largekernel.train: config validation, schedule, optimizer groups, hooks, EMA, checkpoints, bit-identical resume."""
 
-import dataclasses
 import json
 import math
 import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
@@ -329,3 +331,29 @@ def test_checkpoint_state_roundtrip_is_exact(tmp_path):
         load_checkpoint(tmp_path / "nothing")
     with pytest.raises(ValueError, match="no EMA weights"):
         load_checkpoint(tmp_path / "c", ema=True)
+
+
+def test_training_on_file_datasets(tmp_path):
+    """ImageFolder streams through a DataLoader (with a test subset), CIFAR batches stay uint8 in memory."""
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in range(3):
+            (tmp_path / "tree" / split / f"class{c}").mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (10, 10, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "tree" / split / f"class{c}" / f"{i}.png")
+    kw = dict(model="dwnet2d_tiny", epochs=1, batch_size=4, augment={"crop_padding": 1, "hflip": 0.5,
+              "mixup_alpha": 0.2, "cutmix_alpha": 1.0})
+    result = train(_cfg(tmp_path / "folder", dataset="imagefolder", data_dir=str(tmp_path / "tree"),
+                        dataset_kwargs={"image_size": 8}, train_subset=None, test_subset=5, **kw), progress=False)
+    assert result["step"] == 3 and result["last_acc"] * 5 == round(result["last_acc"] * 5)
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": [0, 1, 2, 3]}, f)
+    result = train(_cfg(tmp_path / "cifar_run", dataset="cifar10", data_dir=str(root), train_subset=None,
+                        test_subset=None, **kw), progress=False)
+    assert result["step"] == 5 and result["history"][0]["test_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
