@@ -548,10 +548,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    results = run_study(datasets, args.out, variants=args.models, seeds=args.seeds, epochs=args.epochs,
-                        quick=args.quick, data_dir=args.data_dir, match=args.match, jobs=args.jobs,
-                        threads=args.threads, figures=not args.no_figures,
-                        progress=not args.no_progress, command=" ".join(["largekernel study", *argv]))
+    try:
+        results = run_study(datasets, args.out, variants=args.models, seeds=args.seeds, epochs=args.epochs,
+                            quick=args.quick, data_dir=args.data_dir, match=args.match, jobs=args.jobs,
+                            threads=args.threads, figures=not args.no_figures,
+                            progress=not args.no_progress, command=" ".join(["largekernel study", *argv]))
+    except KeyboardInterrupt:
+        print(f"\nlargekernel study: interrupted; finished runs are cached in {Path(args.out) / 'runs'}, "
+              "run the same command again to continue", file=sys.stderr)
+        return 130
     for dataset, rows in results["table"].items():
         print(f"\n## {dataset}\n")
         print(format_table(rows))
