@@ -8,9 +8,10 @@ in one place.
 seen, a cost model estimates both paths. When it predicts one of them faster by
 :data:`MODEL_MARGIN` or more on a call that is not tiny, or predicts both slower
 than a second (on CPU, where its constants were fitted), the model decides; otherwise both paths are timed on the actual
-call (forward, and forward+backward when gradients are needed): a warm-up, then
-:data:`CALIBRATION_REPS` alternating runs of each, the minimum counting; a path
-whose first run is already twice as slow as the other's is not run again. The choice is cached
+call (forward, and forward+backward when gradients are needed): a warm-up of
+each, then :data:`CALIBRATION_REPS` alternating runs of each, the minimum
+counting; a path whose first timed run is already twice as slow as the other's
+is not run again. The choice is cached
 per key (shapes, stride, padding, dilation, groups, padding mode, dtype, device,
 whether gradients are needed); :func:`auto_cache` shows it and
 :func:`clear_auto_cache` forgets it. Under ``torch.compile`` or ``torch.jit``
@@ -143,9 +144,10 @@ def _timer(fn, device: torch.device):
 def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode, args, needs_grad,
                    direct_first: bool) -> tuple[float, float]:
     """Measured seconds per call of (direct, fft). The path the model favours runs first (a warm-up
-    and one timed run), then the other one; unless that first run of the other is already twice
-    as slow and not tiny (a hopeless path costs one run), both run :data:`CALIBRATION_REPS` more
-    times, alternating, and each one's minimum counts."""
+    and one timed run), then the other one (likewise a warm-up, which absorbs one-time costs such
+    as primitive creation and FFT plans, and one timed run); unless that timed run of the other is
+    already twice as slow and not tiny (a hopeless path costs two runs), both run
+    :data:`CALIBRATION_REPS` more times, alternating, and each one's minimum counts."""
     def run(path):
         if not needs_grad:
             return lambda: path(input, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -166,7 +168,8 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
         first, second = (_timer(run(path), input.device) for path in paths)
         first()
         best = first()
-        other = second()  # its first run: one-time costs (primitive creation, FFT plans) only matter if tiny
+        second()
+        other = second()
         if other < 2 * best or other < _MIN_MODEL_CALL:
             # alternate the runs so that a change of machine load hits both paths alike
             for _ in range(CALIBRATION_REPS):
