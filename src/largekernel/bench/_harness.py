@@ -6,6 +6,7 @@ ratios, so numbers from different machines or loads are never compared directly.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,7 +18,31 @@ from typing import Callable, Sequence
 import torch
 from torch.utils import benchmark
 
-__all__ = ["median_time", "machine_info", "format_table", "write_json", "plot_series"]
+__all__ = ["suite_parser", "parse_suite_args", "median_time", "machine_info", "format_table", "write_json",
+           "plot_series"]
+
+
+def suite_parser(suite: str, description: str | None, quick: str, outputs: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every suite shares: ``--quick`` (help: ``quick``),
+    ``--out`` (folder for ``outputs``), ``--min-run-time`` and ``--threads``."""
+    parser = argparse.ArgumentParser(prog=f"largekernel bench {suite}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", default="bench_results", help=f"folder for {outputs}")
+    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 gives steadier ratios on a shared machine")
+    return parser
+
+
+def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and apply ``--threads`` (exits with a usage error when it is below 1)."""
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def median_time(fn: Callable[[], object], min_run_time: float = 0.5, max_warmup: float | None = None) -> float:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from largekernel.bench._harness import format_table, machine_info, median_time, plot_series, write_json
+from largekernel.bench._harness import format_table, machine_info, median_time, parse_suite_args, plot_series, suite_parser, write_json
 from largekernel.functional import convolve
 from largekernel.functional.fft_conv import _factor
 
@@ -30,18 +30,15 @@ _MODES = ("forward", "forward+backward")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="largekernel bench conv", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="kernels 7 and 31 at batch 2 with short timings: a smoke run in under a minute")
-    p.add_argument("--out", default="bench_results", help="directory for conv.json and conv.png")
+    p = suite_parser("conv", __doc__.splitlines()[0],
+                     "kernels 7 and 31 at batch 2 with short timings: a smoke run in under a minute",
+                     "conv.json and conv.png")
     p.add_argument("--kernels", type=int, nargs="+", default=None, help="odd kernel sizes (default 3..51)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8, 2 with --quick)")
     p.add_argument("--channels", type=int, default=96)
     p.add_argument("--size", type=int, default=56, help="height = width of the activation")
-    p.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.5)")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating measurement rounds, fastest counts (default 3, 1 with --quick)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-warmup", type=float, default=5.0,
                    help="a candidate whose warm-up call exceeds this (s) is timed by that one call")
     return p
@@ -157,7 +154,7 @@ def _targets(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_suite_args(_parser(), argv)
     kernels = args.kernels or ([7, 31] if args.quick else [3, 5, 7, 11, 15, 21, 31, 41, 51])
     if any(k < 1 or k % 2 == 0 for k in kernels):
         print(f"largekernel bench conv: --kernels must be odd positive sizes, got {kernels}", file=sys.stderr)
@@ -166,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largekernel bench conv: kernels must not exceed --size {args.size}, got {max(kernels)}",
               file=sys.stderr)
         return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     batch = args.batch or (2 if args.quick else 8)
     min_run_time = args.min_run_time if args.min_run_time is not None else (0.1 if args.quick else 0.5)
     config = {"kernels": kernels, "batch": batch, "channels": args.channels, "size": args.size,

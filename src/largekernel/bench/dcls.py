@@ -7,13 +7,12 @@ times the reference package and ours in the same run and reports the ratio.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 
-from largekernel.bench._harness import format_table, machine_info, median_time, write_json
+from largekernel.bench._harness import format_table, machine_info, median_time, parse_suite_args, suite_parser, write_json
 
 __all__ = ["main"]
 
@@ -46,15 +45,8 @@ def _construct_fwd_bwd(build, params):
 def main(argv: list[str] | None = None) -> int:
     from largekernel.nn import DclsConv2d
 
-    parser = argparse.ArgumentParser(prog="largekernel bench dcls", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="batch 2 and shorter timing (a smoke run)")
-    parser.add_argument("--out", default="bench_results", help="folder for dcls.json")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (1 makes a loaded machine's numbers far less noisy)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    parser = suite_parser("dcls", __doc__, "batch 2 and shorter timing (a smoke run)", "dcls.json")
+    args = parse_suite_args(parser, argv)
 
     batch, channels, size, count, box = (2 if args.quick else 8), 96, 56, 34, 17
     min_run = args.min_run_time or (0.2 if args.quick else 1.0)

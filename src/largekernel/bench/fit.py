@@ -9,13 +9,12 @@ with mean pooling (no class token), so they differ only in the token mixer.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 import torch
 
-from largekernel.bench._harness import format_table, machine_info, median_time, write_json
+from largekernel.bench._harness import format_table, machine_info, median_time, parse_suite_args, suite_parser, write_json
 
 __all__ = ["main"]
 
@@ -23,20 +22,13 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     from largekernel.models import create_model
 
-    parser = argparse.ArgumentParser(prog="largekernel bench fit", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="4 blocks instead of 12 and shorter timing")
-    parser.add_argument("--out", default="bench_results", help="folder for fit.json")
+    parser = suite_parser("fit", __doc__, "4 blocks instead of 12 and shorter timing", "fit.json")
     parser.add_argument("--model", default="tiny", choices=("tiny", "small"), help="ViT/FiT size")
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 224], help="image sizes (px)")
     parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating ViT/FiT measurements per size")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's); 1 is steadier on a shared machine")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = parse_suite_args(parser, argv)
 
     depth = 4 if args.quick else 12
     rounds = 1 if args.quick else args.rounds

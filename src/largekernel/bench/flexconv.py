@@ -14,14 +14,13 @@ Three questions, each answered by a ratio measured within this run:
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from largekernel.bench._harness import format_table, machine_info, median_time, write_json
+from largekernel.bench._harness import format_table, machine_info, median_time, parse_suite_args, suite_parser, write_json
 
 __all__ = ["main"]
 
@@ -43,18 +42,8 @@ def _covering(layer, fraction: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     from largekernel.nn.flexconv import CKConv1d, FlexConv1d
 
-    parser = argparse.ArgumentParser(prog="largekernel bench flexconv", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="length 1024 and shorter timing (a smoke run)")
-    parser.add_argument("--out", default="bench_results", help="folder for flexconv.json")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 gives steadier ratios on a shared machine)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    parser = suite_parser("flexconv", __doc__, "length 1024 and shorter timing (a smoke run)", "flexconv.json")
+    args = parse_suite_args(parser, argv)
 
     batch, channels, length = 8, 64, (1024 if args.quick else 4096)
     min_run = args.min_run_time or (0.2 if args.quick else 1.0)

@@ -15,13 +15,12 @@ Targets: ours / floor <= 1.3, reference / ours >= 1.8.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 import torch
 
-from largekernel.bench._harness import format_table, machine_info, median_time, write_json
+from largekernel.bench._harness import format_table, machine_info, median_time, parse_suite_args, suite_parser, write_json
 
 __all__ = ["main"]
 
@@ -56,17 +55,9 @@ def _no_grad(fn):
 def main(argv: list[str] | None = None) -> int:
     from largekernel.nn import NIFFConv2d
 
-    parser = argparse.ArgumentParser(prog="largekernel bench niff", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter timing (a smoke run)")
-    parser.add_argument("--out", default="bench_results", help="folder for niff.json")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    parser = suite_parser("niff", __doc__, "shorter timing (a smoke run)", "niff.json")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per case")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's); 1 is steadier on a shared machine")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = parse_suite_args(parser, argv)
 
     batch, channels, size = 8, 96, 56
     min_run = args.min_run_time or (0.3 if args.quick else 1.0)
