@@ -12,3 +12,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "largekernel"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one intra-op thread: its tensors are tiny, and a second thread only adds
+    synchronisation (and waiting, on a shared CPU). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

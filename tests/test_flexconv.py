@@ -19,13 +19,7 @@ from largekernel.optim import param_groups
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation (and waiting, on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 LAYERS = {(1, "ck"): CKConv1d, (2, "ck"): CKConv2d, (3, "ck"): CKConv3d,
           (1, "flex"): FlexConv1d, (2, "flex"): FlexConv2d, (3, "flex"): FlexConv3d}
 

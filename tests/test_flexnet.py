@@ -14,13 +14,7 @@ NAMES = ["flexnet_tiny", "flexnet_small", "ckresnet_tiny", "ckresnet_small", "ck
 SEQUENCE = {"ckcnn_tiny", "ckcnn_small", "flextcn_tiny", "flextcn_small"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation (and waiting, on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _input(name, batch=2):

@@ -11,13 +11,7 @@ from largekernel.nn.kernelnets import (KERNEL_NETS, FourierKernel, GaborKernel, 
 ALL = list(KERNEL_NETS.values())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation (and waiting, on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grid(*sizes):
