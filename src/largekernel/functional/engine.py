@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from largekernel.functional.fft_conv import _check_args, _direct_conv, _make_plan, fft_conv
+from largekernel.functional.fft_conv import _check_args, _direct_conv, _fft_conv, _make_plan
 
 __all__ = [
     "convolve",
@@ -163,7 +163,10 @@ def _timed_seconds(input, weight, bias, stride, padding, dilation, groups, paddi
     def direct(*a):
         return _direct(*a, args=args)
 
-    paths = [direct, fft_conv] if direct_first else [fft_conv, direct]
+    def fft(x, w, b, *_):
+        return _fft_conv(x, w, b, args)
+
+    paths = [direct, fft] if direct_first else [fft, direct]
     with torch.enable_grad() if needs_grad else torch.no_grad():
         first, second = (_timer(run(path), input.device) for path in paths)
         first()
@@ -248,5 +251,5 @@ def convolve(
     if backend == "auto":
         backend = _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode, args).backend
     if backend == "fft":
-        return fft_conv(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+        return _fft_conv(input, weight, bias, args)
     return _direct(input, weight, bias, stride, padding, dilation, groups, padding_mode, args)

@@ -37,7 +37,7 @@ How it is made fast (docs/fft_conv.md has the derivations):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -511,11 +511,18 @@ def fft_conv(
         >>> torch.allclose(y, torch.nn.functional.conv2d(x, w, padding="same", groups=4), atol=1e-4)
         True
     """
-    args = _check_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return _fft_conv(input, weight, bias, _check_args(input, weight, bias, stride, padding, dilation, groups,
+                                                      padding_mode))
+
+
+def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -> Tensor:
+    """:func:`fft_conv` on arguments already validated by :func:`_check_args` (the engine's entry)."""
     if not args.batched:
-        return fft_conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, padding_mode)[0]
+        return _fft_conv(input.unsqueeze(0), weight, bias, replace(args, batched=True))[0]
     if input.numel() == 0:  # nothing to transform, and MKL rejects empty FFTs
-        return _direct_conv(input, weight, bias, padding, args)
+        mode = "constant" if args.padding_mode == "zeros" else args.padding_mode
+        padded = F.pad(input, _flat_pads(args.pads), mode=mode)  # (0, Cin, *padded)
+        return _direct_conv(padded, weight, bias, 0, replace(args, padding_mode="zeros"))
     dtype = input.dtype
     if dtype in _LOW_PRECISION:
         input, weight = input.float(), weight.float()
