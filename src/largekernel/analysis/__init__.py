@@ -3,7 +3,7 @@
 Names resolve lazily (matplotlib is only imported by the plotting functions).
 """
 
-from importlib import import_module
+from largekernel._lazy import lazy_namespace
 
 # module -> public names it defines; each analysis file adds its names here.
 _MODULES: dict[str, list[str]] = {
@@ -18,16 +18,5 @@ _MODULES: dict[str, list[str]] = {
                                    "plot_mask_extents", "plot_gaussian_fit", "plot_pca", "plot_effective_sizes"],
     "largekernel.analysis.report": ["analyze_model", "plot_position_evolution"],
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'largekernel.analysis' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_namespace("largekernel.analysis", _MODULES)

@@ -3,7 +3,7 @@
 Names resolve lazily so that importing one family does not import the others.
 """
 
-from importlib import import_module
+from largekernel._lazy import lazy_namespace
 
 _FAMILIES = {
     "largekernel.nn.conv": ["Conv1d", "Conv2d", "Conv3d"],
@@ -14,16 +14,5 @@ _FAMILIES = {
     "largekernel.nn.sequence": ["SGConv1d", "SGConv2d", "S4DConv1d", "SGKernel", "S4DKernel"],
     "largekernel.nn.mixing": ["FourierMix"],
 }
-_WHERE = {name: module for module, names in _FAMILIES.items() for name in names}
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'largekernel.nn' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_namespace("largekernel.nn", _FAMILIES)

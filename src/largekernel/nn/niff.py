@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.nn._checks import check_input
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
@@ -381,19 +382,6 @@ class _NIFFConvNd(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------
 
-    def _check_input(self, input: Tensor) -> None:
-        nd = self._ndim
-        if not isinstance(input, Tensor):
-            raise TypeError(f"input must be a Tensor or a Spectrum, got {type(input).__name__}")
-        if input.dim() != nd + 2:
-            raise ValueError(f"{type(self).__name__} expects a {nd + 2}-D input (batch, channels, "
-                             f"{nd} spatial dims), got shape {tuple(input.shape)}")
-        if input.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, "
-                             f"got input of shape {tuple(input.shape)}")
-        if not input.is_floating_point():
-            raise TypeError(f"input must be a real floating-point tensor, got dtype {input.dtype}")
-
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         nd = self._ndim
         dims = tuple(range(-nd, 0))
@@ -407,7 +395,7 @@ class _NIFFConvNd(nn.Module):
                                  f"got shape {tuple(spec.shape)}")
             size = grid
         else:
-            self._check_input(input)
+            check_input(self, input, nd, self.in_channels, f"{nd} spatial dims")
             size = tuple(input.shape[-nd:])
             grid = self.grid(size)
             x = input

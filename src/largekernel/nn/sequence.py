@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.functional.fft_conv import fast_fft_length
+from largekernel.nn._checks import check_input
 from largekernel.nn.conv import Conv1d, Conv2d
 from largekernel.optim import mark
 
@@ -218,12 +219,7 @@ class _LongConv1d(nn.Module):
         raise NotImplementedError
 
     def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor) or input.dim() != 3:
-            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-            raise ValueError(f"{type(self).__name__} expects a 3-D input (batch, channels, length), got {shape}")
-        if input.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, "
-                             f"got input of shape {tuple(input.shape)}")
+        check_input(self, input, 1, self.in_channels, "length")
         length = input.shape[-1]
         if self.l_max is not None and length > self.l_max:
             raise ValueError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, "
@@ -473,12 +469,7 @@ class SGConv2d(nn.Module):
         return (a.unsqueeze(-1) * b.unsqueeze(-2)).unsqueeze(1)  # (C, 1, K_h, K_w)
 
     def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor) or input.dim() != 4:
-            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-            raise ValueError(f"SGConv2d expects a 4-D input (batch, channels, height, width), got {shape}")
-        if input.shape[1] != self.in_channels:
-            raise ValueError(f"SGConv2d expects {self.in_channels} input channels, got input of shape "
-                             f"{tuple(input.shape)}")
+        check_input(self, input, 2, self.in_channels, "height, width")
         weight = self.depthwise_kernel().to(input.dtype)
         y = convolve(input, weight, None, padding="same", groups=self.in_channels, backend=self.backend)
         if self.D is not None:
