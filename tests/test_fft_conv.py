@@ -269,3 +269,96 @@ def test_empty_batch_and_non_contiguous_input():
     x = torch.randn(2, 4, 12, 13, dtype=torch.float64)
     for view in (x.to(memory_format=torch.channels_last), x.transpose(2, 3)):
         torch.testing.assert_close(fft_conv(view, w, padding=2, groups=4), F.conv2d(view, w, padding=2, groups=4))
+
+
+# ----------------------------------------------------------------------------- internal paths
+# The channel-contracting products (real bmm over frequencies), the kernel placement and the
+# overlap-save path are each checked against torch's convolution on geometries that select them.
+
+fft_module = __import__("largekernel.functional.fft_conv", fromlist=["_block_plan"])
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)])
+def test_dense_partial_requires_grad(needs):
+    x = torch.randn(3, 6, 11, 9, dtype=torch.float64, requires_grad=needs[0])
+    w = torch.randn(4, 3, 5, 4, dtype=torch.float64, requires_grad=needs[1])
+    grad = torch.randn(3, 4, 11, 9, dtype=torch.float64)
+    leaves = [t for t in (x, w) if t.requires_grad]
+    ours = torch.autograd.grad(fft_conv(x, w, padding="same", groups=2), leaves, grad)
+    expected = torch.autograd.grad(F.conv2d(x, w, padding="same", groups=2), leaves, grad)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel, dilation, pads, fft", [
+    ((5,), (1,), ((2, 2),), (12,)),
+    ((4,), (3,), ((9, 0),), (20,)),  # padding before beyond the dilated extent
+    ((3, 4), (2, 1), ((0, 1), (3, 0)), (9, 8)),
+    ((7,), (2,), ((6, 0),), (10,)),  # dilated kernel longer than the buffer: taps share positions
+])
+def test_place_and_gather_kernel_are_adjoint(kernel, dilation, pads, fft):
+    plan = fft_module._Plan(1, fft, kernel, fft, tuple(lo for lo, _ in pads), (1,) * len(fft), dilation, fft)
+    w = torch.randn(2, 3, *kernel, dtype=torch.float64)
+    b = torch.randn(2, 3, *fft, dtype=torch.float64)
+    placed = fft_module._place_kernel(w, plan)
+    # position of tap t is (t * d - shift) mod n per dim: the definition, written out
+    expected = torch.zeros_like(b)
+    for t in torch.cartesian_prod(*[torch.arange(k) for k in kernel]).reshape(-1, len(kernel)).tolist():
+        pos = tuple((ti * d - lo) % n for ti, d, lo, n in zip(t, dilation, plan.shift, fft))
+        expected[(..., *pos)] += w[(..., *t)]
+    torch.testing.assert_close(placed, expected)
+    torch.testing.assert_close((placed * b).sum(), (w * fft_module._gather_kernel(b, plan)).sum())
+
+
+@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", [
+    (2, 64, 64, 4096, 512, 1, 1, 1, (511, 0)),    # a causal FlexConv layer with its mask over 1/8
+    (4, 32, 48, 3000, 100, 1, 1, 1, (50, 49)),    # "same"
+    (4, 32, 32, 3001, 60, 2, 2, 2, (7, 3)),       # strided, dilated, grouped
+])
+def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, dilation, groups, padding):
+    """Dense 1-D layers with kernels much shorter than the signal take the block path."""
+    extent = dilation * (kernel - 1) + 1
+    fft = fft_module._make_plan((length,), (kernel,), (padding,), (stride,), (dilation,), groups, False, "cpu").fft
+    assert fft_module._block_plan((length,), (kernel,), (padding,), (stride,), (dilation,), fft, batch, cin, cout,
+                                  cin // groups, "cpu") is not None
+    x = torch.randn(batch, cin, length, requires_grad=True)
+    w = torch.randn(cout, cin // groups, kernel, requires_grad=True)
+    b = torch.randn(cout, requires_grad=True)
+    xp = F.pad(x, padding)
+    ours = fft_module._fft_conv(x, w, b, fft_module.replace(
+        fft_module._check_args(x, w, b, stride, 0, dilation, groups, "zeros"), pads=(padding,)))
+    expected = F.conv1d(xp, w, b, stride, 0, dilation, groups)
+    assert extent < length and ours.shape == expected.shape
+    # float32 sums of thousands of products: tolerances relative to the largest value
+    torch.testing.assert_close(ours, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    grad = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(ours, (x, w, b), grad), torch.autograd.grad(expected, (x, w, b), grad)):
+        torch.testing.assert_close(a, e, atol=1e-5 * e.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("length, valid, stride, dilation, groups, padding", [
+    (16, 10, 1, 1, 1, (2, 4)),
+    (18, 6, 3, 1, 2, (0, 5)),
+    (20, 5, 2, 2, 1, (7, 0)),
+])
+def test_overlap_save_gradcheck(length, valid, stride, dilation, groups, padding):
+    """The block path with a forced small geometry: exact gradients (float64 gradcheck)."""
+    x = torch.randn(2, 4, 31, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    args = fft_module.replace(fft_module._check_args(x, w, b, stride, 0, dilation, groups, "zeros"), pads=(padding,))
+    keep = (31 + sum(padding) - dilation * 2 - 1) // stride + 1
+    count = -(-keep // valid)
+    blocks = fft_module._Blocks((length,), (valid,), (count,))
+    assert (valid - 1) * stride + 2 * dilation + 1 <= length
+    y = fft_module._blocked_conv(x, w, b, (padding,), args, blocks)
+    torch.testing.assert_close(y, F.conv1d(F.pad(x, padding), w, b, stride, 0, dilation, groups))
+    assert gradcheck(lambda x, w, b: fft_module._blocked_conv(x, w, b, (padding,), args, blocks), (x, w, b))
+
+
+def test_block_plan_keeps_small_and_depthwise_problems_whole():
+    # the cost model: per-call overhead dominates tiny problems; depthwise kernels are cheap to transform
+    assert fft_module._block_plan((300,), (20,), ((19, 0),), (1,), (1,), (320,), 2, 8, 8, 8, "cpu") is None
+    assert fft_module._block_plan((16384,), (257,), ((128, 128),), (1,), (1,), (16800,), 1, 16, 16, 1, "cpu") is None
+    assert fft_module._block_plan((64, 64), (9, 9), ((4, 4),) * 2, (1, 1), (1, 1), (72, 72), 8, 32, 32, 32,
+                                  "cpu") is None
