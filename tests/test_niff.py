@@ -80,6 +80,43 @@ def test_inference_cache_follows_parameter_updates():
     assert not torch.allclose(first, second)
 
 
+def test_inference_cache_follows_replaced_and_loaded_parameters():
+    layer = NIFFConv2d(2, bias=False, dtype=torch.float64).eval()
+    other = NIFFConv2d(2, bias=False, dtype=torch.float64)
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)
+        layer.mlp_imag[-1].weight = torch.nn.Parameter(torch.randn_like(layer.mlp_imag[-1].weight))
+        torch.testing.assert_close(layer(x), _reference_niff(layer, x))
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), _reference_niff(other, x))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"preset": "big"}, {"hidden_channels": ()}, {"hidden_channels": (5,)},
+                                    {"mode": "linear"}, {"out_channels": 3, "groups": 1}])
+def test_gradients_match_autograd_through_the_reference(kwargs):
+    """Input and parameter gradients equal autograd's through the paper's complex-FFT formula."""
+    torch.manual_seed(2)
+    layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)
+    x = torch.randn(3, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, layer.out_channels, 6, 7, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+
+    def reference(x):
+        h, w = x.shape[-2:]
+        if layer.mode == "linear":
+            return _reference_niff(layer, F.pad(x, (0, w, 0, h)))[..., :h, :w]
+        return _reference_niff(layer, x)
+
+    y = reference(x)
+    if layer.pointwise is not None:
+        y = torch.einsum("oi,bihw->bohw", layer.pointwise, y)
+    expected = torch.autograd.grad(y + layer.bias.view(1, -1, 1, 1), [x, *params.values()], grad)
+    got = torch.autograd.grad(layer(x), [x, *params.values()], grad)
+    for name, e, g in zip(["input", *params], expected, got):
+        torch.testing.assert_close(g, e, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 10)])
 def test_spatial_kernel_is_a_circular_convolution(size):
     layer = NIFFConv2d(4, bias=False, dtype=torch.float64)

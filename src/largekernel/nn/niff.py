@@ -163,7 +163,7 @@ class _SpectralProduct(torch.autograd.Function):
             grad_w = spec[0].conj() * g[0]  # (C, *half)
             for b in range(1, spec.shape[0]):
                 grad_w.addcmul_(spec[b].conj(), g[b])
-            grad_w = grad_w * _half_weights(grid, grad.device, grad.dtype)
+            grad_w.mul_(_half_weights(grid, grad.device, grad.dtype))
         if ctx.needs_input_grad[0]:
             grad_x = torch.fft.irfftn(g.mul_(w.conj()), s=grid, dim=dims)  # (B, in, *grid)
             if grad_x.shape[-len(grid):] != size:
@@ -174,8 +174,9 @@ class _SpectralProduct(torch.autograd.Function):
 class _FrequencyNet(nn.Sequential):
     """Coordinate network ``ndim -> hidden... -> channels`` of 1x1 layers (Linear per point) with SiLU between.
 
-    Called as a module on ``(points, ndim)``; :meth:`columns` applies the same layers
-    channels first, ``(ndim, points) -> (channels, points)``.
+    Called as a module on ``(points, ndim)``; :meth:`hidden_columns` applies all but the
+    output layer channels first, ``(ndim, points) -> (hidden[-1], points)`` (``ndim`` rows
+    when there is no hidden layer).
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, device=None, dtype=None):
@@ -187,8 +188,8 @@ class _FrequencyNet(nn.Sequential):
             layers.append(nn.Linear(a, b, device=device, dtype=dtype))
         super().__init__(*layers)
 
-    def columns(self, h: Tensor) -> Tensor:
-        for layer in self:
+    def hidden_columns(self, h: Tensor) -> Tensor:
+        for layer in list(self)[:-1]:
             if isinstance(layer, nn.Linear):
                 h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h)  # (out, points)
             else:
@@ -349,13 +350,17 @@ class _NIFFConvNd(nn.Module):
                 return self._filter_cache[1]
         coords = self._coordinates(grid, device, dtype)  # (nd, 2, points)
         nd, _, points = coords.shape
-        # Channels-first 1x1 layers, as the reference applies them: outputs come out (filters, 2, points)
-        # with no transposition, and the k / -k halves are views (no slice-backward zero fills).
-        re_k, re_m = self.mlp_real.columns(coords.view(nd, -1)).view(self.filters, 2, points).unbind(1)
-        im_k, im_m = self.mlp_imag.columns(coords.view(nd, -1)).view(self.filters, 2, points).unbind(1)
-        # W_sym(k) = (W(k) + conj(W(-k))) / 2
-        real = 0.5 * (re_k + re_m)
-        imag = 0.5 * (im_k - im_m)
+        # Channels-first 1x1 layers, as the reference applies them, up to the last hidden layer, on k and -k.
+        h_re = self.mlp_real.hidden_columns(coords.view(nd, -1)).view(-1, 2, points)  # (hidden, 2, points)
+        h_im = self.mlp_imag.hidden_columns(coords.view(nd, -1)).view(-1, 2, points)
+        # W_sym(k) = (W(k) + conj(W(-k))) / 2. The output layer is affine, so symmetrise its (narrow) input
+        # instead of its (filters, 2, points) output: half the output-layer work and no wide temporaries.
+        out_re, out_im = self.mlp_real[-1], self.mlp_imag[-1]
+        real = torch.addmm(out_re.bias.unsqueeze(1), out_re.weight, 0.5 * (h_re[:, 0] + h_re[:, 1]))  # (filters, pts)
+        # The imaginary bias cancels; written out, it stays in the graph with its (zero) gradient, as in the
+        # reference, so that optimizers and DDP see every parameter used.
+        zero = 0.5 * (out_im.bias - out_im.bias)
+        imag = torch.addmm(zero.unsqueeze(1), out_im.weight, 0.5 * (h_im[:, 0] - h_im[:, 1]))  # (filters, points)
         half = (*grid[:-1], grid[-1] // 2 + 1)
         if real.dtype in _LOW_PRECISION:
             real, imag = real.float(), imag.float()  # no complex bfloat16; complex32 has few kernels
