@@ -136,3 +136,15 @@ def test_no_calibration_or_caching_under_torch_compile(monkeypatch):
     x = torch.randn(1, 4, 10, 10)
     torch.testing.assert_close(compiled(x), F.conv2d(x, w, padding=2, groups=4))
     assert auto_cache() == {}
+
+
+def test_model_for_dense_layers_follows_the_fft_path():
+    """Dense layers: long kernels are lopsidedly FFT (the model decides), short ones are close (timed)."""
+    args = engine._check_args
+    x = torch.randn(8, 64, 4096)
+    long_kernel, short_kernel = torch.randn(64, 64, 512), torch.randn(64, 64, 9)
+    d, f = engine._model_seconds(x, long_kernel, args(x, long_kernel, None, 1, 256, 1, 1, "zeros"), True)
+    assert d > engine.MODEL_MARGIN * f
+    x = torch.randn(8, 64, 1024)
+    d, f = engine._model_seconds(x, short_kernel, args(x, short_kernel, None, 1, 4, 1, 1, "zeros"), True)
+    assert 1 / engine.MODEL_MARGIN < d / f < engine.MODEL_MARGIN

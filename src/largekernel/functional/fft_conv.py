@@ -622,15 +622,27 @@ class _FFTConvFunction(torch.autograd.Function):
 # segment of a short length M (overlap-save). The kernel-side work (its transforms and, for
 # dense layers, its layout passes and the kernel-sized product of the weight gradient) then
 # shrinks by n / M while the activation side grows by the overlap, M / (M - extent + 1).
-# Whether that pays is decided by a cost model (ns per element on the reference CPU,
-# forward + backward, measured from the stages of the dense 1-D case, docs/fft_conv.md):
+# Whether that pays is decided by a cost model of the FFT path's forward + backward, fitted by
+# least squares to nine dense and grouped layers (1-D and 2-D, blocked or not) timed on the
+# reference CPU with 2 threads; predictions within 0.8-1.3x of the measurements
+# (docs/fft_conv.md). The engine's ``backend="auto"`` uses the same model for such layers.
 
-_COST_ACTIVATION = 5.0  # per element of an activation transform row (B * (Cin + Cout) rows)
-_COST_KERNEL = {True: 6.8, False: 2.0}  # per element of a kernel buffer row (Cout * Cin/g rows), by contraction
-_COST_MAC = 0.11  # per complex multiply-add of the channel contraction per transform element
-_BLOCK_OVERHEAD = 2e5  # per call: segmenting, reassembling, more small ops
+_COST_ACTIVATION = 2.95e-9  # s per element of an activation transform row (B * (Cin + Cout) rows)
+_COST_KERNEL = {True: 3.48e-9, False: 1.2e-9}  # per element of a kernel buffer row (Cout * Cin/g), by contraction
+_COST_MAC = 0.111e-9  # per complex multiply-add of the channel contraction (per transform element)
+_COST_CALL = 0.5e-3  # per call
+_COST_BLOCKS = 0.2e-3  # per blocked call: segmenting, reassembling, more small ops
 _BLOCK_GAIN = 0.8  # blocks only when modelled at least 20% cheaper than one whole-signal transform
 _BLOCK_FACTORS = (2, 3, 4, 6, 8, 12, 16)  # block lengths tried: fast lengths near these multiples of the extent
+
+
+def _modelled_seconds(batch: int, cin: int, cout: int, cin_per_group: int, transform: int, buffer: int) -> float:
+    """Forward + backward of the FFT path with ``transform`` elements per activation row and a kernel
+    buffer of ``buffer`` elements per (out, in) pair."""
+    contract = cin_per_group > 1
+    total = _COST_CALL + _COST_ACTIVATION * batch * (cin + cout) * transform
+    total += _COST_KERNEL[contract] * cout * cin_per_group * buffer
+    return total + (_COST_MAC * batch * transform * cout * cin_per_group if contract else 0.0)
 
 
 @dataclass(frozen=True)
@@ -667,15 +679,29 @@ def _block_plan(sizes, kernel, pads, stride, dilation, fft, batch: int, cin: int
     def cost(choice) -> float:
         transform = math.prod(length * count for length, _, count in choice)
         buffer = math.prod(length for length, _, _ in choice)
-        total = _COST_ACTIVATION * batch * (cin + cout) * transform
-        total += _COST_KERNEL[contract] * cout * cin_per_group * buffer
-        return total + (_COST_MAC * batch * transform * cout * cin_per_group if contract else 0.0)
+        return _modelled_seconds(batch, cin, cout, cin_per_group, transform, buffer) + _COST_BLOCKS
 
-    whole = cost([(full, 0, 1) for full in fft])
+    whole = _modelled_seconds(batch, cin, cout, cin_per_group, math.prod(fft), math.prod(fft))
     best = min(itertools.product(*options), key=cost)
-    if all(count == 1 for _, _, count in best) or cost(best) + _BLOCK_OVERHEAD > _BLOCK_GAIN * whole:
+    if all(count == 1 for _, _, count in best) or cost(best) > _BLOCK_GAIN * whole:
         return None
     return _Blocks(*(tuple(c[j] for c in best) for j in range(3)))
+
+
+def _fft_seconds(input: Tensor, weight: Tensor, args: _Args) -> float:
+    """Modelled seconds of forward + backward by :func:`_fft_conv` (with the blocks it would use)."""
+    nd = args.nd
+    batch = input.shape[0] if args.batched else 1
+    sizes, kernel = tuple(input.shape[-nd:]), tuple(weight.shape[2:])
+    circular = args.padding_mode == "circular"
+    plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups, circular, input.device.type)
+    cin, cout, per_group = input.shape[-nd - 1], weight.shape[0], weight.shape[1]
+    blocks = None if circular else _block_plan(sizes, kernel, args.pads, args.stride, args.dilation, plan.fft, batch,
+                                               cin, cout, per_group, input.device.type)
+    if blocks is None:
+        return _modelled_seconds(batch, cin, cout, per_group, math.prod(plan.fft), math.prod(plan.fft))
+    transform = math.prod(length * count for length, count in zip(blocks.length, blocks.count))
+    return _modelled_seconds(batch, cin, cout, per_group, transform, math.prod(blocks.length)) + _COST_BLOCKS
 
 
 def _blocked_conv(input: Tensor, weight: Tensor, bias: Tensor | None, pads, args: _Args, blocks: _Blocks) -> Tensor:
