@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     from largekernel.nn import NIFFConv2d
 
     parser = suite_parser("niff", __doc__, "shorter timing (a smoke run)", "niff.json")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per case")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating measurements per case (short windows: the "
+                        "floor and the layer drift with the memory state, see benchmarks/RESULTS.md)")
     args = parse_suite_args(parser, argv)
 
     batch, channels, size = 8, 96, 56
-    min_run = args.min_run_time or (0.3 if args.quick else 1.0)
+    min_run = args.min_run_time or 0.3
     rounds = 1 if args.quick else args.rounds
     torch.manual_seed(0)
     x = torch.randn(batch, channels, size, size, requires_grad=True)
