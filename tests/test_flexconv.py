@@ -453,3 +453,48 @@ def test_bad_input_is_rejected_with_clear_messages():
         layer.resample(-3)
     with pytest.raises(ValueError, match="target must be 'gabor' or 'gabor\\+mask'"):
         antialiasing_loss(layer, target="sines")
+
+
+# ----------------------------------------------------------------------------- inference kernel cache
+
+
+def _counting(layer):
+    calls = []
+    layer.kernel_net.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_kernel_is_sampled_once_without_autograd_and_again_after_any_change():
+    torch.manual_seed(0)
+    layer = FlexConv2d(3, 4, 9).eval()
+    x = torch.randn(2, 3, 12, 12)
+    calls = _counting(layer)
+    with torch.no_grad():
+        y1 = layer(x)
+        y2 = layer(x)
+    assert len(calls) == 1 and torch.equal(y1, y2)
+    with torch.no_grad():
+        torch.testing.assert_close(y1, _reference(layer, x, layer.construct_kernel()))
+    # an in-place parameter update (an optimizer step) invalidates it
+    with torch.no_grad():
+        layer.mask_width.mul_(0.5)
+        y3 = layer(x)
+        torch.testing.assert_close(y3, _reference(layer, x, layer.construct_kernel()))
+    assert not torch.equal(y3, y1)
+    # so do a loaded state dict, a new resolution and a new mask threshold
+    other = FlexConv2d(3, 4, 9)
+    with torch.no_grad():
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other.eval()(x))
+        layer.resample(17)
+        assert layer(x).shape == (2, 4, 12, 12)
+        torch.testing.assert_close(layer(x), _reference(layer, x, layer.construct_kernel()))
+        layer.mask_threshold = 0.5
+        torch.testing.assert_close(layer(x), _reference(layer, x, layer.construct_kernel()))
+    # with autograd the kernel is sampled at every call and gradients reach the kernel net
+    before = len(calls)
+    layer.train()
+    layer(x).sum().backward()
+    layer(x).sum().backward()
+    assert len(calls) == before + 2
+    assert all(p.grad is not None for p in layer.kernel_net.parameters())
