@@ -334,3 +334,14 @@ def test_loads_reference_checkpoint_keys():
     x = torch.randn(2, 3, n, n, dtype=torch.float64)
     expected = torch.fft.ifft2(torch.fft.ifftshift(weights * torch.fft.fftshift(torch.fft.fft2(x)))).real
     torch.testing.assert_close(layer(x), expected)
+
+
+def test_inference_under_torch_compile_matches_eager():
+    """The inference filter cache steps aside under torch.compile (it cannot guard on version counters)."""
+    layer = NIFFConv2d(4).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        expected = layer(x)
+        torch.compiler.reset()
+        compiled = torch.compile(layer, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), expected)

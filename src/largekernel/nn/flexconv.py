@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.optim import mark
@@ -267,28 +268,13 @@ class _ContinuousConvNd(nn.Module):
             return self.kernel_net(coords, scale)  # (C_k, *k); scaled before the output layer
         return self.kernel_net(coords) * scale  # (C_k, *k)
 
-    def _kernel_key(self) -> tuple:
-        """Everything the sampled kernel depends on: the grids, the mask settings, and every parameter
-        and buffer (identity, version counter of in-place updates, device, dtype)."""
-        tensors = itertools.chain(self.parameters(), self.buffers())
-        return (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
-                getattr(self, "dynamic_cropping", None),
-                tuple((id(t), t._version, t.device, t.dtype) for t in tensors))
-
     def _forward_kernel(self) -> Tensor:
         """:meth:`_sample` for :meth:`forward`. Without autograd (inference, evaluation) the kernel is
-        reused while nothing it depends on changes, so a layer in eval mode samples its kernel net
-        once instead of at every call; with autograd it is sampled every call (and nothing is kept)."""
-        if torch.is_grad_enabled():
-            self.__dict__["_kernel_cache"] = None
-            return self._sample()
-        key = self._kernel_key()
-        cached = self.__dict__.get("_kernel_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        kernel = self._sample()
-        self.__dict__["_kernel_cache"] = (key, kernel)
-        return kernel
+        reused while nothing it depends on changes (grids, mask settings, parameters and buffers), so a
+        layer in eval mode samples its kernel net once instead of at every call."""
+        key = (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
+               getattr(self, "dynamic_cropping", None), tensor_state(self))
+        return reuse_without_autograd(self, "_kernel_cache", key, self._sample)
 
     def construct_kernel(self) -> Tensor:
         """The dense kernel this layer applies now, ``(out_channels, in_channels / groups, *k)``.

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
 
@@ -341,13 +342,12 @@ class _NIFFConvNd(nn.Module):
         return self._coords[key]
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """``W_sym`` on the rfft half-spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex."""
-        if not torch.is_grad_enabled():
-            # Inference: reuse the filter while the parameters are unchanged (in-place updates bump
-            # _version; a replaced parameter changes id).
-            key = (grid, device, dtype, tuple((id(p), p._version) for p in self.parameters()))
-            if self._filter_cache is not None and self._filter_cache[0] == key:
-                return self._filter_cache[1]
+        """``W_sym`` on the rfft half-spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex; at inference
+        reused while the grid and the parameters are unchanged."""
+        return reuse_without_autograd(self, "_filter_cache", (grid, device, dtype, tensor_state(self)),
+                                      lambda: self._compute_half_filter(grid, device, dtype))
+
+    def _compute_half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         coords = self._coordinates(grid, device, dtype)  # (nd, 2, points)
         nd, _, points = coords.shape
         # Channels-first 1x1 layers, as the reference applies them, up to the last hidden layer, on k and -k.
@@ -364,10 +364,7 @@ class _NIFFConvNd(nn.Module):
         half = (*grid[:-1], grid[-1] // 2 + 1)
         if real.dtype in _LOW_PRECISION:
             real, imag = real.float(), imag.float()  # no complex bfloat16; complex32 has few kernels
-        w = torch.complex(real, imag).view(self.filters, *half)  # (filters, *half) complex
-        if not torch.is_grad_enabled():
-            self._filter_cache = (key, w)
-        return w
+        return torch.complex(real, imag).view(self.filters, *half)  # (filters, *half) complex
 
     def filter(self, size: Sequence[int]) -> Tensor:
         """The learned complex filter ``W(k)`` on the full grid for input ``size``, in FFT order (DC first).
