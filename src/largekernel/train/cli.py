@@ -63,14 +63,17 @@ def parse_train_config(argv: list[str]) -> tuple[TrainConfig, bool]:
 def train_main(argv: list[str] | None = None) -> int:
     from largekernel.train.engine import train
 
-    cfg, quiet = parse_train_config(list(sys.argv[1:] if argv is None else argv))
-    try:
-        train(cfg, progress=not quiet)
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    cfg, quiet = parse_train_config(list(sys.argv[1:] if argv is None else argv))
+    train(cfg, progress=not quiet)
+    if dist.is_available() and dist.is_initialized():
+        # Every rank finishes its last collective before any rank tears its connections down: a
+        # rank leaving early made gloo's worker threads of another abort ("terminate called
+        # without an active exception"). After an exception there is no teardown: a collective
+        # could wait forever on a failed rank, and torchrun stops the others.
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
