@@ -279,14 +279,22 @@ fft_module = __import__("largekernel.functional.fft_conv", fromlist=["_block_pla
 
 
 @pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)])
-def test_dense_partial_requires_grad(needs):
-    x = torch.randn(3, 6, 11, 9, dtype=torch.float64, requires_grad=needs[0])
-    w = torch.randn(4, 3, 5, 4, dtype=torch.float64, requires_grad=needs[1])
-    grad = torch.randn(3, 4, 11, 9, dtype=torch.float64)
+@pytest.mark.parametrize("batch, cin, cout, kw", [
+    (3, 6, 4, {"padding": "same", "groups": 2}),  # 3 * 2 * 3 multiply-adds per product: complex einsum
+    (4, 24, 20, {"padding": "same", "groups": 2}),  # 4 * 10 * 12 >= 400: the real-bmm path
+    (5, 16, 16, {"stride": 2, "padding": (2, 1), "dilation": (1, 2)}),  # real bmm, strided and dilated
+])
+def test_dense_partial_requires_grad(needs, batch, cin, cout, kw):
+    groups = kw.get("groups", 1)
+    assert (cin // groups) * (cout // groups) * batch >= 400 or cin == 6
+    x = torch.randn(batch, cin, 11, 9, dtype=torch.float64, requires_grad=needs[0])
+    w = torch.randn(cout, cin // groups, 5, 4, dtype=torch.float64, requires_grad=needs[1])
+    y = F.conv2d(x, w, **kw)
+    grad = torch.randn_like(y)
     leaves = [t for t in (x, w) if t.requires_grad]
-    ours = torch.autograd.grad(fft_conv(x, w, padding="same", groups=2), leaves, grad)
-    expected = torch.autograd.grad(F.conv2d(x, w, padding="same", groups=2), leaves, grad)
-    for a, b in zip(ours, expected):
+    ours = fft_conv(x, w, **kw)
+    torch.testing.assert_close(ours, y)
+    for a, b in zip(torch.autograd.grad(ours, leaves, grad), torch.autograd.grad(y, leaves, grad)):
         torch.testing.assert_close(a, b)
 
 

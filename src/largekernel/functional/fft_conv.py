@@ -441,7 +441,8 @@ def _rfft_upsampled(grad: Tensor, plan: _Plan) -> Tensor:
 #
 # Without a channel contraction (depthwise, channel multiplier: I == 1) the products are
 # elementwise. With one (I > 1), every frequency is a small complex matrix product. torch's
-# complex bmm loops over the batch on the CPU, so the products are done as *real* bmm's over
+# complex bmm calls BLAS once per matrix on the CPU, so (unless the products are tiny, see
+# _SMALL_CONTRACTION) they are done as *real* bmm's over
 # frequency-major operands instead: the complex kernel spectrum viewed as real, (P*G, O, 2I)
 # with re/im interleaved, against an expanded real copy of the smaller activation operand:
 #
@@ -527,33 +528,44 @@ def _contract_weight_grad(g: Tensor, block: Tensor) -> Tensor:
     return torch.view_as_complex(gw.view(p, -1, 2))
 
 
+# torch's CPU bmm runs products of fewer than 400 multiply-adds (rows * cols * inner) as one
+# plain loop over the batch, fast for complex; larger ones go to BLAS one matrix at a time.
+# Channel contractions that small stay complex einsums.
+_SMALL_CONTRACTION = 400
+
+
 def _product(x_f: Tensor, wc_f: Tensor, groups: int) -> Tensor:
-    """Output spectrum ``y = x * conj(w)`` without a channel contraction (depthwise, multiplier)."""
+    """Output spectrum ``y = sum_i x * conj(w)`` per group, unless the real-bmm path takes it."""
     b = x_f.shape[0]
-    cout = wc_f.shape[0]
+    cout, i = wc_f.shape[:2]
     o = cout // groups
-    y_f = x_f.reshape(b, groups, 1, -1) * wc_f.reshape(groups, o, -1)  # (B, G, O, F)
+    if i == 1:  # depthwise (o == 1) or channel multiplier: elementwise, no channel contraction
+        y_f = x_f.reshape(b, groups, 1, -1) * wc_f.reshape(groups, o, -1)  # (B, G, O, F)
+    else:
+        y_f = torch.einsum("bgif,goif->bgof", x_f.reshape(b, groups, i, -1), wc_f.reshape(groups, o, i, -1))
     return y_f.reshape(b, cout, *x_f.shape[2:])
 
 
 def _input_grad_product(g_f: Tensor, w_f: Tensor, groups: int) -> Tensor:
-    """Input-gradient spectrum ``gx = sum_o g * w`` (a convolution: no conjugate) without a channel
-    contraction. May overwrite ``g_f``."""
+    """Input-gradient spectrum ``gx = sum_o g * w`` (a convolution: no conjugate). May overwrite ``g_f``."""
     b, cout = g_f.shape[:2]
+    i = w_f.shape[1]
     o = cout // groups
     freq = g_f.shape[2:]
-    if o == 1:  # depthwise: elementwise, in place (no fresh spectrum-sized allocation)
+    if i == 1 and o == 1:  # depthwise: elementwise, in place (no fresh spectrum-sized allocation)
         return g_f.mul_(w_f.reshape(cout, *freq))
-    return (g_f.reshape(b, groups, o, -1) * w_f.reshape(groups, o, -1)).sum(2).reshape(b, groups, *freq)
+    x_f = torch.einsum("bgof,goif->bgif", g_f.reshape(b, groups, o, -1), w_f.reshape(groups, o, i, -1))
+    return x_f.reshape(b, groups * i, *freq)
 
 
 def _weight_grad_product(x_f: Tensor, g_f: Tensor, groups: int) -> Tensor:
-    """Kernel-gradient spectrum ``gw = sum_b x * conj(g)`` without a channel contraction: reduced over
-    the batch before the inverse transform, so that only a kernel-sized buffer is transformed back."""
+    """Kernel-gradient spectrum ``gw = sum_b x * conj(g)``: reduced over the batch before the inverse
+    transform, so that only a kernel-sized buffer is transformed back."""
     b, cout = g_f.shape[:2]
+    i = x_f.shape[1] // groups
     o = cout // groups
-    w_f = torch.einsum("bgf,bgof->gof", x_f.reshape(b, groups, -1), g_f.reshape(b, groups, o, -1).conj())
-    return w_f.reshape(cout, 1, *g_f.shape[2:])
+    w_f = torch.einsum("bgif,bgof->goif", x_f.reshape(b, groups, i, -1), g_f.reshape(b, groups, o, -1).conj())
+    return w_f.reshape(cout, i, *g_f.shape[2:])
 
 
 class _FFTConvFunction(torch.autograd.Function):
@@ -570,7 +582,8 @@ class _FFTConvFunction(torch.autograd.Function):
         dims = _spatial(nd)
         x_f = torch.fft.rfftn(input, s=plan.fft, dim=dims)  # (B, Cin, *F) complex
         w_f = torch.fft.rfftn(_place_kernel(weight, plan), dim=dims)  # (Cout, Cin/g, *F)
-        contract = weight.shape[1] > 1
+        i = weight.shape[1]
+        contract = i > 1 and input.shape[0] * (weight.shape[0] // plan.groups) * i >= _SMALL_CONTRACTION
         if contract:
             y_f, x_saved, w_saved = _contract_forward(x_f, w_f, plan.groups)
         else:
