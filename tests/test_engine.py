@@ -148,3 +148,28 @@ def test_model_for_dense_layers_follows_the_fft_path():
     x = torch.randn(8, 64, 1024)
     d, f = engine._model_seconds(x, short_kernel, args(x, short_kernel, None, 1, 4, 1, 1, "zeros"), True)
     assert 1 / engine.MODEL_MARGIN < d / f < engine.MODEL_MARGIN
+
+
+def test_close_timed_choice_is_timed_again_once_after_warm_up(monkeypatch):
+    """A close first timing (cold process) is re-timed after RETIME_AFTER calls; a clear one is final."""
+    monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1.0, 1.1))  # close: must time
+    timings = iter([(1.0, 1.2), (1.0, 0.5)])  # cold: direct looks faster; warm: FFT is
+    calls = []
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: calls.append(1) or next(timings))
+    x, w = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 7, 7)
+    convolve(x, w, padding="same", groups=4)
+    (entry,) = auto_cache().values()
+    assert (entry["backend"], entry["source"], entry["retime_in"]) == ("direct", "timed", engine.RETIME_AFTER)
+    for _ in range(engine.RETIME_AFTER - 1):
+        convolve(x, w, padding="same", groups=4)
+    assert len(calls) == 1 and choose_backend(x, w, padding="same", groups=4) == "fft"  # the retiming call
+    (entry,) = auto_cache().values()
+    assert (entry["backend"], entry["source"], entry["retime_in"], len(calls)) == ("fft", "retimed", 0, 2)
+    for _ in range(3 * engine.RETIME_AFTER):
+        torch.testing.assert_close(convolve(x, w, padding="same", groups=4), F.conv2d(x, w, padding="same", groups=4))
+    assert len(calls) == 2  # final
+    clear_auto_cache()
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: calls.append(1) or (1.0, 3.0))  # clear-cut
+    for _ in range(3 * engine.RETIME_AFTER):
+        convolve(x, w, padding="same", groups=4)
+    assert len(calls) == 3 and next(iter(auto_cache().values()))["source"] == "timed"

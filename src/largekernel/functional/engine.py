@@ -11,7 +11,9 @@ than a second (on CPU, where its constants were fitted), the model decides; othe
 call (forward, and forward+backward when gradients are needed): a warm-up of
 each, then :data:`CALIBRATION_REPS` alternating runs of each, the minimum
 counting; a path whose first timed run is already twice as slow as the other's
-is not run again. The choice is cached
+is not run again. A timed choice whose paths came within :data:`RETIME_RATIO` of
+each other is timed once more after :data:`RETIME_AFTER` further calls of its key
+(source ``"retimed"``), when the process has warmed up. The choice is cached
 per key (shapes, stride, padding, dilation, groups, padding mode, dtype, device,
 whether gradients are needed); :func:`auto_cache` shows it and
 :func:`clear_auto_cache` forgets it. Under ``torch.compile`` or ``torch.jit``
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -41,6 +43,8 @@ __all__ = [
     "BACKENDS",
     "MODEL_MARGIN",
     "CALIBRATION_REPS",
+    "RETIME_RATIO",
+    "RETIME_AFTER",
 ]
 
 BACKENDS = ("auto", "direct", "fft")
@@ -55,12 +59,21 @@ _MAX_CALIBRATION_CALL = 1.0
 _MIN_MODEL_CALL = 0.02
 
 
+#: A timed choice whose two paths are within this factor of each other is timed once more, after
+#: :data:`RETIME_AFTER` further calls of its key: the first calls of a process also pay page
+#: faults and cold caches, unevenly between the paths (an FFT path measured 1.2-2x its steady
+#: time there), so a close first timing can pick the slower path for the rest of the run.
+RETIME_RATIO = 1.5
+RETIME_AFTER = 10
+
+
 @dataclass(frozen=True)
 class _Choice:
     backend: str
-    source: str  # "timed" or "model"
+    source: str  # "timed", "retimed" or "model"
     direct_seconds: float
     fft_seconds: float
+    retime_in: int = 0  # calls of the key left before a close timed choice is timed again (0: final)
 
 
 _CACHE: dict[tuple, _Choice] = {}
@@ -205,6 +218,14 @@ def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode
            padding_mode, input.dtype, str(input.device), needs_grad)
     choice = _CACHE.get(key)
     if choice is not None:
+        if choice.retime_in and not _compiling():
+            if choice.retime_in > 1:
+                choice = replace(choice, retime_in=choice.retime_in - 1)
+            else:
+                direct, fft = _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode,
+                                             args, needs_grad, direct_first=choice.backend == "direct")
+                choice = _Choice("direct" if direct <= fft else "fft", "retimed", direct, fft)
+            _CACHE[key] = choice
         return choice
     direct, fft = _model_seconds(input, weight, args, needs_grad)
     # Timing small calls is cheap, so the model only short-cuts large, lopsided ones; its constants
@@ -217,7 +238,8 @@ def _choose(input, weight, bias, stride, padding, dilation, groups, padding_mode
     else:
         direct, fft = _timed_seconds(input, weight, bias, stride, padding, dilation, groups, padding_mode,
                                      args, needs_grad, direct_first=direct <= fft)
-        choice = _Choice("direct" if direct <= fft else "fft", "timed", direct, fft)
+        close = max(direct, fft) < RETIME_RATIO * min(direct, fft)
+        choice = _Choice("direct" if direct <= fft else "fft", "timed", direct, fft, RETIME_AFTER if close else 0)
     if not compiling:  # a traced graph must not mutate Python state
         _CACHE[key] = choice
     return choice
