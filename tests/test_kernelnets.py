@@ -178,3 +178,14 @@ def test_factory_and_bad_input():
         MAGNetKernel(1, 2, input_scale=-1.0)
     with pytest.raises(ValueError, match="num_layers must be"):
         MAGNetKernel(1, 2, num_layers=0)
+
+
+@pytest.mark.parametrize("name", ["fourier", "gabor", "magnet"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_batched_filters_equal_each_filter(name, bias):
+    """The MFN evaluates all filters in one batched pass; each must equal its own module's forward."""
+    net = create_kernel_net(name, 2, 5, hidden_channels=6, num_layers=3, bias=bias, dtype=torch.float64)
+    coords = torch.rand(17, 2, dtype=torch.float64) * 2 - 1
+    batched = net._filter_outputs(coords)
+    for l, f in enumerate(net.filters):
+        torch.testing.assert_close(batched[l], f(coords))

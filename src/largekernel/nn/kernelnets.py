@@ -312,10 +312,28 @@ class _MFN(_KernelNet):
             lin.weight.uniform_(-bound, bound)
         self.output.reset_parameters()
 
+    def _filter_outputs(self, coords: Tensor) -> Tensor:
+        """Every filter at once, ``(L + 1, N, hidden)``: the same values as calling each
+        :class:`_MFNFilter`, in a dozen batched ops instead of ~9 per filter (these nets run on
+        small grids at every training step, where per-op overhead dominates)."""
+        filters = self.filters
+        weight = torch.stack([f.linear.weight for f in filters])  # (L + 1, hidden, dim)
+        pre = torch.matmul(coords, weight.transpose(1, 2))  # (L + 1, N, hidden)
+        if filters[0].linear.bias is not None:
+            pre = pre + torch.stack([f.linear.bias for f in filters]).unsqueeze(1)
+        out = torch.sin(pre)
+        if filters[0].gamma is not None:
+            gamma = torch.stack([f.gamma for f in filters]).unsqueeze(1)  # (L + 1, 1, hidden, dim or 1)
+            mu = torch.stack([f.mu for f in filters]).unsqueeze(1)  # (L + 1, 1, hidden, dim)
+            z = gamma * (coords[:, None, :] - mu)  # (L + 1, N, hidden, dim)
+            out = out * torch.exp(-0.5 * z.square().sum(-1))
+        return out
+
     def _hidden(self, coords: Tensor) -> Tensor:
-        out = self.filters[0](coords)  # (N, hidden)
-        for f, lin in zip(self.filters[1:], self.linears):
-            out = f(coords) * lin(out)  # (N, hidden)
+        g = self._filter_outputs(coords)  # (L + 1, N, hidden)
+        out = g[0]
+        for l, lin in enumerate(self.linears):
+            out = g[l + 1] * lin(out)  # (N, hidden)
         return out
 
     def frequency_bounds(self, gauss_stddevs: float = 2.0) -> Tensor:
