@@ -27,3 +27,14 @@ def test_bench_conv_tiny(tmp_path, capsys):
 def test_bench_conv_via_cli_rejects_even_kernels(capsys):
     assert cli_main(["bench", "conv", "--kernels", "4"]) == 2
     assert "odd" in capsys.readouterr().err
+
+
+def test_machine_info_records_allocator_settings(monkeypatch):
+    from largekernel.bench._harness import machine_info
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    assert "allocator" not in machine_info()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
+    assert machine_info()["allocator"] == {"MALLOC_TRIM_THRESHOLD_": "68719476736"}

@@ -80,6 +80,10 @@ def machine_info() -> dict:
         pass
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()
+    # allocator settings change CPU timings of large tensors by up to ~1.5x (docs/fft_conv.md)
+    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+    if allocator:
+        info["allocator"] = allocator
     return info
 
 
