@@ -173,3 +173,19 @@ def test_close_timed_choice_is_timed_again_once_after_warm_up(monkeypatch):
     for _ in range(3 * engine.RETIME_AFTER):
         convolve(x, w, padding="same", groups=4)
     assert len(calls) == 3 and next(iter(auto_cache().values()))["source"] == "timed"
+
+
+def test_pending_retiming_is_dropped_when_calibration_is_switched_off(monkeypatch):
+    monkeypatch.setattr(engine, "_model_seconds", lambda *a: (1.0, 1.1))
+    calls = []
+    monkeypatch.setattr(engine, "_timed_seconds", lambda *a, **kw: calls.append(1) or (1.0, 1.2))
+    x, w = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 7, 7)
+    convolve(x, w, padding="same", groups=4)
+    set_calibration(False)
+    try:
+        for _ in range(2 * engine.RETIME_AFTER):
+            convolve(x, w, padding="same", groups=4)
+    finally:
+        set_calibration(True)
+    (entry,) = auto_cache().values()
+    assert len(calls) == 1 and (entry["source"], entry["retime_in"]) == ("timed", 0)
