@@ -701,16 +701,23 @@ def _block_plan(sizes, kernel, pads, stride, dilation, fft, batch: int, cin: int
     return _Blocks(*(tuple(c[j] for c in best) for j in range(3)))
 
 
+def _geometry(sizes, weight: Tensor, pads, args: _Args, batch: int, cin: int, circular: bool,
+              device_type: str) -> tuple[_Plan, _Blocks | None]:
+    """The whole-signal plan and, where the cost model prefers them, the overlap-save blocks."""
+    plan = _make_plan(sizes, tuple(weight.shape[2:]), pads, args.stride, args.dilation, args.groups, circular,
+                      device_type)
+    blocks = None if circular else _block_plan(tuple(sizes), plan.kernel, tuple(pads), args.stride, args.dilation,
+                                               plan.fft, batch, cin, weight.shape[0], weight.shape[1], device_type)
+    return plan, blocks
+
+
 def _fft_seconds(input: Tensor, weight: Tensor, args: _Args) -> float:
     """Modelled seconds of forward + backward by :func:`_fft_conv` (with the blocks it would use)."""
     nd = args.nd
     batch = input.shape[0] if args.batched else 1
-    sizes, kernel = tuple(input.shape[-nd:]), tuple(weight.shape[2:])
-    circular = args.padding_mode == "circular"
-    plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups, circular, input.device.type)
     cin, cout, per_group = input.shape[-nd - 1], weight.shape[0], weight.shape[1]
-    blocks = None if circular else _block_plan(sizes, kernel, args.pads, args.stride, args.dilation, plan.fft, batch,
-                                               cin, cout, per_group, input.device.type)
+    plan, blocks = _geometry(input.shape[-nd:], weight, args.pads, args, batch, cin,
+                             args.padding_mode == "circular", input.device.type)
     if blocks is None:
         return _modelled_seconds(batch, cin, cout, per_group, math.prod(plan.fft), math.prod(plan.fft))
     transform = math.prod(length * count for length, count in zip(blocks.length, blocks.count))
@@ -809,11 +816,7 @@ def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -
     if args.padding_mode in ("reflect", "replicate") or (circular and _circular_wraps(args, sizes, weight)):
         input = F.pad(input, _flat_pads(pads), mode=args.padding_mode)  # (B, Cin, *padded)
         sizes, pads, circular = tuple(input.shape[2:]), ((0, 0),) * nd, False
-    plan = _make_plan(sizes, tuple(weight.shape[2:]), pads, args.stride, args.dilation, args.groups,
-                      circular, input.device.type)
-    blocks = None if circular else _block_plan(sizes, plan.kernel, tuple(pads), args.stride, args.dilation, plan.fft,
-                                               input.shape[0], input.shape[1], weight.shape[0], weight.shape[1],
-                                               input.device.type)
+    plan, blocks = _geometry(sizes, weight, pads, args, input.shape[0], input.shape[1], circular, input.device.type)
     if blocks is not None:
         out = _blocked_conv(input, weight, bias, pads, args, blocks)
     else:

@@ -212,6 +212,20 @@ class SIRENKernel(_KernelNet):
         return h
 
 
+def _filter_values(x: Tensor, weight: Tensor, bias: Tensor | None, gamma: Tensor | None,
+                   mu: Tensor | None) -> Tensor:
+    """``window(x) * sin(W x + b)`` at points ``x`` ``(N, dim)`` for one filter (``weight`` ``(hidden, dim)``)
+    or a stack of them (leading dims on every parameter): ``(..., N, hidden)``."""
+    pre = torch.matmul(x, weight.transpose(-1, -2))  # (..., N, hidden)
+    if bias is not None:
+        pre = pre + bias.unsqueeze(-2)
+    out = torch.sin(pre)
+    if gamma is not None:
+        z = gamma.unsqueeze(-3) * (x[:, None, :] - mu.unsqueeze(-3))  # (..., N, hidden, dim)
+        out = out * torch.exp(-0.5 * z.square().sum(-1))
+    return out
+
+
 class _MFNFilter(nn.Module):
     """One multiplicative filter: ``window(x) * sin(W x + b)``; ``window`` a Gaussian for Gabor / MAGNet.
 
@@ -246,11 +260,7 @@ class _MFNFilter(nn.Module):
             self.linear.bias.uniform_(-math.pi, math.pi)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.sin(self.linear(x))  # (N, hidden)
-        if self.gamma is not None:
-            z = self.gamma * (x.unsqueeze(1) - self.mu)  # (N, hidden, dim)
-            out = out * torch.exp(-0.5 * z.square().sum(-1))  # (N, hidden)
-        return out
+        return _filter_values(x, self.linear.weight, self.linear.bias, self.gamma, self.mu)  # (N, hidden)
 
     def frequency_bound(self, gauss_stddevs: float) -> Tensor:
         """Largest frequency (cycles per unit of coordinate) along any axis: sine term plus window spread."""
@@ -317,17 +327,12 @@ class _MFN(_KernelNet):
         :class:`_MFNFilter`, in a dozen batched ops instead of ~9 per filter (these nets run on
         small grids at every training step, where per-op overhead dominates)."""
         filters = self.filters
-        weight = torch.stack([f.linear.weight for f in filters])  # (L + 1, hidden, dim)
-        pre = torch.matmul(coords, weight.transpose(1, 2))  # (L + 1, N, hidden)
-        if filters[0].linear.bias is not None:
-            pre = pre + torch.stack([f.linear.bias for f in filters]).unsqueeze(1)
-        out = torch.sin(pre)
-        if filters[0].gamma is not None:
-            gamma = torch.stack([f.gamma for f in filters]).unsqueeze(1)  # (L + 1, 1, hidden, dim or 1)
-            mu = torch.stack([f.mu for f in filters]).unsqueeze(1)  # (L + 1, 1, hidden, dim)
-            z = gamma * (coords[:, None, :] - mu)  # (L + 1, N, hidden, dim)
-            out = out * torch.exp(-0.5 * z.square().sum(-1))
-        return out
+
+        def stacked(name: str) -> Tensor | None:
+            tensors = [getattr(f.linear if name in ("weight", "bias") else f, name) for f in filters]
+            return None if tensors[0] is None else torch.stack(tensors)  # (L + 1, ...)
+
+        return _filter_values(coords, stacked("weight"), stacked("bias"), stacked("gamma"), stacked("mu"))
 
     def _hidden(self, coords: Tensor) -> Tensor:
         g = self._filter_outputs(coords)  # (L + 1, N, hidden)
