@@ -8,7 +8,23 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from largekernel.nn import NIFFConv1d, NIFFConv2d
+from largekernel.nn import niff
 from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
+
+
+@pytest.fixture(params=["packed", "real"])
+def fft_path(request, monkeypatch):
+    """Run a test on both products: batch pairs packed as complex signals (CPU default for 2-D and 3-D) and
+    real FFTs (the 1-D and CUDA default); each forced for every dimension."""
+    monkeypatch.setattr(niff, "_PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
+    calls = []
+    for name in ("_PackedProduct", "_SpectralProduct"):
+        cls = getattr(niff, name)
+        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
+                            torch.autograd.Function.apply.__func__(_cls, *a))
+    yield request.param
+    expected = "_PackedProduct" if request.param == "packed" else "_SpectralProduct"
+    assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
 
 
 def _reference_filter(layer, h, w):
@@ -37,14 +53,14 @@ def _circular_conv_torch(x, kernel):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (6, 9), (7, 5)])
-def test_matches_reference_formula(size):
+def test_matches_reference_formula(size, fft_path):
     torch.manual_seed(1)
     layer = NIFFConv2d(5, bias=False, dtype=torch.float64)
     x = torch.randn(2, 5, *size, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _reference_niff(layer, x), rtol=1e-10, atol=1e-10)
 
 
-def test_big_preset_and_bias_match_reference():
+def test_big_preset_and_bias_match_reference(fft_path):
     layer = NIFFConv2d(3, preset="big", dtype=torch.float64)
     assert [m.out_features for m in layer.mlp_real if isinstance(m, torch.nn.Linear)] == [*PRESETS["big"], 3]
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
@@ -61,7 +77,7 @@ def test_parameter_count_independent_of_input_size():
         assert layer(torch.randn(1, 16, *size)).shape == (1, 16, *size)
 
 
-def test_sizes_change_between_calls():
+def test_sizes_change_between_calls(fft_path):
     layer = NIFFConv2d(3, dtype=torch.float64)
     for size in [(6, 6), (11, 4), (6, 6), (16, 15)]:
         x = torch.randn(1, 3, *size, dtype=torch.float64)
@@ -93,8 +109,9 @@ def test_inference_cache_follows_replaced_and_loaded_parameters():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"preset": "big"}, {"hidden_channels": ()}, {"hidden_channels": (5,)},
-                                    {"mode": "linear"}, {"out_channels": 3, "groups": 1}])
-def test_gradients_match_autograd_through_the_reference(kwargs):
+                                    {"mode": "linear"}, {"out_channels": 3, "groups": 1},
+                                    {"padding": 2, "padding_mode": "reflect"}, {"padding": (1, 2)}])
+def test_gradients_match_autograd_through_the_reference(kwargs, fft_path):
     """Input and parameter gradients equal autograd's through the paper's complex-FFT formula."""
     torch.manual_seed(2)
     layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)
@@ -106,6 +123,10 @@ def test_gradients_match_autograd_through_the_reference(kwargs):
         h, w = x.shape[-2:]
         if layer.mode == "linear":
             return _reference_niff(layer, F.pad(x, (0, w, 0, h)))[..., :h, :w]
+        if any(layer.padding):
+            (ph, pw), mode = layer.padding, layer.padding_mode
+            padded = F.pad(x, (pw, pw, ph, ph), mode="constant" if mode == "zeros" else mode)
+            return _reference_niff(layer, padded)[..., ph:ph + h, pw:pw + w]
         return _reference_niff(layer, x)
 
     y = reference(x)
@@ -131,7 +152,7 @@ def test_spatial_kernel_is_a_circular_convolution(size):
     torch.testing.assert_close(layer.filter(size), torch.fft.ifftshift(_reference_filter(layer, *size), dim=(-2, -1)))
 
 
-def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel():
+def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel(fft_path):
     h, w = 6, 5
     layer = NIFFConv2d(3, bias=False, mode="linear", dtype=torch.float64)
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
@@ -144,7 +165,7 @@ def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel():
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])
-def test_padding_ablation_is_pad_filter_crop(padding_mode):
+def test_padding_ablation_is_pad_filter_crop(padding_mode, fft_path):
     layer = NIFFConv2d(2, padding=2, padding_mode=padding_mode, bias=False, dtype=torch.float64)
     x = torch.randn(1, 2, 7, 6, dtype=torch.float64)
     mode = "constant" if padding_mode == "zeros" else padding_mode
@@ -153,7 +174,7 @@ def test_padding_ablation_is_pad_filter_crop(padding_mode):
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_full_variant_is_depthwise_then_pointwise():
+def test_full_variant_is_depthwise_then_pointwise(fft_path):
     layer = NIFFConv2d(4, 6, groups=1, dtype=torch.float64)
     x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
     depthwise = _reference_niff(layer, x)
@@ -161,7 +182,7 @@ def test_full_variant_is_depthwise_then_pointwise():
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_channel_multiplier():
+def test_channel_multiplier(fft_path):
     layer = NIFFConv2d(3, 6, bias=False, dtype=torch.float64)
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _reference_niff(layer, x.repeat_interleave(2, dim=1)))
@@ -190,7 +211,7 @@ def test_spectrum_input_with_channel_multiplier():
     torch.testing.assert_close(layer(spectrum), layer(x))
 
 
-def test_stride_is_average_pooling_after_the_filter():
+def test_stride_is_average_pooling_after_the_filter(fft_path):
     layer = NIFFConv2d(2, stride=2, dtype=torch.float64)
     x = torch.randn(1, 2, 9, 8, dtype=torch.float64)
     expected = F.avg_pool2d(_reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1), 2)
@@ -198,7 +219,7 @@ def test_stride_is_average_pooling_after_the_filter():
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_niff1d_matches_formula():
+def test_niff1d_matches_formula(fft_path):
     layer = NIFFConv1d(3, bias=False, dtype=torch.float64)
     x = torch.randn(2, 3, 11, dtype=torch.float64)
     k = torch.fft.fftfreq(11, 1 / 11).to(torch.float64).unsqueeze(-1)  # integer frequencies, FFT order
@@ -207,7 +228,7 @@ def test_niff1d_matches_formula():
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_niff3d_runs_and_bakes():
+def test_niff3d_runs_and_bakes(fft_path):
     layer = NIFFConv3d(2, dtype=torch.float64)
     x = torch.randn(1, 2, 4, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(layer.bake((4, 5, 6))(x), layer(x))
@@ -236,12 +257,14 @@ def test_construct_kernel_layout():
     torch.testing.assert_close(F.conv2d(padded, weight, groups=3), layer(x))
 
 
-@pytest.mark.parametrize("kwargs,size", [({}, (4, 5)), ({}, (3, 4)), ({"mode": "linear"}, (3, 4)),
-                                         ({"out_channels": 3, "groups": 1}, (4, 5)), ({"out_channels": 4}, (3, 3))])
-def test_gradcheck(kwargs, size):
+@pytest.mark.parametrize("kwargs,size,batch", [({}, (4, 5), 2), ({}, (3, 4), 3), ({"mode": "linear"}, (3, 4), 1),
+                                               ({"out_channels": 3, "groups": 1}, (4, 5), 3),
+                                               ({"out_channels": 4}, (3, 3), 2),
+                                               ({"padding": 1, "padding_mode": "reflect"}, (3, 4), 3)])
+def test_gradcheck(kwargs, size, batch, fft_path):
     torch.manual_seed(0)
     layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)
-    x = torch.randn(2, 2, *size, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, 2, *size, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in layer.named_parameters()]
 
     def fn(x, *params):
