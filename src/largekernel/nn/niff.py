@@ -186,28 +186,31 @@ _PACKED_DEVICES = {"cpu"}
 _PACKED_MIN_NDIM = 2
 
 
-def _pack(x: Tensor, grid: tuple[int, ...], start: tuple[int, ...]) -> Tensor:
+def _pack(x: Tensor, grid: tuple[int, ...], start: tuple[int, ...], swap: bool = False) -> Tensor:
     """Real ``(B, C, *size)`` -> complex ``(ceil(B/2), C, *grid)``: sample ``b`` as the real part of ``b``, sample
-    ``ceil(B/2) + b`` as its imaginary part, placed at ``start`` in a zero grid (an odd batch's last imaginary
-    part is zero)."""
+    ``ceil(B/2) + b`` as its imaginary part (the other way round with ``swap``), placed at ``start`` in a zero
+    grid (an odd batch's last pair is completed with zeros)."""
     nd = len(grid)
     batch, size = x.shape[0], tuple(x.shape[-nd:])
     half = (batch + 1) // 2
+    first, second = x[:half], x[half:]
     if size == grid and batch % 2 == 0:
-        return torch.complex(x[:half], x[half:])
+        return torch.complex(second, first) if swap else torch.complex(first, second)
     buf = x.new_zeros(half, *x.shape[1:-nd], *grid, 2)
     region = (..., *(slice(s, s + n) for s, n in zip(start, size)))
-    buf[region + (0,)] = x[:half]
-    buf[:batch - half][region + (1,)] = x[half:]
+    buf[region + (int(swap),)] = first
+    buf[:batch - half][region + (1 - int(swap),)] = second
     return torch.view_as_complex(buf)
 
 
-def _unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...], bias: Tensor | None) -> Tensor:
+def _unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...], bias: Tensor | None,
+            swap: bool = False) -> Tensor:
     """Inverse of :func:`_pack` on the region ``start:start + size`` of a packed complex signal, plus ``bias``."""
     half = z.shape[0]
     parts = torch.view_as_real(z)[(..., *(slice(s, s + n) for s, n in zip(start, size)), slice(None))]
     out = parts.new_empty(batch, *z.shape[1:-len(size)], *size)
-    for dst, src in ((out[:half], parts[..., 0]), (out[half:], parts[:batch - half, ..., 1])):
+    pairs = ((out[:half], parts[..., int(swap)]), (out[half:], parts[:batch - half, ..., 1 - int(swap)]))
+    for dst, src in pairs:
         if bias is None:
             dst.copy_(src)
         else:
@@ -220,10 +223,11 @@ class _PackedProduct(torch.autograd.Function):
 
     With ``z = x_a + i x_b`` and a Hermitian ``w`` (a real spatial kernel), ``ifftn(w * fftn(z))`` is
     ``y_a + i y_b``: complex FFTs over half the batch replace the real ones (see :func:`_packs`). Backward:
-    ``grad_x`` the same way with ``conj(w)``; the filter gradient ``sum conj(Z_x) * Z_g / N`` over the packed
-    pairs equals the true one up to an anti-Hermitian part (cross terms ``i (conj X_a G_b - conj X_b G_a)``),
-    which the Hermitian symmetrisation that builds ``w`` removes in its backward; likewise the cross terms of
-    the pointwise gradient are purely imaginary and drop out of its real part. ``x`` fills the grid from its
+    ``grad_x = ifftn(conj(w) * G)`` the same way (computed without conjugating anything large, see there); the
+    filter gradient ``sum conj(S) * G / N`` over the packed pairs equals the true one up to an anti-Hermitian
+    part (cross terms ``i (conj X_a G_b - conj X_b G_a)``), which the Hermitian symmetrisation that builds ``w``
+    removes in its backward; likewise the cross terms of the pointwise gradient are purely imaginary and drop
+    out of its real part. ``x`` fills the grid from its
     origin (zeros beyond, linear mode); the output is cropped to ``out_start:out_start + out_size``, with
     ``bias`` added on the way out.
     """
@@ -249,25 +253,33 @@ class _PackedProduct(torch.autograd.Function):
         batch, size, grid, out_start, out_size = ctx.geometry
         nd = len(grid)
         dims = tuple(range(-nd, 0))
-        scale = 1.0 / math.prod(grid)
-        g = torch.fft.fftn(_pack(grad, grid, out_start), dim=dims)  # (ceil(B/2), out, *grid) complex
+        # Conjugation-free: with the pair swapped, p' = g_b + i g_a = i conj(p), the unnormalised inverse FFT
+        # q = N ifftn(p') equals i conj(G) (G = fftn(p)). Then sum conj(S) G = i conj(sum S q) (one conj, on the
+        # small filter gradient) and grad_x = ifftn(conj(w) G) = i conj(fftn(w q) / N): the pair swapped back.
+        q = torch.fft.ifftn(_pack(grad, grid, out_start, swap=True), dim=dims, norm="forward")  # (ceil(B/2), out, *grid)
         grad_x = grad_w = grad_p = grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
         if pointwise is not None:
             if ctx.needs_input_grad[2]:
+                # sum Re(G conj(Z)) = sum Re(i conj(q Z)) = sum Im(q Z), Z = S * w the pointwise's input.
                 z = spec * w  # (ceil(B/2), in, *grid)
                 half, c = z.shape[:2]
-                gz = torch.view_as_real(g).reshape(half, g.shape[1], -1)  # (ceil(B/2), out, 2 * points)
-                grad_p = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(half, c, -1)) * scale
-            g = _pointwise(g, pointwise.t())  # (ceil(B/2), in, *grid)
-        if ctx.needs_input_grad[1]:
-            grad_w = spec[0].conj() * g[0]  # (C, *grid)
-            for b in range(1, spec.shape[0]):
-                grad_w.addcmul_(spec[b].conj(), g[b])
-            grad_w.mul_(scale)
-        if ctx.needs_input_grad[0]:
-            grad_x = _unpack(torch.fft.ifftn(g.mul_(w.conj()), dim=dims), batch, (0,) * nd, size, None)
+                q_parts = torch.view_as_real(q).reshape(half, q.shape[1], -1, 2)  # (ceil(B/2), out, points, 2)
+                z_parts = torch.view_as_real(z).reshape(half, c, -1, 2).flip(-1)  # (im, re)
+                grad_p = torch.einsum("bomr,bimr->oi", q_parts, z_parts) / math.prod(grid)
+            q = _pointwise(q, pointwise.t())  # (ceil(B/2), in, *grid)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        acc = None
+        for b in range(q.shape[0]):  # per pair, so that q[b] is still in cache for its second use
+            if need_w:
+                acc = spec[b] * q[b] if acc is None else acc.addcmul_(spec[b], q[b])  # (C, *grid)
+            if need_x:
+                q[b].mul_(w)
+        if need_w:
+            grad_w = acc.conj_physical_().mul_(1j / math.prod(grid))
+        if need_x:
+            grad_x = _unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True)
         return grad_x, grad_w, grad_p, grad_b, None, None, None
 
 
