@@ -22,3 +22,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def spy_functions(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
+    """Record (in the returned list) which of the autograd Functions ``module.<name>`` are applied."""
+    calls: list[str] = []
+    for name in names:
+        cls = getattr(module, name)
+        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
+                            torch.autograd.Function.apply.__func__(_cls, *a))
+    return calls

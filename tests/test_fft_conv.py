@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
+from conftest import spy_functions
+
 from largekernel.functional import fast_fft_length, fft_conv
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -370,3 +372,52 @@ def test_block_plan_keeps_small_and_depthwise_problems_whole():
     assert fft_module._block_plan((16384,), (257,), ((128, 128),), (1,), (1,), (16800,), 1, 16, 16, 1, "cpu") is None
     assert fft_module._block_plan((64, 64), (9, 9), ((4, 4),) * 2, (1, 1), (1, 1), (72, 72), 8, 32, 32, 32,
                                   "cpu") is None
+
+
+@pytest.fixture(params=["packed", "real"])
+def fft_path(request, monkeypatch):
+    """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
+    complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension."""
+    from importlib import import_module
+
+    from largekernel.functional import _packed
+
+    module = import_module("largekernel.functional.fft_conv")  # the module, not the function of that name
+
+    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
+    calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
+    yield request.param
+    expected = "_PackedFFTConvFunction" if request.param == "packed" else "_FFTConvFunction"
+    assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("batch", [2, 3])
+@pytest.mark.parametrize("cout, kw", [
+    (4, {"padding": "same"}),
+    (8, {"padding": 2, "dilation": 2}),
+    (4, {"padding": 1, "padding_mode": "circular"}),
+    (4, {"padding": "same", "padding_mode": "reflect"}),
+    (8, {"padding": "valid"}),
+])
+def test_elementwise_products_match_torch_with_gradients(nd, batch, cout, kw, fft_path):
+    """Depthwise and channel-multiplier convolutions, values and all three gradients, on both products."""
+    torch.manual_seed(nd * 10 + batch)
+    x = torch.randn(batch, 4, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, 1, *([3, 4, 2][:nd]), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    grad = None
+    results = []
+    for conv in (fft_conv, reference):
+        y = conv(x, w, b, groups=4, **kw)
+        grad = torch.randn_like(y) if grad is None else grad
+        results.append((y, *torch.autograd.grad(y, (x, w, b), grad)))
+    for name, got, expected in zip(("output", "input", "weight", "bias"), *results):
+        torch.testing.assert_close(got, expected, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)])
+def test_packed_partial_requires_grad_and_gradcheck(needs, fft_path):
+    x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs[0])
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=needs[1])
+    assert gradcheck(lambda *t: fft_conv(*t, padding=1, groups=2), (x, w), fast_mode=True)

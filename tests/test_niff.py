@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from largekernel.nn import NIFFConv1d, NIFFConv2d
-from largekernel.nn import niff
+from conftest import spy_functions
+
+from largekernel.functional import _packed
+from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
 from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
 
 
@@ -16,12 +18,8 @@ from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
 def fft_path(request, monkeypatch):
     """Run a test on both products: batch pairs packed as complex signals (CPU default for 2-D and 3-D) and
     real FFTs (the 1-D and CUDA default); each forced for every dimension."""
-    monkeypatch.setattr(niff, "_PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
-    calls = []
-    for name in ("_PackedProduct", "_SpectralProduct"):
-        cls = getattr(niff, name)
-        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
-                            torch.autograd.Function.apply.__func__(_cls, *a))
+    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
+    calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
     yield request.param
     expected = "_PackedProduct" if request.param == "packed" else "_SpectralProduct"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from largekernel.functional._packed import pack, packs, unpack
+
 __all__ = ["fft_conv", "fast_fft_length", "PADDING_MODES"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -629,6 +631,63 @@ class _FFTConvFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
+class _PackedFFTConvFunction(torch.autograd.Function):
+    """:class:`_FFTConvFunction` on batch pairs packed as complex signals (:mod:`largekernel.functional._packed`),
+    for the elementwise cases (depthwise, channel multiplier) at stride 1 (see :func:`_packed_plan`).
+
+    Forward ``y = x * conj(w)`` on the full grid; backward from ``q = i conj(G)``, the swapped gradient pair's
+    unnormalised inverse transform: the kernel gradient's buffer is ``Im(ifftn(sum x q))`` (the real part of
+    ``ifftn(-i sum x q)``; the pairs' cross terms are imaginary there), the input gradient
+    ``i conj(fftn(q conj(w)) / N)``, unpacked with the pair swapped back. Nothing large is conjugated.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan) -> Tensor:
+        nd = len(plan.fft)
+        dims, origin = _spatial(nd), (0,) * nd
+        x_f = torch.fft.fftn(pack(input, plan.fft, origin), dim=dims)  # (B/2, Cin, *fft) complex
+        wc_f = torch.fft.fftn(_place_kernel(weight, plan), dim=dims).conj_physical_()  # (Cout, 1, *fft)
+        out = unpack(torch.fft.ifftn(_product(x_f, wc_f, plan.groups), dim=dims), input.shape[0], origin, plan.out,
+                     bias)  # (B, Cout, *out)
+        need_input, need_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x_f if need_weight else None, wc_f if need_input else None)
+        ctx.plan, ctx.batch = plan, input.shape[0]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        plan: _Plan = ctx.plan
+        x_f, wc_f = ctx.saved_tensors
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        nd = len(plan.fft)
+        dims, origin = _spatial(nd), (0,) * nd
+        grad_input = grad_weight = grad_bias = None
+        if need_input or need_weight:
+            q = torch.fft.ifftn(pack(grad, plan.fft, origin, swap=True), dim=dims, norm="forward")  # (B/2, Cout, *F)
+        if need_weight:  # first: the input-gradient product below may overwrite q
+            groups, cout = plan.groups, grad.shape[1]
+            acc = q.new_zeros(groups, cout // groups, *plan.fft)  # sum over the pairs of x * q, per output
+            for b in range(q.shape[0]):
+                acc.addcmul_(x_f[b].view(groups, 1, *plan.fft), q[b].view(groups, -1, *plan.fft))
+            buffer = torch.fft.ifftn(acc.view(cout, 1, *plan.fft), dim=dims).imag
+            grad_weight = _gather_kernel(buffer, plan)  # (Cout, 1, *kernel)
+        if need_input:
+            gx = _input_grad_product(q, wc_f, plan.groups)  # sum_o q * conj(w): (B/2, Cin, *F)
+            grad_input = unpack(torch.fft.fftn(gx, dim=dims, norm="forward"), ctx.batch, origin, plan.sizes, swap=True)
+        if need_bias:
+            grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+        return grad_input, grad_weight, grad_bias, None
+
+
+def _packed_plan(input: Tensor, weight: Tensor, plan: _Plan) -> bool:
+    """Whether :class:`_PackedFFTConvFunction` takes the call: an elementwise product (one input channel per
+    group), stride 1 (decimation is written for half spectra), a batch to pair, and a device and dimension
+    where packed transforms are the faster ones."""
+    return (weight.shape[1] == 1 and all(s == 1 for s in plan.stride) and input.shape[0] > 1
+            and packs(input.device, len(plan.fft)))
+
+
 # ----------------------------------------------------------------------------- overlap-save blocks
 # A kernel much shorter than the signal need not be transformed at the signal's length: the
 # output is cut into blocks, each computed as a valid correlation of an overlapping input
@@ -819,6 +878,8 @@ def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -
     plan, blocks = _geometry(sizes, weight, pads, args, input.shape[0], input.shape[1], circular, input.device.type)
     if blocks is not None:
         out = _blocked_conv(input, weight, bias, pads, args, blocks)
+    elif _packed_plan(input, weight, plan):
+        out = _PackedFFTConvFunction.apply(input, weight, bias, plan)
     else:
         out = _FFTConvFunction.apply(input, weight, bias, plan)
     return out.to(dtype) if dtype in _LOW_PRECISION else out

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.functional._packed import pack, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
@@ -172,64 +173,16 @@ class _SpectralProduct(torch.autograd.Function):
         return grad_x, grad_w, grad_p, None
 
 
-def _packs(x: Tensor, nd: int) -> bool:
-    """Whether to run the depthwise product on batch pairs packed as complex signals (:class:`_PackedProduct`).
-
-    Measured on CPU (MKL, torch 2.13): a complex ``fftn`` over half the batch costs 1.2-2.3x less than
-    ``rfftn`` + ``irfftn`` over all of it for 2-D and 3-D grids (``irfftn`` runs a c2c pass and a copy
-    before its c2r), the packing copies included; for 1-D it costs 1.4x more. On CUDA untested: rfft there.
-    """
-    return x.device.type in _PACKED_DEVICES and nd >= _PACKED_MIN_NDIM
-
-
-_PACKED_DEVICES = {"cpu"}
-_PACKED_MIN_NDIM = 2
-
-
-def _pack(x: Tensor, grid: tuple[int, ...], start: tuple[int, ...], swap: bool = False) -> Tensor:
-    """Real ``(B, C, *size)`` -> complex ``(ceil(B/2), C, *grid)``: sample ``b`` as the real part of ``b``, sample
-    ``ceil(B/2) + b`` as its imaginary part (the other way round with ``swap``), placed at ``start`` in a zero
-    grid (an odd batch's last pair is completed with zeros)."""
-    nd = len(grid)
-    batch, size = x.shape[0], tuple(x.shape[-nd:])
-    half = (batch + 1) // 2
-    first, second = x[:half], x[half:]
-    if size == grid and batch % 2 == 0:
-        return torch.complex(second, first) if swap else torch.complex(first, second)
-    buf = x.new_zeros(half, *x.shape[1:-nd], *grid, 2)
-    region = (..., *(slice(s, s + n) for s, n in zip(start, size)))
-    buf[region + (int(swap),)] = first
-    buf[:batch - half][region + (1 - int(swap),)] = second
-    return torch.view_as_complex(buf)
-
-
-def _unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...], bias: Tensor | None,
-            swap: bool = False) -> Tensor:
-    """Inverse of :func:`_pack` on the region ``start:start + size`` of a packed complex signal, plus ``bias``."""
-    half = z.shape[0]
-    parts = torch.view_as_real(z)[(..., *(slice(s, s + n) for s, n in zip(start, size)), slice(None))]
-    out = parts.new_empty(batch, *z.shape[1:-len(size)], *size)
-    pairs = ((out[:half], parts[..., int(swap)]), (out[half:], parts[:batch - half, ..., 1 - int(swap)]))
-    for dst, src in pairs:
-        if bias is None:
-            dst.copy_(src)
-        else:
-            torch.add(src, bias.view(-1, *([1] * len(size))), out=dst)
-    return out
-
-
 class _PackedProduct(torch.autograd.Function):
     """:class:`_SpectralProduct` for a Hermitian full-grid filter, on batch pairs packed as complex signals.
 
     With ``z = x_a + i x_b`` and a Hermitian ``w`` (a real spatial kernel), ``ifftn(w * fftn(z))`` is
-    ``y_a + i y_b``: complex FFTs over half the batch replace the real ones (see :func:`_packs`). Backward:
-    ``grad_x = ifftn(conj(w) * G)`` the same way (computed without conjugating anything large, see there); the
-    filter gradient ``sum conj(S) * G / N`` over the packed pairs equals the true one up to an anti-Hermitian
-    part (cross terms ``i (conj X_a G_b - conj X_b G_a)``), which the Hermitian symmetrisation that builds ``w``
+    ``y_a + i y_b``: complex FFTs over half the batch replace the real ones (:mod:`largekernel.functional._packed`
+    has the measurements and the conjugation-free backward). The filter gradient summed over the packed pairs
+    equals the true one up to an anti-Hermitian part, which the Hermitian symmetrisation that builds ``w``
     removes in its backward; likewise the cross terms of the pointwise gradient are purely imaginary and drop
-    out of its real part. ``x`` fills the grid from its
-    origin (zeros beyond, linear mode); the output is cropped to ``out_start:out_start + out_size``, with
-    ``bias`` added on the way out.
+    out of its real part. ``x`` fills the grid from its origin (zeros beyond, linear mode); the output is
+    cropped to ``out_start:out_start + out_size``, with ``bias`` added on the way out.
     """
 
     @staticmethod
@@ -237,7 +190,7 @@ class _PackedProduct(torch.autograd.Function):
                 out_start: tuple[int, ...], out_size: tuple[int, ...]) -> Tensor:
         nd = len(grid)
         dims = tuple(range(-nd, 0))
-        packed = _pack(x, grid, (0,) * nd)  # (ceil(B/2), C, *grid) complex
+        packed = pack(x, grid, (0,) * nd)  # (ceil(B/2), C, *grid) complex
         spec = torch.fft.fftn(packed, dim=dims)
         z = torch.mul(spec, w, out=packed)  # the packed input is spent: one fresh buffer fewer
         if pointwise is not None:
@@ -245,7 +198,7 @@ class _PackedProduct(torch.autograd.Function):
         ctx.save_for_backward(spec, w, pointwise)
         ctx.geometry = (x.shape[0], tuple(x.shape[-nd:]), grid, out_start, out_size)
         ctx.has_bias = bias is not None
-        return _unpack(torch.fft.ifftn(z, dim=dims), x.shape[0], out_start, out_size, bias)
+        return unpack(torch.fft.ifftn(z, dim=dims), x.shape[0], out_start, out_size, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -256,7 +209,7 @@ class _PackedProduct(torch.autograd.Function):
         # Conjugation-free: with the pair swapped, p' = g_b + i g_a = i conj(p), the unnormalised inverse FFT
         # q = N ifftn(p') equals i conj(G) (G = fftn(p)). Then sum conj(S) G = i conj(sum S q) (one conj, on the
         # small filter gradient) and grad_x = ifftn(conj(w) G) = i conj(fftn(w q) / N): the pair swapped back.
-        q = torch.fft.ifftn(_pack(grad, grid, out_start, swap=True), dim=dims, norm="forward")  # (ceil(B/2), out, *grid)
+        q = torch.fft.ifftn(pack(grad, grid, out_start, swap=True), dim=dims, norm="forward")  # (B/2, out, *grid)
         grad_x = grad_w = grad_p = grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
@@ -279,7 +232,7 @@ class _PackedProduct(torch.autograd.Function):
         if need_w:
             grad_w = acc.conj_physical_().mul_(1j / math.prod(grid))
         if need_x:
-            grad_x = _unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True)
+            grad_x = unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True)
         return grad_x, grad_w, grad_p, grad_b, None, None, None
 
 
@@ -536,7 +489,7 @@ class _NIFFConvNd(nn.Module):
         start = (0,) * nd if self.mode == "linear" else self.padding  # where the output sits on the grid
         if pointwise is not None and isinstance(input, Tensor):
             pointwise = pointwise.to(x.dtype)
-        if isinstance(input, Tensor) and self.output == "spatial" and _packs(x, nd):
+        if isinstance(input, Tensor) and self.output == "spatial" and packs(x.device, nd):
             w = self._full_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *grid)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             y = _PackedProduct.apply(x, w, pointwise, bias, grid, start, size).to(input.dtype)  # (B, out, *size)
