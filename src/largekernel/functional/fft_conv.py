@@ -22,6 +22,10 @@ How it is made fast (docs/fft_conv.md has the derivations):
   products of spectra; only general grouped convolutions contract channels: a
   matmul per frequency, done as one *real* bmm over frequency-major operands
   (torch's complex bmm loops over the batch on the CPU; ~10x slower here).
+* **Packed batch pairs** (2-D / 3-D on CPU, elementwise products at stride 1):
+  two real signals travel as one complex one, ``x_a + i x_b``; complex transforms
+  over half the batch are cheaper than real ones over all of it with torch's MKL
+  backend (:mod:`largekernel.functional._packed`).
 * **Overlap-save.** A 1-D kernel much shorter than the signal is applied in
   blocks: each block of outputs is a valid correlation of an overlapping input
   segment at a short length, so the kernel is transformed at the block length,
