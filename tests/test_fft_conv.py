@@ -421,3 +421,20 @@ def test_packed_partial_requires_grad_and_gradcheck(needs, fft_path):
     x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs[0])
     w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=needs[1])
     assert gradcheck(lambda *t: fft_conv(*t, padding=1, groups=2), (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, expected", [
+    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "padding": "same"}, "_PackedFFTConvFunction"),
+    ((2, 4, 5, 5, 5), (8, 1, 3, 3, 3), {"groups": 4}, "_PackedFFTConvFunction"),  # channel multiplier, 3-D
+    ((1, 4, 9, 9), (4, 1, 5, 5), {"groups": 4}, "_FFTConvFunction"),  # a batch of one: nothing to pair
+    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "stride": 2}, "_FFTConvFunction"),  # decimation: half spectra
+    ((2, 4, 9, 9), (4, 2, 5, 5), {"groups": 2}, "_FFTConvFunction"),  # a channel contraction
+    ((2, 4, 12), (4, 1, 5), {"groups": 4}, "_FFTConvFunction"),  # 1-D: real transforms are the faster ones
+])
+def test_default_path_per_call(x_shape, w_shape, kw, expected, monkeypatch):
+    from importlib import import_module
+
+    calls = spy_functions(monkeypatch, import_module("largekernel.functional.fft_conv"),
+                          ("_PackedFFTConvFunction", "_FFTConvFunction"))
+    fft_conv(torch.randn(x_shape), torch.randn(w_shape), **kw)
+    assert calls == [expected]

@@ -89,6 +89,17 @@ def test_fft_convolution_layer_is_counted_and_cheaper_than_direct():
     assert fft.params == direct.params == 4 * 31 * 31 + 4
 
 
+def test_packed_niff_layer_is_counted():
+    """NIFF on packed batch pairs (torch.mul with out=): one complex forward and one inverse FFT per pair."""
+    from largekernel.nn import NIFFConv2d
+
+    b, c, h, w = 4, 3, 8, 6
+    result = count(NIFFConv2d(c, bias=False), (b, c, h, w))
+    n = h * w
+    assert result.by_op["_fft_c2c"] == 2 * (b // 2) * c * fft_flops(n, real=False)
+    assert result.by_op["mul"] >= 6 * (b // 2) * c * n  # the filter product, complex x complex
+
+
 def test_restores_training_mode_and_validates_input_size():
     model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.BatchNorm1d(2)).train()
     result = count(model, (1, 1, 10))

@@ -78,7 +78,7 @@ def test_parameter_count_independent_of_input_size():
 def test_sizes_change_between_calls(fft_path):
     layer = NIFFConv2d(3, dtype=torch.float64)
     for size in [(6, 6), (11, 4), (6, 6), (16, 15)]:
-        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        x = torch.randn(2, 3, *size, dtype=torch.float64)
         expected = _reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1)
         torch.testing.assert_close(layer(x), expected)
 
@@ -165,7 +165,7 @@ def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel(fft_path):
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])
 def test_padding_ablation_is_pad_filter_crop(padding_mode, fft_path):
     layer = NIFFConv2d(2, padding=2, padding_mode=padding_mode, bias=False, dtype=torch.float64)
-    x = torch.randn(1, 2, 7, 6, dtype=torch.float64)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64)
     mode = "constant" if padding_mode == "zeros" else padding_mode
     padded = F.pad(x, (2, 2, 2, 2), mode=mode)
     expected = _reference_niff(layer, padded)[..., 2:9, 2:8]
@@ -182,7 +182,7 @@ def test_full_variant_is_depthwise_then_pointwise(fft_path):
 
 def test_channel_multiplier(fft_path):
     layer = NIFFConv2d(3, 6, bias=False, dtype=torch.float64)
-    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _reference_niff(layer, x.repeat_interleave(2, dim=1)))
 
 
@@ -211,9 +211,9 @@ def test_spectrum_input_with_channel_multiplier():
 
 def test_stride_is_average_pooling_after_the_filter(fft_path):
     layer = NIFFConv2d(2, stride=2, dtype=torch.float64)
-    x = torch.randn(1, 2, 9, 8, dtype=torch.float64)
+    x = torch.randn(2, 2, 9, 8, dtype=torch.float64)
     expected = F.avg_pool2d(_reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1), 2)
-    assert layer(x).shape == (1, 2, 4, 4)
+    assert layer(x).shape == (2, 2, 4, 4)
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -228,7 +228,7 @@ def test_niff1d_matches_formula(fft_path):
 
 def test_niff3d_runs_and_bakes(fft_path):
     layer = NIFFConv3d(2, dtype=torch.float64)
-    x = torch.randn(1, 2, 4, 5, 6, dtype=torch.float64)
+    x = torch.randn(2, 2, 4, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(layer.bake((4, 5, 6))(x), layer(x))
 
 
@@ -255,7 +255,7 @@ def test_construct_kernel_layout():
     torch.testing.assert_close(F.conv2d(padded, weight, groups=3), layer(x))
 
 
-@pytest.mark.parametrize("kwargs,size,batch", [({}, (4, 5), 2), ({}, (3, 4), 3), ({"mode": "linear"}, (3, 4), 1),
+@pytest.mark.parametrize("kwargs,size,batch", [({}, (4, 5), 2), ({}, (3, 4), 3), ({"mode": "linear"}, (3, 4), 2),
                                                ({"out_channels": 3, "groups": 1}, (4, 5), 3),
                                                ({"out_channels": 4}, (3, 3), 2),
                                                ({"padding": 1, "padding_mode": "reflect"}, (3, 4), 3)])
@@ -366,3 +366,15 @@ def test_inference_under_torch_compile_matches_eager():
         torch.compiler.reset()
         compiled = torch.compile(layer, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), expected)
+
+
+@pytest.mark.parametrize("layer, shape, expected", [
+    (NIFFConv2d(3), (2, 3, 6, 5), "_PackedProduct"),  # CPU 2-D: batch pairs packed
+    (NIFFConv3d(3), (3, 3, 4, 4, 4), "_PackedProduct"),
+    (NIFFConv2d(3), (1, 3, 6, 5), "_SpectralProduct"),  # nothing to pair
+    (NIFFConv1d(3), (4, 3, 16), "_SpectralProduct"),  # 1-D: real transforms are the faster ones
+])
+def test_default_product_per_dimension_and_batch(layer, shape, expected, monkeypatch):
+    calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
+    layer(torch.randn(shape))
+    assert calls == [expected]

@@ -85,7 +85,7 @@ def _complex_matmul(op):
     return flops
 
 
-def _complex_mul(a, b, out_val=None):
+def _complex_mul(a, b, out_val=None, **kwargs):  # kwargs: out= of torch.mul(..., out=...)
     if not (isinstance(out_val, Tensor) and out_val.is_complex()):
         return 0
     both = isinstance(a, Tensor) and isinstance(b, Tensor) and a.is_complex() and b.is_complex()

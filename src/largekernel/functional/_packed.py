@@ -30,9 +30,10 @@ PACKED_DEVICES = {"cpu"}
 PACKED_MIN_NDIM = 2
 
 
-def packs(device: torch.device, nd: int) -> bool:
-    """Whether ``nd``-D transforms on ``device`` run on packed batch pairs."""
-    return device.type in PACKED_DEVICES and nd >= PACKED_MIN_NDIM
+def packs(device: torch.device, nd: int, batch: int) -> bool:
+    """Whether ``nd``-D transforms of a batch of ``batch`` on ``device`` run on packed batch pairs (a batch
+    of one keeps real transforms: nothing to pair)."""
+    return batch > 1 and device.type in PACKED_DEVICES and nd >= PACKED_MIN_NDIM
 
 
 def pack(x: Tensor, grid: tuple[int, ...], start: tuple[int, ...], swap: bool = False) -> Tensor:

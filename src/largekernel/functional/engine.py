@@ -144,7 +144,7 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
     points = math.prod(plan.fft)
     transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.6e9
     products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
-    if batch > 1 and all(st == 1 for st in args.stride) and packs(input.device, nd):
+    if all(st == 1 for st in args.stride) and packs(input.device, nd, batch):
         transforms *= _PACKED_TRANSFORMS  # batch pairs packed as complex signals (functional/_packed.py)
     fft = (transforms + products + 3e-4) * (2.5 if needs_grad else 1.0)  # + Python overhead of the FFT path
     return direct, fft

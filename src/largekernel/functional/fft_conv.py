@@ -688,8 +688,8 @@ def _packed_plan(input: Tensor, weight: Tensor, plan: _Plan) -> bool:
     """Whether :class:`_PackedFFTConvFunction` takes the call: an elementwise product (one input channel per
     group), stride 1 (decimation is written for half spectra), a batch to pair, and a device and dimension
     where packed transforms are the faster ones."""
-    return (weight.shape[1] == 1 and all(s == 1 for s in plan.stride) and input.shape[0] > 1
-            and packs(input.device, len(plan.fft)))
+    return weight.shape[1] == 1 and all(s == 1 for s in plan.stride) and packs(input.device, len(plan.fft),
+                                                                              input.shape[0])
 
 
 # ----------------------------------------------------------------------------- overlap-save blocks

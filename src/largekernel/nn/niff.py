@@ -489,7 +489,7 @@ class _NIFFConvNd(nn.Module):
         start = (0,) * nd if self.mode == "linear" else self.padding  # where the output sits on the grid
         if pointwise is not None and isinstance(input, Tensor):
             pointwise = pointwise.to(x.dtype)
-        if isinstance(input, Tensor) and self.output == "spatial" and packs(x.device, nd):
+        if isinstance(input, Tensor) and self.output == "spatial" and packs(x.device, nd, x.shape[0]):
             w = self._full_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *grid)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             y = _PackedProduct.apply(x, w, pointwise, bias, grid, start, size).to(input.dtype)  # (B, out, *size)
