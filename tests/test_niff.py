@@ -378,3 +378,12 @@ def test_default_product_per_dimension_and_batch(layer, shape, expected, monkeyp
     calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
     layer(torch.randn(shape))
     assert calls == [expected]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_double_backward_raises_instead_of_returning_wrong_values(batch):
+    layer = NIFFConv2d(2, dtype=torch.float64)
+    x = torch.randn(batch, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

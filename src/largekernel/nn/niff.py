@@ -35,6 +35,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from largekernel.functional._packed import pack, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
@@ -146,6 +147,7 @@ class _SpectralProduct(torch.autograd.Function):
         return torch.fft.irfftn(z, s=grid, dim=dims)  # (B, out, *grid)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         spec, w, pointwise = ctx.saved_tensors
         grid, size = ctx.grid, ctx.size
@@ -201,6 +203,7 @@ class _PackedProduct(torch.autograd.Function):
         return unpack(torch.fft.ifftn(z, dim=dims), x.shape[0], out_start, out_size, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         spec, w, pointwise = ctx.saved_tensors
         batch, size, grid, out_start, out_size = ctx.geometry
