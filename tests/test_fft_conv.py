@@ -438,3 +438,16 @@ def test_default_path_per_call(x_shape, w_shape, kw, expected, monkeypatch):
                           ("_PackedFFTConvFunction", "_FFTConvFunction"))
     fft_conv(torch.randn(x_shape), torch.randn(w_shape), **kw)
     assert calls == [expected]
+
+
+def test_non_finite_sample_reaches_only_its_pair_partner():
+    """Packed pairs are (b, b + ceil(B/2)): a NaN in channel 0 of sample 0 of four fills that channel of sample 2
+    too, and leaves the other channel and samples 1 and 3 exactly as without it (docs/fft_conv.md)."""
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    w = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    clean = fft_conv(x, w, padding="same", groups=2)
+    x[0, 0, 3, 3] = float("nan")
+    y = fft_conv(x, w, padding="same", groups=2)
+    assert torch.isnan(y[0, 0]).any() and torch.isnan(y[2, 0]).all()
+    torch.testing.assert_close(y[[1, 3]], clean[[1, 3]], rtol=0, atol=0)
+    torch.testing.assert_close(y[[0, 2], 1], clean[[0, 2], 1], rtol=0, atol=0)

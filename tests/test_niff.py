@@ -387,3 +387,14 @@ def test_double_backward_raises_instead_of_returning_wrong_values(batch):
     (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         grad.sum().backward()
+
+
+def test_non_finite_sample_reaches_only_its_pair_partner():
+    layer = NIFFConv2d(2, dtype=torch.float64)
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    clean = layer(x)
+    x[1, 1, 2, 2] = float("inf")
+    y = layer(x)
+    assert not torch.isfinite(y[1, 1]).all() and not torch.isfinite(y[3, 1]).any()
+    torch.testing.assert_close(y[[0, 2]], clean[[0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(y[[1, 3], 0], clean[[1, 3], 0], rtol=0, atol=0)
