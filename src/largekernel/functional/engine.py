@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from largekernel.functional._packed import packs
-from largekernel.functional.fft_conv import _check_args, _direct_conv, _fft_conv, _fft_seconds, _make_plan
+from largekernel.functional.fft_conv import (_check_args, _direct_conv, _fft_conv, _fft_seconds, _make_plan,
+                                             _packed_plan)
 
 __all__ = [
     "convolve",
@@ -144,7 +144,7 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
     points = math.prod(plan.fft)
     transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.6e9
     products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
-    if all(st == 1 for st in args.stride) and packs(input.device, nd, batch):
+    if _packed_plan(weight, plan, batch):
         transforms *= _PACKED_TRANSFORMS  # batch pairs packed as complex signals (functional/_packed.py)
     fft = (transforms + products + 3e-4) * (2.5 if needs_grad else 1.0)  # + Python overhead of the FFT path
     return direct, fft

@@ -684,12 +684,11 @@ class _PackedFFTConvFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-def _packed_plan(input: Tensor, weight: Tensor, plan: _Plan) -> bool:
+def _packed_plan(weight: Tensor, plan: _Plan, batch: int) -> bool:
     """Whether :class:`_PackedFFTConvFunction` takes the call: an elementwise product (one input channel per
     group), stride 1 (decimation is written for half spectra), a batch to pair, and a device and dimension
     where packed transforms are the faster ones."""
-    return weight.shape[1] == 1 and all(s == 1 for s in plan.stride) and packs(input.device, len(plan.fft),
-                                                                              input.shape[0])
+    return weight.shape[1] == 1 and all(s == 1 for s in plan.stride) and packs(weight.device, len(plan.fft), batch)
 
 
 # ----------------------------------------------------------------------------- overlap-save blocks
@@ -736,7 +735,6 @@ def _block_plan(sizes, kernel, pads, stride, dilation, fft, batch: int, cin: int
     """The overlap-save geometry the cost model prefers over the whole-signal ``fft`` lengths, or None."""
     if len(sizes) != 1:  # N-D blocks measured slower (segment copies, small 2-D transforms): 1-D only
         return None
-    contract = cin_per_group > 1
     options = []  # per dim: (length, valid, count) choices; the first is one explicitly padded block
     for n, k, (lo, hi), s, d, full in zip(sizes, kernel, pads, stride, dilation, fft):
         extent = d * (k - 1) + 1
@@ -882,7 +880,7 @@ def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -
     plan, blocks = _geometry(sizes, weight, pads, args, input.shape[0], input.shape[1], circular, input.device.type)
     if blocks is not None:
         out = _blocked_conv(input, weight, bias, pads, args, blocks)
-    elif _packed_plan(input, weight, plan):
+    elif _packed_plan(weight, plan, input.shape[0]):
         out = _PackedFFTConvFunction.apply(input, weight, bias, plan)
     else:
         out = _FFTConvFunction.apply(input, weight, bias, plan)

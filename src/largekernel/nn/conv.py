@@ -8,6 +8,7 @@ and these modules' checkpoints load into ``torch.nn.ConvNd``.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
@@ -72,3 +73,21 @@ class Conv2d(_BackendConvMixin, nn.Conv2d):
 
 class Conv3d(_BackendConvMixin, nn.Conv3d):
     __doc__ = _DOC.format(n=3, example="", dims="D_{in}, H_{in}, W_{in}", outs="D_{out}, H_{out}, W_{out}")
+
+
+def _baked_conv(weight: Tensor, bias: Tensor | None, groups: int = 1, native: bool = False, **kwargs) -> nn.Module:
+    """A ``Conv{n}d`` holding ``weight`` (torch conv layout) and ``bias``, the end of every layer's ``bake()``.
+
+    Channels, kernel size, device and dtype come from ``weight`` (``in = weight.shape[1] * groups``);
+    ``kwargs`` are the remaining constructor arguments (stride, padding, padding_mode, backend).
+    ``native``: torch's own ``nn.Conv{n}d`` instead of this module's (then no ``backend``).
+    """
+    nd = weight.dim() - 2
+    cls = getattr(nn, f"Conv{nd}d") if native else (Conv1d, Conv2d, Conv3d)[nd - 1]
+    conv = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), groups=groups,
+               bias=bias is not None, device=weight.device, dtype=weight.dtype, **kwargs)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv

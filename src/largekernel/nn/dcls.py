@@ -192,23 +192,13 @@ class _DclsNd(nn.Module):
         ``largekernel.nn.ConvNd(backend="fft")`` when the box is large (at least
         64, 13x13 or 7x7x7 cells), else ``torch.nn.ConvNd``.
         """
-        from largekernel.nn import conv as lk_conv
+        from largekernel.nn.conv import _baked_conv
 
         kernel = self.construct_kernel()
-        nd = kernel.dim() - 2
-        size = tuple(kernel.shape[2:])
-        args = dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=size,
-                    stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    bias=self.bias is not None, padding_mode=self.padding_mode, device=kernel.device,
-                    dtype=kernel.dtype)
-        if math.prod(size) >= _FFT_BAKE_CELLS[nd]:
-            conv = getattr(lk_conv, f"Conv{nd}d")(**args, backend="fft")
-        else:
-            conv = getattr(nn, f"Conv{nd}d")(**args)
-        conv.weight.copy_(kernel)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        return conv
+        fft = math.prod(kernel.shape[2:]) >= _FFT_BAKE_CELLS[kernel.dim() - 2]
+        backend = {"backend": "fft"} if fft else {}  # torch's own conv below the threshold
+        return _baked_conv(kernel, self.bias, self.groups, native=not fft, stride=self.stride, padding=self.padding,
+                           dilation=self.dilation, padding_mode=self.padding_mode, **backend)
 
     # -- state dict ---------------------------------------------------------------------------
 

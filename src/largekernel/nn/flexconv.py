@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
-from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
+from largekernel.nn.conv import _baked_conv
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.optim import mark
 
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 _PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
-_BAKED = {1: Conv1d, 2: Conv2d, 3: Conv3d}
 # FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
 _REFERENCE_MASK_INIT = 0.075
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
@@ -376,13 +375,9 @@ class _ContinuousConvNd(nn.Module):
             backend = "fft"
         pads = self._pads(k)
         symmetric = all(lo == hi for lo, hi in pads)
-        conv = _BAKED[self._nd](self.in_channels, self.out_channels, k, stride=self.stride,
-                                padding=tuple(lo for lo, _ in pads) if symmetric else 0, groups=groups,
-                                bias=self.bias is not None, padding_mode=self.padding_mode if symmetric else "zeros",
-                                backend=backend, device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
+        conv = _baked_conv(weight, self.bias, groups, stride=self.stride,
+                           padding=tuple(lo for lo, _ in pads) if symmetric else 0,
+                           padding_mode=self.padding_mode if symmetric else "zeros", backend=backend)
         if symmetric:
             return conv
         flat = tuple(p for lo_hi in reversed(pads) for p in lo_hi)

@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 from largekernel.functional._packed import pack, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
-from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
+from largekernel.nn.conv import _baked_conv
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -51,7 +51,6 @@ PRESETS: dict[str, tuple[int, ...]] = {"small": (8, 4), "big": (16, 128, 32)}
 _MODES = ("circular", "linear")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _OUTPUTS = ("spatial", "spectrum")
-_CONVS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
 _PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
          "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
          "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)}
@@ -590,12 +589,8 @@ class _NIFFConvNd(nn.Module):
         weight, pad = self._dense_kernel(size)
         circular = self.mode == "circular" and not any(self.padding)
         groups = self.in_channels if self.pointwise is None else 1
-        conv = _CONVS[nd](self.in_channels, self.out_channels, tuple(weight.shape[2:]), groups=groups,
-                          padding="same" if circular else pad, padding_mode="circular" if circular else "zeros",
-                          bias=self.bias is not None, backend="fft", device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
+        conv = _baked_conv(weight, self.bias, groups, padding="same" if circular else pad,
+                           padding_mode="circular" if circular else "zeros", backend="fft")
         layers: list[nn.Module] = [conv]
         if self.mode == "circular" and any(self.padding) and self.padding_mode != "zeros":
             pads = tuple(q for p_ in reversed(self.padding) for q in (p_, p_))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.functional.fft_conv import fast_fft_length
 from largekernel.nn._checks import check_input
-from largekernel.nn.conv import Conv1d, Conv2d
+from largekernel.nn.conv import Conv1d, Conv2d, _baked_conv
 from largekernel.optim import mark
 
 __all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
@@ -325,12 +325,7 @@ class _LongConv1d(nn.Module):
         """An equivalent ``largekernel.nn.Conv1d`` (``backend="fft"``) for sequences of length ``<= length``."""
         weight = self.construct_kernel(length)
         groups = self.in_channels if self.pointwise is None else 1
-        conv = Conv1d(self.in_channels, self.out_channels, weight.shape[-1], padding=length - 1, groups=groups,
-                      bias=self.bias is not None, backend="fft", device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        return conv
+        return _baked_conv(weight, self.bias, groups, padding=length - 1, backend="fft")
 
     def _layer_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
@@ -554,12 +549,7 @@ class SGConv2d(nn.Module):
         """An equivalent ``largekernel.nn.Conv2d`` ("same" padding, this layer's backend)."""
         weight = self.construct_kernel()
         groups = self.in_channels if self.pointwise is None else 1
-        conv = Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding="same", groups=groups,
-                      bias=self.bias is not None, backend=self.backend, device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        return conv
+        return _baked_conv(weight, self.bias, groups, padding="same", backend=self.backend)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
