@@ -14,15 +14,28 @@ from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
 from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
 
 
-@pytest.fixture(params=["packed", "real"])
+@pytest.fixture(params=["packed", "packed-blocks", "real"])
 def fft_path(request, monkeypatch):
     """Run a test on both products: batch pairs packed as complex signals (CPU default for 2-D and 3-D) and
-    real FFTs (the 1-D and CUDA default); each forced for every dimension."""
-    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
+    real FFTs (the 1-D and CUDA default); each forced for every dimension. ``packed-blocks`` runs the packed
+    product one channel at a time (the cache-sized blocks of large activations)."""
+    packed = request.param.startswith("packed")
+    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
+    if request.param == "packed-blocks":
+        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
     calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
     yield request.param
-    expected = "_PackedProduct" if request.param == "packed" else "_SpectralProduct"
+    expected = "_PackedProduct" if packed else "_SpectralProduct"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
+
+
+@pytest.mark.parametrize("budget", [1, 700, 2000, 2 ** 40])
+def test_channel_blocks_partition_the_channels_within_the_budget(budget, monkeypatch):
+    monkeypatch.setattr(_packed, "BLOCK_BYTES", budget)
+    blocks = _packed.channel_blocks(10, 3, (6, 7), 4)  # 2 pairs x 42 points x 8 bytes = 672 bytes a channel
+    step = max(1, min(10, budget // 672))
+    assert [c for b in blocks for c in range(10)[b]] == list(range(10))
+    assert [len(range(10)[b]) for b in blocks] == [step] * (10 // step) + ([10 % step] if 10 % step else [])
 
 
 def _reference_filter(layer, h, w):

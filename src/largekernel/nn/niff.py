@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from largekernel.functional._packed import pack, packs, unpack
+from largekernel.functional._packed import channel_blocks, pack, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import _baked_conv
@@ -191,50 +191,66 @@ class _PackedProduct(torch.autograd.Function):
                 out_start: tuple[int, ...], out_size: tuple[int, ...]) -> Tensor:
         nd = len(grid)
         dims = tuple(range(-nd, 0))
-        packed = pack(x, grid, (0,) * nd)  # (ceil(B/2), C, *grid) complex
-        spec = torch.fft.fftn(packed, dim=dims)
-        z = torch.mul(spec, w, out=packed)  # the packed input is spent: one fresh buffer fewer
-        if pointwise is not None:
-            z = _pointwise(z, pointwise)  # (ceil(B/2), out, *grid)
-        ctx.save_for_backward(spec, w, pointwise)
-        ctx.geometry = (x.shape[0], tuple(x.shape[-nd:]), grid, out_start, out_size)
+        batch, channels = x.shape[:2]
+        # Depthwise: channel blocks sized for the cache (functional/_packed.py); the pointwise mixes them all.
+        blocks = [slice(None)] if pointwise is not None else channel_blocks(channels, batch, grid, x.element_size())
+        out_channels = channels if pointwise is None else pointwise.shape[0]
+        out = x.new_empty(batch, out_channels, *out_size)
+        specs = []
+        for block in blocks:
+            packed = pack(x[:, block], grid, (0,) * nd)  # (ceil(B/2), block, *grid) complex
+            spec = torch.fft.fftn(packed, dim=dims)
+            z = torch.mul(spec, w[block], out=packed)  # the packed input is spent: one fresh buffer fewer
+            if pointwise is not None:
+                z = _pointwise(z, pointwise)  # (ceil(B/2), out, *grid)
+            unpack(torch.fft.ifftn(z, dim=dims), batch, out_start, out_size, None if bias is None else bias[block],
+                   out=out[:, block])
+            specs.append(spec)
+        ctx.save_for_backward(w, pointwise, *specs)
+        ctx.geometry = (batch, tuple(x.shape[-nd:]), grid, out_start, out_size, blocks)
         ctx.has_bias = bias is not None
-        return unpack(torch.fft.ifftn(z, dim=dims), x.shape[0], out_start, out_size, bias)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        spec, w, pointwise = ctx.saved_tensors
-        batch, size, grid, out_start, out_size = ctx.geometry
+        w, pointwise, *specs = ctx.saved_tensors
+        batch, size, grid, out_start, out_size, blocks = ctx.geometry
         nd = len(grid)
         dims = tuple(range(-nd, 0))
-        # Conjugation-free: with the pair swapped, p' = g_b + i g_a = i conj(p), the unnormalised inverse FFT
-        # q = N ifftn(p') equals i conj(G) (G = fftn(p)). Then sum conj(S) G = i conj(sum S q) (one conj, on the
-        # small filter gradient) and grad_x = ifftn(conj(w) G) = i conj(fftn(w q) / N): the pair swapped back.
-        q = torch.fft.ifftn(pack(grad, grid, out_start, swap=True), dim=dims, norm="forward")  # (B/2, out, *grid)
-        grad_x = grad_w = grad_p = grad_b = None
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
-        if pointwise is not None:
-            if ctx.needs_input_grad[2]:
-                # sum Re(G conj(Z)) = sum Re(i conj(q Z)) = sum Im(q Z), Z = S * w the pointwise's input.
-                z = spec * w  # (ceil(B/2), in, *grid)
-                half, c = z.shape[:2]
-                q_parts = torch.view_as_real(q).reshape(half, q.shape[1], -1, 2)  # (ceil(B/2), out, points, 2)
-                z_parts = torch.view_as_real(z).reshape(half, c, -1, 2).flip(-1)  # (im, re)
-                grad_p = torch.einsum("bomr,bimr->oi", q_parts, z_parts) / math.prod(grid)
-            q = _pointwise(q, pointwise.t())  # (ceil(B/2), in, *grid)
-        need_x, need_w = ctx.needs_input_grad[:2]
-        acc = None
-        for b in range(q.shape[0]):  # per pair, so that q[b] is still in cache for its second use
+        need_x, need_w, need_p, need_b = ctx.needs_input_grad[:4]
+        grad_x = torch.empty(batch, w.shape[0], *size, dtype=grad.dtype, device=grad.device) if need_x else None
+        grad_w = torch.empty_like(w) if need_w else None
+        grad_p = None
+        need_b = ctx.has_bias and need_b
+        grad_b = grad.new_empty(grad.shape[1]) if need_b else None
+        for block, spec in zip(blocks, specs):
+            # Conjugation-free: with the pair swapped, p' = g_b + i g_a = i conj(p), the unnormalised inverse FFT
+            # q = N ifftn(p') equals i conj(G) (G = fftn(p)). Then sum conj(S) G = i conj(sum S q) (one conj, on
+            # the small filter gradient) and grad_x = ifftn(conj(w) G) = i conj(fftn(w q) / N): the pair swapped
+            # back.
+            q = torch.fft.ifftn(pack(grad[:, block], grid, out_start, swap=True), dim=dims, norm="forward")
+            if need_b:
+                # The unnormalised transform's DC bin is the pair's sum over the grid (zero outside the output).
+                dc = torch.view_as_real(q[(slice(None), slice(None)) + (0,) * nd])  # (ceil(B/2), block, 2)
+                torch.sum(dc, dim=(0, 2), out=grad_b[block])
+            if pointwise is not None:
+                if need_p:
+                    # sum Re(G conj(Z)) = sum Re(i conj(q Z)) = sum Im(q Z), Z = S * w the pointwise's input.
+                    z = spec * w  # (ceil(B/2), in, *grid)
+                    half, c = z.shape[:2]
+                    q_parts = torch.view_as_real(q).reshape(half, q.shape[1], -1, 2)  # (ceil(B/2), out, points, 2)
+                    z_parts = torch.view_as_real(z).reshape(half, c, -1, 2).flip(-1)  # (im, re)
+                    grad_p = torch.einsum("bomr,bimr->oi", q_parts, z_parts) / math.prod(grid)
+                q = _pointwise(q, pointwise.t())  # (ceil(B/2), in, *grid)
             if need_w:
-                acc = spec[b] * q[b] if acc is None else acc.addcmul_(spec[b], q[b])  # (C, *grid)
+                torch.sum(spec * q, dim=0, out=grad_w[block])
             if need_x:
-                q[b].mul_(w)
+                q.mul_(w[block])
+                unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True,
+                       out=grad_x[:, block])
         if need_w:
-            grad_w = acc.conj_physical_().mul_(1j / math.prod(grid))
-        if need_x:
-            grad_x = unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True)
+            grad_w = grad_w.conj_physical_().mul_(1j / math.prod(grid))
         return grad_x, grad_w, grad_p, grad_b, None, None, None
 
 
