@@ -374,20 +374,24 @@ def test_block_plan_keeps_small_and_depthwise_problems_whole():
                                   "cpu") is None
 
 
-@pytest.fixture(params=["packed", "real"])
+@pytest.fixture(params=["packed", "packed-blocks", "real"])
 def fft_path(request, monkeypatch):
     """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
-    complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension."""
+    complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension;
+    ``packed-blocks`` runs the packed path one input channel at a time (the blocks of large activations)."""
     from importlib import import_module
 
     from largekernel.functional import _packed
 
     module = import_module("largekernel.functional.fft_conv")  # the module, not the function of that name
 
-    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if request.param == "packed" else 99)
+    packed = request.param.startswith("packed")
+    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
+    if request.param == "packed-blocks":
+        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
     calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
     yield request.param
-    expected = "_PackedFFTConvFunction" if request.param == "packed" else "_FFTConvFunction"
+    expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
 
 
@@ -421,6 +425,18 @@ def test_packed_partial_requires_grad_and_gradcheck(needs, fft_path):
     x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs[0])
     w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=needs[1])
     assert gradcheck(lambda *t: fft_conv(*t, padding=1, groups=2), (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("needs_input", [False, True])
+def test_packed_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path):
+    """With the input gradient the bias gradient is read off a transform's DC bin; without, summed directly."""
+    x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs_input)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = fft_conv(x, w, b, padding=(1, 0), groups=2)
+    grad = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, b, grad)
+    torch.testing.assert_close(got, grad.sum(dim=(0, 2, 3)))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, expected", [

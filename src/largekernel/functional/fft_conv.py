@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from largekernel.functional._packed import pack, packs, unpack
+from largekernel.functional._packed import channel_blocks, pack, packs, unpack
 
 __all__ = ["fft_conv", "fast_fft_length", "PADDING_MODES"]
 
@@ -649,38 +649,63 @@ class _PackedFFTConvFunction(torch.autograd.Function):
     def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan) -> Tensor:
         nd = len(plan.fft)
         dims, origin = _spatial(nd), (0,) * nd
-        x_f = torch.fft.fftn(pack(input, plan.fft, origin), dim=dims)  # (B/2, Cin, *fft) complex
-        wc_f = torch.fft.fftn(_place_kernel(weight, plan), dim=dims).conj_physical_()  # (Cout, 1, *fft)
-        out = unpack(torch.fft.ifftn(_product(x_f, wc_f, plan.groups), dim=dims), input.shape[0], origin, plan.out,
-                     bias)  # (B, Cout, *out)
+        batch, groups, cout = input.shape[0], plan.groups, weight.shape[0]
+        per = cout // groups  # outputs per input channel
         need_input, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_f if need_weight else None, wc_f if need_input else None)
-        ctx.plan, ctx.batch = plan, input.shape[0]
+        wc_f = torch.fft.fftn(_place_kernel(weight, plan), dim=dims).conj_physical_()  # (Cout, 1, *fft)
+        # Channels are independent: pack, transform, product and back per cache-sized block (_packed.py),
+        # sized by the block's output spectrum (per times its input).
+        blocks = channel_blocks(groups, batch, plan.fft, input.element_size() * per)
+        out = input.new_empty(batch, cout, *plan.out)
+        specs = []
+        for block in blocks:
+            outs = slice(block.start * per, block.stop * per)
+            x_f = torch.fft.fftn(pack(input[:, block], plan.fft, origin), dim=dims)  # (B/2, block, *fft) complex
+            y_f = _product(x_f, wc_f[outs], block.stop - block.start)
+            unpack(torch.fft.ifftn(y_f, dim=dims), batch, origin, plan.out, None if bias is None else bias[outs],
+                   out=out[:, outs])
+            specs.append(x_f if need_weight else None)
+        ctx.save_for_backward(wc_f if need_input else None, *specs)
+        ctx.plan, ctx.batch, ctx.blocks = plan, batch, blocks
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         plan: _Plan = ctx.plan
-        x_f, wc_f = ctx.saved_tensors
+        wc_f, *specs = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         nd = len(plan.fft)
         dims, origin = _spatial(nd), (0,) * nd
+        batch, cout = ctx.batch, grad.shape[1]
+        per = cout // plan.groups
         grad_input = grad_weight = grad_bias = None
-        if need_input or need_weight:
-            q = torch.fft.ifftn(pack(grad, plan.fft, origin, swap=True), dim=dims, norm="forward")  # (B/2, Cout, *F)
-        if need_weight:  # first: the input-gradient product below may overwrite q
-            groups, cout = plan.groups, grad.shape[1]
-            acc = q.new_zeros(groups, cout // groups, *plan.fft)  # sum over the pairs of x * q, per output
-            for b in range(q.shape[0]):
-                acc.addcmul_(x_f[b].view(groups, 1, *plan.fft), q[b].view(groups, -1, *plan.fft))
-            buffer = torch.fft.ifftn(acc.view(cout, 1, *plan.fft), dim=dims).imag
-            grad_weight = _gather_kernel(buffer, plan)  # (Cout, 1, *kernel)
+        if not (need_input or need_weight):
+            if need_bias:
+                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+            return grad_input, grad_weight, grad_bias, None
         if need_input:
-            gx = _input_grad_product(q, wc_f, plan.groups)  # sum_o q * conj(w): (B/2, Cin, *F)
-            grad_input = unpack(torch.fft.fftn(gx, dim=dims, norm="forward"), ctx.batch, origin, plan.sizes, swap=True)
+            grad_input = grad.new_empty(batch, plan.groups, *plan.sizes)
+        if need_weight:
+            acc = torch.empty(cout, 1, *plan.fft, dtype=specs[0].dtype, device=grad.device)  # sum of x * q per output
         if need_bias:
-            grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+            grad_bias = grad.new_empty(cout)
+        for block, x_f in zip(ctx.blocks, specs):
+            outs, n = slice(block.start * per, block.stop * per), block.stop - block.start
+            q = torch.fft.ifftn(pack(grad[:, outs], plan.fft, origin, swap=True), dim=dims, norm="forward")
+            if need_bias:  # the unnormalised transform's DC bin: the pair's sum over the output
+                dc = torch.view_as_real(q[(slice(None), slice(None)) + (0,) * nd])  # (B/2, block outputs, 2)
+                torch.sum(dc, dim=(0, 2), out=grad_bias[outs])
+            if need_weight:  # first: the input-gradient product below may overwrite q
+                half = q.shape[0]
+                torch.sum(x_f.view(half, n, 1, *plan.fft) * q.view(half, n, per, *plan.fft), dim=0,
+                          out=acc[outs].view(n, per, *plan.fft))
+            if need_input:
+                gx = _input_grad_product(q, wc_f[outs], n)  # sum_o q * conj(w): (B/2, block, *F)
+                unpack(torch.fft.fftn(gx, dim=dims, norm="forward"), batch, origin, plan.sizes, swap=True,
+                       out=grad_input[:, block])
+        if need_weight:
+            grad_weight = _gather_kernel(torch.fft.ifftn(acc, dim=dims).imag, plan)  # (Cout, 1, *kernel)
         return grad_input, grad_weight, grad_bias, None
 
 
