@@ -440,8 +440,9 @@ class _NIFFConvNd(nn.Module):
         h_im = self.mlp_imag.hidden_columns(coords)
         # W_sym(k) = (W(k) + conj(W(-k))) / 2. The output layer is affine, so symmetrise its (narrow) input
         # instead of its (filters, points) output: no wide temporaries. -k is a permutation of the grid.
-        even = 0.5 * (h_re + h_re[:, mirror])  # (hidden_re, points)
-        odd = 0.5 * (h_im - h_im[:, mirror])  # (hidden_im, points)
+        # (index_select: its backward is an index_add, 2-3.5x faster here than advanced indexing's index_put.)
+        even = 0.5 * (h_re + torch.index_select(h_re, 1, mirror))  # (hidden_re, points)
+        odd = 0.5 * (h_im - torch.index_select(h_im, 1, mirror))  # (hidden_im, points)
         # Both output layers as one GEMM whose (filters, 2 * points) result is the complex filter's memory
         # (re/im interleaved): the inputs go in the even (real) or odd (imaginary) columns, plus two rows of
         # ones for the biases. The imaginary bias cancels; written out, it stays in the graph with its (zero)
