@@ -284,6 +284,24 @@ def test_gradcheck(kwargs, size, batch, fft_path):
     assert gradcheck(fn, (x, *layer.parameters()), fast_mode=True)
 
 
+@pytest.mark.parametrize("frozen", ["networks", "pointwise", "all"])
+def test_partial_requires_grad_matches_full_gradients(frozen, fft_path):
+    """Frozen parts get no gradient; the others equal the gradients with everything trainable (the packed
+    product keeps its input spectra only when a filter or pointwise gradient needs them)."""
+    torch.manual_seed(3)
+    layer = NIFFConv2d(2, 3, groups=1, dtype=torch.float64)
+    x = torch.randn(4, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 3, 6, 5, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+    full = dict(zip(["input", *params], torch.autograd.grad(layer(x), [x, *params.values()], grad)))
+    for name, p in params.items():
+        p.requires_grad_(not (frozen == "all" or (frozen == "networks") == name.startswith("mlp_")))
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    got = torch.autograd.grad(layer(x), [x, *(params[n] for n in trainable)], grad)
+    for name, g in zip(["input", *trainable], got):
+        torch.testing.assert_close(g, full[name], msg=lambda m: f"{name}: {m}")
+
+
 def test_bad_inputs():
     layer = NIFFConv2d(3)
     with pytest.raises(ValueError, match="4-D input"):

@@ -646,12 +646,14 @@ class _PackedFFTConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan) -> Tensor:
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan, keep: bool) -> Tensor:
+        """``keep``: whether the input spectra are kept for the kernel gradient (the caller knows the grad mode)."""
         nd = len(plan.fft)
         dims, origin = _spatial(nd), (0,) * nd
         batch, groups, cout = input.shape[0], plan.groups, weight.shape[0]
         per = cout // groups  # outputs per input channel
         need_input, need_weight = ctx.needs_input_grad[:2]
+        need_weight = need_weight and keep
         wc_f = torch.fft.fftn(_place_kernel(weight, plan), dim=dims).conj_physical_()  # (Cout, 1, *fft)
         # Channels are independent: pack, transform, product and back per cache-sized block (_packed.py),
         # sized by the block's output spectrum (per times its input).
@@ -683,7 +685,7 @@ class _PackedFFTConvFunction(torch.autograd.Function):
         if not (need_input or need_weight):
             if need_bias:
                 grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
-            return grad_input, grad_weight, grad_bias, None
+            return grad_input, grad_weight, grad_bias, None, None
         if need_input:
             grad_input = grad.new_empty(batch, plan.groups, *plan.sizes)
         if need_weight:
@@ -706,7 +708,7 @@ class _PackedFFTConvFunction(torch.autograd.Function):
                        out=grad_input[:, block])
         if need_weight:
             grad_weight = _gather_kernel(torch.fft.ifftn(acc, dim=dims).imag, plan)  # (Cout, 1, *kernel)
-        return grad_input, grad_weight, grad_bias, None
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 def _packed_plan(weight: Tensor, plan: _Plan, batch: int) -> bool:
@@ -906,7 +908,8 @@ def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -
     if blocks is not None:
         out = _blocked_conv(input, weight, bias, pads, args, blocks)
     elif _packed_plan(weight, plan, input.shape[0]):
-        out = _PackedFFTConvFunction.apply(input, weight, bias, plan)
+        keep = torch.is_grad_enabled() and weight.requires_grad
+        out = _PackedFFTConvFunction.apply(input, weight, bias, plan, keep)
     else:
         out = _FFTConvFunction.apply(input, weight, bias, plan)
     return out.to(dtype) if dtype in _LOW_PRECISION else out

@@ -188,7 +188,7 @@ class _PackedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, pointwise: Tensor | None, bias: Tensor | None, grid: tuple[int, ...],
-                out_start: tuple[int, ...], out_size: tuple[int, ...]) -> Tensor:
+                out_start: tuple[int, ...], out_size: tuple[int, ...], keep: bool) -> Tensor:
         nd = len(grid)
         dims = tuple(range(-nd, 0))
         batch, channels = x.shape[:2]
@@ -205,7 +205,7 @@ class _PackedProduct(torch.autograd.Function):
                 z = _pointwise(z, pointwise)  # (ceil(B/2), out, *grid)
             unpack(torch.fft.ifftn(z, dim=dims), batch, out_start, out_size, None if bias is None else bias[block],
                    out=out[:, block])
-            specs.append(spec)
+            specs.append(spec if keep else None)  # else its buffer is recycled by the next block (inference)
         ctx.save_for_backward(w, pointwise, *specs)
         ctx.geometry = (batch, tuple(x.shape[-nd:]), grid, out_start, out_size, blocks)
         ctx.has_bias = bias is not None
@@ -251,7 +251,7 @@ class _PackedProduct(torch.autograd.Function):
                        out=grad_x[:, block])
         if need_w:
             grad_w = grad_w.conj_physical_().mul_(1j / math.prod(grid))
-        return grad_x, grad_w, grad_p, grad_b, None, None, None
+        return grad_x, grad_w, grad_p, grad_b, None, None, None, None
 
 
 class _FrequencyNet(nn.Sequential):
@@ -511,7 +511,9 @@ class _NIFFConvNd(nn.Module):
         if isinstance(input, Tensor) and self.output == "spatial" and packs(x.device, nd, x.shape[0]):
             w = self._full_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *grid)
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            y = _PackedProduct.apply(x, w, pointwise, bias, grid, start, size).to(input.dtype)  # (B, out, *size)
+            # The input spectra are kept for the filter's (and pointwise's) gradients only.
+            keep = torch.is_grad_enabled() and (w.requires_grad or (pointwise is not None and pointwise.requires_grad))
+            y = _PackedProduct.apply(x, w, pointwise, bias, grid, start, size, keep).to(input.dtype)  # (B, out, *size)
         else:
             if isinstance(input, Tensor) and self.output == "spatial":
                 w = self._half_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *half)
