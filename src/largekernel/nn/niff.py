@@ -183,7 +183,10 @@ class _PackedProduct(torch.autograd.Function):
     equals the true one up to an anti-Hermitian part, which the Hermitian symmetrisation that builds ``w``
     removes in its backward; likewise the cross terms of the pointwise gradient are purely imaginary and drop
     out of its real part. ``x`` fills the grid from its origin (zeros beyond, linear mode); the output is
-    cropped to ``out_start:out_start + out_size``, with ``bias`` added on the way out.
+    cropped to ``out_start:out_start + out_size``, with ``bias`` added on the way out. Without a pointwise map
+    the channels are independent and everything runs per cache-sized channel block
+    (:func:`~largekernel.functional._packed.channel_blocks`); the input spectra are kept for the backward only
+    when ``keep`` (a filter or pointwise gradient will be needed).
     """
 
     @staticmethod
