@@ -21,6 +21,7 @@ from largekernel.data import (
     random_flip,
 )
 from largekernel.data.datasets import _mnist1d_arrays
+from largekernel.data.transforms import random_erasing, random_resized_crop, resized_crop_boxes
 
 # --------------------------------------------------------------------------- embedded datasets
 
@@ -271,6 +272,67 @@ def test_random_flip():
     assert torch.equal(random_flip(x, 1.0), x.flip(-1))
     with pytest.raises(ValueError, match="p must be in"):
         random_flip(x, 1.5)
+
+
+def test_normalize_inverse_roundtrip():
+    norm = Normalize((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    x = torch.rand(2, 3, 4, 5)
+    torch.testing.assert_close(norm.inverse(norm(x)), x)
+
+
+def test_resized_crop_boxes_follow_torchvision_rules():
+    n, (height, width) = 400, (30, 40)
+    boxes = resized_crop_boxes(n, (height, width), (0.1, 0.6), (0.5, 2.0), torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.T
+    assert ((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width) & (h > 0) & (w > 0)).all()
+    # Area and aspect ratio in range up to the rounding of h and w to integers.
+    area = (h * w).double() / (height * width)
+    assert (area >= 0.1 * 0.85).all() and (area <= 0.6 * 1.15).all()
+    aspect = w.double() / h
+    assert (aspect >= 0.5 * 0.8).all() and (aspect <= 2.0 * 1.25).all()
+    assert len(set(map(tuple, boxes.tolist()))) > n // 2  # drawn per sample
+    # Nothing fits (area fraction above 1): the centre crop, cut to the nearest allowed aspect ratio.
+    fallback = resized_crop_boxes(3, (10, 40), (2.0, 3.0), (3 / 4, 4 / 3))
+    assert fallback.tolist() == [[0, 13, 10, 13]] * 3  # w = round(10 * 4/3), left = (40 - 13) // 2
+    with pytest.raises(ValueError, match="scale must be"):
+        resized_crop_boxes(1, (8, 8), (0.5, 0.1))
+
+
+def test_random_resized_crop_is_crop_then_bilinear_resize():
+    x = torch.randn(6, 3, 32, 28)
+    out = random_resized_crop(x, (0.5, 1.0), size=(12, 10), generator=torch.Generator().manual_seed(1))
+    boxes = resized_crop_boxes(6, (32, 28), (0.5, 1.0), generator=torch.Generator().manual_seed(1))
+    assert out.shape == (6, 3, 12, 10)
+    for i, (t, l, h, w) in enumerate(boxes.tolist()):  # every crop is larger than the output: no border clamping
+        expected = F.interpolate(x[i:i + 1, :, t:t + h, l:l + w], size=(12, 10), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+    assert random_resized_crop(x).shape == x.shape
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        random_resized_crop(torch.randn(2, 3, 8))
+
+
+def test_random_erasing_fills_one_box_with_noise():
+    x = torch.full((200, 3, 20, 30), 100.0)
+    out = random_erasing(x, 1.0, generator=torch.Generator().manual_seed(2))
+    changed = out != 100.0  # noise is never exactly 100
+    erased = 0
+    for i in range(200):
+        if not changed[i].any():
+            continue  # no draw fitted (rare)
+        erased += 1
+        rows, cols = changed[i].any(dim=(0, 2)).nonzero().flatten(), changed[i].any(dim=(0, 1)).nonzero().flatten()
+        box = changed[i][:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.all() and changed[i].sum() == box.numel()  # one full rectangle, all channels
+        assert 0.02 * 0.7 <= box[0].numel() / 600 <= (1 / 3) * 1.3
+    assert erased > 190
+    noise = out[changed]
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1.0) < 0.05
+    kept = random_erasing(x, 0.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(kept, x)
+    some = random_erasing(x, 0.25, generator=torch.Generator().manual_seed(3))
+    assert 0.15 < (some != x).flatten(1).any(1).float().mean().item() < 0.35
+    with pytest.raises(ValueError, match="p must be in"):
+        random_erasing(x, -0.1)
 
 
 def test_one_hot_smoothing_matches_torch_cross_entropy():

@@ -9,9 +9,19 @@ from largekernel.data.datasets import (
     list_datasets,
     load_dataset,
 )
-from largekernel.data.transforms import Normalize, mixup_cutmix, one_hot, random_crop, random_flip
+from largekernel.data.randaugment import rand_augment
+from largekernel.data.transforms import (
+    Normalize,
+    mixup_cutmix,
+    one_hot,
+    random_crop,
+    random_erasing,
+    random_flip,
+    random_resized_crop,
+)
 
 __all__ = [
     "DatasetFormatError", "DatasetInfo", "ImageFolderDataset", "TensorDataset", "dataset_info", "list_datasets",
-    "load_dataset", "Normalize", "mixup_cutmix", "one_hot", "random_crop", "random_flip",
+    "load_dataset", "Normalize", "mixup_cutmix", "one_hot", "random_crop", "random_erasing", "random_flip",
+    "random_resized_crop", "rand_augment",
 ]

@@ -1,10 +1,14 @@
-"""Batched tensor augmentations (no torchvision): crop with padding, flip, normalisation, mixup / cutmix.
+"""Batched tensor augmentations (no torchvision): crop with padding, random resized crop, flip, random
+erasing, normalisation, mixup / cutmix (RandAugment: :mod:`largekernel.data.randaugment`).
 
 Every function works on a whole batch ``(N, C, *size)`` at once and draws its
 randomness from an explicit ``torch.Generator`` so that a training run, and a
 resumed one, sees exactly the same augmented batches. Mixup is Zhang et al.
 (2018), CutMix is Yun et al. (2019); the batch-level mixing with one ``lambda``
-per batch and an optional switch between the two follows timm's ``Mixup``.
+per batch and an optional switch between the two follows timm's ``Mixup``. The
+random resized crop draws its boxes as torchvision's ``RandomResizedCrop`` (ten
+tries, then a centre crop) and random erasing is Zhong et al. (2020) as timm's
+``RandomErasing`` (``mode="pixel"``: normal noise on the normalised input).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Normalize", "random_crop", "random_flip", "mixup_cutmix", "one_hot"]
+__all__ = ["Normalize", "random_crop", "random_resized_crop", "random_flip", "random_erasing", "mixup_cutmix",
+           "one_hot"]
 
 
 class Normalize:
@@ -31,10 +36,17 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        mean = self.mean.to(x.device, x.dtype).view(shape)
-        std = self.std.to(x.device, x.dtype).view(shape)
+        mean, std = self._stats(x)
         return (x - mean) / std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * std + mean``: back to the loader's pixel range (``[0, 1]`` for images)."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return self.mean.to(x.device, x.dtype).view(shape), self.std.to(x.device, x.dtype).view(shape)
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
@@ -63,6 +75,114 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     cols = offsets[:, 1:2] + torch.arange(spatial[1], device=x.device)  # (N, W)
     out = xp[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2)  # (N, C, H, W)
+
+
+def _check_range(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, float]:
+    if len(value) != 2 or not low < value[0] <= value[1]:
+        raise ValueError(f"{name} must be (min, max) with {low} < min <= max, got {tuple(value)}")
+    return float(value[0]), float(value[1])
+
+
+def _log_uniform(n: int, ratio: tuple[float, float], generator: torch.Generator | None) -> torch.Tensor:
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    return torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64))
+
+
+def resized_crop_boxes(n: int, size: tuple[int, int], scale: Sequence[float] = (0.08, 1.0),
+                       ratio: Sequence[float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
+                       attempts: int = 10) -> torch.Tensor:
+    """Crop boxes ``(n, 4)`` as ``(top, left, height, width)`` for images of ``size = (H, W)``, drawn as
+    torchvision's ``RandomResizedCrop``: an area fraction uniform in ``scale`` and an aspect ratio (w / h)
+    log-uniform in ``ratio``; the first of ``attempts`` draws that fits the image, else a centre crop of the
+    image clamped to ``ratio``."""
+    scale, ratio = _check_range("scale", scale), _check_range("ratio", ratio)
+    height, width = size
+    area = height * width
+    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator,
+                                                                     dtype=torch.float64))
+    aspect = _log_uniform(n * attempts, ratio, generator).view(n, attempts)
+    w = torch.round(torch.sqrt(target * aspect)).long()  # (n, attempts)
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.long().argmax(dim=1)  # the first attempt that fits (0 when none does)
+    h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
+    # No attempt fits: the whole image, cut to the nearest allowed aspect ratio, centred.
+    in_ratio = width / height
+    fb_w, fb_h = width, height
+    if in_ratio < ratio[0]:
+        fb_h = int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fb_w = int(round(height * ratio[1]))
+    found = fits.any(dim=1)
+    h = torch.where(found, h, torch.full_like(h, fb_h))
+    w = torch.where(found, w, torch.full_like(w, fb_w))
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).long(), torch.full_like(h, (height - fb_h) // 2))
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).long(), torch.full_like(w, (width - fb_w) // 2))
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def random_resized_crop(x: torch.Tensor, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        size: Sequence[int] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop a random box per sample (:func:`resized_crop_boxes`) and resize it bilinearly to ``size`` (default: the
+    input's), ``(N, C, H, W) -> (N, C, *size)``: one ``grid_sample`` for the whole batch.
+
+    Sampling points are those of ``F.interpolate(crop, size, mode="bilinear", align_corners=False)``; where that
+    clamps to the crop's border (upsampling, the outermost half pixel) this reads the neighbouring image pixel
+    instead. No antialiasing: a crop much larger than ``size`` is sampled, not averaged.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"random_resized_crop expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    n, _, height, width = x.shape
+    out_h, out_w = (height, width) if size is None else (int(size[0]), int(size[1]))
+    boxes = resized_crop_boxes(n, (height, width), scale, ratio, generator).to(x.device, torch.float64)
+    top, left, h, w = boxes.unbind(1)
+    # Output pixel centres in [-1, 1] map affinely onto the box (align_corners=False convention).
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64, device=x.device)
+    theta[:, 0, 0] = w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    grid = F.affine_grid(theta.to(dtype), [n, x.shape[1], out_h, out_w], align_corners=False)
+    return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_erasing(x: torch.Tensor, p: float = 0.25, scale: Sequence[float] = (0.02, 1 / 3),
+                   ratio: Sequence[float] = (0.3, 1 / 0.3), generator: torch.Generator | None = None,
+                   attempts: int = 10) -> torch.Tensor:
+    """With probability ``p`` per sample, fill one random box with standard normal noise (per pixel and channel),
+    ``(N, C, H, W)``; meant for normalised inputs (timm's ``RandomErasing(mode="pixel")``).
+
+    The box covers a fraction of the image uniform in ``scale`` with an aspect ratio (h / w) log-uniform in
+    ``ratio``; of ``attempts`` draws the first strictly smaller than the image is used (none: not erased).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if x.dim() != 4:
+        raise ValueError(f"random_erasing expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    scale, ratio = _check_range("scale", scale), _check_range("ratio", ratio)
+    n, c, height, width = x.shape
+    erase = torch.rand(n, generator=generator) < p  # (N,)
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator,
+                                                                                 dtype=torch.float64))
+    aspect = _log_uniform(n * attempts, ratio, generator).view(n, attempts)
+    h = torch.round(torch.sqrt(target * aspect)).long()
+    w = torch.round(torch.sqrt(target / aspect)).long()
+    fits = (h < height) & (w < width)
+    first = fits.long().argmax(dim=1)
+    h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top, left = (u[:, 0] * (height - h + 1)).long(), (u[:, 1] * (width - w + 1)).long()
+    chosen = torch.nonzero(erase & fits.any(dim=1)).flatten().tolist()
+    if not chosen:
+        return x
+    x = x.clone()
+    for i in chosen:  # a box per erased sample: its noise only (a batch-sized draw would dominate)
+        t, l, hh, ww = int(top[i]), int(left[i]), int(h[i]), int(w[i])
+        noise = torch.randn(c, hh, ww, generator=generator, dtype=torch.float32)
+        x[i, :, t:t + hh, l:l + ww] = noise.to(x.device, x.dtype)
+    return x
 
 
 def random_flip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
