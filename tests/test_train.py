@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,10 @@ def _cfg(tmp_path, **kw):
     ("dataset", "imagenet", "dataset: got 'imagenet'"),
     ("optimizer", "lamb", "optimizer: got 'lamb'"),
     ("augment", {"hflip": 2.0}, "augment.hflip: got 2.0"),
+    ("augment", {"erase_prob": 1.5}, "augment.erase_prob: got 1.5"),
+    ("augment", {"resized_crop_scale": [0.5, 0.1]}, "augment.resized_crop_scale: got (0.5, 0.1)"),
+    ("augment", {"rand_augment_ops": -1}, "augment.rand_augment_ops: got -1"),
+    ("augment", {"rand_augment_magnitude": 11.0}, "augment.rand_augment_magnitude: got 11.0"),
     ("regularizers", {"nocolon": 1.0}, "regularizers: got 'nocolon'"),
 ])
 def test_config_rejects_impossible_values(key, value, expected):
@@ -333,6 +338,37 @@ def test_checkpoint_state_roundtrip_is_exact(tmp_path):
         load_checkpoint(tmp_path / "c", ema=True)
 
 
+@pytest.mark.parametrize("dataset, augment, expected", [
+    ("mnist1d", {"resized_crop_scale": (0.5, 1.0)}, "augment.resized_crop_scale: got (0.5, 1.0), expected it off"),
+    ("mnist1d", {"erase_prob": 0.5}, "augment.erase_prob: got 0.5, expected it off for the 1-D"),
+    ("digits", {"rand_augment_ops": 2}, "augment.rand_augment_ops: got 2, expected 0 for dataset 'digits'"),
+])
+def test_image_augmentations_need_image_datasets(tmp_path, dataset, augment, expected):
+    model = "dwnet2d_tiny" if dataset == "digits" else "dwnet1d_tiny"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        train(_cfg(tmp_path, dataset=dataset, model=model, augment=augment), progress=False)
+
+
+def test_augment_order_and_pixel_space(monkeypatch):
+    """RandAugment sees [0, 1] pixels (the loader's normalisation undone) and its output is normalised again."""
+    from largekernel.data import Normalize
+    from largekernel.train import engine
+
+    seen = {}
+
+    def fake_rand_augment(pixels, *args, **kwargs):
+        seen["pixels"] = pixels.clone()
+        return 1.0 - pixels
+
+    monkeypatch.setattr(engine, "rand_augment", fake_rand_augment)
+    norm = Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    pixels = torch.rand(4, 3, 6, 6)
+    cfg = TrainConfig(augment={"rand_augment_ops": 1})
+    x, _ = engine._augment(norm(pixels), torch.zeros(4, dtype=torch.long), cfg, 10, torch.Generator(), norm)
+    torch.testing.assert_close(seen["pixels"], pixels)
+    torch.testing.assert_close(x, norm(1.0 - pixels))
+
+
 def test_training_on_file_datasets(tmp_path):
     """ImageFolder streams through a DataLoader (with a test subset), CIFAR batches stay uint8 in memory."""
     rng = torch.Generator().manual_seed(0)
@@ -344,8 +380,11 @@ def test_training_on_file_datasets(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / "tree" / split / f"class{c}" / f"{i}.png")
     kw = dict(model="dwnet2d_tiny", epochs=1, batch_size=4, augment={"crop_padding": 1, "hflip": 0.5,
               "mixup_alpha": 0.2, "cutmix_alpha": 1.0})
+    # The ImageNet recipe's augmentations: random resized crop, RandAugment (pixel space), random erasing.
+    recipe = dict(kw, augment={"resized_crop_scale": (0.08, 1.0), "hflip": 0.5, "rand_augment_ops": 2,
+                               "erase_prob": 0.25, "mixup_alpha": 0.8, "cutmix_alpha": 1.0})
     result = train(_cfg(tmp_path / "folder", dataset="imagefolder", data_dir=str(tmp_path / "tree"),
-                        dataset_kwargs={"image_size": 8}, train_subset=None, test_subset=5, **kw), progress=False)
+                        dataset_kwargs={"image_size": 8}, train_subset=None, test_subset=5, **recipe), progress=False)
     assert result["step"] == 3 and result["last_acc"] * 5 == round(result["last_acc"] * 5)
 
     root = tmp_path / "cifar"

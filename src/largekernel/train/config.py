@@ -25,13 +25,31 @@ class AugmentConfig:
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix (0: off)
     mix_prob: float = 1.0  # probability that a batch is mixed at all
     switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix instead of mixup
+    # Images (N, C, H, W) only:
+    resized_crop_scale: Optional[tuple[float, float]] = None  # random resized crop, area fraction range (None: off)
+    resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # its aspect-ratio (w / h) range
+    rand_augment_ops: int = 0  # RandAugment: ops per image (0: off); needs a dataset with per-channel Normalize
+    rand_augment_magnitude: float = 9.0  # its magnitude, 0..10
+    rand_augment_magnitude_std: float = 0.5  # per-op magnitude noise (timm's mstd)
+    erase_prob: float = 0.0  # random erasing probability per image (normal noise in a random box)
 
     def __post_init__(self) -> None:
         _check(self.crop_padding >= 0, "augment.crop_padding", self.crop_padding, ">= 0")
-        for name in ("hflip", "mix_prob", "switch_prob"):
+        for name in ("hflip", "mix_prob", "switch_prob", "erase_prob"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", getattr(self, name), "in [0, 1]")
-        for name in ("mixup_alpha", "cutmix_alpha"):
+        for name in ("mixup_alpha", "cutmix_alpha", "rand_augment_magnitude_std"):
             _check(getattr(self, name) >= 0.0, f"augment.{name}", getattr(self, name), ">= 0")
+        for name in ("resized_crop_scale", "resized_crop_ratio"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(value)
+                _check(len(value) == 2 and 0 < value[0] <= value[1], f"augment.{name}", value,
+                       "(min, max) with 0 < min <= max")
+                setattr(self, name, value)
+        _check(isinstance(self.rand_augment_ops, int) and self.rand_augment_ops >= 0, "augment.rand_augment_ops",
+               self.rand_augment_ops, "an integer >= 0")
+        _check(0.0 <= self.rand_augment_magnitude <= 10.0, "augment.rand_augment_magnitude",
+               self.rand_augment_magnitude, "in [0, 10]")
 
 
 @dataclass

@@ -39,7 +39,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from largekernel.data import DatasetInfo, TensorDataset, dataset_info, load_dataset
-from largekernel.data.transforms import mixup_cutmix, random_crop, random_flip
+from largekernel.data.randaugment import rand_augment
+from largekernel.data.transforms import (Normalize, mixup_cutmix, random_crop, random_erasing, random_flip,
+                                         random_resized_crop)
 from largekernel.optim import SigmaSchedule, dcls_repulsive_loss, install_dcls_clamp, param_groups
 from largekernel.train.checkpoint import create_run_model, read_checkpoint, save_checkpoint
 from largekernel.train.config import TrainConfig
@@ -201,11 +203,35 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _check_image_augment(cfg: TrainConfig, info: DatasetInfo) -> None:
+    """The image-only augmentations need ``(N, C, H, W)`` batches (RandAugment: 1 or 3 channels)."""
+    a = cfg.augment
+    image_only = {"resized_crop_scale": a.resized_crop_scale is not None, "rand_augment_ops": a.rand_augment_ops > 0,
+                  "erase_prob": a.erase_prob > 0}
+    for key, on in image_only.items():
+        if on and len(info.input_size) != 2:
+            raise ValueError(f"augment.{key}: got {getattr(a, key)!r}, expected it off for the "
+                             f"{len(info.input_size)}-D inputs of dataset {cfg.dataset!r} (images only)")
+    if a.rand_augment_ops and info.in_chans not in (1, 3):
+        raise ValueError(f"augment.rand_augment_ops: got {a.rand_augment_ops}, expected 0 for {info.in_chans}-channel "
+                         "inputs (RandAugment takes 1 or 3 channels)")
+
+
 def _augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, num_classes: int,
-             g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+             g: torch.Generator, normalize: Normalize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's order: crops, flip, RandAugment (in pixel space: ``normalize`` undone and redone), random erasing
+    (on the normalised input), then batch-level mixup / cutmix."""
     a = cfg.augment
     x = random_crop(x, a.crop_padding, g)
+    if a.resized_crop_scale is not None:
+        x = random_resized_crop(x, a.resized_crop_scale, a.resized_crop_ratio, generator=g)
     x = random_flip(x, a.hflip, g)
+    if a.rand_augment_ops:
+        pixels = normalize.inverse(x).clamp_(0.0, 1.0)
+        x = normalize(rand_augment(pixels, a.rand_augment_ops, a.rand_augment_magnitude,
+                                   a.rand_augment_magnitude_std, generator=g))
+    if a.erase_prob > 0:
+        x = random_erasing(x, a.erase_prob, generator=g)
     if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
         return mixup_cutmix(x, y, num_classes, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
                             prob=a.mix_prob, switch_prob=a.switch_prob, label_smoothing=cfg.label_smoothing,
@@ -289,7 +315,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     info: DatasetInfo = dataset_info(cfg.dataset, cfg.data_dir, **cfg.dataset_kwargs)
+    _check_image_augment(cfg, info)
     train_ds, test_ds = _load_split(cfg, "train"), _load_split(cfg, "test")
+    if cfg.augment.rand_augment_ops and train_ds.normalize is None:
+        raise ValueError(f"augment.rand_augment_ops: got {cfg.augment.rand_augment_ops}, expected 0 for dataset "
+                         f"{cfg.dataset!r} (RandAugment works in pixel space and needs a per-channel normalisation to "
+                         "undo: cifar10, mnist, fashion_mnist, imagefolder)")
     model = create_run_model(cfg, info).to(device)
     n = len(train_ds)
     batch = min(cfg.batch_size, n - n % world)  # the global batch; tiny subsets use all (world-divisible) samples
@@ -357,7 +388,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             # Streamed data: each process decodes only its share of the global batch.
             batches = [b.chunk(world)[rank] for b in batches]
         for x, y in _fetch(train_ds, batches, cfg.num_workers):
-            x, y = _augment(x, y, cfg, info.num_classes, aug_gen)
+            x, y = _augment(x, y, cfg, info.num_classes, aug_gen, train_ds.normalize)
             if in_memory and dist_info.distributed:
                 x, y = x.chunk(world)[rank], y.chunk(world)[rank]  # this process's share of the global batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
