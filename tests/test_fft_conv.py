@@ -82,6 +82,18 @@ def _kwargs(cfg):
     return {k: cfg[k] for k in ("stride", "padding", "dilation", "groups", "padding_mode")}
 
 
+@pytest.fixture(params=["whole", "blocks"])
+def blocks(request, monkeypatch):
+    """Run a test with the default cache-sized channel blocks (whole tensors at test sizes) and with one group
+    per block (functional/_packed.channel_blocks)."""
+    from largekernel.functional import _packed
+
+    if request.param == "blocks":
+        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
+    return request.param
+
+
 @given(conv_configs())
 def test_matches_torch_conv_property(cfg):
     x, w, b = _tensors(cfg)
@@ -104,7 +116,7 @@ def test_matches_torch_conv_property(cfg):
     {"padding": "same", "padding_mode": "reflect", "dilation": 2},
     {"stride": 2, "padding": 2, "padding_mode": "replicate"},
 ])
-def test_matches_torch_conv_examples(nd, kw):
+def test_matches_torch_conv_examples(nd, kw, blocks):
     groups = kw.get("groups", 1)
     x = torch.randn(2, 4, *([9] * nd), dtype=torch.float64)
     w = torch.randn(6, 4 // groups, *([3] * nd), dtype=torch.float64)
@@ -142,7 +154,7 @@ def test_unbatched_input():
     ({"stride": 2, "padding": 3, "padding_mode": "circular"}, 2, 2),
     ({"padding": 2, "padding_mode": "reflect", "dilation": 2}, 2, 2),
 ])
-def test_gradcheck_2d(kw, cin, cout):
+def test_gradcheck_2d(kw, cin, cout, blocks):
     groups = kw.get("groups", 1)
     x = torch.randn(2, cin, 7, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -161,7 +173,7 @@ def test_gradcheck_full_jacobian():
 
 @pytest.mark.parametrize("nd, kw", [(1, {"padding": "same", "dilation": 3}), (1, {"stride": 3, "padding": 4}),
                                     (3, {"stride": 2, "padding": 1, "groups": 2})])
-def test_gradcheck_1d_3d(nd, kw):
+def test_gradcheck_1d_3d(nd, kw, blocks):
     x = torch.randn(2, 2, *([8] * nd if nd == 1 else [5] * nd), dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 2 // kw.get("groups", 1), *([3] * nd), dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
@@ -374,11 +386,11 @@ def test_block_plan_keeps_small_and_depthwise_problems_whole():
                                   "cpu") is None
 
 
-@pytest.fixture(params=["packed", "packed-blocks", "real"])
+@pytest.fixture(params=["packed", "packed-blocks", "real", "real-blocks"])
 def fft_path(request, monkeypatch):
     """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
     complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension;
-    ``packed-blocks`` runs the packed path one input channel at a time (the blocks of large activations)."""
+    ``-blocks`` runs either one input channel at a time (the cache-sized blocks of large activations)."""
     from importlib import import_module
 
     from largekernel.functional import _packed
@@ -387,8 +399,9 @@ def fft_path(request, monkeypatch):
 
     packed = request.param.startswith("packed")
     monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
-    if request.param == "packed-blocks":
+    if request.param.endswith("-blocks"):
         monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
     calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
     yield request.param
     expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"

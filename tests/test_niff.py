@@ -32,10 +32,15 @@ def fft_path(request, monkeypatch):
 @pytest.mark.parametrize("budget", [1, 700, 2000, 2 ** 40])
 def test_channel_blocks_partition_the_channels_within_the_budget(budget, monkeypatch):
     monkeypatch.setattr(_packed, "BLOCK_BYTES", budget)
-    blocks = _packed.channel_blocks(10, 3, (6, 7), 4)  # 2 pairs x 42 points x 8 bytes = 672 bytes a channel
+    per_channel = _packed.packed_bytes(3, (6, 7), 4)
+    assert per_channel == 2 * 42 * 8  # 2 pairs x 42 points x 8 bytes
+    blocks = _packed.channel_blocks(10, per_channel, torch.device("cpu"))
     step = max(1, min(10, budget // 672))
     assert [c for b in blocks for c in range(10)[b]] == list(range(10))
     assert [len(range(10)[b]) for b in blocks] == [step] * (10 // step) + ([10 % step] if 10 % step else [])
+    assert _packed.channel_blocks(10, per_channel, torch.device("meta")) == [slice(0, 10)]  # not a block device
+    monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 2 * 672)  # the real-FFT paths' own budget
+    assert _packed.channel_blocks(10, 672, torch.device("cpu"), real=True) == [slice(c, c + 2) for c in range(0, 10, 2)]
 
 
 def _reference_filter(layer, h, w):

@@ -25,13 +25,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["packs", "pack", "unpack", "channel_blocks"]
+__all__ = ["packs", "pack", "unpack", "channel_blocks", "packed_bytes"]
 
 # Where the packed path runs: device types, and the fewest spatial dims (1-D is faster real).
 PACKED_DEVICES = {"cpu"}
 PACKED_MIN_NDIM = 2
-# Bytes of packed signal per channel block (:func:`channel_blocks`): about one core's L2 cache.
+# Bytes per channel block (:func:`channel_blocks`), measured best on the reference CPU: the packed paths'
+# signal (about one core's L2 cache), and the real-FFT paths' input and output spectra together (their
+# transforms run more rows per call); devices that use blocks.
 BLOCK_BYTES = 2 ** 21
+REAL_BLOCK_BYTES = 2 ** 23
+BLOCK_DEVICES = {"cpu"}
 
 
 def packs(device: torch.device, nd: int, batch: int) -> bool:
@@ -76,16 +80,24 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
     return out
 
 
-def channel_blocks(channels: int, batch: int, grid: tuple[int, ...], itemsize: int) -> list[slice]:
-    """Channel ranges whose packed signals (``ceil(batch/2)`` pairs on ``grid``, complex of ``2 * itemsize`` bytes)
-    hold about :data:`BLOCK_BYTES` each.
+def packed_bytes(batch: int, grid: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of one channel's packed signal: ``ceil(batch / 2)`` complex grids of ``2 * itemsize``-byte values."""
+    return (batch + 1) // 2 * math.prod(grid) * 2 * itemsize
 
-    An elementwise (depthwise) spectral product treats channels independently, so it can run pack, transform,
-    product, inverse transform and unpack block by block: each block's intermediates stay in cache and its
-    buffers are recycled by the allocator, where whole-activation intermediates would each make a trip to
-    memory (and, with glibc, often fault fresh pages in). Measured on the reference CPU: NIFF's depthwise
-    training step (8 x 96 x 56 x 56) 17-23 -> 14-15 ms.
+
+def channel_blocks(channels: int, bytes_per_channel: int, device: torch.device, real: bool = False) -> list[slice]:
+    """Channel ranges of about :data:`BLOCK_BYTES` each (:data:`REAL_BLOCK_BYTES` with ``real``; one range off
+    :data:`BLOCK_DEVICES`).
+
+    An elementwise (depthwise) spectral product treats channels independently, so transform, product and
+    inverse transform can run block by block: each block's intermediates stay in cache and its buffers are
+    recycled by the allocator, where whole-activation intermediates would each make a trip to memory (and,
+    with glibc, often fault fresh pages in). Measured on the reference CPU (docs/fft_conv.md): NIFF's packed
+    training step (8 x 96 x 56 x 56) 17-23 -> 14-15 ms; real-FFT depthwise 1-D forward+backward (8 x 256 x 2048,
+    kernel 2048) 55 -> 33 ms. CUDA is not measured, so it runs one block.
     """
-    per_channel = (batch + 1) // 2 * math.prod(grid) * 2 * itemsize
-    step = max(1, min(channels, BLOCK_BYTES // per_channel))
+    if device.type not in BLOCK_DEVICES:
+        return [slice(0, channels)]
+    budget = REAL_BLOCK_BYTES if real else BLOCK_BYTES
+    step = max(1, min(channels, budget // max(1, bytes_per_channel)))
     return [slice(c, min(c + step, channels)) for c in range(0, channels, step)]

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from largekernel.functional._packed import channel_blocks, pack, packs, unpack
+from largekernel.functional._packed import channel_blocks, pack, packed_bytes, packs, unpack
 
 __all__ = ["fft_conv", "fast_fft_length", "PADDING_MODES"]
 
@@ -579,60 +579,100 @@ class _FFTConvFunction(torch.autograd.Function):
 
     Saves what the gradients need from forward (the input spectrum, or its expanded
     block, for the weight gradient; the kernel spectrum for the input gradient), so
-    backward transforms only the output gradient.
+    backward transforms only the output gradient. Without the real-bmm contraction the
+    groups are independent and run in cache-sized blocks (:func:`channel_blocks`);
+    ``keep``: whether a kernel gradient will be wanted (the caller knows the grad mode).
     """
 
     @staticmethod
-    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan) -> Tensor:
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None, plan: _Plan, keep: bool = True) -> Tensor:
         nd = len(plan.fft)
         dims = _spatial(nd)
-        x_f = torch.fft.rfftn(input, s=plan.fft, dim=dims)  # (B, Cin, *F) complex
         w_f = torch.fft.rfftn(_place_kernel(weight, plan), dim=dims)  # (Cout, Cin/g, *F)
-        i = weight.shape[1]
-        contract = i > 1 and input.shape[0] * (weight.shape[0] // plan.groups) * i >= _SMALL_CONTRACTION
-        if contract:
-            y_f, x_saved, w_saved = _contract_forward(x_f, w_f, plan.groups)
-        else:
-            w_saved = w_f.conj_physical_()
-            y_f, x_saved = _product(x_f, w_saved, plan.groups), x_f
-        out = _irfft_keep(y_f, plan.fft, plan.stride, plan.out)  # (B, Cout, *out)
-        # the add (or copy) also makes the strided slice contiguous, like torch's conv output
-        out = out + bias.reshape(-1, *([1] * nd)) if bias is not None else out.contiguous()
+        batch, cout, i = input.shape[0], weight.shape[0], weight.shape[1]
+        per = cout // plan.groups  # outputs per group
+        contract = i > 1 and batch * per * i >= _SMALL_CONTRACTION
         need_input, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_saved if need_weight else None, w_saved if need_input else None)
-        ctx.plan, ctx.contract, ctx.freq = plan, contract, tuple(x_f.shape[2:])
+        need_weight = need_weight and keep
+        ctx.plan, ctx.contract, ctx.freq, ctx.i = plan, contract, tuple(w_f.shape[2:]), i
+        if contract:
+            x_f = torch.fft.rfftn(input, s=plan.fft, dim=dims)  # (B, Cin, *F) complex
+            y_f, x_saved, w_saved = _contract_forward(x_f, w_f, plan.groups)
+            out = _irfft_keep(y_f, plan.fft, plan.stride, plan.out)  # (B, Cout, *out)
+            # the add (or copy) also makes the strided slice contiguous, like torch's conv output
+            out = out + bias.reshape(-1, *([1] * nd)) if bias is not None else out.contiguous()
+            ctx.save_for_backward(w_saved if need_input else None, x_saved if need_weight else None)
+            ctx.blocks = None
+            return out
+        w_saved = w_f.conj_physical_()
+        # Groups in cache-sized blocks, sized by their input and output spectra.
+        blocks = channel_blocks(plan.groups, batch * math.prod(ctx.freq) * 2 * input.element_size() * (i + per),
+                                input.device, real=True)
+        out = input.new_empty(batch, cout, *plan.out)
+        specs = []
+        for block in blocks:
+            ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
+            x_f = torch.fft.rfftn(input[:, ins], s=plan.fft, dim=dims)  # (B, block inputs, *F) complex
+            y = _irfft_keep(_product(x_f, w_saved[outs], block.stop - block.start), plan.fft, plan.stride, plan.out)
+            if bias is not None:
+                torch.add(y, bias[outs].reshape(-1, *([1] * nd)), out=out[:, outs])
+            else:
+                out[:, outs] = y
+            specs.append(x_f if need_weight else None)
+        ctx.save_for_backward(w_saved if need_input else None, *specs)
+        ctx.blocks = blocks
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         plan: _Plan = ctx.plan
-        x_saved, w_saved = ctx.saved_tensors
+        w_saved, *specs = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         nd = len(plan.fft)
+        dims = _spatial(nd)
         grad_input = grad_weight = grad_bias = None
-        if need_input or need_weight:
-            g_f = _rfft_upsampled(grad, plan)  # (B, Cout, *F)
-        if ctx.contract and (need_input or need_weight):
-            g = _g_planar(g_f, plan.groups)  # (P*G, 2B, O)
+        if not (need_input or need_weight):
+            if need_bias:
+                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+            return grad_input, grad_weight, grad_bias, None, None
+        if ctx.contract:
+            (x_saved,) = specs
+            g = _g_planar(_rfft_upsampled(grad, plan), plan.groups)  # (P*G, 2B, O)
             if need_weight:
                 cout, i = grad.shape[1], x_saved.shape[4]
                 gw = _transpose(_contract_weight_grad(g, x_saved)).view(cout, i, *ctx.freq)  # (Cout, I, *F)
-                grad_weight = _gather_kernel(torch.fft.irfftn(gw, s=plan.fft, dim=_spatial(nd)), plan)
+                grad_weight = _gather_kernel(torch.fft.irfftn(gw, s=plan.fft, dim=dims), plan)
             if need_input:
                 gx_f = _contract_input_grad(g, w_saved, plan.groups, ctx.freq)  # (B, Cin, *F)
-        else:
-            if need_weight:  # first: the input-gradient product below may overwrite g_f
-                buffer = torch.fft.irfftn(_weight_grad_product(x_saved, g_f, plan.groups), s=plan.fft,
-                                          dim=_spatial(nd))
-                grad_weight = _gather_kernel(buffer, plan)  # (Cout, Cin/g, *kernel)
-            if need_input:
-                gx_f = _input_grad_product(g_f, w_saved.conj_physical(), plan.groups)  # (B, Cin, *F)
+                grad_input = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes).contiguous()  # (B, Cin, *sizes)
+            if need_bias:
+                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+            return grad_input, grad_weight, grad_bias, None, None
+        batch, cout = grad.shape[:2]
+        per = cout // plan.groups
+        i = ctx.i
         if need_input:
-            grad_input = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes).contiguous()  # (B, Cin, *sizes)
+            grad_input = grad.new_empty(batch, plan.groups * i, *plan.sizes)
+            w_conj = w_saved.conj_physical()
+        if need_weight:
+            gw_f = torch.empty(cout, i, *ctx.freq, dtype=specs[0].dtype, device=grad.device)
         if need_bias:
-            grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
-        return grad_input, grad_weight, grad_bias, None
+            grad_bias = grad.new_empty(cout)
+        for block, x_f in zip(ctx.blocks, specs):
+            ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
+            n = block.stop - block.start
+            g_f = _rfft_upsampled(grad[:, outs], plan)  # (B, block outputs, *F)
+            if need_bias:  # the DC bin: the sum over the output (zero-stuffing adds zeros)
+                torch.sum(g_f[(slice(None), slice(None)) + (0,) * nd].real, dim=0, out=grad_bias[outs])
+            if need_weight:  # first: the input-gradient product below may overwrite g_f
+                gw_f[outs] = _weight_grad_product(x_f, g_f, n)
+            if need_input:
+                gx_f = _input_grad_product(g_f, w_conj[outs], n)  # (B, block inputs, *F)
+                grad_input[:, ins] = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes)
+        if need_weight:
+            grad_weight = _gather_kernel(torch.fft.irfftn(gw_f, s=plan.fft, dim=dims), plan)  # (Cout, Cin/g, *k)
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 class _PackedFFTConvFunction(torch.autograd.Function):
@@ -657,7 +697,7 @@ class _PackedFFTConvFunction(torch.autograd.Function):
         wc_f = torch.fft.fftn(_place_kernel(weight, plan), dim=dims).conj_physical_()  # (Cout, 1, *fft)
         # Channels are independent: pack, transform, product and back per cache-sized block (_packed.py),
         # sized by the block's output spectrum (per times its input).
-        blocks = channel_blocks(groups, batch, plan.fft, input.element_size() * per)
+        blocks = channel_blocks(groups, packed_bytes(batch, plan.fft, input.element_size()) * per, input.device)
         out = input.new_empty(batch, cout, *plan.out)
         specs = []
         for block in blocks:
@@ -911,7 +951,7 @@ def _fft_conv(input: Tensor, weight: Tensor, bias: Tensor | None, args: _Args) -
         keep = torch.is_grad_enabled() and weight.requires_grad
         out = _PackedFFTConvFunction.apply(input, weight, bias, plan, keep)
     else:
-        out = _FFTConvFunction.apply(input, weight, bias, plan)
+        out = _FFTConvFunction.apply(input, weight, bias, plan, torch.is_grad_enabled() and weight.requires_grad)
     return out.to(dtype) if dtype in _LOW_PRECISION else out
 
 
