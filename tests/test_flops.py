@@ -100,6 +100,15 @@ def test_packed_niff_layer_is_counted():
     assert result.by_op["mul"] >= 6 * (b // 2) * c * n  # the filter product, complex x complex
 
 
+def test_real_niff_layer_counts_its_in_place_product():
+    """At batch 1 NIFF takes real FFTs and multiplies the spectrum in place (mul_): counted like torch.mul."""
+    from largekernel.nn import NIFFConv2d
+
+    c, h, w = 3, 8, 6
+    result = count(NIFFConv2d(c, bias=False), (1, c, h, w))
+    assert result.by_op["mul_"] == 6 * c * h * (w // 2 + 1)  # complex x complex on the half spectrum
+
+
 def test_restores_training_mode_and_validates_input_size():
     model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.BatchNorm1d(2)).train()
     result = count(model, (1, 1, 10))

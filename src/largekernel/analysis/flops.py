@@ -106,6 +106,7 @@ _MAPPING = {
     aten.addmm: _raw(_complex_matmul(aten.addmm)),
     aten.baddbmm: _raw(_complex_matmul(aten.baddbmm)),
     aten.mul: _raw(_complex_mul),
+    aten.mul_: _raw(_complex_mul),  # in place (spectral products at inference)
 }
 
 
