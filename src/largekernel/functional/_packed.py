@@ -16,6 +16,9 @@ input gradient ``ifftn(v G)`` is ``i conj(fftn(q conj(v)) / N)``: the pair swapp
 Sums over the packed pairs carry cross terms ``i (conj X_a G_b - conj X_b G_a)``, which
 are anti-Hermitian: they vanish in the real part of an inverse transform and in a
 Hermitian symmetrisation.
+
+Also here, for the packed and the real-FFT paths alike: :func:`channel_blocks`, the
+cache-sized channel ranges that elementwise (depthwise) spectral products run in.
 """
 
 from __future__ import annotations
