@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["packs", "pack", "unpack", "channel_blocks", "packed_bytes"]
+__all__ = ["packs", "pack", "unpack", "channel_sums", "channel_blocks", "packed_bytes"]
 
 # Where the packed path runs: device types, and the fewest spatial dims (1-D is faster real).
 PACKED_DEVICES = {"cpu"}
@@ -81,6 +81,15 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
             else:
                 torch.add(src, bias.view(-1, *([1] * len(size))), out=dst)
     return out
+
+
+def channel_sums(q: Tensor, out: Tensor) -> Tensor:
+    """Per channel, the sum over both samples of every pair and the whole grid of the signal whose *unnormalised*
+    transform is ``q`` (``(ceil(B/2), C, *grid)`` complex): its DC bin, real plus imaginary part, summed over the
+    pairs; written into ``out`` ``(C,)`` (a bias gradient without a pass over the output gradient)."""
+    nd = q.dim() - 2
+    dc = torch.view_as_real(q[(slice(None), slice(None)) + (0,) * nd])  # (ceil(B/2), C, 2)
+    return torch.sum(dc, dim=(0, 2), out=out)
 
 
 def packed_bytes(batch: int, grid: tuple[int, ...], itemsize: int) -> int:

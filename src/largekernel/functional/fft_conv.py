@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from largekernel.functional._packed import channel_blocks, pack, packed_bytes, packs, unpack
+from largekernel.functional._packed import channel_blocks, channel_sums, pack, packed_bytes, packs, unpack
 
 __all__ = ["fft_conv", "fast_fft_length", "PADDING_MODES"]
 
@@ -564,6 +564,11 @@ def _input_grad_product(g_f: Tensor, w_f: Tensor, groups: int) -> Tensor:
     return x_f.reshape(b, groups * i, *freq)
 
 
+def _bias_grad(grad: Tensor) -> Tensor:
+    """The bias gradient: the output gradient summed over everything but the channels."""
+    return grad.sum(dim=(0, *range(2, grad.dim())))
+
+
 def _weight_grad_product(x_f: Tensor, g_f: Tensor, groups: int) -> Tensor:
     """Kernel-gradient spectrum ``gw = sum_b x * conj(g)``: reduced over the batch before the inverse
     transform, so that only a kernel-sized buffer is transformed back."""
@@ -634,7 +639,7 @@ class _FFTConvFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if not (need_input or need_weight):
             if need_bias:
-                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+                grad_bias = _bias_grad(grad)
             return grad_input, grad_weight, grad_bias, None, None
         if ctx.contract:
             (x_saved,) = specs
@@ -647,7 +652,7 @@ class _FFTConvFunction(torch.autograd.Function):
                 gx_f = _contract_input_grad(g, w_saved, plan.groups, ctx.freq)  # (B, Cin, *F)
                 grad_input = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes).contiguous()  # (B, Cin, *sizes)
             if need_bias:
-                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+                grad_bias = _bias_grad(grad)
             return grad_input, grad_weight, grad_bias, None, None
         batch, cout = grad.shape[:2]
         per = cout // plan.groups
@@ -724,7 +729,7 @@ class _PackedFFTConvFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if not (need_input or need_weight):
             if need_bias:
-                grad_bias = grad.sum(dim=(0, *range(2, 2 + nd)))
+                grad_bias = _bias_grad(grad)
             return grad_input, grad_weight, grad_bias, None, None
         if need_input:
             grad_input = grad.new_empty(batch, plan.groups, *plan.sizes)
@@ -735,9 +740,8 @@ class _PackedFFTConvFunction(torch.autograd.Function):
         for block, x_f in zip(ctx.blocks, specs):
             outs, n = slice(block.start * per, block.stop * per), block.stop - block.start
             q = torch.fft.ifftn(pack(grad[:, outs], plan.fft, origin, swap=True), dim=dims, norm="forward")
-            if need_bias:  # the unnormalised transform's DC bin: the pair's sum over the output
-                dc = torch.view_as_real(q[(slice(None), slice(None)) + (0,) * nd])  # (B/2, block outputs, 2)
-                torch.sum(dc, dim=(0, 2), out=grad_bias[outs])
+            if need_bias:  # from the DC bin (zero outside the output)
+                channel_sums(q, grad_bias[outs])
             if need_weight:  # first: the input-gradient product below may overwrite q
                 half = q.shape[0]
                 torch.sum(x_f.view(half, n, 1, *plan.fft) * q.view(half, n, per, *plan.fft), dim=0,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from largekernel.functional._packed import channel_blocks, pack, packed_bytes, packs, unpack
+from largekernel.functional._packed import channel_blocks, channel_sums, pack, packed_bytes, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import _baked_conv
@@ -239,9 +239,7 @@ class _PackedProduct(torch.autograd.Function):
             # back.
             q = torch.fft.ifftn(pack(grad[:, block], grid, out_start, swap=True), dim=dims, norm="forward")
             if need_b:
-                # The unnormalised transform's DC bin is the pair's sum over the grid (zero outside the output).
-                dc = torch.view_as_real(q[(slice(None), slice(None)) + (0,) * nd])  # (ceil(B/2), block, 2)
-                torch.sum(dc, dim=(0, 2), out=grad_b[block])
+                channel_sums(q, grad_b[block])  # from the DC bin (zero outside the output)
             if pointwise is not None:
                 if need_p:
                     # sum Re(G conj(Z)) = sum Re(i conj(q Z)) = sum Im(q Z), Z = S * w the pointwise's input.
