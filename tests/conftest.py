@@ -32,3 +32,24 @@ def spy_functions(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
         monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
                             torch.autograd.Function.apply.__func__(_cls, *a))
     return calls
+
+
+def native_path(monkeypatch, enabled: bool) -> list[bool]:
+    """Run the packed paths with the native CPU kernels (functional/_native.py) on or off; returns the list of
+    whether each native call ran (check that they did where a C compiler is installed)."""
+    from largekernel.functional import _native
+
+    monkeypatch.setattr(_native, "ENABLED", enabled)
+    ran: list[bool] = []
+    for name in ("unpack", "spectral_grad"):
+        real = getattr(_native, name)
+        monkeypatch.setattr(_native, name, lambda *a, _real=real, **k: ran.append(_real(*a, **k)) or ran[-1])
+    return ran
+
+
+def native_expected() -> bool:
+    """Whether the native kernels must be available here: a C compiler is installed (CI has one)."""
+    import os
+    import shutil
+
+    return bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))

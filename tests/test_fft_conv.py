@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from conftest import spy_functions
+from conftest import native_expected, native_path, spy_functions
 
 from largekernel.functional import fast_fft_length, fft_conv
 
@@ -386,11 +386,12 @@ def test_block_plan_keeps_small_and_depthwise_problems_whole():
                                   "cpu") is None
 
 
-@pytest.fixture(params=["packed", "packed-blocks", "real", "real-blocks"])
+@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-blocks"])
 def fft_path(request, monkeypatch):
     """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
     complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension;
-    ``-blocks`` runs either one input channel at a time (the cache-sized blocks of large activations)."""
+    ``-blocks`` runs either one input channel at a time (the cache-sized blocks of large activations);
+    ``packed-torch`` runs the packed path without the native CPU kernels (functional/_native.py)."""
     from importlib import import_module
 
     from largekernel.functional import _packed
@@ -402,10 +403,15 @@ def fft_path(request, monkeypatch):
     if request.param.endswith("-blocks"):
         monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
         monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
+    native = native_path(monkeypatch, request.param != "packed-torch")
     calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
     yield request.param
     expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
+    if request.param in ("packed", "packed-blocks") and native_expected():
+        assert any(native), f"the native kernels did not run: {native}"
+    if request.param == "packed-torch":
+        assert not any(native)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])

@@ -28,6 +28,8 @@ import math
 import torch
 from torch import Tensor
 
+from largekernel.functional import _native
+
 __all__ = ["packs", "pack", "unpack", "channel_sums", "channel_blocks", "packed_bytes"]
 
 # Where the packed path runs: device types, and the fewest spatial dims (1-D is faster real).
@@ -70,9 +72,11 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
     (per channel); into ``out`` (any strides, e.g. a channel block of a larger output) or a new contiguous
     tensor."""
     half = z.shape[0]
-    parts = torch.view_as_real(z)[(..., *(slice(s, s + n) for s, n in zip(start, size)), slice(None))]
     if out is None:
-        out = parts.new_empty(batch, *z.shape[1:-len(size)], *size)
+        out = torch.empty(batch, *z.shape[1:-len(size)], *size, dtype=z.real.dtype, device=z.device)
+    if _native.unpack(z, batch, start, size, bias, swap, out):  # one read of z (else two strided copies)
+        return out
+    parts = torch.view_as_real(z)[(..., *(slice(s, s + n) for s, n in zip(start, size)), slice(None))]
     pairs = ((out[:half], parts[..., int(swap)]), (out[half:], parts[:batch - half, ..., 1 - int(swap)]))
     with torch.no_grad():  # called inside autograd Functions; tracing (torch.export) may run them with grad on
         for dst, src in pairs:

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from largekernel.functional import _native
 from largekernel.functional._packed import channel_blocks, channel_sums, pack, packed_bytes, packs, unpack
 
 __all__ = ["fft_conv", "fast_fft_length", "PADDING_MODES"]
@@ -742,12 +743,17 @@ class _PackedFFTConvFunction(torch.autograd.Function):
             q = torch.fft.ifftn(pack(grad[:, outs], plan.fft, origin, swap=True), dim=dims, norm="forward")
             if need_bias:  # from the DC bin (zero outside the output)
                 channel_sums(q, grad_bias[outs])
-            if need_weight:  # first: the input-gradient product below may overwrite q
-                half = q.shape[0]
-                torch.sum(x_f.view(half, n, 1, *plan.fft) * q.view(half, n, per, *plan.fft), dim=0,
-                          out=acc[outs].view(n, per, *plan.fft))
+            if per == 1 and _native.spectral_grad(x_f, q, wc_f[outs].view(n, *plan.fft) if need_input else None,
+                                                  acc[outs].view(n, *plan.fft) if need_weight else None):
+                gx = q  # depthwise: the kernel-gradient sum and q *= conj(w) in one native pass
+            else:
+                if need_weight:  # first: the input-gradient product below may overwrite q
+                    half = q.shape[0]
+                    torch.sum(x_f.view(half, n, 1, *plan.fft) * q.view(half, n, per, *plan.fft), dim=0,
+                              out=acc[outs].view(n, per, *plan.fft))
+                if need_input:
+                    gx = _input_grad_product(q, wc_f[outs], n)  # sum_o q * conj(w): (B/2, block, *F)
             if need_input:
-                gx = _input_grad_product(q, wc_f[outs], n)  # sum_o q * conj(w): (B/2, block, *F)
                 unpack(torch.fft.fftn(gx, dim=dims, norm="forward"), batch, origin, plan.sizes, swap=True,
                        out=grad_input[:, block])
         if need_weight:

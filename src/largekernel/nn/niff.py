@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from largekernel.functional import _native
 from largekernel.functional._packed import channel_blocks, channel_sums, pack, packed_bytes, packs, unpack
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
@@ -208,7 +209,9 @@ class _PackedProduct(torch.autograd.Function):
         for block in blocks:
             packed = pack(x[:, block], grid, (0,) * nd)  # (ceil(B/2), block, *grid) complex
             spec = torch.fft.fftn(packed, dim=dims)
-            z = torch.mul(spec, w[block], out=packed)  # the packed input is spent: one fresh buffer fewer
+            # Into the spent packed input: one fresh buffer fewer. (Detached: torch.export records this out= op,
+            # which autograd refuses for a filter that requires grad when the exported program runs.)
+            z = torch.mul(spec, w[block].detach(), out=packed)
             if pointwise is not None:
                 z = _pointwise(z, pointwise)  # (ceil(B/2), out, *grid)
             unpack(torch.fft.ifftn(z, dim=dims), batch, out_start, out_size, None if bias is None else bias[block],
@@ -249,14 +252,17 @@ class _PackedProduct(torch.autograd.Function):
                     z_parts = torch.view_as_real(z).reshape(half, c, -1, 2).flip(-1)  # (im, re)
                     grad_p = torch.einsum("bomr,bimr->oi", q_parts, z_parts) / math.prod(grid)
                 q = _pointwise(q, pointwise.t())  # (ceil(B/2), in, *grid)
-            if need_w:
-                torch.sum(spec * q, dim=0, out=grad_w[block])
+            # The filter gradient i conj(sum S q) / N, then q *= w: one fused pass where the native kernels run,
+            # else a product temporary, its sum, and the product.
+            if not _native.spectral_grad(spec, q, w[block] if need_x else None, grad_w[block] if need_w else None,
+                                         1 / math.prod(grid), rotate=True):
+                if need_w:
+                    torch.sum(spec * q, dim=0, out=grad_w[block]).conj_physical_().mul_(1j / math.prod(grid))
+                if need_x:
+                    q.mul_(w[block])
             if need_x:
-                q.mul_(w[block])
                 unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True,
                        out=grad_x[:, block])
-        if need_w:
-            grad_w = grad_w.conj_physical_().mul_(1j / math.prod(grid))
         return grad_x, grad_w, grad_p, grad_b, None, None, None, None
 
 
