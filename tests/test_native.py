@@ -24,6 +24,18 @@ def test_built_wherever_a_c_compiler_is_installed():
     assert (_native.library() is not None) == native_expected()
 
 
+def test_native_kernels_switch(monkeypatch):
+    from largekernel.functional import native_kernels
+
+    assert native_kernels() == native_expected()
+    assert native_kernels(False) is False and _native.ENABLED is False
+    q = torch.randn(2, 3, 20, dtype=torch.complex64)
+    before = q.clone()
+    assert not _native.spectral_grad(q, q, torch.randn(3, 20, dtype=torch.complex64), None)
+    torch.testing.assert_close(q, before, rtol=0, atol=0)  # left to torch: nothing written
+    assert native_kernels(True) == native_expected()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 4, 5])
 @pytest.mark.parametrize("swap", [False, True])
@@ -67,14 +79,6 @@ def test_declines_what_it_cannot_take():
     q = torch.randn(2, 3, 20, dtype=torch.complex64)
     assert not _native.spectral_grad(q, q.clone(), torch.randn(3, 20, dtype=torch.complex128), None)
     assert not _native.spectral_grad(q, q.clone(), torch.randn(3, 21, dtype=torch.complex64), None)
-
-
-def test_disabled_leaves_everything_to_torch(monkeypatch):
-    monkeypatch.setattr(_native, "ENABLED", False)
-    q = torch.randn(2, 3, 20, dtype=torch.complex64)
-    before = q.clone()
-    assert not _native.spectral_grad(q, q, torch.randn(3, 20, dtype=torch.complex64), None)
-    torch.testing.assert_close(q, before, rtol=0, atol=0)
 
 
 def test_exported_programs_record_torch_operations_only():

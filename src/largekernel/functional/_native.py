@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unpack", "spectral_grad"]
+__all__ = ["native_kernels", "available", "unpack", "spectral_grad"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -110,6 +110,15 @@ def library() -> ctypes.CDLL | None:
         warnings.warn(f"largekernel: native CPU kernels unavailable, using torch operations ({error})",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def native_kernels(enable: bool | None = None) -> bool:
+    """Whether the fused CPU kernels run (building them on the first call); ``enable`` turns them on or off
+    for this process first (the environment's ``LARGEKERNEL_NATIVE=0`` starts with them off)."""
+    global ENABLED
+    if enable is not None:
+        ENABLED = bool(enable)
+    return ENABLED and library() is not None
 
 
 def _eager(*tensors: Tensor) -> bool:
