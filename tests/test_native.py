@@ -69,6 +69,14 @@ def test_spectral_grad_is_the_pair_sum_and_the_product(dtype, with_w, with_acc, 
     torch.testing.assert_close(q_native, q * w if with_w else q)
 
 
+def test_inconsistent_geometry_is_an_error_not_a_stray_read():
+    z = torch.randn(2, 3, 4, 5, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=r"region \(1, 2\) \+ \(4, 3\) of the grid \(4, 5\)"):
+        _native.unpack(z, 4, (1, 2), (4, 3), None, False, torch.empty(4, 3, 4, 3))
+    with pytest.raises(ValueError, match="5 samples from 2 pairs"):
+        _native.unpack(z, 5, (0, 0), (4, 5), None, False, torch.empty(5, 3, 4, 5))
+
+
 def test_declines_what_it_cannot_take():
     z = torch.randn(2, 3, 4, 5, dtype=torch.complex64)
     out = torch.empty(4, 3, 4, 5)
@@ -102,6 +110,26 @@ def test_build_is_cached_and_written_whole(tmp_path, monkeypatch):
     stamp = built[0].stat().st_mtime_ns
     assert _native.library.__wrapped__() is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_an_unwritable_cache_builds_in_a_private_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LARGEKERNEL_CACHE", str(blocker / "cache"))
+    assert _native.library.__wrapped__() is not None
+    assert blocker.read_text() == "not a folder"
+
+
+def test_concurrent_processes_build_one_whole_library(tmp_path):
+    """torchrun's ranks start together: every process builds or loads the same file and none loads half of it."""
+    import subprocess
+    import sys
+
+    code = "from largekernel.functional import _native; assert _native.library() is not None"
+    env = {**os.environ, "LARGEKERNEL_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    assert [f.name.startswith("lk_native-") and f.suffix == ".so" for f in tmp_path.iterdir()] == [True]
 
 
 def test_without_a_compiler_warns_and_falls_back(tmp_path, monkeypatch):

@@ -140,8 +140,16 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
     contiguous, if the native kernel can; returns whether it ran (else nothing was written)."""
     nd = len(size)
     real = _COMPLEX.get(z.dtype)
-    if not (1 <= nd <= 3 and available(z) and z.is_contiguous() and out.dtype == real and _eager(out)
-            and tuple(out.shape) == (batch, z.shape[1], *size) and out.numel() and out[0, 0].is_contiguous()):
+    if not (1 <= nd <= 3 and available(z)):
+        return False
+    half = z.shape[0]
+    if not (z.dim() == nd + 2 and half <= batch <= 2 * half and len(start) == nd
+            and all(0 <= s and s + n <= g for s, n, g in zip(start, size, z.shape[2:]))):
+        # The kernel trusts the geometry: never let it read outside z.
+        raise ValueError(f"unpack: {batch} samples from {half} pairs, region {tuple(start)} + {tuple(size)} of "
+                         f"the grid {tuple(z.shape[2:])}: inconsistent")
+    if not (z.is_contiguous() and out.dtype == real and _eager(out) and tuple(out.shape) == (batch, z.shape[1], *size)
+            and out.numel() and out[0, 0].is_contiguous()):
         return False
     if bias is not None and not (bias.dtype == real and bias.is_contiguous() and _eager(bias)):
         return False
@@ -149,7 +157,6 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
     grid = (ctypes.c_int64 * 3)(*((1,) * pad + tuple(z.shape[2:])))
     first = (ctypes.c_int64 * 3)(*((0,) * pad + tuple(start)))
     extent = (ctypes.c_int64 * 3)(*((1,) * pad + tuple(size)))
-    half = z.shape[0]
     getattr(library(), f"lk_unpack_{_SUFFIX[real]}")(
         z.data_ptr(), out.data_ptr(), half, batch - half, z.shape[1], grid, first, extent, out.stride(0),
         out.stride(1), None if bias is None else bias.data_ptr(), int(swap), torch.get_num_threads())
