@@ -386,12 +386,12 @@ def test_block_plan_keeps_small_and_depthwise_problems_whole():
                                   "cpu") is None
 
 
-@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-blocks"])
+@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-blocks", "real-torch"])
 def fft_path(request, monkeypatch):
     """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
     complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension;
     ``-blocks`` runs either one input channel at a time (the cache-sized blocks of large activations);
-    ``packed-torch`` runs the packed path without the native CPU kernels (functional/_native.py)."""
+    ``-torch`` runs either without the native CPU kernels (functional/_native.py)."""
     from importlib import import_module
 
     from largekernel.functional import _packed
@@ -403,14 +403,14 @@ def fft_path(request, monkeypatch):
     if request.param.endswith("-blocks"):
         monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
         monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
-    native = native_path(monkeypatch, request.param != "packed-torch")
+    native = native_path(monkeypatch, not request.param.endswith("-torch"))
     calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
     yield request.param
     expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
     if request.param in ("packed", "packed-blocks") and native_expected():
         assert any(native), f"the native kernels did not run: {native}"
-    if request.param == "packed-torch":
+    if request.param.endswith("-torch"):
         assert not any(native)
 
 

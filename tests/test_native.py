@@ -57,16 +57,17 @@ def test_unpack_splits_every_pair_into_its_two_samples(dtype, batch, swap, grid,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_w, with_acc", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("rotate", [False, True])
-def test_spectral_grad_is_the_pair_sum_and_the_product(dtype, with_w, with_acc, rotate):
+@pytest.mark.parametrize("rotate, conj_q, conj_w", [(False, False, False), (True, False, False),
+                                                    (False, True, True), (True, True, False)])
+def test_spectral_grad_is_the_batch_sum_and_the_product(dtype, with_w, with_acc, rotate, conj_q, conj_w):
     spec, q, w = (torch.randn(*shape, dtype=dtype) for shape in [(3, 4, 600), (3, 4, 600), (4, 600)])  # 600 > chunk
     acc = torch.empty(4, 600, dtype=dtype) if with_acc else None
     q_native = q.clone()
-    assert _native.spectral_grad(spec, q_native, w if with_w else None, acc, 0.25, rotate)
+    assert _native.spectral_grad(spec, q_native, w if with_w else None, acc, 0.25, rotate, conj_q, conj_w)
     if with_acc:
-        total = 0.25 * (spec * q).sum(0)
+        total = 0.25 * (spec * (q.conj() if conj_q else q)).sum(0)
         torch.testing.assert_close(acc, 1j * total.conj() if rotate else total)
-    torch.testing.assert_close(q_native, q * w if with_w else q)
+    torch.testing.assert_close(q_native, q * (w.conj() if conj_w else w) if with_w else q)
 
 
 def test_inconsistent_geometry_is_an_error_not_a_stray_read():

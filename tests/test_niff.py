@@ -14,24 +14,24 @@ from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
 from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
 
 
-@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real"])
+@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-torch"])
 def fft_path(request, monkeypatch):
     """Run a test on both products: batch pairs packed as complex signals (CPU default for 2-D and 3-D) and
     real FFTs (the 1-D and CUDA default); each forced for every dimension. ``packed-blocks`` runs the packed
-    product one channel at a time (the cache-sized blocks of large activations); ``packed-torch`` without the
+    product one channel at a time (the cache-sized blocks of large activations); ``-torch`` without the
     native CPU kernels (functional/_native.py)."""
     packed = request.param.startswith("packed")
     monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
     if request.param == "packed-blocks":
         monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
-    native = native_path(monkeypatch, request.param != "packed-torch")
+    native = native_path(monkeypatch, not request.param.endswith("-torch"))
     calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
     yield request.param
     expected = "_PackedProduct" if packed else "_SpectralProduct"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
     if request.param in ("packed", "packed-blocks") and native_expected():
         assert any(native), f"the native kernels did not run: {native}"
-    if request.param == "packed-torch":
+    if request.param.endswith("-torch"):
         assert not any(native)
 
 

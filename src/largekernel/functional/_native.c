@@ -1,11 +1,12 @@
-/* Fused CPU passes of the packed FFT paths (largekernel/functional/_native.py compiles and loads this).
+/* Fused CPU passes of the depthwise FFT paths (largekernel/functional/_native.py compiles and loads this).
  *
  * Torch spends one kernel launch and one pass over a cache-sized block per elementwise step; two steps of the
- * packed paths read the same data twice or make temporaries:
+ * depthwise paths read the same data twice or make temporaries:
  *   unpack         a packed complex block -> its two real samples (plus a per-channel bias), reading each
  *                  complex value once where two strided copies read the block twice;
  *   spectral_grad  the filter gradient sum_b S[b] * Q[b] and the input-gradient product Q *= W in one pass,
- *                  where torch makes a (pairs, C, N) temporary, reduces it, then multiplies.
+ *                  where torch makes a (batch, C, N) temporary, reduces it, then multiplies (packed and
+ *                  real-FFT paths; conjugations as flags).
  * Complex values are interleaved (re, im), as torch stores them. Compiled per machine (-march=native), with
  * OpenMP: the caller passes torch's intra-op thread count.
  */
@@ -51,10 +52,12 @@ typedef int64_t i64;
   }                                                                                                             \
                                                                                                                 \
   /* spec, q: (half, C, n) complex, contiguous; w: (C, n) complex or null; acc: (C, n) complex or null.         \
-     acc = scale * sum_b spec[b] * q[b] (times i and conjugated when rotate), then q[b] *= w. */                 \
+     acc = scale * sum_b spec[b] * q[b] (conj(q[b]) with conj_q; the sum times i and conjugated with rotate),    \
+     then q[b] *= w (conj(w) with conj_w). */                                                                   \
   void lk_spectral_grad_##S(const T *spec, T *q, const T *w, T *acc, i64 half, i64 channels, i64 n, T scale,   \
-                            int rotate, int threads) {                                                          \
+                            int rotate, int conj_q, int conj_w, int threads) {                                  \
     const i64 chunks = (n + CHUNK - 1) / CHUNK;                                                                 \
+    const T sq = conj_q ? (T)-1 : (T)1, sw = conj_w ? (T)-1 : (T)1;                                             \
     _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
     for (i64 c = 0; c < channels; c++) {                                                                        \
       for (i64 k = 0; k < chunks; k++) {                                                                        \
@@ -67,14 +70,14 @@ typedef int64_t i64;
           T *qp = q + 2 * ((b * channels + c) * n + j0);                                                        \
           if (acc) {                                                                                            \
             for (i64 j = 0; j < m; j++) {                                                                       \
-              const T sr = sp[2 * j], si = sp[2 * j + 1], qr = qp[2 * j], qi = qp[2 * j + 1];                   \
+              const T sr = sp[2 * j], si = sp[2 * j + 1], qr = qp[2 * j], qi = sq * qp[2 * j + 1];              \
               re[j] += sr * qr - si * qi;                                                                       \
               im[j] += sr * qi + si * qr;                                                                       \
             }                                                                                                   \
           }                                                                                                     \
           if (wc) {                                                                                             \
             for (i64 j = 0; j < m; j++) {                                                                       \
-              const T qr = qp[2 * j], qi = qp[2 * j + 1], wr = wc[2 * j], wi = wc[2 * j + 1];                   \
+              const T qr = qp[2 * j], qi = qp[2 * j + 1], wr = wc[2 * j], wi = sw * wc[2 * j + 1];              \
               qp[2 * j] = qr * wr - qi * wi;                                                                    \
               qp[2 * j + 1] = qr * wi + qi * wr;                                                                \
             }                                                                                                   \

@@ -1,11 +1,12 @@
-"""Fused CPU passes for the packed FFT paths, compiled from ``_native.c`` on first use.
+"""Fused CPU passes for the depthwise FFT paths, compiled from ``_native.c`` on first use.
 
 The packed paths (:mod:`largekernel.functional._packed`) spend about as long on elementwise
 passes over their channel blocks as on the transforms themselves; two of those passes fuse
 well: unpacking a complex block into its two real samples (with the bias), and the filter
-gradient together with the input-gradient product (see ``_native.c``). Fused, NIFF's packed
-training step (8 x 96 x 56 x 56) takes 12.0 instead of 14.4 ms on the reference CPU
-(benchmarks/RESULTS.md).
+gradient together with the input-gradient product (see ``_native.c``; the real-FFT paths use
+the second too). Fused, NIFF's packed training step (8 x 96 x 56 x 56) takes 12.3-12.5
+instead of 13.6-14.0 ms on the reference CPU, a depthwise 1-D FFT convolution (8 x 256 x
+2048, kernel 2048) 32.0 instead of 38.2 ms (docs/fft_conv.md).
 
 The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native -fopenmp``) into the cache folder (``$LARGEKERNEL_CACHE``, else
@@ -83,7 +84,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         unpack_fn.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, i32, i32]
         unpack_fn.restype = None
         grad_fn = getattr(lib, f"lk_spectral_grad_{suffix}")
-        grad_fn.argtypes = [p, p, p, p, i64, i64, i64, real, i32, i32]
+        grad_fn.argtypes = [p, p, p, p, i64, i64, i64, real, i32, i32, i32, i32]
         grad_fn.restype = None
     return lib
 
@@ -164,18 +165,21 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
 
 
 def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor | None, scale: float = 1.0,
-                  rotate: bool = False) -> bool:
-    """Over ``(pairs, C, *grid)`` complex ``spec`` and ``q``: ``acc = scale * sum_pairs spec * q`` (times ``i``
-    and conjugated with ``rotate``), then ``q *= w`` (``w``, ``acc``: ``(C, *grid)``; either may be ``None``),
-    if the native kernel can; returns whether it ran (else nothing was written)."""
+                  rotate: bool = False, conj_q: bool = False, conj_w: bool = False) -> bool:
+    """Over ``(batch, C, *grid)`` complex ``spec`` and ``q``: ``acc = scale * sum_batch spec * q`` (``conj(q)``
+    with ``conj_q``; the sum times ``i`` and conjugated with ``rotate``), then ``q *= w`` (``conj(w)`` with
+    ``conj_w``); ``w``, ``acc``: ``(C, *grid)``, either may be ``None``. Runs if the native kernel can; returns
+    whether it ran (else nothing was written)."""
     if acc is None:
         spec = None  # only read for the sum
     tensors = [t for t in (spec, q, w, acc) if t is not None]
-    if not (available(*tensors) and len({t.dtype for t in tensors}) == 1 and all(t.is_contiguous() for t in tensors)
-            and (spec is None or spec.shape == q.shape) and all(t.shape == q.shape[1:] for t in (w, acc) if t is not None)):
+    if not (q.dim() >= 2 and q.numel() and available(*tensors) and len({t.dtype for t in tensors}) == 1
+            and all(t.is_contiguous() for t in tensors) and (spec is None or spec.shape == q.shape)
+            and all(t.shape == q.shape[1:] for t in (w, acc) if t is not None)):
         return False
-    half, channels = q.shape[:2]
+    batch, channels = q.shape[:2]
+    pointer = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     getattr(library(), f"lk_spectral_grad_{_SUFFIX[_COMPLEX[q.dtype]]}")(
-        None if spec is None else spec.data_ptr(), q.data_ptr(), None if w is None else w.data_ptr(), None if acc is None else acc.data_ptr(),
-        half, channels, q[0, 0].numel(), scale, int(rotate), torch.get_num_threads())
+        pointer(spec), q.data_ptr(), pointer(w), pointer(acc), batch, channels, q[0, 0].numel(), scale, int(rotate),
+        int(conj_q), int(conj_w), torch.get_num_threads())
     return True

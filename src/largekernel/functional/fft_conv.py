@@ -658,9 +658,9 @@ class _FFTConvFunction(torch.autograd.Function):
         batch, cout = grad.shape[:2]
         per = cout // plan.groups
         i = ctx.i
+        w_conj = None
         if need_input:
             grad_input = grad.new_empty(batch, plan.groups * i, *plan.sizes)
-            w_conj = w_saved.conj_physical()
         if need_weight:
             gw_f = torch.empty(cout, i, *ctx.freq, dtype=specs[0].dtype, device=grad.device)
         if need_bias:
@@ -671,10 +671,19 @@ class _FFTConvFunction(torch.autograd.Function):
             g_f = _rfft_upsampled(grad[:, outs], plan)  # (B, block outputs, *F)
             if need_bias:  # the DC bin: the sum over the output (zero-stuffing adds zeros)
                 torch.sum(g_f[(slice(None), slice(None)) + (0,) * nd].real, dim=0, out=grad_bias[outs])
-            if need_weight:  # first: the input-gradient product below may overwrite g_f
-                gw_f[outs] = _weight_grad_product(x_f, g_f, n)
+            # Depthwise: sum_b x * conj(g) and g *= conj(w) in one native pass (w_saved holds conj(w)).
+            if i == per == 1 and _native.spectral_grad(
+                    x_f, g_f, w_saved[outs].view(n, *ctx.freq) if need_input else None,
+                    gw_f[outs].view(n, *ctx.freq) if need_weight else None, conj_q=True, conj_w=True):
+                gx_f = g_f
+            else:
+                if need_weight:  # first: the input-gradient product below may overwrite g_f
+                    gw_f[outs] = _weight_grad_product(x_f, g_f, n)
+                if need_input:
+                    if w_conj is None:
+                        w_conj = w_saved.conj_physical()
+                    gx_f = _input_grad_product(g_f, w_conj[outs], n)  # (B, block inputs, *F)
             if need_input:
-                gx_f = _input_grad_product(g_f, w_conj[outs], n)  # (B, block inputs, *F)
                 grad_input[:, ins] = _irfft_keep(gx_f, plan.fft, (1,) * nd, plan.sizes)
         if need_weight:
             grad_weight = _gather_kernel(torch.fft.irfftn(gw_f, s=plan.fft, dim=dims), plan)  # (Cout, Cin/g, *k)

@@ -166,14 +166,26 @@ class _SpectralProduct(torch.autograd.Function):
                 gz = torch.view_as_real(g * scale).reshape(b, g.shape[1], -1)  # (B, out, 2 * M)
                 grad_p = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(b, c, -1))
             g = _pointwise(g, pointwise.t())  # (B, in, *half)
-        if ctx.needs_input_grad[1]:
-            # sum_b conj(X_b) * G_b, accumulated per sample: no (B, C, *half) temporary.
-            grad_w = spec[0].conj() * g[0]  # (C, *half)
-            for b in range(1, spec.shape[0]):
-                grad_w.addcmul_(spec[b].conj(), g[b])
+        need_x, need_w = ctx.needs_input_grad[:2]
+        if need_w:
+            grad_w = torch.empty_like(w)
+        # sum_b conj(X_b) G_b = conj(sum_b X_b conj(G_b)), then G *= conj(w): one native pass, or per sample (no
+        # (B, C, *half) temporary) and a product.
+        if _native.spectral_grad(spec if need_w else None, g, w.contiguous() if need_x else None,
+                                 grad_w if need_w else None, conj_q=True, conj_w=True):  # (w: a half-spectrum view)
+            if need_w:
+                grad_w.conj_physical_()
+        else:
+            if need_w:
+                torch.mul(spec[0].conj(), g[0], out=grad_w)  # (C, *half)
+                for b in range(1, spec.shape[0]):
+                    grad_w.addcmul_(spec[b].conj(), g[b])
+            if need_x:
+                g.mul_(w.conj())
+        if need_w:
             grad_w.mul_(_half_weights(grid, grad.device, grad.dtype))
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.fft.irfftn(g.mul_(w.conj()), s=grid, dim=dims)  # (B, in, *grid)
+        if need_x:
+            grad_x = torch.fft.irfftn(g, s=grid, dim=dims)  # (B, in, *grid)
             if grad_x.shape[-len(grid):] != size:
                 grad_x = grad_x[(..., *(slice(0, n) for n in size))]  # adjoint of the implicit zero padding
         return grad_x, grad_w, grad_p, None, None
