@@ -494,8 +494,16 @@ def test_docs_examples_run():
     import textwrap
     from pathlib import Path
 
+    from largekernel.functional import _native, clear_auto_cache, set_calibration
+
     text = (Path(__file__).resolve().parents[1] / "docs" / "fft_conv.md").read_text()
     blocks = re.findall(r"^( *)```python\n(.*?)^\1```", text, flags=re.S | re.M)
     assert len(blocks) >= 5
-    for _, block in blocks:
-        exec(compile(textwrap.dedent(block), "docs/fft_conv.md", "exec"), {})
+    calibrating, native = set_calibration(True), _native.ENABLED  # the examples switch process-wide settings
+    try:
+        for _, block in blocks:
+            exec(compile(textwrap.dedent(block), "docs/fft_conv.md", "exec"), {})
+    finally:
+        set_calibration(calibrating)
+        clear_auto_cache()
+        _native.ENABLED = native

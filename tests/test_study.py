@@ -98,3 +98,38 @@ def test_cli_rejects_bad_arguments(capsys):
     assert study.main(["--seeds", "0"]) == 2
     assert study.main(["--dataset", "cifar10"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_runs_leave_backend_auto_to_its_model(tmp_path, monkeypatch):
+    """Timed choices depend on the load and on a worker's earlier runs, and the paths round differently: the
+    study trains and counts with the cost model alone, from an empty cache (only the throughput is timed as a
+    user's ``backend="auto"`` would be), and leaves the caller's setting as it was."""
+    from largekernel.functional import auto_cache, engine, set_calibration
+
+    timing = {"allowed": False, "throughputs": 0}
+    real_timed, real_throughput = engine._timed_seconds, study._throughput
+
+    def timed(*a, **kw):
+        assert timing["allowed"], "timed while training or counting"
+        return real_timed(*a, **kw)
+
+    def throughput(*a, **kw):
+        timing["allowed"], timing["throughputs"] = True, timing["throughputs"] + 1
+        try:
+            return real_throughput(*a, **kw)
+        finally:
+            timing["allowed"] = False
+
+    monkeypatch.setattr(engine, "_timed_seconds", timed)
+    monkeypatch.setattr(study, "_throughput", throughput)
+    set_calibration(True)
+    try:
+        first = _run(tmp_path / "a", figures=False)
+        second = _run(tmp_path / "b", figures=False)
+        assert set_calibration(True) is True  # restored
+    finally:
+        set_calibration(True)
+    assert auto_cache() == {}
+    same = [(r["variant"], r["acc_mean"], r["macs"]) for r in first["table"]["digits"]]
+    assert same == [(r["variant"], r["acc_mean"], r["macs"]) for r in second["table"]["digits"]]
+    assert len(same) == 2 and timing["throughputs"] == 4

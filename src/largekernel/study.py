@@ -214,8 +214,11 @@ def _mean_sizes(report: list[dict]) -> dict[str, float]:
     return {f: statistics.fmean(r["effective_size"][f] for r in rows) for f in rows[0]["effective_size"]}
 
 
-def _measure(model: torch.nn.Module, x_test: torch.Tensor) -> dict[str, Any]:
+def _measure(model: torch.nn.Module, x_test: torch.Tensor, calibrating: bool) -> dict[str, Any]:
+    """Kernel sizes, ERF and MACs with the run's deterministic backend choices; the throughput with ``backend=
+    "auto"`` as the caller has it (``calibrating``: timed choices, the speed a user gets)."""
     from largekernel.analysis import count, effective_receptive_field, erf_area_ratios, kernel_size_report
+    from largekernel.functional import clear_auto_cache, set_calibration
 
     model.eval()
     report = kernel_size_report(model, x_test[:2])
@@ -226,11 +229,33 @@ def _measure(model: torch.nn.Module, x_test: torch.Tensor) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a counting failure must not lose a trained run
         print(f"warning: MAC count failed ({type(err).__name__}: {err})", file=sys.stderr)
         macs = None
+    clear_auto_cache()
+    deterministic = set_calibration(calibrating)
+    try:
+        throughput = _throughput(model, x_test[:256])
+    finally:
+        clear_auto_cache()
+        set_calibration(deterministic)
     return {"effective_size": sizes, "kernel_report": report, "erf": erf.tolist(), "erf_area": erf_area_ratios(erf),
-            "macs": macs, "throughput": _throughput(model, x_test[:256])}
+            "macs": macs, "throughput": throughput}
 
 
 def _train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
+    # backend="auto" decided by its cost model alone, from an empty cache: timed choices depend on the machine's
+    # load and on which runs a worker process ran before, and the direct and FFT paths round differently, so a
+    # run's accuracy (and MAC count) would depend on them.
+    from largekernel.functional import clear_auto_cache, set_calibration
+
+    calibrating = set_calibration(False)
+    clear_auto_cache()
+    try:
+        return _train_deterministic(out, run, calibrating)
+    finally:
+        clear_auto_cache()
+        set_calibration(calibrating)
+
+
+def _train_deterministic(out: Path, run: dict[str, Any], calibrating: bool) -> dict[str, Any]:
     from largekernel.train import TrainConfig, load_checkpoint, train
 
     run_dir = _run_dir(out, run)
@@ -245,7 +270,7 @@ def _train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     x_test = _example(run["dataset"], run["config"]["data_dir"], 256)  # (256, C, *spatial)
     metrics = {"acc": 100 * result["last_acc"], "best_acc": 100 * result["best_acc"], "params": result["params"],
                "train_time_s": result["train_time_s"], "epochs": result["epochs"],
-               "history": [h["test_acc"] for h in result["history"]], **_measure(model, x_test)}
+               "history": [h["test_acc"] for h in result["history"]], **_measure(model, x_test, calibrating)}
     record = {"dataset": run["dataset"], "variant": run["variant"], "seed": run["seed"],
               "config": _jsonable(run["config"]), "metrics": metrics}
     _write_json(run_dir / "result.json", record)

@@ -84,9 +84,12 @@ _CACHE: dict[tuple, _Choice] = {}
 _CALIBRATION = {"enabled": os.environ.get("LARGEKERNEL_CALIBRATE", "1") != "0"}
 
 
-def set_calibration(enabled: bool) -> None:
-    """Enable or disable timing-based calibration for ``backend="auto"`` (the model decides when off)."""
+def set_calibration(enabled: bool) -> bool:
+    """Enable or disable timing-based calibration for ``backend="auto"`` (the model decides when off);
+    returns the previous setting."""
+    previous = _CALIBRATION["enabled"]
     _CALIBRATION["enabled"] = bool(enabled)
+    return previous
 
 
 def auto_cache() -> dict[tuple, dict]:
