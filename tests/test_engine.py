@@ -117,6 +117,28 @@ def test_model_prefers_fft_for_large_depthwise_and_direct_for_small():
     assert d < f
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, kernel, dilation, needs_grad, faster", [
+    # Depthwise calls whose faster path was at least 2x faster at 1 and 2 threads on the reference CPU
+    # (docs/fft_conv.md, the depthwise model): the model must pick it.
+    ((8, 64, 2048), (31,), 1, False, "fft"),
+    ((128, 64, 100), (5,), 1, False, "direct"),
+    ((128, 32, 40), (31,), 1, True, "fft"),
+    ((8, 96, 56, 56), (7, 7), 1, False, "direct"),
+    ((8, 96, 56, 56), (7, 7), 1, True, "fft"),
+    ((128, 32, 8, 8), (3, 3), 1, True, "direct"),
+    ((128, 64, 100), (5,), 9, True, "fft"),
+])
+def test_depthwise_model_picks_the_measured_faster_path(threads, shape, kernel, dilation, needs_grad, faster,
+                                                         monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    x, w = torch.empty(shape), torch.empty(shape[1], 1, *kernel)
+    pad = tuple(dilation * (k - 1) // 2 for k in kernel)
+    d, f = engine._model_seconds(x, w, engine._check_args(x, w, None, 1, pad, dilation, shape[1], "zeros"),
+                                 needs_grad)
+    assert ("fft" if f < d else "direct") == faster
+
+
 def test_bad_backend_and_arguments():
     x, w = torch.randn(1, 2, 8), torch.randn(2, 2, 3)
     with pytest.raises(ValueError, match="backend must be one of"):

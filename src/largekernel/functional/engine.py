@@ -52,9 +52,27 @@ BACKENDS = ("auto", "direct", "fft")
 
 #: The model decides alone when it predicts one path faster by at least this factor.
 MODEL_MARGIN = 4.0
-# Depthwise FFT path on packed batch pairs against real transforms: 1.2-2.5x faster forward+backward
-# (2-D, 2 threads, reference CPU); the model's transform term scales by the lower end.
-_PACKED_TRANSFORMS = 0.75
+# The depthwise model (seconds; per output element, per multiply-add, per transform row and point, per call; the
+# work divided by threads ** exponent), fitted by least squares on the log error to 57 depthwise layers (1-D and
+# 2-D, batch 1-128, 8-4096 samples, kernels 3-1025, dilation 1 and 9), forward and forward+backward, both paths
+# timed with 1 and 2 threads on the reference CPU (fifth session, docs/fft_conv.md): of the 114 cases per thread
+# count the faster path is picked in 108 (1 thread) and 105 (2 threads), the worst pick 1.7x / 2.3x slower than
+# the best (1-D dilated forwards, which oneDNN runs at irregular speeds), and no pick the model is 4x
+# (MODEL_MARGIN) sure of is wrong. The constants before it picked wrong in 28 at 2 threads, up to 11.7x slower.
+_DW_PER_OUTPUT = 7.1e-10
+_DW_RATE = (3.8e-10, 1.6e-11, 5.7e-10)  # per multiply-add: 1-D, 2-D up to 13x13 (vectorised), larger 2-D
+_DW_DILATED = 1.22
+_DW_CALL = 5.7e-5
+_DW_GRAD = (7.3e-10, 7.2e-10)  # the weight gradient, per multiply-add: 1-D, N-D
+_DW_GRAD_DILATED = 3.36
+_DW_GRAD_CALL = 3.6e-4
+_DW_THREADS = 0.79  # exponent of the thread count the work is divided by
+_FFT_PER_POINT = 5.0e-10  # per transform row (batch x (in + out)) and point, plus a log2(points) term
+_FFT_PER_POINT_LOG = 1.26e-10
+_FFT_PACKED = 0.95
+_FFT_CALL = 3.3e-4
+_FFT_GRAD = 2.3
+_FFT_THREADS = 0.98
 #: Timed runs per path during calibration (after one warm-up); the minimum counts.
 CALIBRATION_REPS = 3
 #: Calls the model predicts slower than this (seconds) are not timed: calibration stays cheap.
@@ -115,6 +133,11 @@ def _compiling() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: read when tracing, not traced
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
 def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tuple[float, float]:
     """Rough seconds per call of the direct and the FFT path.
 
@@ -133,23 +156,27 @@ def _model_seconds(input: Tensor, weight: Tensor, args, needs_grad: bool) -> tup
            for n, k, (lo, hi), s, d in zip(sizes, kernel, args.pads, args.stride, args.dilation)]
     outputs = batch * cout * math.prod(out)
     macs = outputs * per_group * math.prod(kernel)
-    if per_group == 1:
-        # oneDNN's vectorised depthwise kernel covers small kernels only; larger ones fall to a generic loop
-        direct = macs / (4e9 if math.prod(kernel) <= 169 else 0.4e9) + outputs * 5e-9
-        if needs_grad:  # the depthwise weight gradient slows down faster than the kernel grows
-            direct += macs * 3e-9 * min(math.sqrt(math.prod(kernel) / 9), 4.0)
-    else:  # oneDNN's dense kernels: ~120 GMAC/s forward + backward on the reference CPU
+    if per_group != 1:  # oneDNN's dense kernels: ~120 GMAC/s forward + backward on the reference CPU
         direct = (macs / 120e9 + outputs * 2e-9) * (3.5 if needs_grad else 1.0)
         # the FFT path's own model (fitted to dense and grouped layers, blocks included)
         return direct, _fft_seconds(input, weight, args) * (1.0 if needs_grad else 0.4)
+    # Depthwise: oneDNN vectorises 2-D kernels up to 13x13 (a generic loop beyond, and in 1-D), dilation slows it
+    # down, and its weight gradient is far slower than its forward.
+    threads = _threads()
+    taps = math.prod(kernel)
+    dilated = any(d > 1 for d in args.dilation)
+    work = outputs * (_DW_PER_OUTPUT + taps * _DW_RATE[0 if nd == 1 else 1 if taps <= 169 else 2])
+    work *= _DW_DILATED if dilated else 1.0
+    if needs_grad:
+        work += macs * _DW_GRAD[0 if nd == 1 else 1] * (_DW_GRAD_DILATED if dilated else 1.0)
+    direct = work / threads ** _DW_THREADS + _DW_CALL + (_DW_GRAD_CALL if needs_grad else 0.0)
     plan = _make_plan(sizes, kernel, args.pads, args.stride, args.dilation, args.groups,
                       args.padding_mode == "circular", input.device.type)
     points = math.prod(plan.fft)
-    transforms = batch * (cin + cout) * points * math.log2(max(points, 2)) / 0.6e9
-    products = batch * cout * per_group * points / (0.4e9 if per_group == 1 else 0.15e9)
+    work = batch * (cin + cout) * points * (_FFT_PER_POINT + _FFT_PER_POINT_LOG * math.log2(max(points, 2)))
     if _packed_plan(weight, plan, batch):
-        transforms *= _PACKED_TRANSFORMS  # batch pairs packed as complex signals (functional/_packed.py)
-    fft = (transforms + products + 3e-4) * (2.5 if needs_grad else 1.0)  # + Python overhead of the FFT path
+        work *= _FFT_PACKED  # batch pairs packed as complex signals (functional/_packed.py)
+    fft = (work / threads ** _FFT_THREADS + _FFT_CALL) * (_FFT_GRAD if needs_grad else 1.0)
     return direct, fft
 
 
