@@ -47,6 +47,15 @@ def native_path(monkeypatch, enabled: bool) -> list[bool]:
     return ran
 
 
+def check_native_ran(path: str, ran: list[bool]) -> None:
+    """After a test on ``path`` (a ``fft_path`` fixture parameter): the packed paths used the native kernels
+    wherever they can be built, and the ``-torch`` variants never did."""
+    if path in ("packed", "packed-blocks") and native_expected():
+        assert any(ran), f"the native kernels did not run: {ran}"
+    if path.endswith("-torch"):
+        assert not any(ran)
+
+
 def native_expected() -> bool:
     """Whether the native kernels must be available here: a C compiler is installed (CI has one)."""
     import os

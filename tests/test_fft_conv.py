@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from conftest import native_expected, native_path, spy_functions
+from conftest import check_native_ran, native_path, spy_functions
 
 from largekernel.functional import fast_fft_length, fft_conv
 
@@ -408,10 +408,7 @@ def fft_path(request, monkeypatch):
     yield request.param
     expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
-    if request.param in ("packed", "packed-blocks") and native_expected():
-        assert any(native), f"the native kernels did not run: {native}"
-    if request.param.endswith("-torch"):
-        assert not any(native)
+    check_native_ran(request.param, native)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])

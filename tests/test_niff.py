@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from conftest import native_expected, native_path, spy_functions
+from conftest import check_native_ran, native_path, spy_functions
 
 from largekernel.functional import _packed
 from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
@@ -29,10 +29,7 @@ def fft_path(request, monkeypatch):
     yield request.param
     expected = "_PackedProduct" if packed else "_SpectralProduct"
     assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
-    if request.param in ("packed", "packed-blocks") and native_expected():
-        assert any(native), f"the native kernels did not run: {native}"
-    if request.param.endswith("-torch"):
-        assert not any(native)
+    check_native_ran(request.param, native)
 
 
 @pytest.mark.parametrize("budget", [1, 700, 2000, 2 ** 40])
