@@ -38,3 +38,18 @@ def test_machine_info_records_allocator_settings(monkeypatch):
     assert "allocator" not in machine_info()
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
     assert machine_info()["allocator"] == {"MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+def test_no_native_runs_the_suite_on_torch_operations(tmp_path, monkeypatch):
+    from conftest import native_expected
+
+    from largekernel.functional import _native
+
+    monkeypatch.setattr(_native, "ENABLED", True)
+    argv = ["--kernels", "3", "--batch", "2", "--channels", "2", "--size", "12", "--min-run-time", "0.001",
+            "--rounds", "1", "--out", str(tmp_path)]
+    assert conv.main(argv) == 0
+    assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] == native_expected()
+    assert conv.main([*argv, "--no-native"]) == 0
+    assert _native.ENABLED is False
+    assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] is False

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch.utils import benchmark
 
+from largekernel.functional import native_kernels
+
 __all__ = ["suite_parser", "parse_suite_args", "median_time", "machine_info", "format_table", "write_json",
            "plot_series"]
 
@@ -32,16 +34,20 @@ def suite_parser(suite: str, description: str | None, quick: str, outputs: str) 
     parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); 1 gives steadier ratios on a shared machine")
+    parser.add_argument("--no-native", action="store_true",
+                        help="run the FFT paths without the fused C kernels (largekernel.functional.native_kernels)")
     return parser
 
 
 def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` and apply ``--threads`` (exits with a usage error when it is below 1)."""
+    """Parse ``argv`` and apply ``--threads`` (exits with a usage error when it is below 1) and ``--no-native``."""
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.no_native:
+        native_kernels(False)
     return args
 
 
@@ -66,6 +72,7 @@ def machine_info() -> dict:
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "native_kernels": native_kernels(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "device": "cpu",
