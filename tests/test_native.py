@@ -88,6 +88,7 @@ def test_declines_what_it_cannot_take():
     q = torch.randn(2, 3, 20, dtype=torch.complex64)
     assert not _native.spectral_grad(q, q.clone(), torch.randn(3, 20, dtype=torch.complex128), None)
     assert not _native.spectral_grad(q, q.clone(), torch.randn(3, 21, dtype=torch.complex64), None)
+    assert not _native.spectral_grad(None, q.clone(), None, torch.empty(3, 20, dtype=torch.complex64))  # no spec
 
 
 def test_exported_programs_record_torch_operations_only():

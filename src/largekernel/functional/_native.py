@@ -122,6 +122,10 @@ def native_kernels(enable: bool | None = None) -> bool:
     return ENABLED and library() is not None
 
 
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def _eager(*tensors: Tensor) -> bool:
     """Whether real CPU tensors are being computed on now (not traced, compiled, faked or on a device)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -160,7 +164,7 @@ def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...],
     extent = (ctypes.c_int64 * 3)(*((1,) * pad + tuple(size)))
     getattr(library(), f"lk_unpack_{_SUFFIX[real]}")(
         z.data_ptr(), out.data_ptr(), half, batch - half, z.shape[1], grid, first, extent, out.stride(0),
-        out.stride(1), None if bias is None else bias.data_ptr(), int(swap), torch.get_num_threads())
+        out.stride(1), _pointer(bias), int(swap), torch.get_num_threads())
     return True
 
 
@@ -172,14 +176,15 @@ def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor 
     whether it ran (else nothing was written)."""
     if acc is None:
         spec = None  # only read for the sum
+    elif spec is None:
+        return False
     tensors = [t for t in (spec, q, w, acc) if t is not None]
     if not (q.dim() >= 2 and q.numel() and available(*tensors) and len({t.dtype for t in tensors}) == 1
             and all(t.is_contiguous() for t in tensors) and (spec is None or spec.shape == q.shape)
             and all(t.shape == q.shape[1:] for t in (w, acc) if t is not None)):
         return False
     batch, channels = q.shape[:2]
-    pointer = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     getattr(library(), f"lk_spectral_grad_{_SUFFIX[_COMPLEX[q.dtype]]}")(
-        pointer(spec), q.data_ptr(), pointer(w), pointer(acc), batch, channels, q[0, 0].numel(), scale, int(rotate),
-        int(conj_q), int(conj_w), torch.get_num_threads())
+        _pointer(spec), q.data_ptr(), _pointer(w), _pointer(acc), batch, channels, q[0, 0].numel(), scale,
+        int(rotate), int(conj_q), int(conj_w), torch.get_num_threads())
     return True
