@@ -62,3 +62,23 @@ def native_expected() -> bool:
     import shutil
 
     return bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+
+
+def forced_fft_path(monkeypatch, path: str, module, packed_function: str, real_function: str):
+    """The body of a ``fft_path`` fixture (yield from it): force ``path`` — ``packed*`` (batch pairs as complex
+    signals) or ``real*`` FFTs for every dimension; ``-blocks``: one channel per cache-sized block; ``-torch``:
+    without the native CPU kernels — then check that ``module``'s autograd Function for that path, and no
+    other, ran, and that the native kernels ran or not as they should."""
+    from largekernel.functional import _packed
+
+    packed = path.startswith("packed")
+    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
+    if path.endswith("-blocks"):
+        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
+    native = native_path(monkeypatch, not path.endswith("-torch"))
+    calls = spy_functions(monkeypatch, module, (packed_function, real_function))
+    yield path
+    expected = packed_function if packed else real_function
+    assert calls and set(calls) == {expected}, f"the {path} path did not run: {calls}"
+    check_native_ran(path, native)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from conftest import check_native_ran, native_path, spy_functions
+from conftest import forced_fft_path, spy_functions
 
 from largekernel.functional import fast_fft_length, fft_conv
 
@@ -394,21 +394,8 @@ def fft_path(request, monkeypatch):
     ``-torch`` runs either without the native CPU kernels (functional/_native.py)."""
     from importlib import import_module
 
-    from largekernel.functional import _packed
-
     module = import_module("largekernel.functional.fft_conv")  # the module, not the function of that name
-
-    packed = request.param.startswith("packed")
-    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
-    if request.param.endswith("-blocks"):
-        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
-    native = native_path(monkeypatch, not request.param.endswith("-torch"))
-    calls = spy_functions(monkeypatch, module, ("_PackedFFTConvFunction", "_FFTConvFunction"))
-    yield request.param
-    expected = "_PackedFFTConvFunction" if packed else "_FFTConvFunction"
-    assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
-    check_native_ran(request.param, native)
+    yield from forced_fft_path(monkeypatch, request.param, module, "_PackedFFTConvFunction", "_FFTConvFunction")
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])

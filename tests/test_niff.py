@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from conftest import check_native_ran, native_path, spy_functions
+from conftest import forced_fft_path, spy_functions
 
 from largekernel.functional import _packed
 from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
@@ -20,16 +20,7 @@ def fft_path(request, monkeypatch):
     real FFTs (the 1-D and CUDA default); each forced for every dimension. ``packed-blocks`` runs the packed
     product one channel at a time (the cache-sized blocks of large activations); ``-torch`` without the
     native CPU kernels (functional/_native.py)."""
-    packed = request.param.startswith("packed")
-    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
-    if request.param == "packed-blocks":
-        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
-    native = native_path(monkeypatch, not request.param.endswith("-torch"))
-    calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
-    yield request.param
-    expected = "_PackedProduct" if packed else "_SpectralProduct"
-    assert calls and set(calls) == {expected}, f"the {request.param} path did not run: {calls}"
-    check_native_ran(request.param, native)
+    yield from forced_fft_path(monkeypatch, request.param, niff, "_PackedProduct", "_SpectralProduct")
 
 
 @pytest.mark.parametrize("budget", [1, 700, 2000, 2 ** 40])

@@ -19,6 +19,7 @@ its last checkpoint and skips every finished one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -214,11 +215,25 @@ def _mean_sizes(report: list[dict]) -> dict[str, float]:
     return {f: statistics.fmean(r["effective_size"][f] for r in rows) for f in rows[0]["effective_size"]}
 
 
+@contextlib.contextmanager
+def _auto_decisions(calibrate: bool):
+    """``backend="auto"`` timing its choices or not (``calibrate``), from an empty cache; yields the caller's
+    setting, which is restored after (and the cache emptied again)."""
+    from largekernel.functional import clear_auto_cache, set_calibration
+
+    previous = set_calibration(calibrate)
+    clear_auto_cache()
+    try:
+        yield previous
+    finally:
+        clear_auto_cache()
+        set_calibration(previous)
+
+
 def _measure(model: torch.nn.Module, x_test: torch.Tensor, calibrating: bool) -> dict[str, Any]:
     """Kernel sizes, ERF and MACs with the run's deterministic backend choices; the throughput with ``backend=
     "auto"`` as the caller has it (``calibrating``: timed choices, the speed a user gets)."""
     from largekernel.analysis import count, effective_receptive_field, erf_area_ratios, kernel_size_report
-    from largekernel.functional import clear_auto_cache, set_calibration
 
     model.eval()
     report = kernel_size_report(model, x_test[:2])
@@ -229,13 +244,8 @@ def _measure(model: torch.nn.Module, x_test: torch.Tensor, calibrating: bool) ->
     except Exception as err:  # noqa: BLE001 - a counting failure must not lose a trained run
         print(f"warning: MAC count failed ({type(err).__name__}: {err})", file=sys.stderr)
         macs = None
-    clear_auto_cache()
-    deterministic = set_calibration(calibrating)
-    try:
+    with _auto_decisions(calibrating):
         throughput = _throughput(model, x_test[:256])
-    finally:
-        clear_auto_cache()
-        set_calibration(deterministic)
     return {"effective_size": sizes, "kernel_report": report, "erf": erf.tolist(), "erf_area": erf_area_ratios(erf),
             "macs": macs, "throughput": throughput}
 
@@ -244,15 +254,8 @@ def _train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     # backend="auto" decided by its cost model alone, from an empty cache: timed choices depend on the machine's
     # load and on which runs a worker process ran before, and the direct and FFT paths round differently, so a
     # run's accuracy (and MAC count) would depend on them.
-    from largekernel.functional import clear_auto_cache, set_calibration
-
-    calibrating = set_calibration(False)
-    clear_auto_cache()
-    try:
+    with _auto_decisions(False) as calibrating:
         return _train_deterministic(out, run, calibrating)
-    finally:
-        clear_auto_cache()
-        set_calibration(calibrating)
 
 
 def _train_deterministic(out: Path, run: dict[str, Any], calibrating: bool) -> dict[str, Any]:
