@@ -24,61 +24,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def spy_functions(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
-    """Record (in the returned list) which of the autograd Functions ``module.<name>`` are applied."""
-    calls: list[str] = []
-    for name in names:
-        cls = getattr(module, name)
-        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
-                            torch.autograd.Function.apply.__func__(_cls, *a))
-    return calls
+FFT_PATHS = ["packed", "packed-blocks", "packed-torch", "real", "real-blocks", "real-torch"]
 
 
-def native_path(monkeypatch, enabled: bool) -> list[bool]:
-    """Run the packed paths with the native CPU kernels (functional/_native.py) on or off; returns the list of
-    whether each native call ran (check that they did where a C compiler is installed)."""
-    from largekernel.functional import _native
+@pytest.fixture(params=FFT_PATHS)
+def fft_path(request):
+    """Run a test on every FFT product the planner can choose, for every dimension: channel pairs packed as
+    complex signals (the CPU default for elementwise 2-D and 3-D products) or real FFTs (1-D, channel
+    contractions, CUDA); ``-blocks``: one group (or channel pair) per block, as in large activations;
+    ``-torch``: without the native CPU kernels. Forced through the public ``planner_options`` and
+    ``native_kernels`` switches."""
+    from largekernel.functional import native_kernels, planner_options
 
-    monkeypatch.setattr(_native, "ENABLED", enabled)
-    ran: list[bool] = []
-    for name in ("unpack", "spectral_grad"):
-        real = getattr(_native, name)
-        monkeypatch.setattr(_native, name, lambda *a, _real=real, **k: ran.append(_real(*a, **k)) or ran[-1])
-    return ran
-
-
-def check_native_ran(path: str, ran: list[bool]) -> None:
-    """After a test on ``path`` (a ``fft_path`` fixture parameter): the packed paths used the native kernels
-    wherever they can be built, and the ``-torch`` variants never did."""
-    if path in ("packed", "packed-blocks") and native_expected():
-        assert any(ran), f"the native kernels did not run: {ran}"
-    if path.endswith("-torch"):
-        assert not any(ran)
+    path = request.param
+    previous = native_kernels()
+    native_kernels(not path.endswith("-torch"))
+    try:
+        with planner_options(packed=path.startswith("packed"), channel_block=1 if path.endswith("-blocks") else None):
+            yield path
+    finally:
+        native_kernels(previous)
 
 
 def native_expected() -> bool:
     """Whether the native kernels must be available here: a C compiler is installed (CI has one)."""
-    import os
     import shutil
 
     return bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
-
-
-def forced_fft_path(monkeypatch, path: str, module, packed_function: str, real_function: str):
-    """The body of a ``fft_path`` fixture (yield from it): force ``path`` — ``packed*`` (batch pairs as complex
-    signals) or ``real*`` FFTs for every dimension; ``-blocks``: one channel per cache-sized block; ``-torch``:
-    without the native CPU kernels — then check that ``module``'s autograd Function for that path, and no
-    other, ran, and that the native kernels ran or not as they should."""
-    from largekernel.functional import _packed
-
-    packed = path.startswith("packed")
-    monkeypatch.setattr(_packed, "PACKED_MIN_NDIM", 1 if packed else 99)
-    if path.endswith("-blocks"):
-        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
-    native = native_path(monkeypatch, not path.endswith("-torch"))
-    calls = spy_functions(monkeypatch, module, (packed_function, real_function))
-    yield path
-    expected = packed_function if packed else real_function
-    assert calls and set(calls) == {expected}, f"the {path} path did not run: {calls}"
-    check_native_ran(path, native)

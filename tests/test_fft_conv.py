@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.autograd import gradcheck
+from dataclasses import replace
 
-from conftest import forced_fft_path, spy_functions
+from torch.autograd import gradcheck, gradgradcheck
 
-from largekernel.functional import fast_fft_length, fft_conv
+from largekernel.functional import ConvArgumentError, execute, fast_fft_length, fft_conv, plan_conv, planner_options
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -83,15 +83,11 @@ def _kwargs(cfg):
 
 
 @pytest.fixture(params=["whole", "blocks"])
-def blocks(request, monkeypatch):
+def blocks(request):
     """Run a test with the default cache-sized channel blocks (whole tensors at test sizes) and with one group
-    per block (functional/_packed.channel_blocks)."""
-    from largekernel.functional import _packed
-
-    if request.param == "blocks":
-        monkeypatch.setattr(_packed, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 1)
-    return request.param
+    (or channel pair) per block."""
+    with planner_options(channel_block=1 if request.param == "blocks" else None):
+        yield request.param
 
 
 @given(conv_configs())
@@ -285,24 +281,23 @@ def test_empty_batch_and_non_contiguous_input():
         torch.testing.assert_close(fft_conv(view, w, padding=2, groups=4), F.conv2d(view, w, padding=2, groups=4))
 
 
-# ----------------------------------------------------------------------------- internal paths
-# The channel-contracting products (real bmm over frequencies), the kernel placement and the
-# overlap-save path are each checked against torch's convolution on geometries that select them.
-
-fft_module = __import__("largekernel.functional.fft_conv", fromlist=["_block_plan"])
+# ----------------------------------------------------------------------------- plans and paths
+# Every path the planner can choose (real transforms, packed channel pairs, channel blocks, the real-bmm and the
+# einsum contraction, overlap-save segments), forced through the public plan and options and checked against
+# torch's convolution.
 
 
 @pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("batch, cin, cout, kw", [
-    (3, 6, 4, {"padding": "same", "groups": 2}),  # 3 * 2 * 3 multiply-adds per product: complex einsum
-    (4, 24, 20, {"padding": "same", "groups": 2}),  # 4 * 10 * 12 >= 400: the real-bmm path
-    (5, 16, 16, {"stride": 2, "padding": (2, 1), "dilation": (1, 2)}),  # real bmm, strided and dilated
+@pytest.mark.parametrize("batch, cin, cout, kw, contraction", [
+    (3, 6, 4, {"padding": "same", "groups": 2}, "einsum"),
+    (4, 24, 20, {"padding": "same", "groups": 2}, "bmm"),
+    (5, 16, 16, {"stride": 2, "padding": (2, 1), "dilation": (1, 2)}, "bmm"),
 ])
-def test_dense_partial_requires_grad(needs, batch, cin, cout, kw):
+def test_dense_partial_requires_grad(needs, batch, cin, cout, kw, contraction):
     groups = kw.get("groups", 1)
-    assert (cin // groups) * (cout // groups) * batch >= 400 or cin == 6
     x = torch.randn(batch, cin, 11, 9, dtype=torch.float64, requires_grad=needs[0])
     w = torch.randn(cout, cin // groups, 5, 4, dtype=torch.float64, requires_grad=needs[1])
+    assert plan_conv(x, w, backend="fft", **kw).geometry.contraction == contraction
     y = F.conv2d(x, w, **kw)
     grad = torch.randn_like(y)
     leaves = [t for t in (x, w) if t.requires_grad]
@@ -312,45 +307,30 @@ def test_dense_partial_requires_grad(needs, batch, cin, cout, kw):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kernel, dilation, pads, fft", [
-    ((5,), (1,), ((2, 2),), (12,)),
-    ((4,), (3,), ((9, 0),), (20,)),  # padding before beyond the dilated extent
-    ((3, 4), (2, 1), ((0, 1), (3, 0)), (9, 8)),
-    ((7,), (2,), ((6, 0),), (10,)),  # dilated kernel longer than the buffer: taps share positions
-])
-def test_place_and_gather_kernel_are_adjoint(kernel, dilation, pads, fft):
-    plan = fft_module._Plan(1, fft, kernel, fft, tuple(lo for lo, _ in pads), (1,) * len(fft), dilation, fft)
-    w = torch.randn(2, 3, *kernel, dtype=torch.float64)
-    b = torch.randn(2, 3, *fft, dtype=torch.float64)
-    placed = fft_module._place_kernel(w, plan)
-    # position of tap t is (t * d - shift) mod n per dim: the definition, written out
-    expected = torch.zeros_like(b)
-    for t in torch.cartesian_prod(*[torch.arange(k) for k in kernel]).reshape(-1, len(kernel)).tolist():
-        pos = tuple((ti * d - lo) % n for ti, d, lo, n in zip(t, dilation, plan.shift, fft))
-        expected[(..., *pos)] += w[(..., *t)]
-    torch.testing.assert_close(placed, expected)
-    torch.testing.assert_close((placed * b).sum(), (w * fft_module._gather_kernel(b, plan)).sum())
+def test_dilated_kernel_longer_than_the_circular_period():
+    """Taps of a dilated kernel longer than one circular period share grid positions (they add up)."""
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, dtype=torch.float64, requires_grad=True)
+    kw = dict(padding=3, dilation=3, groups=3, padding_mode="circular")
+    assert plan_conv(x, w, backend="fft", **kw).geometry.grid == (5,)
+    torch.testing.assert_close(fft_conv(x, w, **kw), reference(x, w, **kw))
+    assert gradcheck(lambda x, w: fft_conv(x, w, **kw), (x, w))
 
 
 @pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", [
-    (2, 64, 64, 4096, 512, 1, 1, 1, (511, 0)),    # a causal FlexConv layer with its mask over 1/8
-    (4, 32, 48, 3000, 100, 1, 1, 1, (50, 49)),    # "same"
-    (4, 32, 32, 3001, 60, 2, 2, 2, (7, 3)),       # strided, dilated, grouped
+    (2, 64, 64, 4096, 512, 1, 1, 1, ((511, 0),)),    # a causal FlexConv layer with its mask over 1/8
+    (4, 32, 48, 3000, 100, 1, 1, 1, ((50, 49),)),    # "same"
+    (4, 32, 32, 3001, 60, 2, 2, 2, ((7, 3),)),       # strided, dilated, grouped
 ])
 def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, dilation, groups, padding):
-    """Dense 1-D layers with kernels much shorter than the signal take the block path."""
-    extent = dilation * (kernel - 1) + 1
-    fft = fft_module._make_plan((length,), (kernel,), (padding,), (stride,), (dilation,), groups, False, "cpu").fft
-    assert fft_module._block_plan((length,), (kernel,), (padding,), (stride,), (dilation,), fft, batch, cin, cout,
-                                  cin // groups, "cpu") is not None
+    """Dense 1-D layers with kernels much shorter than the signal: the planner takes overlap-save segments."""
     x = torch.randn(batch, cin, length, requires_grad=True)
     w = torch.randn(cout, cin // groups, kernel, requires_grad=True)
     b = torch.randn(cout, requires_grad=True)
-    xp = F.pad(x, padding)
-    ours = fft_module._fft_conv(x, w, b, fft_module.replace(
-        fft_module._check_args(x, w, b, stride, 0, dilation, groups, "zeros"), pads=(padding,)))
-    expected = F.conv1d(xp, w, b, stride, 0, dilation, groups)
-    assert extent < length and ours.shape == expected.shape
+    plan = plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft")
+    assert plan.path == "overlap-save" and plan.segments[0][1] > 1
+    ours = fft_conv(x, w, b, stride, padding, dilation, groups)
+    expected = F.conv1d(F.pad(x, padding[0]), w, b, stride, 0, dilation, groups)
     # float32 sums of thousands of products: tolerances relative to the largest value
     torch.testing.assert_close(ours, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
     grad = torch.randn_like(expected)
@@ -358,65 +338,54 @@ def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, di
         torch.testing.assert_close(a, e, atol=1e-5 * e.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("length, valid, stride, dilation, groups, padding", [
-    (16, 10, 1, 1, 1, (2, 4)),
-    (18, 6, 3, 1, 2, (0, 5)),
-    (20, 5, 2, 2, 1, (7, 0)),
+@pytest.mark.parametrize("stride, dilation, groups, padding", [
+    (1, 1, 1, ((2, 4),)),
+    (3, 1, 2, ((0, 5),)),
+    (2, 2, 1, ((7, 0),)),
 ])
-def test_overlap_save_gradcheck(length, valid, stride, dilation, groups, padding):
-    """The block path with a forced small geometry: exact gradients (float64 gradcheck)."""
+def test_overlap_save_gradcheck(stride, dilation, groups, padding):
+    """Overlap-save forced on a small geometry: exact first and second derivatives (float64)."""
     x = torch.randn(2, 4, 31, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 4 // groups, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    args = fft_module.replace(fft_module._check_args(x, w, b, stride, 0, dilation, groups, "zeros"), pads=(padding,))
-    keep = (31 + sum(padding) - dilation * 2 - 1) // stride + 1
-    count = -(-keep // valid)
-    blocks = fft_module._Blocks((length,), (valid,), (count,))
-    assert (valid - 1) * stride + 2 * dilation + 1 <= length
-    y = fft_module._blocked_conv(x, w, b, (padding,), args, blocks)
-    torch.testing.assert_close(y, F.conv1d(F.pad(x, padding), w, b, stride, 0, dilation, groups))
-    assert gradcheck(lambda x, w, b: fft_module._blocked_conv(x, w, b, (padding,), args, blocks), (x, w, b))
+    with planner_options(segments=True):
+        assert plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft").path == "overlap-save"
+        conv = lambda x, w, b: fft_conv(x, w, b, stride, padding, dilation, groups)  # noqa: E731
+        torch.testing.assert_close(conv(x, w, b), F.conv1d(F.pad(x, padding[0]), w, b, stride, 0, dilation, groups))
+        assert gradcheck(conv, (x, w, b))
+        assert gradgradcheck(conv, (x, w, b), fast_mode=True)
 
 
-def test_block_plan_keeps_small_and_depthwise_problems_whole():
+def test_planner_keeps_small_and_depthwise_problems_whole():
     # the cost model: per-call overhead dominates tiny problems; depthwise kernels are cheap to transform
-    assert fft_module._block_plan((300,), (20,), ((19, 0),), (1,), (1,), (320,), 2, 8, 8, 8, "cpu") is None
-    assert fft_module._block_plan((16384,), (257,), ((128, 128),), (1,), (1,), (16800,), 1, 16, 16, 1, "cpu") is None
-    assert fft_module._block_plan((64, 64), (9, 9), ((4, 4),) * 2, (1, 1), (1, 1), (72, 72), 8, 32, 32, 32,
-                                  "cpu") is None
-
-
-@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-blocks", "real-torch"])
-def fft_path(request, monkeypatch):
-    """Force the elementwise (depthwise / channel-multiplier, stride 1) calls onto batch pairs packed as
-    complex signals (the CPU default for 2-D and 3-D) or onto real FFTs (1-D, CUDA), for every dimension;
-    ``-blocks`` runs either one input channel at a time (the cache-sized blocks of large activations);
-    ``-torch`` runs either without the native CPU kernels (functional/_native.py)."""
-    from importlib import import_module
-
-    module = import_module("largekernel.functional.fft_conv")  # the module, not the function of that name
-    yield from forced_fft_path(monkeypatch, request.param, module, "_PackedFFTConvFunction", "_FFTConvFunction")
+    assert plan_conv(torch.randn(2, 8, 300), torch.randn(8, 8, 20), padding=((19, 0),), backend="fft").segments is None
+    assert plan_conv(torch.randn(1, 16, 16384), torch.randn(16, 1, 257), padding=128, groups=16,
+                     backend="fft").segments is None
+    assert plan_conv(torch.randn(8, 32, 64, 64), torch.randn(32, 1, 9, 9), padding=4, groups=32,
+                     backend="fft").segments is None
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
-@pytest.mark.parametrize("batch", [2, 3])
-@pytest.mark.parametrize("cout, kw", [
-    (4, {"padding": "same"}),
-    (8, {"padding": 2, "dilation": 2}),
-    (4, {"padding": 1, "padding_mode": "circular"}),
-    (4, {"padding": "same", "padding_mode": "reflect"}),
-    (8, {"padding": "valid"}),
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("cin, cout, kw", [
+    (4, 4, {"padding": "same"}),
+    (5, 10, {"padding": 2, "dilation": 2}),
+    (4, 4, {"padding": 1, "padding_mode": "circular"}),
+    (3, 3, {"padding": "same", "padding_mode": "reflect"}),
+    (4, 8, {"padding": "valid"}),
 ])
-def test_elementwise_products_match_torch_with_gradients(nd, batch, cout, kw, fft_path):
-    """Depthwise and channel-multiplier convolutions, values and all three gradients, on both products."""
+def test_elementwise_products_match_torch_with_gradients(nd, batch, cin, cout, kw, fft_path):
+    """Depthwise and channel-multiplier convolutions (odd channel counts: a channel without partner), values and
+    all three gradients, on every product."""
     torch.manual_seed(nd * 10 + batch)
-    x = torch.randn(batch, 4, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, cin, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
     w = torch.randn(cout, 1, *([3, 4, 2][:nd]), dtype=torch.float64, requires_grad=True)
     b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    assert plan_conv(x, w, b, groups=cin, backend="fft", **kw).geometry.packed == fft_path.startswith("packed")
     grad = None
     results = []
     for conv in (fft_conv, reference):
-        y = conv(x, w, b, groups=4, **kw)
+        y = conv(x, w, b, groups=cin, **kw)
         grad = torch.randn_like(y) if grad is None else grad
         results.append((y, *torch.autograd.grad(y, (x, w, b), grad)))
     for name, got, expected in zip(("output", "input", "weight", "bias"), *results):
@@ -425,14 +394,13 @@ def test_elementwise_products_match_torch_with_gradients(nd, batch, cout, kw, ff
 
 @pytest.mark.parametrize("needs", [(True, False), (False, True)])
 def test_packed_partial_requires_grad_and_gradcheck(needs, fft_path):
-    x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs[0])
-    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=needs[1])
-    assert gradcheck(lambda *t: fft_conv(*t, padding=1, groups=2), (x, w), fast_mode=True)
+    x = torch.randn(3, 3, 5, 4, dtype=torch.float64, requires_grad=needs[0])
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=needs[1])
+    assert gradcheck(lambda *t: fft_conv(*t, padding=1, groups=3), (x, w), fast_mode=True)
 
 
 @pytest.mark.parametrize("needs_input", [False, True])
-def test_packed_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path):
-    """With the input gradient the bias gradient is read off a transform's DC bin; without, summed directly."""
+def test_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path):
     x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs_input)
     w = torch.randn(4, 1, 3, 3, dtype=torch.float64)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
@@ -442,34 +410,29 @@ def test_packed_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path):
     torch.testing.assert_close(got, grad.sum(dim=(0, 2, 3)))
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kw, expected", [
-    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "padding": "same"}, "_PackedFFTConvFunction"),
-    ((2, 4, 5, 5, 5), (8, 1, 3, 3, 3), {"groups": 4}, "_PackedFFTConvFunction"),  # channel multiplier, 3-D
-    ((1, 4, 9, 9), (4, 1, 5, 5), {"groups": 4}, "_FFTConvFunction"),  # a batch of one: nothing to pair
-    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "stride": 2}, "_FFTConvFunction"),  # decimation: half spectra
-    ((2, 4, 9, 9), (4, 2, 5, 5), {"groups": 2}, "_FFTConvFunction"),  # a channel contraction
-    ((2, 4, 12), (4, 1, 5), {"groups": 4}, "_FFTConvFunction"),  # 1-D: real transforms are the faster ones
+@pytest.mark.parametrize("x_shape, w_shape, kw, packed", [
+    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "padding": "same"}, True),
+    ((2, 4, 5, 5, 5), (8, 1, 3, 3, 3), {"groups": 4}, True),  # channel multiplier, 3-D
+    ((1, 4, 9, 9), (4, 1, 5, 5), {"groups": 4}, True),  # a batch of one: channels pair within the sample
+    ((2, 4, 9, 9), (4, 1, 5, 5), {"groups": 4, "stride": 2}, False),  # decimation: half spectra
+    ((2, 4, 9, 9), (4, 2, 5, 5), {"groups": 2}, False),  # a channel contraction
+    ((2, 1, 9, 9), (1, 1, 5, 5), {}, False),  # one channel: nothing to pair
+    ((2, 4, 12), (4, 1, 5), {"groups": 4}, False),  # 1-D: real transforms are the faster ones
 ])
-def test_default_path_per_call(x_shape, w_shape, kw, expected, monkeypatch):
-    from importlib import import_module
-
-    calls = spy_functions(monkeypatch, import_module("largekernel.functional.fft_conv"),
-                          ("_PackedFFTConvFunction", "_FFTConvFunction"))
-    fft_conv(torch.randn(x_shape), torch.randn(w_shape), **kw)
-    assert calls == [expected]
+def test_default_product_per_call(x_shape, w_shape, kw, packed):
+    plan = plan_conv(torch.randn(x_shape), torch.randn(w_shape), backend="fft", **kw)
+    assert plan.geometry.packed == packed
 
 
-def test_non_finite_sample_reaches_only_its_pair_partner():
-    """Packed pairs are (b, b + ceil(B/2)): a NaN in channel 0 of sample 0 of four fills that channel of sample 2
-    too, and leaves the other channel and samples 1 and 3 exactly as without it (docs/fft_conv.md)."""
-    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
-    w = torch.randn(2, 1, 5, 5, dtype=torch.float64)
-    clean = fft_conv(x, w, padding="same", groups=2)
-    x[0, 0, 3, 3] = float("nan")
-    y = fft_conv(x, w, padding="same", groups=2)
-    assert torch.isnan(y[0, 0]).any() and torch.isnan(y[2, 0]).all()
-    torch.testing.assert_close(y[[1, 3]], clean[[1, 3]], rtol=0, atol=0)
-    torch.testing.assert_close(y[[0, 2], 1], clean[[0, 2], 1], rtol=0, atol=0)
+def test_plan_can_be_changed_and_executed():
+    x, w = torch.randn(2, 6, 20, 20, dtype=torch.float64), torch.randn(6, 1, 9, 9, dtype=torch.float64)
+    plan = plan_conv(x, w, padding=4, groups=6, backend="fft")
+    expected = F.conv2d(x, w, padding=4, groups=6)
+    for changed in (plan, replace(plan, path="direct"), replace(plan, geometry=replace(plan.geometry, packed=False)),
+                    replace(plan, geometry=replace(plan.geometry, channel_block=1))):
+        torch.testing.assert_close(execute(changed, x, w), expected)
+    with pytest.raises(ConvArgumentError, match="plan was made for"):
+        execute(plan, torch.randn(3, 6, 20, 20, dtype=torch.float64), w)
 
 
 def test_docs_examples_run():
@@ -478,16 +441,16 @@ def test_docs_examples_run():
     import textwrap
     from pathlib import Path
 
-    from largekernel.functional import _native, clear_auto_cache, set_calibration
+    from largekernel.functional import clear_auto_cache, native_kernels, set_calibration
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "fft_conv.md").read_text()
     blocks = re.findall(r"^( *)```python\n(.*?)^\1```", text, flags=re.S | re.M)
     assert len(blocks) >= 5
-    calibrating, native = set_calibration(True), _native.ENABLED  # the examples switch process-wide settings
+    calibrating, native = set_calibration(False), native_kernels()  # the examples switch process-wide settings
     try:
         for _, block in blocks:
             exec(compile(textwrap.dedent(block), "docs/fft_conv.md", "exec"), {})
     finally:
         set_calibration(calibrating)
         clear_auto_cache()
-        _native.ENABLED = native
+        native_kernels(native)

@@ -6,6 +6,7 @@ from torch import nn
 
 from largekernel.analysis import count
 from largekernel.analysis.flops import Counts, fft_flops
+from largekernel.functional import plan_conv, planner_options
 from largekernel.models.layers import create_conv
 
 
@@ -82,31 +83,37 @@ def test_fft_convolution_layer_is_counted_and_cheaper_than_direct():
     direct = count(create_conv("conv", 4, 4, 31, dim=2, groups=4, backend="direct"), shape)
     assert direct.flops == _direct_conv_flops(1, 4, 1, (31, 31), (64, 64))
     assert "convolution" not in fft.by_op
-    assert any(op.startswith("_fft_r2c") for op in fft.by_op) and "_fft_c2r" in fft.by_op
-    # The transforms alone: at least one forward real FFT of the 94x94 linearly padded input per channel.
-    assert fft.flops >= 4 * fft_flops(94 * 94, real=True)
+    # Channel pairs packed as complex signals on the plan's grid: a forward and an inverse complex transform per
+    # pair, and one forward transform per kernel.
+    plan = plan_conv(torch.zeros(shape), torch.zeros(4, 1, 31, 31), padding=15, groups=4, backend="fft")
+    assert plan.geometry.packed
+    points = math.prod(plan.geometry.grid)
+    assert fft.by_op["_fft_c2c"] == (2 * 2 + 4) * fft_flops(points, real=False)
     assert fft.flops < direct.flops / 4
     assert fft.params == direct.params == 4 * 31 * 31 + 4
 
 
 def test_packed_niff_layer_is_counted():
-    """NIFF on packed batch pairs (torch.mul with out=): one complex forward and one inverse FFT per pair."""
+    """NIFF on channel pairs packed as complex signals: one complex forward and one inverse FFT per pair of
+    channels of every sample, and the pair's two filter products (complex x complex)."""
     from largekernel.nn import NIFFConv2d
 
     b, c, h, w = 4, 3, 8, 6
     result = count(NIFFConv2d(c, bias=False), (b, c, h, w))
-    n = h * w
-    assert result.by_op["_fft_c2c"] == 2 * (b // 2) * c * fft_flops(n, real=False)
-    assert result.by_op["mul"] >= 6 * (b // 2) * c * n  # the filter product, complex x complex
+    n, pairs = h * w, (c + 1) // 2
+    assert result.by_op["_fft_c2c"] == 2 * b * pairs * fft_flops(n, real=False)
+    assert result.by_op["mul"] >= 2 * 6 * b * pairs * n
 
 
-def test_real_niff_layer_counts_its_in_place_product():
-    """At batch 1 NIFF takes real FFTs and multiplies the spectrum in place (mul_): counted like torch.mul."""
+def test_real_niff_layer_counts_its_product_on_the_half_spectrum():
+    """On real transforms NIFF multiplies the half spectrum: counted like torch.mul, complex x complex."""
     from largekernel.nn import NIFFConv2d
 
     c, h, w = 3, 8, 6
-    result = count(NIFFConv2d(c, bias=False), (1, c, h, w))
-    assert result.by_op["mul_"] == 6 * c * h * (w // 2 + 1)  # complex x complex on the half spectrum
+    with planner_options(packed=False):
+        result = count(NIFFConv2d(c, bias=False), (1, c, h, w))
+    assert result.by_op["mul"] >= 6 * c * h * (w // 2 + 1)
+    assert result.by_op["_fft_r2c"] == c * fft_flops(h * w, real=True)
 
 
 def test_restores_training_mode_and_validates_input_size():

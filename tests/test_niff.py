@@ -7,34 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from conftest import forced_fft_path, spy_functions
-
-from largekernel.functional import _packed
-from largekernel.nn import NIFFConv1d, NIFFConv2d, niff
+from largekernel.nn import NIFFConv1d, NIFFConv2d
 from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
-
-
-@pytest.fixture(params=["packed", "packed-blocks", "packed-torch", "real", "real-torch"])
-def fft_path(request, monkeypatch):
-    """Run a test on both products: batch pairs packed as complex signals (CPU default for 2-D and 3-D) and
-    real FFTs (the 1-D and CUDA default); each forced for every dimension. ``packed-blocks`` runs the packed
-    product one channel at a time (the cache-sized blocks of large activations); ``-torch`` without the
-    native CPU kernels (functional/_native.py)."""
-    yield from forced_fft_path(monkeypatch, request.param, niff, "_PackedProduct", "_SpectralProduct")
-
-
-@pytest.mark.parametrize("budget", [1, 700, 2000, 2 ** 40])
-def test_channel_blocks_partition_the_channels_within_the_budget(budget, monkeypatch):
-    monkeypatch.setattr(_packed, "BLOCK_BYTES", budget)
-    per_channel = _packed.packed_bytes(3, (6, 7), 4)
-    assert per_channel == 2 * 42 * 8  # 2 pairs x 42 points x 8 bytes
-    blocks = _packed.channel_blocks(10, per_channel, torch.device("cpu"))
-    step = max(1, min(10, budget // 672))
-    assert [c for b in blocks for c in range(10)[b]] == list(range(10))
-    assert [len(range(10)[b]) for b in blocks] == [step] * (10 // step) + ([10 % step] if 10 % step else [])
-    assert _packed.channel_blocks(10, per_channel, torch.device("meta")) == [slice(0, 10)]  # not a block device
-    monkeypatch.setattr(_packed, "REAL_BLOCK_BYTES", 2 * 672)  # the real-FFT paths' own budget
-    assert _packed.channel_blocks(10, 672, torch.device("cpu"), real=True) == [slice(c, c + 2) for c in range(0, 10, 2)]
 
 
 def _reference_filter(layer, h, w):
@@ -398,33 +372,15 @@ def test_inference_under_torch_compile_matches_eager():
         torch.testing.assert_close(compiled(x), expected)
 
 
-@pytest.mark.parametrize("layer, shape, expected", [
-    (NIFFConv2d(3), (2, 3, 6, 5), "_PackedProduct"),  # CPU 2-D: batch pairs packed
-    (NIFFConv3d(3), (3, 3, 4, 4, 4), "_PackedProduct"),
-    (NIFFConv2d(3), (1, 3, 6, 5), "_SpectralProduct"),  # nothing to pair
-    (NIFFConv1d(3), (4, 3, 16), "_SpectralProduct"),  # 1-D: real transforms are the faster ones
-])
-def test_default_product_per_dimension_and_batch(layer, shape, expected, monkeypatch):
-    calls = spy_functions(monkeypatch, niff, ("_PackedProduct", "_SpectralProduct"))
-    layer(torch.randn(shape))
-    assert calls == [expected]
-
-
 @pytest.mark.parametrize("batch", [1, 2])
-def test_double_backward_raises_instead_of_returning_wrong_values(batch):
-    layer = NIFFConv2d(2, dtype=torch.float64)
-    x = torch.randn(batch, 2, 5, 4, dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.sum().backward()
-
-
-def test_non_finite_sample_reaches_only_its_pair_partner():
-    layer = NIFFConv2d(2, dtype=torch.float64)
-    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
-    clean = layer(x)
-    x[1, 1, 2, 2] = float("inf")
-    y = layer(x)
-    assert not torch.isfinite(y[1, 1]).all() and not torch.isfinite(y[3, 1]).any()
-    torch.testing.assert_close(y[[0, 2]], clean[[0, 2]], rtol=0, atol=0)
-    torch.testing.assert_close(y[[1, 3], 0], clean[[1, 3], 0], rtol=0, atol=0)
+def test_double_backward_matches_the_reference(batch, fft_path):
+    """Gradient-of-gradient (create_graph=True) through the layer equals it through the paper's formula."""
+    torch.manual_seed(3)
+    layer = NIFFConv2d(3, dtype=torch.float64)
+    x = torch.randn(batch, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    results = []
+    for forward in (layer, lambda t: _reference_niff(layer, t) + layer.bias.view(1, -1, 1, 1)):
+        (grad,) = torch.autograd.grad(forward(x).square().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(grad.square().sum(), (x, *layer.parameters())))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)

@@ -1,20 +1,21 @@
-"""Fused CPU passes for the depthwise FFT paths, compiled from ``_native.c`` on first use.
+"""Fused CPU passes of the depthwise FFT paths, compiled from ``_native.c`` on first use.
 
-The packed paths (:mod:`largekernel.functional._packed`) spend about as long on elementwise
-passes over their channel blocks as on the transforms themselves; two of those passes fuse
-well: unpacking a complex block into its two real samples (with the bias), and the filter
-gradient together with the input-gradient product (see ``_native.c``; the real-FFT paths use
-the second too). Fused, NIFF's packed training step (8 x 96 x 56 x 56) takes 12.3-12.5
-instead of 13.6-14.0 ms on the reference CPU, a depthwise 1-D FFT convolution (8 x 256 x
-2048, kernel 2048) 32.0 instead of 38.2 ms (docs/fft_conv.md).
+The depthwise FFT paths spend about as long on elementwise passes over their channel
+blocks as on the transforms themselves. Fused here (see ``_native.c``): packing two real
+channels into one complex signal and back (with the bias), the product of a channel pair's
+spectrum with its two kernels and its adjoint with the kernel-gradient sums
+(:mod:`largekernel.functional._packed`), and, for the real-FFT paths, the kernel gradient
+together with the input-gradient product.
 
 The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native -fopenmp``) into the cache folder (``$LARGEKERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/largekernel`` or ``~/.cache/largekernel``) and loaded with :mod:`ctypes`.
-Without a compiler, with ``LARGEKERNEL_NATIVE=0``, off the CPU, for other dtypes and while
-tracing or compiling (``torch.jit.trace``, ``torch.compile``, ``torch.export``: they cannot
-see into a foreign call), the callers run the same passes as torch operations; results agree
-to rounding.
+Without a compiler, with ``LARGEKERNEL_NATIVE=0`` (or :func:`native_kernels` ``(False)``), off
+the CPU, for other dtypes, while tracing or compiling (``torch.jit.trace``,
+``torch.compile``, ``torch.export``: they cannot see into a foreign call) and under a
+dispatch mode (``torch.utils.flop_counter``: it counts torch operations), the callers run
+the same passes as torch operations; results agree to rounding. Each kernel's results do
+not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["native_kernels", "available", "unpack", "spectral_grad"]
+__all__ = ["native_kernels", "available", "pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad",
+           "spectral_grad"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -79,13 +81,18 @@ def _compile(compiler: str, target: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        unpack_fn = getattr(lib, f"lk_unpack_{suffix}")
-        unpack_fn.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, i32, i32]
-        unpack_fn.restype = None
-        grad_fn = getattr(lib, f"lk_spectral_grad_{suffix}")
-        grad_fn.argtypes = [p, p, p, p, i64, i64, i64, real, i32, i32, i32, i32]
-        grad_fn.restype = None
+    signatures = {
+        "pack_pairs": [p, p, p, i64, i64, i64, p, p, p, i64, i64, i64, i64, i32],
+        "unpack_pairs": [p, p, p, i64, i64, i64, p, p, p, i64, i64, i64, i64, p, p, i32],
+        "mirror_product": [p, p, p, p, i64, i64, i64, p, i32],
+        "mirror_grad": [p, p, p, p, p, p, p, i64, i64, i64, p, i32],
+        "spectral_grad": [p, p, p, p, i64, i64, i64, i32, i32, i32],
+    }
+    for suffix in ("f32", "f64"):
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, f"lk_{name}_{suffix}")
+            fn.argtypes = argtypes
+            fn.restype = None
     return lib
 
 
@@ -126,65 +133,135 @@ def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _dispatch_modes() -> bool:
+    """Whether a ``TorchDispatchMode`` is active (FLOP counters, fake tensors, debug modes): it must see torch
+    operations."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 def _eager(*tensors: Tensor) -> bool:
-    """Whether real CPU tensors are being computed on now (not traced, compiled, faked or on a device)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """Whether real CPU tensors are being computed on now (not traced, compiled, faked, observed by a dispatch
+    mode, or on a device)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or _dispatch_modes():
         return False
     return all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
 
 
 def available(*tensors: Tensor) -> bool:
-    """Whether the native kernels run for these (complex) tensors: enabled, built, eager CPU, complex64/128."""
-    return (ENABLED and all(t.dtype in _COMPLEX for t in tensors) and _eager(*tensors)
+    """Whether the native kernels run for these tensors: enabled, built, eager CPU, one dtype among
+    float32/64 and complex64/128 (real and complex parts of the same precision)."""
+    reals = {_COMPLEX.get(t.dtype, t.dtype) for t in tensors}
+    return (ENABLED and len(reals) == 1 and reals <= set(_SUFFIX) and _eager(*tensors)
             and library() is not None)
 
 
-def unpack(z: Tensor, batch: int, start: tuple[int, ...], size: tuple[int, ...], bias: Tensor | None, swap: bool,
-           out: Tensor) -> bool:
-    """:func:`largekernel.functional._packed.unpack` of a contiguous ``z`` into ``out`` whose sample planes are
-    contiguous, if the native kernel can; returns whether it ran (else nothing was written)."""
-    nd = len(size)
-    real = _COMPLEX.get(z.dtype)
-    if not (1 <= nd <= 3 and available(z)):
+def _kernel(name: str, t: Tensor):
+    return getattr(library(), f"lk_{name}_{_SUFFIX[_COMPLEX.get(t.dtype, t.dtype)]}")
+
+
+def _grid3(values, fill: int = 1) -> ctypes.Array:
+    """Sizes (or, with ``fill=0``, offsets) of a 1-3-D grid as the kernels' three dims."""
+    values = tuple(values)
+    return (ctypes.c_int64 * 3)(*((fill,) * (3 - len(values)) + values))
+
+
+def _planes(t: Tensor, batch: int, channels: int, size: tuple[int, ...]) -> bool:
+    """Whether ``t`` is ``(batch, channels, *size)`` with every ``(b, c)`` plane contiguous."""
+    return tuple(t.shape) == (batch, channels, *size) and (t.numel() == 0 or t[0, 0].is_contiguous())
+
+
+def pack_pairs(first: Tensor, second: Tensor, z: Tensor, start: tuple[int, ...]) -> bool:
+    """:func:`largekernel.functional._packed.pack_pairs` into the contiguous complex ``z``, if the native kernel
+    can; returns whether it ran (else nothing was written)."""
+    nd = z.dim() - 2
+    batch, n = z.shape[:2]
+    size = tuple(first.shape[2:])
+    n2 = second.shape[1]
+    if not (1 <= nd <= 3 and z.is_contiguous() and z.numel() and available(first, second, z)
+            and _planes(first, batch, n, size) and _planes(second, batch, n2, size) and n2 <= n
+            and all(0 <= a and a + k <= g for a, k, g in zip(start, size, z.shape[2:]))):
         return False
-    half = z.shape[0]
-    if not (z.dim() == nd + 2 and half <= batch <= 2 * half and len(start) == nd
-            and all(0 <= s and s + n <= g for s, n, g in zip(start, size, z.shape[2:]))):
-        # The kernel trusts the geometry: never let it read outside z.
-        raise ValueError(f"unpack: {batch} samples from {half} pairs, region {tuple(start)} + {tuple(size)} of "
-                         f"the grid {tuple(z.shape[2:])}: inconsistent")
-    if not (z.is_contiguous() and out.dtype == real and _eager(out) and tuple(out.shape) == (batch, z.shape[1], *size)
-            and out.numel() and out[0, 0].is_contiguous()):
-        return False
-    if bias is not None and not (bias.dtype == real and bias.is_contiguous() and _eager(bias)):
-        return False
-    pad = 3 - nd
-    grid = (ctypes.c_int64 * 3)(*((1,) * pad + tuple(z.shape[2:])))
-    first = (ctypes.c_int64 * 3)(*((0,) * pad + tuple(start)))
-    extent = (ctypes.c_int64 * 3)(*((1,) * pad + tuple(size)))
-    getattr(library(), f"lk_unpack_{_SUFFIX[real]}")(
-        z.data_ptr(), out.data_ptr(), half, batch - half, z.shape[1], grid, first, extent, out.stride(0),
-        out.stride(1), _pointer(bias), int(swap), torch.get_num_threads())
+    _kernel("pack_pairs", z)(first.data_ptr(), second.data_ptr(), z.data_ptr(), batch, n, n2, _grid3(z.shape[2:]),
+                             _grid3(start, 0), _grid3(size), first.stride(0), first.stride(1), second.stride(0), second.stride(1),
+                             torch.get_num_threads())
     return True
 
 
-def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor | None, scale: float = 1.0,
-                  rotate: bool = False, conj_q: bool = False, conj_w: bool = False) -> bool:
-    """Over ``(batch, C, *grid)`` complex ``spec`` and ``q``: ``acc = scale * sum_batch spec * q`` (``conj(q)``
-    with ``conj_q``; the sum times ``i`` and conjugated with ``rotate``), then ``q *= w`` (``conj(w)`` with
-    ``conj_w``); ``w``, ``acc``: ``(C, *grid)``, either may be ``None``. Runs if the native kernel can; returns
-    whether it ran (else nothing was written)."""
+def unpack_pairs(z: Tensor, first: Tensor, second: Tensor, start: tuple[int, ...], bias_first: Tensor | None,
+                 bias_second: Tensor | None) -> bool:
+    """:func:`largekernel.functional._packed.unpack_pairs` of the contiguous complex ``z``, if the native kernel
+    can; returns whether it ran (else nothing was written)."""
+    nd = z.dim() - 2
+    batch, n = z.shape[:2]
+    size = tuple(first.shape[2:])
+    n2 = second.shape[1]
+    biases = [b for b in (bias_first, bias_second) if b is not None]
+    if not (1 <= nd <= 3 and z.is_contiguous() and z.numel() and available(z, first, second, *biases)
+            and _planes(first, batch, n, size) and _planes(second, batch, n2, size) and n2 <= n
+            and all(b.is_contiguous() for b in biases)):
+        return False
+    if not all(0 <= a and a + k <= g for a, k, g in zip(start, size, z.shape[2:])):
+        # The kernel trusts the geometry: never let it read outside z.
+        raise ValueError(f"unpack_pairs: region {tuple(start)} + {size} outside the grid {tuple(z.shape[2:])}")
+    _kernel("unpack_pairs", first)(z.data_ptr(), first.data_ptr(), second.data_ptr(), batch, n, n2,
+                                   _grid3(z.shape[2:]), _grid3(start, 0), _grid3(size), first.stride(0),
+                                   first.stride(1), second.stride(0), second.stride(1), _pointer(bias_first),
+                                   _pointer(bias_second), torch.get_num_threads())
+    return True
+
+
+def mirror_product(z: Tensor, a: Tensor, d: Tensor, y: Tensor) -> bool:
+    """``y = a z + d conj(z[-k])`` (:func:`largekernel.functional._packed.mirror_product`) into ``y``, if the
+    native kernel can; returns whether it ran."""
+    nd = z.dim() - 2
+    batch, n = z.shape[:2]
+    per = a.shape[1]
+    grid = tuple(z.shape[2:])
+    if not (1 <= nd <= 3 and z.numel() and available(z, a, d, y) and all(t.is_contiguous() for t in (z, a, d, y))
+            and tuple(a.shape) == tuple(d.shape) == (n, per, *grid) and tuple(y.shape) == (batch, n, per, *grid)):
+        return False
+    _kernel("mirror_product", z)(z.data_ptr(), a.data_ptr(), d.data_ptr(), y.data_ptr(), batch, n, per,
+                                 _grid3(grid), torch.get_num_threads())
+    return True
+
+
+def mirror_grad(z: Tensor | None, g: Tensor, a: Tensor, d: Tensor, gx: Tensor | None, u: Tensor | None,
+                v: Tensor | None) -> bool:
+    """The adjoint of :func:`mirror_product` (:func:`largekernel.functional._packed.mirror_grad`) into ``gx``
+    and the sums ``u``, ``v``, if the native kernel can; returns whether it ran."""
+    batch, n, per = g.shape[:3]
+    grid = tuple(g.shape[3:])
+    nd = len(grid)
+    sums = u is not None
+    tensors = [t for t in (z, g, a, d, gx, u, v) if t is not None]
+    if not (1 <= nd <= 3 and g.numel() and (sums == (v is not None) == (z is not None))
+            and available(*tensors) and all(t.is_contiguous() for t in tensors)
+            and tuple(a.shape) == tuple(d.shape) == (n, per, *grid)
+            and (gx is None or tuple(gx.shape) == (batch, n, *grid))
+            and (not sums or (tuple(z.shape) == (batch, n, *grid) and tuple(u.shape) == tuple(v.shape) == (n, per, *grid)))):
+        return False
+    _kernel("mirror_grad", g)(_pointer(z), g.data_ptr(), a.data_ptr(), d.data_ptr(), _pointer(gx), _pointer(u),
+                              _pointer(v), batch, n, per, _grid3(grid), torch.get_num_threads())
+    return True
+
+
+def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor | None, conj_q: bool = False,
+                  conj_w: bool = False) -> bool:
+    """Over ``(batch, C, *grid)`` complex ``spec`` and ``q``: ``acc = sum_batch spec * q`` (``conj(q)`` with
+    ``conj_q``), then ``q *= w`` (``conj(w)`` with ``conj_w``); ``w``, ``acc``: ``(C, *grid)``, either may be
+    ``None``. Runs if the native kernel can; returns whether it ran (else nothing was written)."""
     if acc is None:
         spec = None  # only read for the sum
     elif spec is None:
         return False
     tensors = [t for t in (spec, q, w, acc) if t is not None]
-    if not (q.dim() >= 2 and q.numel() and available(*tensors) and len({t.dtype for t in tensors}) == 1
+    if not (q.dim() >= 2 and q.numel() and available(*tensors) and all(t.is_complex() for t in tensors)
             and all(t.is_contiguous() for t in tensors) and (spec is None or spec.shape == q.shape)
             and all(t.shape == q.shape[1:] for t in (w, acc) if t is not None)):
         return False
     batch, channels = q.shape[:2]
-    getattr(library(), f"lk_spectral_grad_{_SUFFIX[_COMPLEX[q.dtype]]}")(
-        _pointer(spec), q.data_ptr(), _pointer(w), _pointer(acc), batch, channels, q[0, 0].numel(), scale,
-        int(rotate), int(conj_q), int(conj_w), torch.get_num_threads())
+    _kernel("spectral_grad", q)(_pointer(spec), q.data_ptr(), _pointer(w), _pointer(acc), batch, channels,
+                                q[0, 0].numel(), int(conj_q), int(conj_w), torch.get_num_threads())
     return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
@@ -18,9 +19,11 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 _DOC = """``torch.nn.Conv{n}d`` (same arguments, defaults and state_dict) plus keyword ``backend``.
 
     Args:
-        backend: ``"auto"`` (the faster of direct and FFT for each input shape,
-            calibrated once per shape), ``"direct"`` (torch's convolution) or
-            ``"fft"`` (:func:`largekernel.functional.fft_conv`).
+        padding: as torch's (an int, a tuple, ``"same"``, ``"valid"``) or per side,
+            ``((before, after), ...)`` (e.g. causal: ``((kernel_size - 1, 0),)``).
+        backend: ``"auto"`` (the path the planner predicts faster for each input
+            shape), ``"direct"`` (torch's convolution) or ``"fft"``
+            (:func:`largekernel.functional.fft_conv`).
 {example}
     Shape:
         - Input: :math:`(N, C_{{in}}, {dims})` or :math:`(C_{{in}}, {dims})`
@@ -44,10 +47,25 @@ class _BackendConvMixin:
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
                  backend: str = "auto") -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ConvArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        nd = self._nd
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            ntuple(value, 1, name, minimum=1)
+        ntuple(kernel_size, nd, "kernel_size", minimum=1)
+        ntuple(stride, nd, "stride", minimum=1)
+        ntuple(dilation, nd, "dilation", minimum=1)
+        per_side = (isinstance(padding, (tuple, list)) and len(padding) == nd
+                    and all(isinstance(p, (tuple, list)) for p in padding))
+        if per_side:
+            pads = per_side_padding(padding, ntuple(kernel_size, nd, "kernel_size"), dilation, nd)
+            symmetric = all(lo == hi for lo, hi in pads)
+            padding = tuple(lo for lo, _ in pads) if symmetric else pads
         # torch.nn.Conv1d/2d/3d share this signature; the MRO sends it to the right one
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if per_side and not symmetric else padding,
+                         dilation, groups, bias, padding_mode, device, dtype)
+        if per_side and not symmetric:
+            self.padding = pads  # per side: applied by the engine
+            self._reversed_padding_repeated_twice = flat_pads(pads)
         self.backend = backend
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -64,14 +82,17 @@ class _BackendConvMixin:
 
 
 class Conv1d(_BackendConvMixin, nn.Conv1d):
+    _nd = 1
     __doc__ = _DOC.format(n=1, example="", dims="L_{in}", outs="L_{out}")
 
 
 class Conv2d(_BackendConvMixin, nn.Conv2d):
+    _nd = 2
     __doc__ = _DOC.format(n=2, example=_EXAMPLE_2D, dims="H_{in}, W_{in}", outs="H_{out}, W_{out}")
 
 
 class Conv3d(_BackendConvMixin, nn.Conv3d):
+    _nd = 3
     __doc__ = _DOC.format(n=3, example="", dims="D_{in}, H_{in}, W_{in}", outs="D_{out}, H_{out}, W_{out}")
 
 
@@ -79,15 +100,43 @@ def _baked_conv(weight: Tensor, bias: Tensor | None, groups: int = 1, native: bo
     """A ``Conv{n}d`` holding ``weight`` (torch conv layout) and ``bias``, the end of every layer's ``bake()``.
 
     Channels, kernel size, device and dtype come from ``weight`` (``in = weight.shape[1] * groups``);
-    ``kwargs`` are the remaining constructor arguments (stride, padding, padding_mode, backend).
-    ``native``: torch's own ``nn.Conv{n}d`` instead of this module's (then no ``backend``).
+    ``kwargs`` are the remaining constructor arguments (stride, padding, per side too, padding_mode, backend).
+    ``native``: torch's own ``nn.Conv{n}d`` instead of this module's (then no ``backend``; asymmetric padding
+    becomes a padding module in front of it, in an ``nn.Sequential``).
     """
     nd = weight.dim() - 2
-    cls = getattr(nn, f"Conv{nd}d") if native else (Conv1d, Conv2d, Conv3d)[nd - 1]
+    pad = None
+    if native:
+        cls = getattr(nn, f"Conv{nd}d")
+        padding = kwargs.get("padding", 0)
+        if isinstance(padding, (tuple, list)) and padding and isinstance(padding[0], (tuple, list)):
+            pads = tuple(tuple(p) for p in padding)
+            if all(lo == hi for lo, hi in pads):
+                kwargs["padding"] = tuple(lo for lo, _ in pads)
+            else:
+                mode = kwargs.pop("padding_mode", "zeros")
+                pad = _Pad(flat_pads(pads), mode)
+                kwargs["padding"] = 0
+    else:
+        cls = (Conv1d, Conv2d, Conv3d)[nd - 1]
     conv = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), groups=groups,
                bias=bias is not None, device=weight.device, dtype=weight.dtype, **kwargs)
     with torch.no_grad():
         conv.weight.copy_(weight)
         if bias is not None:
             conv.bias.copy_(bias)
-    return conv
+    return conv if pad is None else nn.Sequential(pad, conv)
+
+
+class _Pad(nn.Module):
+    """``F.pad`` as a module (per-side padding in front of a plain torch convolution)."""
+
+    def __init__(self, pad: list[int], mode: str) -> None:
+        super().__init__()
+        self.pad, self.mode = tuple(pad), "constant" if mode == "zeros" else mode
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.nn.functional.pad(input, self.pad, mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"{self.pad}, mode={self.mode!r}"

@@ -331,15 +331,7 @@ class _ContinuousConvNd(nn.Module):
         return [(p, p) for p in self.padding]
 
     def _convolve(self, input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        pads = self._pads(weight.shape[2:])
-        if all(lo == hi for lo, hi in pads):
-            padding = tuple(lo for lo, _ in pads)
-        else:
-            flat = [p for lo_hi in reversed(pads) for p in lo_hi]
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            input = F.pad(input, flat, mode=mode)  # (B, C, *padded)
-            padding = 0
-        return convolve(input, weight, bias, self.stride, padding, 1, groups, self.padding_mode,
+        return convolve(input, weight, bias, self.stride, self._pads(weight.shape[2:]), 1, groups, self.padding_mode,
                         backend=self.backend)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -362,10 +354,9 @@ class _ContinuousConvNd(nn.Module):
     def bake(self) -> nn.Module:
         """An equivalent plain convolution holding the kernel this layer applies now.
 
-        A ``largekernel.nn.Conv{1,2,3}d`` (backend ``"fft"`` for kernels at least
-        32 long in some dimension), preceded by a ``ConstantPad`` / mode pad when
-        the padding is asymmetric (causal layers, even kernels with ``"same"``).
-        Later changes to the mask or resolution are not reflected.
+        A ``largekernel.nn.Conv{1,2,3}d`` (backend ``"fft"`` for kernels at least 32 long in
+        some dimension), with per-side padding where it is asymmetric (causal layers, even
+        kernels with ``"same"``). Later changes to the mask or resolution are not reflected.
         """
         weight = self.construct_kernel()
         k = tuple(weight.shape[2:])
@@ -373,19 +364,8 @@ class _ContinuousConvNd(nn.Module):
         backend = self.backend
         if backend == "auto" and max(k) >= _FFT_BAKE_MIN:
             backend = "fft"
-        pads = self._pads(k)
-        symmetric = all(lo == hi for lo, hi in pads)
-        conv = _baked_conv(weight, self.bias, groups, stride=self.stride,
-                           padding=tuple(lo for lo, _ in pads) if symmetric else 0,
-                           padding_mode=self.padding_mode if symmetric else "zeros", backend=backend)
-        if symmetric:
-            return conv
-        flat = tuple(p for lo_hi in reversed(pads) for p in lo_hi)
-        if self.padding_mode == "zeros":
-            pad = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[self._nd](flat, 0.0)
-        else:
-            pad = _ModePad(flat, self.padding_mode)
-        return nn.Sequential(pad, conv)
+        return _baked_conv(weight, self.bias, groups, stride=self.stride, padding=self._pads(k),
+                           padding_mode=self.padding_mode, backend=backend)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self._kernel_size}"
@@ -407,17 +387,6 @@ class _ContinuousConvNd(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
-
-
-class _ModePad(nn.Module):
-    """``F.pad`` with a non-constant mode, as a module (for baked asymmetric padding)."""
-
-    def __init__(self, pad: tuple[int, ...], mode: str) -> None:
-        super().__init__()
-        self.pad, self.mode = pad, mode
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.pad(input, self.pad, mode=self.mode)
 
 
 class _FlexConvNd(_ContinuousConvNd):

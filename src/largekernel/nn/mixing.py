@@ -4,22 +4,16 @@ as used by the Fourier image transformer FiT (seed 003, section 2.2).
 ``FourierMix(x) = Re(FFT_tokens(FFT_hidden(x)))``: a parameter-free replacement
 for self-attention that mixes every token with every other in ``O(N log N)``.
 
-``torch.fft.fft2`` on a real tensor already runs a real-to-complex transform and
-fills the other half by symmetry (measured no slower than an ``rfft2`` plus an
-explicit Hermitian mirror), so the formula is used as written.
+The transform itself is :func:`largekernel.functional.fourier_mix`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
+from largekernel.functional.spectral import fourier_mix
+
 __all__ = ["FourierMix", "fourier_mix"]
-
-
-def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
-    """``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape and dtype as ``x``."""
-    return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real
 
 
 class FourierMix(nn.Module):

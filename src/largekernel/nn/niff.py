@@ -35,10 +35,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from largekernel.functional import _native
-from largekernel.functional._packed import channel_blocks, channel_sums, pack, packed_bytes, packs, unpack
+from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import _baked_conv
@@ -58,7 +56,6 @@ _PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d)
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _POOL_FNS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 class Spectrum(NamedTuple):
@@ -86,11 +83,6 @@ def _frequencies(n: int) -> Tensor:
     return torch.where(k < n - n // 2, k, k - n)
 
 
-def _spectrum_to_spatial(spec: Tensor, grid: tuple[int, ...]) -> Tensor:
-    nd = len(grid)
-    return torch.fft.irfftn(spec, s=grid, dim=tuple(range(-nd, 0)))
-
-
 def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None:
         return y
@@ -104,178 +96,6 @@ def _spectral_bias(spec: Tensor, bias: Tensor | None, grid: tuple[int, ...]) -> 
     dc = torch.zeros_like(spec)
     dc[(slice(None), slice(None)) + (0,) * len(grid)] = bias * math.prod(grid)
     return spec + dc
-
-
-def _pointwise(spec: Tensor, weight: Tensor) -> Tensor:
-    """Real ``(out, in)`` matrix applied over the channels of a complex spectrum, as one real GEMM."""
-    b, c = spec.shape[:2]
-    freq = spec.shape[2:]
-    parts = torch.view_as_real(spec).reshape(b, c, -1)  # (B, in, 2 * prod(freq)) real
-    out = torch.matmul(weight, parts)  # (B, out, 2 * prod(freq))
-    return torch.view_as_complex(out.reshape(b, -1, *freq, 2))  # (B, out, *freq) complex
-
-
-def _half_weights(grid: tuple[int, ...], device, dtype) -> Tensor:
-    """How many full-spectrum bins each rfft column stands for (1 for DC and Nyquist, else 2), over ``prod(grid)``."""
-    n = grid[-1]
-    m = torch.full((n // 2 + 1,), 2.0, device=device, dtype=dtype)
-    m[0] = 1.0
-    if n % 2 == 0:
-        m[-1] = 1.0
-    return m / math.prod(grid)
-
-
-class _SpectralProduct(torch.autograd.Function):
-    """``irfftn(P @ (w * rfftn(x, grid)), grid)`` with a backward of exactly one more FFT round trip.
-
-    Autograd through ``torch.fft`` would spend a full complex FFT and padding copies
-    on the ``rfftn`` adjoint; here ``grad_x = irfftn(conj(w) * P^T rfftn(g))`` (the
-    adjoint of a circular convolution with a real kernel is the correlation), and
-    the filter gradient is ``sum_b conj(X) * P^T G`` with ``G`` the gradient of the
-    half spectrum (its columns weighted by :func:`_half_weights`).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, pointwise: Tensor | None, grid: tuple[int, ...],
-                keep: bool = True) -> Tensor:
-        """``keep``: whether the input spectrum is kept for a filter or pointwise gradient (else the product
-        runs in place). Channel blocks (as the packed product's) measured mixed here: 1.5x faster training at
-        8 x 256 x 2048 in 1-D, 0.75x at inference (the blocks' output copy is one more pass)."""
-        dims = tuple(range(-len(grid), 0))
-        spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, C, *half) complex
-        z = spec * w if keep else spec.mul_(w)
-        if pointwise is not None:
-            z = _pointwise(z, pointwise)  # (B, out, *half)
-        ctx.save_for_backward(spec if keep else None, w, pointwise)
-        ctx.grid, ctx.size = grid, tuple(x.shape[-len(grid):])
-        return torch.fft.irfftn(z, s=grid, dim=dims)  # (B, out, *grid)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        spec, w, pointwise = ctx.saved_tensors
-        grid, size = ctx.grid, ctx.size
-        dims = tuple(range(-len(grid), 0))
-        g = torch.fft.rfftn(grad, dim=dims)  # (B, out, *half) complex
-        grad_x = grad_w = grad_p = None
-        if pointwise is not None:
-            if ctx.needs_input_grad[2]:
-                scale = _half_weights(grid, grad.device, grad.dtype)
-                z = spec * w  # (B, in, *half)
-                b, c = z.shape[:2]
-                gz = torch.view_as_real(g * scale).reshape(b, g.shape[1], -1)  # (B, out, 2 * M)
-                grad_p = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(b, c, -1))
-            g = _pointwise(g, pointwise.t())  # (B, in, *half)
-        need_x, need_w = ctx.needs_input_grad[:2]
-        if need_w:
-            grad_w = torch.empty_like(w)
-        # sum_b conj(X_b) G_b = conj(sum_b X_b conj(G_b)), then G *= conj(w): one native pass, or per sample (no
-        # (B, C, *half) temporary) and a product.
-        if _native.spectral_grad(spec if need_w else None, g, w.contiguous() if need_x else None,
-                                 grad_w if need_w else None, conj_q=True, conj_w=True):  # (w: a half-spectrum view)
-            if need_w:
-                grad_w.conj_physical_()
-        else:
-            if need_w:
-                torch.mul(spec[0].conj(), g[0], out=grad_w)  # (C, *half)
-                for b in range(1, spec.shape[0]):
-                    grad_w.addcmul_(spec[b].conj(), g[b])
-            if need_x:
-                g.mul_(w.conj())
-        if need_w:
-            grad_w.mul_(_half_weights(grid, grad.device, grad.dtype))
-        if need_x:
-            grad_x = torch.fft.irfftn(g, s=grid, dim=dims)  # (B, in, *grid)
-            if grad_x.shape[-len(grid):] != size:
-                grad_x = grad_x[(..., *(slice(0, n) for n in size))]  # adjoint of the implicit zero padding
-        return grad_x, grad_w, grad_p, None, None
-
-
-class _PackedProduct(torch.autograd.Function):
-    """:class:`_SpectralProduct` for a Hermitian full-grid filter, on batch pairs packed as complex signals.
-
-    With ``z = x_a + i x_b`` and a Hermitian ``w`` (a real spatial kernel), ``ifftn(w * fftn(z))`` is
-    ``y_a + i y_b``: complex FFTs over half the batch replace the real ones (:mod:`largekernel.functional._packed`
-    has the measurements and the conjugation-free backward). The filter gradient summed over the packed pairs
-    equals the true one up to an anti-Hermitian part, which the Hermitian symmetrisation that builds ``w``
-    removes in its backward; likewise the cross terms of the pointwise gradient are purely imaginary and drop
-    out of its real part. ``x`` fills the grid from its origin (zeros beyond, linear mode); the output is
-    cropped to ``out_start:out_start + out_size``, with ``bias`` added on the way out. Without a pointwise map
-    the channels are independent and everything runs per cache-sized channel block
-    (:func:`~largekernel.functional._packed.channel_blocks`); the input spectra are kept for the backward only
-    when ``keep`` (a filter or pointwise gradient will be needed).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, pointwise: Tensor | None, bias: Tensor | None, grid: tuple[int, ...],
-                out_start: tuple[int, ...], out_size: tuple[int, ...], keep: bool) -> Tensor:
-        nd = len(grid)
-        dims = tuple(range(-nd, 0))
-        batch, channels = x.shape[:2]
-        # Depthwise: channel blocks sized for the cache (functional/_packed.py); the pointwise mixes them all.
-        blocks = [slice(None)] if pointwise is not None else channel_blocks(
-            channels, packed_bytes(batch, grid, x.element_size()), x.device)
-        out_channels = channels if pointwise is None else pointwise.shape[0]
-        out = x.new_empty(batch, out_channels, *out_size)
-        specs = []
-        for block in blocks:
-            packed = pack(x[:, block], grid, (0,) * nd)  # (ceil(B/2), block, *grid) complex
-            spec = torch.fft.fftn(packed, dim=dims)
-            # Into the spent packed input: one fresh buffer fewer. (Detached: torch.export records this out= op,
-            # which autograd refuses for a filter that requires grad when the exported program runs.)
-            z = torch.mul(spec, w[block].detach(), out=packed)
-            if pointwise is not None:
-                z = _pointwise(z, pointwise)  # (ceil(B/2), out, *grid)
-            unpack(torch.fft.ifftn(z, dim=dims), batch, out_start, out_size, None if bias is None else bias[block],
-                   out=out[:, block])
-            specs.append(spec if keep else None)  # else its buffer is recycled by the next block (inference)
-        ctx.save_for_backward(w, pointwise, *specs)
-        ctx.geometry = (batch, tuple(x.shape[-nd:]), grid, out_start, out_size, blocks)
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        w, pointwise, *specs = ctx.saved_tensors
-        batch, size, grid, out_start, out_size, blocks = ctx.geometry
-        nd = len(grid)
-        dims = tuple(range(-nd, 0))
-        need_x, need_w, need_p, need_b = ctx.needs_input_grad[:4]
-        grad_x = torch.empty(batch, w.shape[0], *size, dtype=grad.dtype, device=grad.device) if need_x else None
-        grad_w = torch.empty_like(w) if need_w else None
-        grad_p = None
-        need_b = ctx.has_bias and need_b
-        grad_b = grad.new_empty(grad.shape[1]) if need_b else None
-        for block, spec in zip(blocks, specs):
-            # Conjugation-free: with the pair swapped, p' = g_b + i g_a = i conj(p), the unnormalised inverse FFT
-            # q = N ifftn(p') equals i conj(G) (G = fftn(p)). Then sum conj(S) G = i conj(sum S q) (one conj, on
-            # the small filter gradient) and grad_x = ifftn(conj(w) G) = i conj(fftn(w q) / N): the pair swapped
-            # back.
-            q = torch.fft.ifftn(pack(grad[:, block], grid, out_start, swap=True), dim=dims, norm="forward")
-            if need_b:
-                channel_sums(q, grad_b[block])  # from the DC bin (zero outside the output)
-            if pointwise is not None:
-                if need_p:
-                    # sum Re(G conj(Z)) = sum Re(i conj(q Z)) = sum Im(q Z), Z = S * w the pointwise's input.
-                    z = spec * w  # (ceil(B/2), in, *grid)
-                    half, c = z.shape[:2]
-                    q_parts = torch.view_as_real(q).reshape(half, q.shape[1], -1, 2)  # (ceil(B/2), out, points, 2)
-                    z_parts = torch.view_as_real(z).reshape(half, c, -1, 2).flip(-1)  # (im, re)
-                    grad_p = torch.einsum("bomr,bimr->oi", q_parts, z_parts) / math.prod(grid)
-                q = _pointwise(q, pointwise.t())  # (ceil(B/2), in, *grid)
-            # The filter gradient i conj(sum S q) / N, then q *= w: one fused pass where the native kernels run,
-            # else a product temporary, its sum, and the product.
-            if not _native.spectral_grad(spec, q, w[block] if need_x else None, grad_w[block] if need_w else None,
-                                         1 / math.prod(grid), rotate=True):
-                if need_w:
-                    torch.sum(spec * q, dim=0, out=grad_w[block]).conj_physical_().mul_(1j / math.prod(grid))
-                if need_x:
-                    q.mul_(w[block])
-            if need_x:
-                unpack(torch.fft.fftn(q, dim=dims, norm="forward"), batch, (0,) * nd, size, None, swap=True,
-                       out=grad_x[:, block])
-        return grad_x, grad_w, grad_p, grad_b, None, None, None, None
 
 
 class _FrequencyNet(nn.Sequential):
@@ -504,7 +324,28 @@ class _NIFFConvNd(nn.Module):
 
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         nd = self._ndim
-        dims = tuple(range(-nd, 0))
+        param_dtype = next(self.parameters()).dtype
+        if isinstance(input, Spectrum) or self.output == "spectrum":
+            return self._spectral_forward(input, param_dtype)
+        check_input(self, input, nd, self.in_channels, f"{nd} spatial dims")
+        size = tuple(input.shape[-nd:])
+        grid = self.grid(size)
+        x, start = input, (0,) * nd
+        if any(self.padding) and self.padding_mode != "zeros":
+            # Padded in its mode; zero padding needs nothing: a zero-filled grid, cropped at the origin, is the
+            # same circular convolution shifted.
+            x = F.pad(x, [q for p in reversed(self.padding) for q in (p, p)], mode=self.padding_mode)
+            start = self.padding
+        w = self._full_filter(grid, input.device, param_dtype)  # (filters, *grid) complex
+        y = spectral_filter(x, w, mixing=self.pointwise, bias=self.bias, out_start=start, out_size=size)
+        if any(s != 1 for s in self.stride):
+            # The paper strides by pooling after the frequency-domain filter.
+            y = _POOL_FNS[nd - 1](y, self.stride)
+        return y
+
+    def _spectral_forward(self, input: Tensor | Spectrum, param_dtype: torch.dtype) -> Tensor | Spectrum:
+        """The split form: a :class:`Spectrum` in or out (circular mode, no padding, no stride)."""
+        nd = self._ndim
         if isinstance(input, Spectrum):
             if any(self.padding) or self.mode != "circular":
                 raise ValueError("a Spectrum input needs mode='circular' and padding=0")
@@ -513,55 +354,19 @@ class _NIFFConvNd(nn.Module):
             if spec.dim() != nd + 2 or spec.shape[1] != self.in_channels or tuple(spec.shape[2:]) != half:
                 raise ValueError(f"Spectrum data must be (B, {self.in_channels}, *{half}) for grid {grid}, "
                                  f"got shape {tuple(spec.shape)}")
-            size = grid
         else:
             check_input(self, input, nd, self.in_channels, f"{nd} spatial dims")
-            size = tuple(input.shape[-nd:])
-            grid = self.grid(size)
-            x = input
-            if any(self.padding):
-                pads = [q for p in reversed(self.padding) for q in (p, p)]
-                x = F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
-            if self.filters != self.in_channels:
-                x = x.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *size)
-            if x.dtype in _LOW_PRECISION:
-                # FFTs of half-precision tensors are unsupported on CPU and limited to powers of two on CUDA.
-                x = x.float()
-        param_dtype = next(self.parameters()).dtype
-        pointwise = self.pointwise
-        start = (0,) * nd if self.mode == "linear" else self.padding  # where the output sits on the grid
-        if pointwise is not None and isinstance(input, Tensor):
-            pointwise = pointwise.to(x.dtype)
-        if isinstance(input, Tensor) and self.output == "spatial" and packs(x.device, nd, x.shape[0]):
-            w = self._full_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *grid)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            # The input spectra are kept for the filter's (and pointwise's) gradients only.
-            keep = torch.is_grad_enabled() and (w.requires_grad or (pointwise is not None and pointwise.requires_grad))
-            y = _PackedProduct.apply(x, w, pointwise, bias, grid, start, size, keep).to(input.dtype)  # (B, out, *size)
-        else:
-            if isinstance(input, Tensor) and self.output == "spatial":
-                w = self._half_filter(grid, x.device, param_dtype).to(_COMPLEX[x.dtype])  # (filters, *half)
-                keep = torch.is_grad_enabled() and (w.requires_grad or (pointwise is not None
-                                                                      and pointwise.requires_grad))
-                y = _SpectralProduct.apply(x, w, pointwise, grid, keep).to(input.dtype)  # (B, out, *grid)
-            else:
-                if isinstance(input, Tensor):
-                    spec = torch.fft.rfftn(x, s=grid, dim=dims)  # (B, filters, *grid[:-1], grid[-1]//2+1) complex
-                elif self.filters != self.in_channels:
-                    spec = spec.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *half)
-                spec = spec * self._half_filter(grid, spec.device, param_dtype).to(spec.dtype)
-                if pointwise is not None:
-                    spec = _pointwise(spec, pointwise.to(spec.real.dtype))  # (B, out, *half)
-                if self.output == "spectrum":
-                    return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
-                y = torch.fft.irfftn(spec, s=grid, dim=dims)  # (B, out, *grid)
-            if y.shape[-nd:] != size:
-                y = y[(..., *(slice(s, s + n) for s, n in zip(start, size)))]  # (B, out, *size)
-            y = _add_bias(y, self.bias)
-        if any(s != 1 for s in self.stride):
-            # The paper strides by pooling after the frequency-domain filter.
-            y = _POOL_FNS[nd - 1](y, self.stride)
-        return y
+            grid = self.grid(tuple(input.shape[-nd:]))
+            spec = to_spectrum(input, grid)  # (B, C, *grid[:-1], grid[-1]//2+1) complex
+        if self.filters != self.in_channels:
+            spec = spec.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *half)
+        spec = spec * self._half_filter(grid, spec.device, param_dtype).to(spec.dtype)
+        if self.pointwise is not None:
+            spec = spectral_pointwise(spec, self.pointwise)  # (B, out, *half)
+        if self.output == "spectrum":
+            return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
+        y = _add_bias(to_spatial(spec, grid), self.bias)
+        return y if isinstance(input, Spectrum) else y.to(input.dtype)
 
     # ---- equivalent spatial kernels -------------------------------------------------------------
 
@@ -578,7 +383,7 @@ class _NIFFConvNd(nn.Module):
         grid = self.grid(size)
         p = next(self.parameters())
         w = self._half_filter(grid, p.device, p.dtype)
-        k = _spectrum_to_spatial(w, grid)  # (filters, *grid), offset 0 at index 0
+        k = to_spatial(w, grid)  # (filters, *grid), offset 0 at index 0
         return torch.fft.fftshift(k, dim=tuple(range(-self._ndim, 0)))
 
     def _correlation_taps(self, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
@@ -752,13 +557,13 @@ class SpectralPointwise(nn.Module):
                 raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D input, "
                                  f"got shape {tuple(input.shape)}")
             grid = tuple(input.shape[-self.ndim:])
-            spec = torch.fft.rfftn(input, dim=tuple(range(-self.ndim, 0)))  # (B, C, *half) complex
+            spec = to_spectrum(input, grid)  # (B, C, *half) complex
         if spec.shape[1] != self.in_channels:
             raise ValueError(f"SpectralPointwise expects {self.in_channels} channels, got shape {tuple(spec.shape)}")
-        spec = _pointwise(spec, self.weight)  # (B, out, *half)
+        spec = spectral_pointwise(spec, self.weight)  # (B, out, *half)
         if self.output == "spectrum":
             return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
-        return _add_bias(_spectrum_to_spatial(spec, grid), self.bias)
+        return _add_bias(to_spatial(spec, grid), self.bias)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, ndim={self.ndim}"

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.functional.fft_conv import fast_fft_length
 from largekernel.nn._checks import check_input
 from largekernel.nn.conv import Conv1d, Conv2d, _baked_conv
 from largekernel.optim import mark
@@ -231,27 +230,29 @@ class S4DKernel(nn.Module):
         return f"{self.channels}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"
 
 
-def _long_conv(x: Tensor, causal: Tensor, anticausal: Tensor | None) -> Tensor:
-    """``y[t] = sum_{s>=0} causal[s] x[t-s] + sum_{s>=0} anticausal[s] x[t+1+s]`` by one real FFT product.
+def _long_conv(x: Tensor, causal: Tensor, anticausal: Tensor | None, backend: str) -> Tensor:
+    """``y[t] = sum_{s>=0} causal[s] x[t-s] + sum_{s>=0} anticausal[s] x[t+1+s]``, depthwise, through the engine.
 
-    ``x``: ``(B, C, L)``; kernels ``(C, <= L)``. The FFT length is at least ``2 L``,
-    so the circular product has no wrap-around on the ``L`` outputs.
+    ``x``: ``(B, C, L)``; kernels ``(C, <= L)``. As a correlation: the causal taps reversed, then the anticausal
+    ones, with ``len(causal) - 1`` samples of zero padding before and ``len(anticausal)`` after.
     """
-    length = x.shape[-1]
-    n = fast_fft_length(2 * length, x.device.type)
-    kernel = F.pad(causal, (0, n - causal.shape[-1]))  # (C, n): offset s at index s
+    weight = causal.flip(-1)
+    after = 0
     if anticausal is not None:
-        # offset -(s + 1) sits at index n - 1 - s of the circular kernel
-        kernel = kernel + F.pad(anticausal.flip(-1), (n - anticausal.shape[-1], 0))
-    spectrum = torch.fft.rfft(x, n=n) * torch.fft.rfft(kernel, n=n)  # (B, C, n//2 + 1) complex
-    return torch.fft.irfft(spectrum, n=n)[..., :length]  # (B, C, L)
+        weight = torch.cat([weight, anticausal], dim=-1)
+        after = anticausal.shape[-1]
+    padding = ((causal.shape[-1] - 1, after),)
+    return convolve(x, weight.unsqueeze(1), None, padding=padding, groups=x.shape[1], backend=backend)
 
 
 class _LongConv1d(nn.Module):
     """Depthwise long convolution by FFT + ``D`` skip + optional pointwise mixing + bias."""
 
     def _init_layer(self, in_channels: int, out_channels: int | None, bias: bool, skip: bool,
-                    bidirectional: bool, l_max: int | None, factory: dict) -> None:
+                    bidirectional: bool, l_max: int | None, backend: str, factory: dict) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(in_channels if out_channels is None else out_channels, "out_channels")
         self.bidirectional = bool(bidirectional)
@@ -283,13 +284,10 @@ class _LongConv1d(nn.Module):
             raise ValueError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, "
                              f"got length {length}")
         causal, anticausal = self.kernels(length)
-        x = input
-        if x.dtype in (torch.float16, torch.bfloat16):
-            # FFTs of half-precision tensors are unsupported on CPU and limited to powers of two on CUDA.
-            x = x.float()
-        causal = causal.to(x.dtype)
-        anticausal = None if anticausal is None else anticausal.to(x.dtype)
-        y = _long_conv(x, causal, anticausal).to(input.dtype)  # (B, C, L)
+        if not torch.is_autocast_enabled(input.device.type):  # (autocast casts both operands itself)
+            causal = causal.to(input.dtype)
+            anticausal = None if anticausal is None else anticausal.to(input.dtype)
+        y = _long_conv(input, causal, anticausal, self.backend)  # (B, C, L)
         if self.D is not None:
             y = y + input * self.D.unsqueeze(-1)
         if self.pointwise is not None:
@@ -337,6 +335,8 @@ class _LongConv1d(nn.Module):
             s += ", skip=False"
         if self.bias is None:
             s += ", bias=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
         return s
 
 
@@ -354,6 +354,7 @@ class SGConv1d(_LongConv1d):
         skip: the ``D * x`` term of the reference layer.
         kernel_lr_scale: if given, sub-kernels are marked ``kind="sgconv"`` with this lr scale
             and no weight decay (the reference gives them their own lr).
+        backend: ``"auto"``, ``"direct"`` or ``"fft"`` for applying the kernel (the engine's).
 
     Shape:
         - Input: ``(N, C_in, L)``, ``L <= l_max`` when set.
@@ -364,10 +365,10 @@ class SGConv1d(_LongConv1d):
                  bias: bool = True, *, l_max: int | None = None, kernel_dim: int = 64,
                  num_scales: int | None = None, decay: float | tuple[float, float] = 2.0,
                  interpolation: str = "linear", bidirectional: bool = False, skip: bool = True,
-                 kernel_lr_scale: float | None = None, device=None, dtype=None) -> None:
+                 kernel_lr_scale: float | None = None, backend: str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, factory)
+        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, backend, factory)
         span = kernel_size if kernel_size is not None else l_max
         if span is None:
             if num_scales is None:
@@ -411,6 +412,7 @@ class S4DConv1d(_LongConv1d):
         skip: the ``D * x`` term.
         ssm_lr_scale: learning-rate scale of ``log_dt``, ``log_A_real``, ``A_imag`` in
             :func:`largekernel.optim.param_groups` (they never get weight decay).
+        backend: ``"auto"``, ``"direct"`` or ``"fft"`` for applying the kernel (the engine's).
 
     Shape:
         - Input: ``(N, C_in, L)``, ``L <= l_max`` when set.
@@ -420,10 +422,10 @@ class S4DConv1d(_LongConv1d):
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
                  bias: bool = True, *, l_max: int | None = None, d_state: int = 64, dt_min: float = 0.001,
                  dt_max: float = 0.1, bidirectional: bool = False, skip: bool = True,
-                 ssm_lr_scale: float | None = None, device=None, dtype=None) -> None:
+                 ssm_lr_scale: float | None = None, backend: str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, factory)
+        self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, backend, factory)
         self.kernel_size = None if kernel_size is None else _positive_int(kernel_size, "kernel_size")
         count = in_channels * (2 if bidirectional else 1)
         self.kernel = S4DKernel(count, d_state, dt_min, dt_max, ssm_lr_scale, **factory)

@@ -1,0 +1,92 @@
+"""Filters defined on the frequency grid, and the transforms around them.
+
+NIFF (seed 000) defines a depthwise filter directly on the frequency grid of its input,
+as large as the input; FNet / FiT (seed 003) mix tokens by a Fourier transform. Their
+layers (:mod:`largekernel.nn.niff`, :mod:`largekernel.nn.mixing`) build the filter and
+call these functions, which run through the same spectral products as every FFT
+convolution of the library (:mod:`largekernel.functional._spectral`): real transforms,
+or channel pairs packed as complex signals on the CPU, in cache-sized channel blocks,
+with the planner's choice (:func:`~largekernel.functional.planner.plan_filter`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from largekernel.functional._args import ConvArgumentError, autocast_off
+from largekernel.functional._grid import spatial_dims
+from largekernel.functional._spectral import pointwise, spectral_product
+from largekernel.functional.planner import plan_filter
+
+__all__ = ["spectral_filter", "to_spectrum", "to_spatial", "spectral_pointwise", "fourier_mix"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = None, bias: Tensor | None = None,
+                    out_start: tuple[int, ...] | None = None, out_size: tuple[int, ...] | None = None) -> Tensor:
+    """Circular convolution of ``input`` by filters given on the frequency grid.
+
+    ``filter``: ``(C * m, *grid)`` complex in FFT order (DC first), the spectra of real kernels
+    (Hermitian: ``W[-k] = conj(W[k])``); channel ``c`` of ``input`` ``(B, C, *size)`` (``size <= grid``,
+    zero-filled to the grid) is filtered by filters ``c * m .. c * m + m - 1``. Then an optional real
+    ``mixing`` ``(out, C * m)`` across channels, then ``bias`` per output channel. The result is the region
+    ``out_start : out_start + out_size`` of the grid (default: the input's own region):
+    ``Re(ifftn(W * fftn(x)))`` there, with gradients of every order for input, filter, mixing and bias.
+    """
+    nd = filter.dim() - 1
+    if not isinstance(input, Tensor) or input.dim() != nd + 2:
+        raise ConvArgumentError(f"input must be a (batch, channels, *spatial) tensor with {nd} spatial dims to match "
+                                f"filter (filters, *grid), got {getattr(input, 'shape', type(input).__name__)}")
+    if not filter.is_complex():
+        raise ConvArgumentError(f"filter must be complex (a spectrum), got dtype {filter.dtype}")
+    batch, channels = input.shape[:2]
+    grid, size = tuple(filter.shape[1:]), tuple(input.shape[2:])
+    if filter.shape[0] % channels:
+        raise ConvArgumentError(f"filter must hold a multiple of the input's {channels} channels, got "
+                                f"{filter.shape[0]} filters")
+    if any(n > g for n, g in zip(size, grid)):
+        raise ConvArgumentError(f"input size {size} must fit in the filter grid {grid}")
+    out_start = (0,) * nd if out_start is None else tuple(out_start)
+    out_size = size if out_size is None else tuple(out_size)
+    if any(a < 0 or a + n > g for a, n, g in zip(out_start, out_size, grid)):
+        raise ConvArgumentError(f"out_start {out_start} + out_size {out_size} must lie within the grid {grid}")
+    dtype = input.dtype
+    with autocast_off(input.device.type):
+        x = input.float() if dtype in _LOW_PRECISION else input
+        real = x.dtype
+        filter = filter.to(torch.complex64 if real == torch.float32 else torch.complex128)
+        mixing = None if mixing is None else mixing.to(real)
+        bias = None if bias is None else bias.to(real)
+        geometry = plan_filter(batch, channels, filter.shape[0], grid, size, out_start, out_size,
+                               input.device.type, real, mixing is not None)
+        y = spectral_product(x, filter, bias, geometry, mixing)
+    return y.to(dtype)
+
+
+def to_spectrum(x: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """``rfftn`` of ``x`` over its last ``len(grid)`` dims on ``grid`` (zero-filled): ``(..., *grid[:-1],
+    grid[-1] // 2 + 1)`` complex; half precision is transformed in float32."""
+    if x.dtype in _LOW_PRECISION:
+        x = x.float()
+    return torch.fft.rfftn(x, s=grid, dim=spatial_dims(len(grid)))
+
+
+def to_spatial(spectrum: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """The real signal on ``grid`` whose half spectrum is ``spectrum`` (``irfftn``)."""
+    return torch.fft.irfftn(spectrum, s=grid, dim=spatial_dims(len(grid)))
+
+
+def spectral_pointwise(spectrum: Tensor, weight: Tensor) -> Tensor:
+    """A real ``(out, in)`` matrix across the channels of a complex spectrum ``(B, in, *freq)``."""
+    return pointwise(spectrum, weight.to(spectrum.real.dtype))
+
+
+def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
+    """FNet's mixing ``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape and dtype as ``x``
+    (half precision is transformed in float32)."""
+    dtype = x.dtype
+    if dtype in _LOW_PRECISION:
+        x = x.float()
+    return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real.to(dtype)
