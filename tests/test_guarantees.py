@@ -1,0 +1,199 @@
+"""torch's guarantees, checked on every family and path: batch independence, double backward, autocast, memory
+format. References: the unperturbed run (bit for bit), torch's own convolution, float64 runs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.autograd import gradgradcheck
+
+import largekernel.nn as lnn
+from largekernel.functional import fft_conv, planner_options
+from largekernel.models import create_model
+
+# ----------------------------------------------------------------------------- batch independence
+
+
+def _layers(backend: str) -> dict:
+    """One layer per family at a size where the planner's defaults take the FFT path (large kernels), plus a small
+    dense kernel (direct path under "auto")."""
+    torch.manual_seed(0)
+    return {
+        "Conv2d-large": lnn.Conv2d(6, 6, 13, padding=6, groups=6, backend=backend),
+        "Conv2d-small": lnn.Conv2d(6, 4, 3, padding=1, backend=backend),
+        "Conv3d": lnn.Conv3d(4, 4, 5, padding=2, groups=2, backend=backend),
+        "DclsConv2d": lnn.DclsConv2d(6, 6, kernel_count=9, dilated_kernel_size=15, padding=7, groups=6,
+                                     backend=backend),
+        "NIFFConv2d": lnn.NIFFConv2d(6),
+        "FlexConv2d": lnn.FlexConv2d(6, 6, kernel_size=15, backend=backend),
+        "SGConv1d": lnn.SGConv1d(6, kernel_size=64, backend=backend),
+    }
+
+
+def _input(name: str, batch: int) -> torch.Tensor:
+    if name == "Conv3d":
+        return torch.randn(batch, 4, 8, 8, 8)
+    if name == "SGConv1d":
+        return torch.randn(batch, 6, 64)
+    return torch.randn(batch, 6, 18, 18)
+
+
+def _run(layer, x):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y) * torch.linspace(-1, 1, y.numel()).view_as(y))
+    return y.detach(), grad
+
+
+@pytest.mark.parametrize("backend", ["auto", "direct", "fft"])
+@pytest.mark.parametrize("packed", [True, False])
+@settings(max_examples=6)
+@given(name=st.sampled_from(list(_layers("auto"))), batch=st.integers(2, 4), victim=st.integers(0, 3),
+       value=st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e30]),
+       where=st.floats(0, 1))
+def test_a_sample_never_changes_another(backend, packed, name, batch, victim, value, where):
+    """NaN, infinities or 1e30-scale values in one sample leave every other sample's output and input gradient
+    bit-identical to the unperturbed run, on every path (within the sample the FFT spreads them)."""
+    layer = _layers(backend)[name]
+    x = _input(name, batch)
+    victim %= batch
+    with planner_options(packed=packed):
+        clean_y, clean_g = _run(layer, x)
+        perturbed = x.clone()
+        flat = perturbed[victim].view(-1)
+        if value == 1e30:
+            perturbed[victim] *= 1e30
+        else:
+            flat[int(where * (flat.numel() - 1))] = value
+        y, g = _run(layer, perturbed)
+    others = [b for b in range(batch) if b != victim]
+    assert torch.equal(y[others], clean_y[others]), f"{name}: another sample's output changed"
+    assert torch.equal(g[others], clean_g[others]), f"{name}: another sample's input gradient changed"
+
+
+# ----------------------------------------------------------------------------- double backward
+
+
+@pytest.mark.parametrize("nd, cin, cout, kernel, kw", [
+    (1, 4, 4, 5, {"padding": "same", "groups": 4}),
+    (1, 4, 6, 3, {"stride": 2, "padding": ((2, 1),), "dilation": 2, "groups": 2}),
+    (2, 3, 3, 4, {"padding": 2, "groups": 3}),
+    (2, 4, 4, 3, {"stride": (2, 1), "dilation": (1, 2), "padding": 1, "groups": 2}),
+    (2, 2, 4, 3, {"padding": 1, "padding_mode": "circular"}),
+    (3, 2, 2, 2, {"padding": 1, "groups": 2, "dilation": 2}),
+])
+@pytest.mark.parametrize("packed", [True, False])
+def test_fft_path_is_twice_differentiable(nd, cin, cout, kernel, kw, packed):
+    groups = kw.get("groups", 1)
+    x = torch.randn(2, cin, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *([kernel] * nd), dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    with planner_options(packed=packed):
+        assert gradgradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
+
+
+def test_gradient_penalty_matches_the_direct_path():
+    """A WGAN-GP style penalty ||d out / d x||^2, differentiated to the weights: FFT and direct paths agree."""
+    x = torch.randn(3, 4, 16, 16, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for backend in ("fft", "direct"):
+        torch.manual_seed(0)
+        conv = lnn.Conv2d(4, 4, 9, padding=4, groups=4, backend=backend, dtype=torch.float64)
+        (gx,) = torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum(), [conv.weight, conv.bias, x]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- autocast
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("kernel", [7, 31])
+def test_autocast_bf16_error_within_twice_torchs(kernel):
+    """Under CPU bf16 autocast, ours takes bf16 operands and returns bf16 like torch's conv, with an error against
+    float64 at most twice torch's own."""
+    x, w = torch.randn(2, 8, 40, 40), torch.randn(8, 1, kernel, kernel) / kernel
+    exact = F.conv2d(x.double(), w.double(), padding="same", groups=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        theirs = F.conv2d(x, w, padding="same", groups=8)
+        ours = fft_conv(x, w, padding="same", groups=8)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert _relative(ours, exact) <= 2 * _relative(theirs, exact)
+
+
+def _families() -> dict:
+    return {
+        "Conv2d": lambda: lnn.Conv2d(4, 4, 9, padding=4, groups=4),
+        "DclsConv2d": lambda: lnn.DclsConv2d(4, 4, kernel_count=6, dilated_kernel_size=9, padding=4, groups=4),
+        "CKConv2d": lambda: lnn.CKConv2d(4, 4, kernel_size=9),
+        "FlexConv2d": lambda: lnn.FlexConv2d(4, 4, kernel_size=9),
+        "NIFFConv2d": lambda: lnn.NIFFConv2d(4),
+        "SGConv1d": lambda: lnn.SGConv1d(4, kernel_size=32),
+        "S4DConv1d": lambda: lnn.S4DConv1d(4),
+        "SGConv2d": lambda: lnn.SGConv2d(4, kernel_size=9),
+        "FourierMix": lambda: lnn.FourierMix(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_families()))
+def test_every_family_runs_under_bf16_autocast(name):
+    """Forward and backward under CPU bf16 autocast (fp32 parameters and input, as in mixed-precision training)
+    give the float64 layer's output and gradients within bf16 accuracy."""
+    torch.manual_seed(0)
+    layer = _families()[name]()
+    x = torch.randn(2, 4, 32) if name.endswith("1d") else torch.randn(2, 4, 16, 16)
+    params = list(layer.parameters())
+    exact = layer.double()(x.double())
+    exact_grads = torch.autograd.grad(exact.square().sum(), params) if params else ()
+    layer = layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        loss = y.float().square().sum()
+    grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
+    assert _relative(y, exact) < 5e-2
+    for g, e in zip(grads, exact_grads):
+        if e.abs().max() > 0:
+            assert g is not None and _relative(g, e) < 0.1
+
+
+@pytest.mark.parametrize("model, shape, kwargs", [
+    ("dwnet2d_tiny", (2, 1, 8, 8), {"conv": "fft", "kernel_size": 7, "in_chans": 1}),
+    ("dwnet2d_tiny", (2, 1, 8, 8), {"conv": "flexconv", "kernel_size": 7, "in_chans": 1}),
+    ("convnext_atto", (2, 3, 16, 16), {"conv": "dcls", "kernel_size": 7, "patch_size": 2}),
+])
+def test_models_train_under_bf16_autocast(model, shape, kwargs):
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=10, **kwargs)
+    x = torch.randn(shape)
+    exact = net.double()(x.double())
+    net = net.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        loss = F.cross_entropy(out.float(), torch.arange(2))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    assert _relative(out, exact) < 5e-2
+
+
+# ----------------------------------------------------------------------------- memory format
+
+
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_channels_last_in_channels_last_out(backend, packed):
+    x = torch.randn(2, 6, 14, 12).to(memory_format=torch.channels_last).requires_grad_()
+    conv = lnn.Conv2d(6, 6, 7, padding=3, groups=6, backend=backend)
+    with planner_options(packed=packed):
+        y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, padding=3, groups=6), rtol=1e-4, atol=1e-4)
+    y.sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    x3 = torch.randn(2, 4, 6, 6, 6).to(memory_format=torch.channels_last_3d)
+    assert lnn.Conv3d(4, 4, 5, padding=2, groups=4, backend=backend)(x3).is_contiguous(
+        memory_format=torch.channels_last_3d)
