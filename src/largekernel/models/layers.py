@@ -5,7 +5,9 @@ layer, following timm's ``create_conv2d``: a model asks for "a depthwise spatial
 convolution of extent ``kernel_size``" and gets a dense convolution, an FFT
 convolution, a dilated one, or one of the learnable-kernel families of the seed
 papers (DCLS, Khalfaoui-Hassani et al. 2023; CKConv / FlexConv, Romero et al.
-2022; NIFF, Grabinski et al. 2023; SGConv, Li et al. 2023; S4D, Gu et al. 2022).
+2022; NIFF, Grabinski et al. 2023; SGConv, Li et al. 2023; S4D, Gu et al. 2022),
+or a structurally re-parameterised one (RepLKNet, Ding et al. 2022; UniRepLKNet,
+Ding et al. 2024; SLaK, Liu et al. 2023).
 
 At stride 1 every family returns an output of the input's spatial size
 ("same"), so that families are interchangeable inside a residual block.
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CONV_TYPES",
+    "REPARAM_TYPES",
     "create_conv",
     "layer_class",
     "same_padding",
@@ -40,8 +43,13 @@ _LEARNABLE_TYPES: dict[str, tuple[str, str]] = {
     "niff": ("largekernel.nn.niff", "NIFFConv{dim}d"),
     "sgconv": ("largekernel.nn.sequence", "SGConv{dim}d"),
     "s4d": ("largekernel.nn.sequence", "S4DConv{dim}d"),
+    "replk": ("largekernel.nn.reparam", "RepLKConv{dim}d"),
+    "dilated_reparam": ("largekernel.nn.reparam", "DilatedReparamConv{dim}d"),
+    "slak": ("largekernel.nn.reparam", "SLaKConv{dim}d"),
 }
 CONV_TYPES: tuple[str, ...] = _DENSE_TYPES + tuple(_LEARNABLE_TYPES)
+#: Families whose branches end in BatchNorms (which carry the bias): they merge into one dense kernel.
+REPARAM_TYPES: tuple[str, ...] = ("replk", "dilated_reparam", "slak")
 
 
 def _ntuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
@@ -134,6 +142,11 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
       (``kernel_size`` is not used; ``preset``, ``mode`` ... in ``opts``).
     - ``"sgconv"`` (1-D, 2-D), ``"s4d"`` (1-D): depthwise long kernels spanning
       ``kernel_size`` taps on each side (``bidirectional=True`` unless ``opts`` say otherwise).
+    - ``"replk"``, ``"dilated_reparam"``, ``"slak"``: ``RepLKConv{dim}d`` (large +
+      ``small_kernel``, default 5), ``DilatedReparamConv{dim}d`` (large + UniRepLKNet's
+      dilated small kernels, or ``dilated_branches``), ``SLaKConv{dim}d`` (strips
+      ``small_kernel`` wide + a small kernel); each branch with its BatchNorm, merged into
+      one kernel in eval mode and by ``bake()`` (odd ``kernel_size``).
 
     Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
     family's own options) are passed to the layer. At stride 1 the output has the
@@ -195,6 +208,8 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
     if conv in ("flexconv", "ckconv"):
         return cls(in_channels, out_channels, kernel_size=_squeeze(kernel),
                    stride=stride, groups=groups, bias=bias, **opts)
+    if conv in REPARAM_TYPES:
+        return cls(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=bias, **opts)
     if conv == "niff":
         # Input-sized kernel: kernel_size has no meaning; NIFF checks groups (depthwise or full) itself.
         return cls(in_channels, out_channels, stride=stride, groups=groups, bias=bias, **opts)
