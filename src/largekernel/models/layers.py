@@ -31,6 +31,8 @@ __all__ = [
     "LayerNormChannelsFirst",
     "create_norm",
     "Classifier",
+    "Stage",
+    "StagedClassifier",
 ]
 
 # Families whose kernel is a plain dense tensor, built here from torch / largekernel.nn.Conv.
@@ -284,6 +286,52 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class Stage(nn.Module):
+    """One resolution of a hierarchical network: ``blocks(downsample(x))``."""
+
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class StagedClassifier(Classifier):
+    """A ``stem`` of stride 4, ``stages`` halving the resolution after the first, global average pooling,
+    ``norm`` and a linear ``head`` (the large-kernel CNNs: RepLKNet, UniRepLKNet, SLaK).
+
+    Subclasses build ``stem`` and ``stages``, then call :meth:`_build_head`; ``feature_info``
+    describes each stage's output as timm does.
+    """
+
+    #: Smallest input side the network accepts.
+    min_input_size = 1
+
+    def _build_head(self, dims: Sequence[int], num_classes: int, drop_rate: float, *, norm_map: bool = False) -> None:
+        """``norm_map``: BatchNorm on the last feature map before pooling (RepLKNet); else LayerNorm after it."""
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.feature_info = [{"num_chs": chs, "reduction": 4 * 2 ** i, "module": f"stages.{i}"}
+                             for i, chs in enumerate(dims)]
+        self.norm_map = norm_map
+        self.norm = nn.BatchNorm2d(dims[-1]) if norm_map else nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(f"{type(self).__name__} expects (B, C, H, W) input with H, W >= {self.min_input_size}, "
+                             f"got shape {tuple(x.shape)}")
+        return self.stages(self.stem(x))  # (B, dims[-1], H / 32, W / 32)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.norm(x).mean(dim=(2, 3)) if self.norm_map else self.norm(x.mean(dim=(2, 3)))  # (B, C)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)  # (B, num_classes)
 
 
 def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
