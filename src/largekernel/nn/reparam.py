@@ -127,8 +127,9 @@ class _ReparamConvNd(nn.Module):
         self.kernel_size = _odd(_ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
         self.stride = _ntuple(stride, nd, "stride")
         self.padding = tuple(k // 2 for k in self.kernel_size)
-        if padding is not None and not (padding == "same" and set(self.stride) == {1}) \
-                and (isinstance(padding, str) or _ntuple(padding, nd, "padding") != self.padding):
+        given = (padding,) * nd if isinstance(padding, int) and not isinstance(padding, bool) else \
+            tuple(padding) if isinstance(padding, (tuple, list)) else padding
+        if padding is not None and given != self.padding and not (padding == "same" and set(self.stride) == {1}):
             raise ValueError(f"padding must be None (centred), 'same' at stride 1, or kernel_size // 2 = "
                              f"{self.padding}; re-parameterised branches share one centre, got {padding!r}")
         if _ntuple(dilation, nd, "dilation") != (1,) * nd:
