@@ -4,7 +4,8 @@ Inputs are small (8x8 to 16x16 images, length-40 sequences). To keep this file
 within its time budget on a 2-core CPU:
 
 - ``_FULL`` (one small variant per architecture family: the tiny DWNets, ConvNeXt-atto
-  and its DCLS version, ResNet-20/18, the tiny FlexNet/CKResNet/CKCNN/FlexTCN, ViT/FiT-tiny)
+  and its DCLS version, ResNet-20/18, the tiny FlexNet/CKResNet/CKCNN/FlexTCN, ViT/FiT-tiny,
+  and RepLKNet-31B, UniRepLKNet-T, SLaK-T at tiny widths and depths with their own kernel sizes)
   gets everything: interface, backward, convert round trip, bake, torch.compile;
 - ``_BIG`` (ConvNeXt-T/S/B and their DCLS versions, ConvNeXt-nano, ResNet-50, ViT/FiT-S)
   is constructed and its parameters counted against published numbers or a formula,
@@ -25,7 +26,8 @@ from largekernel.models import create_model, list_models
 
 _ALL = list_models()
 _FULL = ["dwnet1d_tiny", "dwnet2d_tiny", "convnext_atto", "convnext_atto_dcls", "resnet20", "resnet18",
-         "ckcnn_tiny", "ckresnet_tiny", "flexnet_tiny", "flextcn_tiny", "vit_tiny", "fit_tiny"]
+         "ckcnn_tiny", "ckresnet_tiny", "flexnet_tiny", "flextcn_tiny", "vit_tiny", "fit_tiny", "replknet_31b",
+         "unireplknet_t", "slak_tiny"]
 _BIG = ["convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls",
         "convnext_small_dcls", "convnext_base_dcls", "resnet50", "vit_small", "fit_small"]
 _REST = [n for n in _ALL if n not in _FULL and n not in _BIG]
@@ -46,6 +48,14 @@ def _setup(name: str) -> tuple[dict, tuple[int, ...]]:
         return {}, (2, 3, 8, 8)
     if name.startswith(("vit", "fit")):
         return {"img_size": 16}, (2, 3, 16, 16)
+    # Large-kernel CNNs at tiny widths and depths; each variant keeps its kernel sizes (RepLKNet 31..13,
+    # SLaK 51..13) except UniRepLKNet, whose per-block table follows its depths.
+    if name.startswith("replknet"):
+        return {"dims": (8, 16, 16, 16), "depths": (1, 1, 1, 1)}, (2, 3, 16, 16)
+    if name.startswith("unireplknet"):
+        return {"dims": (8, 16, 16, 16), "depths": (1, 1, 2, 1), "kernel_sizes": (3, 3, (13, 3), 3)}, (2, 3, 16, 16)
+    if name.startswith("slak"):
+        return {"dims": (8, 16, 16, 16), "depths": (1, 1, 1, 1)}, (2, 3, 32, 32)
     raise KeyError(f"no test input for model {name!r}: add its family to _setup in tests/test_models.py")
 
 
@@ -229,3 +239,20 @@ def test_input_sizes_and_bad_arguments():
         create_model("dwnet1d_tiny")(torch.randn(1, 1, 8, 8))
     assert create_model("resnet20", in_chans=1)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert math.isclose(create_model("dwnet1d_tiny", drop_path_rate=0.2).blocks[-1].drop_path.drop_prob, 0.2)
+
+
+@pytest.mark.parametrize("name", ["replknet_31b", "unireplknet_t", "slak_tiny"])
+def test_feature_info_describes_each_stage_output(name):
+    model, x = _model(name)
+    outputs = {}
+    for info in model.feature_info:
+        model.get_submodule(info["module"]).register_forward_hook(
+            lambda module, args, y, key=info["module"]: outputs.__setitem__(key, y))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert [info["module"] for info in model.feature_info] == [f"stages.{i}" for i in range(4)]
+    for info in model.feature_info:
+        y = outputs[info["module"]]
+        assert y.shape[1] == info["num_chs"]
+        assert y.shape[2:] == tuple(math.ceil(s / info["reduction"]) for s in x.shape[2:])

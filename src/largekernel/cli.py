@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("largekernel.study", "train every convolution family on embedded data and write a report"),
     "train": ("largekernel.train.cli", "train a model from a YAML config (torchrun-ready)"),
     "eval": ("largekernel.train.cli", "evaluate a checkpoint directory"),
-    "bench": ("largekernel.bench", "time convolution backends (suites: conv, dcls, flexconv, niff, fit)"),
+    "bench": ("largekernel.bench", "time convolution backends and whole models (suites: conv, dcls, flexconv, niff, fit, models)"),
     "analyze": ("largekernel.analysis.cli", "figures and statistics for a trained checkpoint"),
     "convert": ("largekernel.convert", "convert / bake a saved model"),
 }

@@ -10,7 +10,7 @@ from importlib import import_module
 
 __all__ = ["main", "SUITES"]
 
-SUITES = ("conv", "dcls", "flexconv", "niff", "fit")
+SUITES = ("conv", "dcls", "flexconv", "niff", "fit", "models")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,9 @@ layer, following timm's ``create_conv2d``: a model asks for "a depthwise spatial
 convolution of extent ``kernel_size``" and gets a dense convolution, an FFT
 convolution, a dilated one, or one of the learnable-kernel families of the seed
 papers (DCLS, Khalfaoui-Hassani et al. 2023; CKConv / FlexConv, Romero et al.
-2022; NIFF, Grabinski et al. 2023; SGConv, Li et al. 2023; S4D, Gu et al. 2022).
+2022; NIFF, Grabinski et al. 2023; SGConv, Li et al. 2023; S4D, Gu et al. 2022),
+or a structurally re-parameterised one (RepLKNet, Ding et al. 2022; UniRepLKNet,
+Ding et al. 2024; SLaK, Liu et al. 2023).
 
 At stride 1 every family returns an output of the input's spatial size
 ("same"), so that families are interchangeable inside a residual block.
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CONV_TYPES",
+    "REPARAM_TYPES",
     "create_conv",
     "layer_class",
     "same_padding",
@@ -28,6 +31,8 @@ __all__ = [
     "LayerNormChannelsFirst",
     "create_norm",
     "Classifier",
+    "Stage",
+    "StagedClassifier",
 ]
 
 # Families whose kernel is a plain dense tensor, built here from torch / largekernel.nn.Conv.
@@ -40,8 +45,13 @@ _LEARNABLE_TYPES: dict[str, tuple[str, str]] = {
     "niff": ("largekernel.nn.niff", "NIFFConv{dim}d"),
     "sgconv": ("largekernel.nn.sequence", "SGConv{dim}d"),
     "s4d": ("largekernel.nn.sequence", "S4DConv{dim}d"),
+    "replk": ("largekernel.nn.reparam", "RepLKConv{dim}d"),
+    "dilated_reparam": ("largekernel.nn.reparam", "DilatedReparamConv{dim}d"),
+    "slak": ("largekernel.nn.reparam", "SLaKConv{dim}d"),
 }
 CONV_TYPES: tuple[str, ...] = _DENSE_TYPES + tuple(_LEARNABLE_TYPES)
+#: Families whose branches end in BatchNorms (which carry the bias): they merge into one dense kernel.
+REPARAM_TYPES: tuple[str, ...] = ("replk", "dilated_reparam", "slak")
 
 
 def _ntuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
@@ -134,6 +144,11 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
       (``kernel_size`` is not used; ``preset``, ``mode`` ... in ``opts``).
     - ``"sgconv"`` (1-D, 2-D), ``"s4d"`` (1-D): depthwise long kernels spanning
       ``kernel_size`` taps on each side (``bidirectional=True`` unless ``opts`` say otherwise).
+    - ``"replk"``, ``"dilated_reparam"``, ``"slak"``: ``RepLKConv{dim}d`` (large +
+      ``small_kernel``, default 5), ``DilatedReparamConv{dim}d`` (large + UniRepLKNet's
+      dilated small kernels, or ``dilated_branches``), ``SLaKConv{dim}d`` (strips
+      ``small_kernel`` wide + a small kernel); each branch with its BatchNorm, merged into
+      one kernel in eval mode and by ``bake()`` (odd ``kernel_size``).
 
     Remaining ``opts`` (``padding_mode``, ``bias`` ..., ``device``, ``dtype``, the
     family's own options) are passed to the layer. At stride 1 the output has the
@@ -195,6 +210,8 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
     if conv in ("flexconv", "ckconv"):
         return cls(in_channels, out_channels, kernel_size=_squeeze(kernel),
                    stride=stride, groups=groups, bias=bias, **opts)
+    if conv in REPARAM_TYPES:
+        return cls(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=bias, **opts)
     if conv == "niff":
         # Input-sized kernel: kernel_size has no meaning; NIFF checks groups (depthwise or full) itself.
         return cls(in_channels, out_channels, stride=stride, groups=groups, bias=bias, **opts)
@@ -269,6 +286,52 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class Stage(nn.Module):
+    """One resolution of a hierarchical network: ``blocks(downsample(x))``."""
+
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class StagedClassifier(Classifier):
+    """A ``stem`` of stride 4, ``stages`` halving the resolution after the first, global average pooling,
+    ``norm`` and a linear ``head`` (the large-kernel CNNs: RepLKNet, UniRepLKNet, SLaK).
+
+    Subclasses build ``stem`` and ``stages``, then call :meth:`_build_head`; ``feature_info``
+    describes each stage's output as timm does.
+    """
+
+    #: Smallest input side the network accepts.
+    min_input_size = 1
+
+    def _build_head(self, dims: Sequence[int], num_classes: int, drop_rate: float, *, norm_map: bool = False) -> None:
+        """``norm_map``: BatchNorm on the last feature map before pooling (RepLKNet); else LayerNorm after it."""
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.feature_info = [{"num_chs": chs, "reduction": 4 * 2 ** i, "module": f"stages.{i}"}
+                             for i, chs in enumerate(dims)]
+        self.norm_map = norm_map
+        self.norm = nn.BatchNorm2d(dims[-1]) if norm_map else nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(f"{type(self).__name__} expects (B, C, H, W) input with H, W >= {self.min_input_size}, "
+                             f"got shape {tuple(x.shape)}")
+        return self.stages(self.stem(x))  # (B, dims[-1], H / 32, W / 32)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.norm(x).mean(dim=(2, 3)) if self.norm_map else self.norm(x.mean(dim=(2, 3)))  # (B, C)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)  # (B, num_classes)
 
 
 def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
