@@ -254,5 +254,5 @@ def test_input_must_be_batched_with_the_right_channels():
     assert RepLKConv2d(4, 4, 5, padding=2)(torch.randn(1, 4, 6, 6)).shape == (1, 4, 6, 6)
     with pytest.raises(ValueError, match=r"expects a \(batch, 4, \*2 spatial dims\) input, got \(4, 6, 6\)"):
         layer(torch.randn(4, 6, 6))
-    with pytest.raises(ValueError, match=r"got \(1, 3, 6, 6\)"):
+    with pytest.raises(ValueError, match=r"expects 4 input channels, got input of shape \(1, 3, 6, 6\)"):
         layer(torch.randn(1, 3, 6, 6))

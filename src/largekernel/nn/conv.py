@@ -68,13 +68,28 @@ class _BackendConvMixin:
             self._reversed_padding_repeated_twice = flat_pads(pads)
         self.backend = backend
 
+    #: Set by ``bake()`` of a layer whose kernel depends on the input size: the spatial size it was baked for, and
+    #: whether it serves ``"exact"``ly that size or any size ``"up to"`` it.
+    input_size: tuple[int, ...] | None = None
+    input_sizes: str = "exact"
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.input_size is not None:
+            size = tuple(input.shape[-self._nd:])
+            fits = size == self.input_size if self.input_sizes == "exact" else all(
+                n <= m for n, m in zip(size, self.input_size))
+            if not fits:
+                raise ConvArgumentError(f"this {type(self).__name__} was baked from a layer whose kernel depends on the "
+                                        f"input size, for inputs of spatial size {self.input_sizes} "
+                                        f"{self.input_size}; got input of shape {tuple(input.shape)} (bake again for "
+                                        f"that size)")
         return convolve(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                         self.padding_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        s = s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return s if self.input_size is None else f"{s}, input_size={self.input_sizes} {self.input_size}"
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -22,43 +22,27 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.dcls import INTERPOLATIONS, SIGMA_OFFSET, WIDTH_INTERPOLATIONS, construct_kernel
-from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.optim import mark
 
 __all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"]
 
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _POSITION_INITS = ("normal", "uniform")
 # Initial SIG: the reference's Gaussian width 0.23 + 0.27 = 0.5; the triangle starts as bilinear
 # (half-width 1 + 0.01) but not at the reference's SIG = 0, where |SIG| has zero gradient forever.
 _SIG_INIT = {"gaussian": 0.23, "triangle": 0.01}
-# Boxes with at least this many cells are baked into an FFT convolution.
-_FFT_BAKE_CELLS = {1: 64, 2: 13 * 13, 3: 7 * 7 * 7}
 
 
-def _ntuple(value, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    values = tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    return values
-
-
-def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
-    if any(v < 1 for v in value):
-        raise ValueError(f"{name} must be >= 1 in every dimension, got {value!r}")
-    return value
-
-
-class _DclsNd(nn.Module):
+class _DclsNd(KernelConvNd):
     """Shared machinery: kernel of ``dense_kernel_size`` dense dims followed by learned dims.
 
     Plain ``DclsConvNd`` layers have no dense dims; the N-MD variants learn
     positions along the last M of N dims and are dense along the first N - M.
     """
 
+    size_knob = "kernel_count"
     # Version 1 state dicts come from the reference package, which measures P[i]
     # from box[i] // 2 instead of the centre of the dimension it moves along;
     # the two agree for square boxes and are converted on load otherwise.
@@ -83,36 +67,14 @@ class _DclsNd(nn.Module):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
-        nd = len(dense_kernel_size) + len(dilated_kernel_size)
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups),
-                            ("kernel_count", kernel_count)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups must divide in_channels and out_channels, got groups={groups} "
-                             f"for in_channels={in_channels}, out_channels={out_channels}")
-        for name, value, options in (("interpolation", interpolation, INTERPOLATIONS),
-                                     ("padding_mode", padding_mode, _PADDING_MODES),
-                                     ("backend", backend, BACKENDS), ("position_init", position_init, _POSITION_INITS)):
-            if value not in options:
-                raise ValueError(f"{name} must be one of {options}, got {value!r}")
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_count = kernel_count
-        self.dense_kernel_size = _positive(dense_kernel_size, "dense_kernel_size")
-        self.dilated_kernel_size = _positive(dilated_kernel_size, "dilated_kernel_size")
-        self.stride = _positive(_ntuple(stride, nd, "stride"), "stride")
-        self.padding = padding if isinstance(padding, str) else _ntuple(padding, nd, "padding")
-        self.dilation = _positive(_ntuple(dilation, nd, "dilation"), "dilation")
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.interpolation = interpolation
-        self.backend = backend
-        self.position_init = position_init
-
+        super().__init__(in_channels, out_channels, stride, padding, dilation, groups, bias, padding_mode, backend,
+                         device, dtype)
+        self.kernel_count = positive_int(kernel_count, "kernel_count")
+        self.dense_kernel_size = ntuple(dense_kernel_size, len(dense_kernel_size), "dense_kernel_size", minimum=1)
+        self.dilated_kernel_size = ntuple(dilated_kernel_size, len(dilated_kernel_size), "dilated_kernel_size",
+                                          minimum=1)
+        self.interpolation = check_choice(interpolation, INTERPOLATIONS, "interpolation")
+        self.position_init = check_choice(position_init, _POSITION_INITS, "position_init")
         factory = {"device": device, "dtype": dtype}
         lead = (out_channels, in_channels // groups, *self.dense_kernel_size)
         self.weight = nn.Parameter(torch.empty(*lead, kernel_count, **factory))
@@ -122,10 +84,6 @@ class _DclsNd(nn.Module):
             self.SIG = mark(nn.Parameter(torch.empty_like(self.P)), kind="sigma")
         else:
             self.register_parameter("SIG", None)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
         self.reset_parameters()
 
     # -- parameters ---------------------------------------------------------------------------
@@ -170,35 +128,11 @@ class _DclsNd(nn.Module):
 
     # -- kernel and forward -------------------------------------------------------------------
 
-    def construct_kernel(self) -> Tensor:
-        """The dense kernel ``(out, in/groups, *dense_kernel_size, *dilated_kernel_size)`` this layer applies."""
+    def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
+        """The dense kernel ``(out, in/groups, *dense_kernel_size, *dilated_kernel_size)`` this layer applies
+        (whatever the input size)."""
         return construct_kernel(self.weight, self.P, self.SIG, dilated_kernel_size=self.dilated_kernel_size,
                                 interpolation=self.interpolation)
-
-    def forward(self, input: Tensor) -> Tensor:
-        nd = len(self.stride)
-        if input.dim() not in (nd + 1, nd + 2):
-            raise ValueError(f"input must have shape (N, C, *spatial) or (C, *spatial) with {nd} spatial dims, "
-                             f"got {tuple(input.shape)}")
-        unbatched = input.dim() == nd + 1  # (C, *spatial), as torch.nn.ConvNd accepts
-        out = convolve(input.unsqueeze(0) if unbatched else input, self.construct_kernel(), self.bias, self.stride,
-                       self.padding, self.dilation, self.groups, self.padding_mode, backend=self.backend)
-        return out.squeeze(0) if unbatched else out
-
-    @torch.no_grad()
-    def bake(self) -> nn.Module:
-        """An equivalent plain convolution holding the constructed kernel.
-
-        ``largekernel.nn.ConvNd(backend="fft")`` when the box is large (at least
-        64, 13x13 or 7x7x7 cells), else ``torch.nn.ConvNd``.
-        """
-        from largekernel.nn.conv import _baked_conv
-
-        kernel = self.construct_kernel()
-        fft = math.prod(kernel.shape[2:]) >= _FFT_BAKE_CELLS[kernel.dim() - 2]
-        backend = {"backend": "fft"} if fft else {}  # torch's own conv below the threshold
-        return _baked_conv(kernel, self.bias, self.groups, native=not fft, stride=self.stride, padding=self.padding,
-                           dilation=self.dilation, padding_mode=self.padding_mode, **backend)
 
     # -- state dict ---------------------------------------------------------------------------
 
@@ -209,7 +143,7 @@ class _DclsNd(nn.Module):
         for name, shape in expected.items():
             key = prefix + name
             if key in state_dict and shape is not None and tuple(state_dict[key].shape) != tuple(shape):
-                raise ValueError(
+                raise ConvArgumentError(
                     f"{key}: shape {tuple(state_dict[key].shape)} in the state_dict does not match this "
                     f"{type(self).__name__}'s {tuple(shape)} (out, in/groups, ..., kernel_count="
                     f"{self.kernel_count}, dilated_kernel_size={self.dilated_kernel_size})")
@@ -222,20 +156,12 @@ class _DclsNd(nn.Module):
                                       error_msgs)
 
     def extra_repr(self) -> str:
-        nd = len(self.stride)
-        s = f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}"
+        family = f", kernel_count={self.kernel_count}"
         if self.dense_kernel_size:
-            s += f", dense_kernel_size={self.dense_kernel_size}"
-        s += f", dilated_kernel_size={self.dilated_kernel_size}"
-        defaults = {"stride": (1,) * nd, "padding": (0,) * nd, "dilation": (1,) * nd, "groups": 1,
-                    "padding_mode": "zeros", "interpolation": "bilinear", "backend": "auto"}
-        for name, default in defaults.items():
-            value = getattr(self, name)
-            if value != default:
-                s += f", {name}={value!r}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+            family += f", dense_kernel_size={self.dense_kernel_size}"
+        family += f", dilated_kernel_size={self.dilated_kernel_size}"
+        s = self._conv_repr(family)
+        return s if self.interpolation == "bilinear" else f"{s}, interpolation={self.interpolation!r}"
 
 
 _SHAPE_DOC = r"""
@@ -282,7 +208,7 @@ def _make_layer(name: str, nd: int, learned: int, doc: str) -> type[_DclsNd]:
                      bias: bool = True, padding_mode: str = "zeros", interpolation: str = "bilinear",
                      backend: str = "auto", *, position_init: str = "normal", device=None, dtype=None) -> None:
             _DclsNd.__init__(self, in_channels, out_channels, kernel_count, (),
-                             _ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
+                             ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
                              dilation, groups, bias, padding_mode, interpolation, backend, position_init,
                              device, dtype)
     else:
@@ -292,12 +218,12 @@ def _make_layer(name: str, nd: int, learned: int, doc: str) -> type[_DclsNd]:
                      interpolation: str = "bilinear", backend: str = "auto", *, position_init: str = "normal",
                      device=None, dtype=None) -> None:
             _DclsNd.__init__(self, in_channels, out_channels, kernel_count,
-                             _ntuple(dense_kernel_size, dense, "dense_kernel_size"),
-                             _ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
+                             ntuple(dense_kernel_size, dense, "dense_kernel_size"),
+                             ntuple(dilated_kernel_size, learned, "dilated_kernel_size"), stride, padding,
                              dilation, groups, bias, padding_mode, interpolation, backend, position_init,
                              device, dtype)
 
-    return type(name, (_DclsNd,), {"__init__": __init__, "__doc__": doc + _ARGS_DOC + _SHAPE_DOC,
+    return type(name, (_DclsNd,), {"__init__": __init__, "__doc__": doc + _ARGS_DOC + _SHAPE_DOC, "_nd": nd,
                                    "__module__": __name__, "__qualname__": name})
 
 

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.functional._args import ConvArgumentError, ntuple
+from largekernel.functional.engine import convolve
+from largekernel.nn._base import KernelConvNd
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
-from largekernel.nn.conv import _baked_conv
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.optim import mark
 
@@ -42,23 +43,10 @@ __all__ = [
     "continuous_layers", "set_resolution", "antialiasing_loss", "kernel_norm_loss", "mask_extent_loss",
 ]
 
-_PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 # FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
 _REFERENCE_MASK_INIT = 0.075
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
-# Baked kernels at least this long in some dimension are applied by FFT.
-_FFT_BAKE_MIN = 32
-
-
-def _ntuple(value, nd: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    values = (value,) * nd if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(values, (tuple, list)) or len(values) != nd
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)):
-        raise ValueError(f"{name} must be an int >= {minimum} or a tuple of {nd} such ints, got {value!r}")
-    return tuple(values)
-
-
 def _grid_1d(size: int, causal: bool, device, dtype) -> Tensor:
     """``size`` equispaced relative positions over [-1, 1]; a single sample sits at the anchor (0, or +1 if causal)."""
     if size == 1:
@@ -66,8 +54,8 @@ def _grid_1d(size: int, causal: bool, device, dtype) -> Tensor:
     return torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
 
 
-class _ContinuousConvNd(nn.Module):
-    """Shared machinery of CKConv / FlexConv: kernel sampling, padding, application, resolution, bake.
+class _ContinuousConvNd(KernelConvNd):
+    """Shared machinery of CKConv / FlexConv: kernel sampling, padding, resolution.
 
     Subclasses only decide which part of the grid is sampled (:meth:`_crop`) and
     what multiplies the sampled kernel (:meth:`_mask`).
@@ -75,46 +63,29 @@ class _ContinuousConvNd(nn.Module):
 
     _nd: int = 0
     _default_kernel_net: str = "siren"
+    size_knob = "hidden_channels"  # of the kernel net (kernel_net_kwargs)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int] | None = None, *,
                  kernel_net: str | nn.Module | None = None, kernel_net_kwargs: dict | None = None, stride=1,
                  padding: str | int | Sequence[int] = "same", groups: int = 1, bias: bool = True,
                  causal: bool = False, separable: bool = False, padding_mode: str = "zeros",
                  backend: str = "auto", chang_init: bool = True, device=None, dtype=None) -> None:
-        super().__init__()
         nd = self._nd
-        factory = {"device": device, "dtype": dtype}
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
-                             f"by groups ({groups})")
-        if separable and groups != 1:
-            raise ValueError(f"separable=True builds its own depthwise + pointwise pair; groups must be 1, "
-                             f"got {groups}")
         if causal and nd != 1:
-            raise ValueError(f"causal=True is defined for 1-D sequences only, got a {nd}-D layer")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"padding must be 'same', 'valid', an int or a tuple of {nd} ints, got {padding!r}")
-        else:
-            padding = _ntuple(padding, nd, "padding", minimum=0)
+            raise ConvArgumentError(f"causal=True is defined for 1-D sequences only, got a {nd}-D layer")
         if causal and padding != "same":
-            raise ValueError(f"a causal layer pads on the left by itself; padding must stay 'same', got {padding!r}")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = _ntuple(stride, nd, "stride")
-        self.padding = padding
-        self.groups = groups
+            raise ConvArgumentError(f"a causal layer pads on the left by itself; padding must stay 'same', got "
+                                    f"{padding!r}")
+        if separable and groups != 1:
+            raise ConvArgumentError(f"separable=True builds its own depthwise + pointwise pair; groups must be 1, "
+                                    f"got {groups}")
+        # "same" at any stride: the kernel is padded (k - 1) // 2 before and k // 2 after (ceil(L / stride) out).
+        super().__init__(in_channels, out_channels, stride, "valid" if padding == "same" else padding, 1, groups,
+                         bias, padding_mode, backend, device, dtype)
+        self.padding = padding if padding == "same" else self.padding
+        factory = {"device": device, "dtype": dtype}
         self.causal = bool(causal)
         self.separable = bool(separable)
-        self.padding_mode = padding_mode
-        self.backend = backend
         self.chang_init = bool(chang_init)
         # Current sampling grid and the grid it was trained on (for the sampling-rate normalisation);
         # both None until set, from the first input, when kernel_size is None.
@@ -122,7 +93,7 @@ class _ContinuousConvNd(nn.Module):
         self._base_kernel_size: tuple[int, ...] | None = None
 
         if kernel_size is not None:
-            self._kernel_size = self._base_kernel_size = _ntuple(kernel_size, nd, "kernel_size")
+            self._kernel_size = self._base_kernel_size = ntuple(kernel_size, nd, "kernel_size", minimum=1)
 
         # Separable: one depthwise continuous kernel per input channel, then a 1x1 channel mixer.
         kernel_channels = in_channels if separable else out_channels * (in_channels // groups)
@@ -130,10 +101,10 @@ class _ContinuousConvNd(nn.Module):
             kernel_net = self._default_kernel_net
         if isinstance(kernel_net, nn.Module):
             if kernel_net_kwargs:
-                raise ValueError("kernel_net_kwargs only applies when kernel_net is given by name")
+                raise ConvArgumentError("kernel_net_kwargs only applies when kernel_net is given by name")
             if getattr(kernel_net, "out_features", kernel_channels) != kernel_channels:
-                raise ValueError(f"kernel_net must produce {kernel_channels} values per position, "
-                                 f"its out_features is {kernel_net.out_features}")
+                raise ConvArgumentError(f"kernel_net must produce {kernel_channels} values per position, "
+                                        f"its out_features is {kernel_net.out_features}")
             self.kernel_net = kernel_net
         else:
             defaults = self._kernel_net_defaults(kernel_net) if isinstance(kernel_net, str) else {}
@@ -143,7 +114,6 @@ class _ContinuousConvNd(nn.Module):
             self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def _kernel_net_defaults(self, name: str) -> dict:
@@ -222,7 +192,7 @@ class _ContinuousConvNd(nn.Module):
         kernel runs at 32x32 with ``resample(33)``.
         """
         self._require_kernel_size()
-        self._kernel_size = _ntuple(kernel_size, self._nd, "kernel_size")
+        self._kernel_size = ntuple(kernel_size, self._nd, "kernel_size", minimum=1)
 
     def sampling_rate_norm(self) -> float:
         """Factor on the sampled kernel: ratio of the current grid spacing to the base one (1 at base)."""
@@ -267,21 +237,24 @@ class _ContinuousConvNd(nn.Module):
             return self.kernel_net(coords, scale)  # (C_k, *k); scaled before the output layer
         return self.kernel_net(coords) * scale  # (C_k, *k)
 
-    def _forward_kernel(self) -> Tensor:
-        """:meth:`_sample` for :meth:`forward`. Without autograd (inference, evaluation) the kernel is
-        reused while nothing it depends on changes (grids, mask settings, parameters and buffers), so a
-        layer in eval mode samples its kernel net once instead of at every call."""
+    def _sampled(self) -> Tensor:
+        """:meth:`_sample`; without autograd (inference, evaluation) reused while nothing it depends on changes
+        (grids, mask settings, parameters and buffers), so a layer in eval mode samples its kernel net once
+        instead of at every call."""
         key = (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
                getattr(self, "dynamic_cropping", None), tensor_state(self))
         return reuse_without_autograd(self, "_kernel_cache", key, self._sample)
 
-    def construct_kernel(self) -> Tensor:
+    def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
         """The dense kernel this layer applies now, ``(out_channels, in_channels / groups, *k)``.
 
-        For ``separable=True`` it is the composition of the depthwise kernel and
-        the channel mixer, ``pointwise[o, i] * depthwise[i]``: the same linear map.
+        ``input_size`` only matters for a layer built with ``kernel_size=None`` that has not seen an input yet:
+        its grid is then set from that size. For ``separable=True`` the kernel is the composition of the
+        depthwise kernel and the channel mixer, ``pointwise[o, i] * depthwise[i]``: the same linear map.
         """
-        kernel = self._sample()
+        if self._kernel_size is None and input_size is not None:
+            self._materialize(input_size)
+        kernel = self._sampled()  # (C_k, *k)
         spatial = kernel.shape[1:]
         if self.separable:
             mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
@@ -321,51 +294,57 @@ class _ContinuousConvNd(nn.Module):
 
     # ------------------------------------------------------------------ application
 
-    def _pads(self, kernel_size: Sequence[int]) -> list[tuple[int, int]]:
+    def kernel_padding(self, kernel_size: Sequence[int]):
+        """Causal: ``k - 1`` before; ``"same"``: ``(k - 1) // 2`` before and ``k // 2`` after (at any stride);
+        otherwise the padding of the whole grid, less what cropping removed from the kernel on each side (the
+        output size follows the grid, not the learned extent; negative where the input must be cropped)."""
         if self.causal:
-            return [(kernel_size[0] - 1, 0)]
+            return ((kernel_size[0] - 1, 0),)
         if self.padding == "same":
-            return [((k - 1) // 2, k // 2) for k in kernel_size]
-        if self.padding == "valid":
-            return [(0, 0)] * self._nd
-        return [(p, p) for p in self.padding]
+            return tuple(((k - 1) // 2, k // 2) for k in kernel_size)
+        padding = (0,) * self._nd if self.padding == "valid" else self.padding
+        return tuple((p - (g - k) // 2, p - (g - k) // 2)
+                     for p, g, k in zip(padding, self._require_kernel_size(), kernel_size))
 
-    def _convolve(self, input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        return convolve(input, weight, bias, self.stride, self._pads(weight.shape[2:]), 1, groups, self.padding_mode,
-                        backend=self.backend)
+    def _convolve(self, input: Tensor, kernel: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+        """``kernel`` applied with :meth:`kernel_padding`; negative padding crops the input first."""
+        pads = self.kernel_padding(kernel.shape[2:])
+        if self.padding != "same" and not self.causal:
+            padding = (0,) * self._nd if self.padding == "valid" else self.padding
+            sizes = input.shape[-self._nd:]
+            if any(n + 2 * p < g for n, p, g in zip(sizes, padding, self._require_kernel_size())):
+                raise ConvArgumentError(f"{type(self).__name__}'s kernel grid {self._kernel_size} must fit the padded "
+                                        f"input (padding={self.padding!r}), got input of shape {tuple(input.shape)}")
+        crop = [(max(0, -lo), max(0, -hi)) for lo, hi in pads]
+        if any(lo or hi for lo, hi in crop):
+            input = input[(..., *(slice(lo, n - hi) for (lo, hi), n in zip(crop, input.shape[-self._nd:])))]
+            pads = tuple((max(0, lo), max(0, hi)) for lo, hi in pads)
+        return convolve(input, kernel, bias, self.stride, pads, 1, groups, self.padding_mode, backend=self.backend)
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dim() != self._nd + 2 or input.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_channels}, "
-                             f"{', '.join(['*'] * self._nd)}), got {tuple(input.shape)}")
+        size = self._spatial_size(input)
         if self._kernel_size is None:
-            self._materialize(input.shape[2:])
-        kernel = self._forward_kernel()  # (C_k, *k)
-        spatial = kernel.shape[1:]
-        if self.separable:
-            depthwise = kernel.view(self.in_channels, 1, *spatial)
-            out = self._convolve(input, depthwise, None, self.in_channels)  # (B, in, *out)
-            mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
-            return convolve(out, mixer, self.bias, backend="direct")  # (B, out, *out)
-        weight = kernel.view(self.out_channels, self.in_channels // self.groups, *spatial)
-        return self._convolve(input, weight, self.bias, self.groups)
+            self._materialize(size)
+        if not self.separable:
+            return self._convolve(input, self.construct_kernel(size), self.bias, self.groups)
+        # Depthwise, then the channel mixer: cheaper than the composed dense kernel.
+        out = self._convolve(input, self._sampled().unsqueeze(1), None, self.in_channels)  # (B, in, *out)
+        mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
+        return convolve(out, mixer, self.bias, backend="direct")  # (B, out, *out)
 
     @torch.no_grad()
-    def bake(self) -> nn.Module:
-        """An equivalent plain convolution holding the kernel this layer applies now.
-
-        A ``largekernel.nn.Conv{1,2,3}d`` (backend ``"fft"`` for kernels at least 32 long in
-        some dimension), with per-side padding where it is asymmetric (causal layers, even
-        kernels with ``"same"``). Later changes to the mask or resolution are not reflected.
-        """
-        weight = self.construct_kernel()
-        k = tuple(weight.shape[2:])
-        groups = 1 if self.separable else self.groups
-        backend = self.backend
-        if backend == "auto" and max(k) >= _FFT_BAKE_MIN:
-            backend = "fft"
-        return _baked_conv(weight, self.bias, groups, stride=self.stride, padding=self._pads(k),
-                           padding_mode=self.padding_mode, backend=backend)
+    def bake(self, input_size: Sequence[int] | None = None, *, native: bool = False) -> nn.Module:
+        """One convolution module holding the kernel this layer applies now (see ``KernelConvNd.bake``); later
+        changes to the mask or the resolution are not reflected. A kernel cropped under explicit padding is
+        baked on the whole grid (zeros around it), where that padding applies."""
+        kernel = self.construct_kernel(self._bake_size(input_size))
+        pads = self.kernel_padding(kernel.shape[2:])
+        if any(lo < 0 or hi < 0 for lo, hi in pads):
+            grid = self._require_kernel_size()
+            kernel = F.pad(kernel, [q for g, k in zip(reversed(grid), reversed(kernel.shape[2:]))
+                                    for q in ((g - k) // 2, (g - k) // 2)])
+            pads = self.kernel_padding(kernel.shape[2:])
+        return self._baked(kernel, pads, None, native)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self._kernel_size}"
@@ -602,8 +581,8 @@ def set_resolution(model: nn.Module, size: int | Sequence[int], train_size: int 
     plan = []  # validate every layer before changing any
     for layer in continuous_layers(model):
         nd = layer._nd
-        new = _ntuple(size, nd, "size")
-        old = _ntuple(train_size, nd, "train_size")
+        new = ntuple(size, nd, "size", minimum=1)
+        old = ntuple(train_size, nd, "train_size", minimum=1)
         base = layer.base_kernel_size
         if base is None:
             raise RuntimeError(f"{type(layer).__name__} has no kernel size yet (kernel_size=None and never called); "

@@ -36,10 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
+from largekernel.nn._base import KernelConvNd, check_choice, positive_int
+from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn._checks import check_input
-from largekernel.nn.conv import _baked_conv
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -48,13 +50,11 @@ __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointw
 PRESETS: dict[str, tuple[int, ...]] = {"small": (8, 4), "big": (16, 128, 32)}
 
 _MODES = ("circular", "linear")
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _OUTPUTS = ("spatial", "spectrum")
+_POOL_FNS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 _PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
          "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
          "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)}
-_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_POOL_FNS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -67,14 +67,6 @@ class Spectrum(NamedTuple):
 
     data: Tensor
     grid: tuple[int, ...]
-
-
-def _ntuple(value, nd: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * nd
-    if isinstance(value, Sequence) and len(value) == nd and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    raise TypeError(f"{name} must be an int or a tuple of {nd} ints, got {value!r}")
 
 
 def _frequencies(n: int) -> Tensor:
@@ -124,8 +116,10 @@ class _FrequencyNet(nn.Sequential):
         return h
 
 
-class _NIFFConvNd(nn.Module):
-    _ndim: int
+class _NIFFConvNd(KernelConvNd):
+    _nd: int
+    size_knob = "hidden_channels"
+    input_dependent = True
 
     def __init__(
         self,
@@ -145,51 +139,34 @@ class _NIFFConvNd(nn.Module):
         mode: str = "circular",
         output: str = "spatial",
     ) -> None:
-        super().__init__()
-        nd = self._ndim
+        nd = self._nd
         factory = {"device": device, "dtype": dtype}
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        out_channels = in_channels if out_channels is None else out_channels
-        if not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        positive_int(in_channels, "in_channels")
+        out_channels = in_channels if out_channels is None else positive_int(out_channels, "out_channels")
         if groups is None:
             groups = in_channels if out_channels % in_channels == 0 else 1
         if groups == in_channels and out_channels % in_channels:
-            raise ValueError(f"a depthwise NIFF (groups=in_channels={in_channels}) needs out_channels divisible by "
-                             f"in_channels, got out_channels={out_channels}")
+            raise ConvArgumentError(f"a depthwise NIFF (groups=in_channels={in_channels}) needs out_channels "
+                                    f"divisible by in_channels, got out_channels={out_channels}")
         if groups not in (1, in_channels):
-            raise ValueError(f"groups must be in_channels={in_channels} (depthwise) or 1 (depthwise + pointwise, "
-                             f"the paper's full variant), got {groups!r}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-        if output not in _OUTPUTS:
-            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
-        if padding == "same":
-            padding = 0
-        padding = _ntuple(padding, nd, "padding")
-        if any(p < 0 for p in padding):
-            raise ValueError(f"padding must be non-negative, got {padding!r}")
+            raise ConvArgumentError(f"groups must be in_channels={in_channels} (depthwise) or 1 (depthwise + "
+                                    f"pointwise, the paper's full variant), got {groups!r}")
+        check_choice(mode, _MODES, "mode")
+        check_choice(output, _OUTPUTS, "output")
+        # The stride is average pooling after the filter (the paper); the base keeps it as the conv's stride.
+        super().__init__(in_channels, out_channels, stride, 0 if padding == "same" else padding, 1, groups, bias,
+                         padding_mode, "auto", device, dtype)
+        padding = self.padding
+        if not all(isinstance(p, int) for p in padding):
+            raise ConvArgumentError(f"padding must be the same on both sides of a NIFF layer (an int or a tuple of "
+                                    f"{nd} ints), got {padding!r}")
         if mode == "linear" and any(padding):
-            raise ValueError(f"mode='linear' chooses its own zero padding; padding must be 0, got {padding!r}")
-        stride = _ntuple(stride, nd, "stride")
-        if any(s < 1 for s in stride):
-            raise ValueError(f"stride must be positive, got {stride!r}")
-        if output == "spectrum" and (any(padding) or mode != "circular" or any(s != 1 for s in stride)):
-            raise ValueError("output='spectrum' needs mode='circular', padding=0 and stride=1: a padded or pooled "
-                             "result cannot stay in the frequency domain")
+            raise ConvArgumentError(f"mode='linear' chooses its own zero padding; padding must be 0, got {padding!r}")
+        if output == "spectrum" and (any(padding) or mode != "circular" or any(s != 1 for s in self.stride)):
+            raise ConvArgumentError("output='spectrum' needs mode='circular', padding=0 and stride=1: a padded or "
+                                    "pooled result cannot stay in the frequency domain")
         if hidden_channels is None:
-            if preset not in PRESETS:
-                raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-            hidden_channels = PRESETS[preset]
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.groups = groups
-        self.stride = stride
-        self.padding = padding
-        self.padding_mode = padding_mode
+            hidden_channels = PRESETS[check_choice(preset, tuple(PRESETS), "preset")]
         self.mode = mode
         self.output = output
         self.preset = preset
@@ -202,10 +179,6 @@ class _NIFFConvNd(nn.Module):
             self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
         self._coords: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._filter_cache: tuple[tuple, Tensor] | None = None
         self.reset_parameters()
@@ -248,7 +221,7 @@ class _NIFFConvNd(nn.Module):
 
     def grid(self, size: Sequence[int]) -> tuple[int, ...]:
         """The grid on which the filter lives for an input of spatial ``size`` (the padded size)."""
-        size = _ntuple(tuple(size), self._ndim, "size")
+        size = ntuple(tuple(size), self._nd, "size", minimum=1)
         if self.mode == "linear":
             # 2n >= 2n - 1: the circular product on this grid never wraps onto the n valid outputs.
             return tuple(2 * n for n in size)
@@ -323,7 +296,7 @@ class _NIFFConvNd(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------
 
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
-        nd = self._ndim
+        nd = self._nd
         param_dtype = next(self.parameters()).dtype
         if isinstance(input, Spectrum) or self.output == "spectrum":
             return self._spectral_forward(input, param_dtype)
@@ -345,7 +318,7 @@ class _NIFFConvNd(nn.Module):
 
     def _spectral_forward(self, input: Tensor | Spectrum, param_dtype: torch.dtype) -> Tensor | Spectrum:
         """The split form: a :class:`Spectrum` in or out (circular mode, no padding, no stride)."""
-        nd = self._ndim
+        nd = self._nd
         if isinstance(input, Spectrum):
             if any(self.padding) or self.mode != "circular":
                 raise ValueError("a Spectrum input needs mode='circular' and padding=0")
@@ -384,70 +357,92 @@ class _NIFFConvNd(nn.Module):
         p = next(self.parameters())
         w = self._half_filter(grid, p.device, p.dtype)
         k = to_spatial(w, grid)  # (filters, *grid), offset 0 at index 0
-        return torch.fft.fftshift(k, dim=tuple(range(-self._ndim, 0)))
+        return torch.fft.fftshift(k, dim=tuple(range(-self._nd, 0)))
 
-    def _correlation_taps(self, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
-        """Depthwise cross-correlation weight ``(filters, *K)`` and the zero padding the plain conv uses."""
+    def _correlation_taps(self, size: tuple[int, ...]) -> Tensor:
+        """Depthwise cross-correlation taps ``(filters, *K)`` of the filter (before pooling) for input ``size``:
+        ``K = size`` in the default circular mode, ``2 * size - 1`` with zero padding (linear mode, or zero
+        ``padding``), ``2 * grid - 1`` after padding in another mode."""
         grid = self.grid(size)
-        k = torch.fft.ifftshift(self.spatial_kernel(size), dim=tuple(range(-self._ndim, 0)))  # offset 0 first
-        if self.mode == "circular" and not any(self.padding):
+        k = torch.fft.ifftshift(self.spatial_kernel(size), dim=tuple(range(-self._nd, 0)))  # offset 0 first
+        if self._circular_same():
             # padding="same" on a circular conv with K = n puts (n - 1) // 2 taps before: tap m is offset left - m.
             taps = [((n - 1) // 2 - torch.arange(n)) % n for n in grid]
-            pad = (0,) * self._ndim
         elif self.mode == "linear" or self.padding_mode == "zeros":
             # Zero-padded input: output n sees x[n - d] for |d| <= size - 1; offset d uses the grid's tap d mod grid.
             taps = [(n - 1 - torch.arange(2 * n - 1)) % g for n, g in zip(size, grid)]
-            pad = tuple(n - 1 for n in size)
         else:
             # Padded by padding_mode first (size -> grid); offsets up to grid - 1 reach the padded input.
             taps = [(g - 1 - torch.arange(2 * g - 1)) % g for g in grid]
-            pad = tuple(n + p - 1 for n, p in zip(size, self.padding))
         for axis, idx in enumerate(taps):
             k = k.index_select(axis + 1, idx.to(k.device))
-        return k, pad
+        return k
 
-    def construct_kernel(self, size: Sequence[int]) -> Tensor:
-        """The dense kernel the layer applies to an input of spatial ``size``, in torch conv layout.
+    def _circular_same(self) -> bool:
+        return self.mode == "circular" and not any(self.padding)
 
-        ``(out, 1, *K)`` for the depthwise layer, ``(out, in, *K)`` for the full
-        variant (pointwise folded in), to be applied by cross-correlation as
-        :meth:`bake` does: ``K = size`` with circular "same" padding in the default
-        mode, ``K = 2 * size - 1`` with zero padding ``size - 1`` in linear mode or
-        with zero padding; for reflect/replicate/circular ``padding``, ``K = 2 * grid - 1``
-        after padding the input by ``padding`` in that mode.
+    def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
+        """The dense kernel the layer applies to an input of spatial ``input_size`` (required), torch conv layout.
+
+        ``(out, 1, *K)`` for the depthwise layer, ``(out, in, *K)`` for the full variant (pointwise folded in),
+        applied by cross-correlation with :meth:`kernel_padding` and the layer's stride, as :meth:`bake` does:
+        ``K = size`` with circular padding in the default mode, ``K = 2 * size - 1`` with zero padding in linear
+        mode or with zero ``padding``; for reflect/replicate/circular ``padding``, ``K = 2 * grid - 1`` on the
+        input padded in that mode. A stride (the paper's average pooling after the filter) is folded in:
+        ``K + stride - 1`` taps, the pooling window's average of shifted filters.
         """
-        return self._dense_kernel(_ntuple(tuple(size), self._ndim, "size"))[0]
-
-    def _dense_kernel(self, size: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
-        k, pad = self._correlation_taps(size)  # (filters, *K)
+        size = self._bake_size(input_size)
+        k = self._correlation_taps(size)  # (filters, *K)
         if self.pointwise is None:
-            return k.unsqueeze(1), pad  # (out, 1, *K)
-        return self.pointwise.view(*self.pointwise.shape, *([1] * self._ndim)) * k, pad  # (out, in, *K)
+            k = k.unsqueeze(1)  # (out, 1, *K)
+        else:
+            k = self.pointwise.view(*self.pointwise.shape, *([1] * self._nd)) * k  # (out, in, *K)
+        for dim, s in enumerate(self.stride, start=2):
+            if s > 1:  # pooling after a correlation: average of the kernel shifted by 0 .. s - 1
+                shape = list(k.shape)
+                shape[dim] += s - 1
+                pooled = k.new_zeros(shape)
+                for a in range(s):
+                    pooled.narrow(dim, a, k.shape[dim]).add_(k, alpha=1.0 / s)
+                k = pooled
+        return k
+
+    def kernel_padding(self, kernel_size: Sequence[int]):
+        """Per-side padding of :meth:`construct_kernel`'s kernel (circular in the default mode, zeros otherwise);
+        the stride's pooling drops the last ``n % stride`` outputs."""
+        pads = []
+        for kp, s, p in zip(kernel_size, self.stride, self.padding):
+            k = kp - s + 1  # before pooling
+            if self._circular_same():
+                n, lo, hi = k, (k - 1) // 2, k // 2
+            else:
+                n = (k + 1) // 2 - (2 * p if self.mode == "circular" and self.padding_mode != "zeros" else 0)
+                lo = hi = (k - 1) // 2 - (p if self.mode == "circular" and self.padding_mode != "zeros" else 0)
+            pads.append((lo, hi - n % s))
+        return tuple(pads)
 
     @torch.no_grad()
-    def bake(self, input_size: Sequence[int]) -> nn.Module:
-        """An equivalent plain ``largekernel.nn.Conv{n}d`` (``backend="fft"``) for inputs of spatial ``input_size``.
-
-        Padding by reflect/replicate/circular ``padding`` becomes a torch padding
-        module in front of it and a stride becomes an ``AvgPool`` after it (an
-        ``nn.Sequential`` then). The layer's ``output="spectrum"`` is not bakeable.
-        """
+    def bake(self, input_size: Sequence[int] | None = None, *, native: bool = False) -> nn.Module:
+        """One convolution for inputs of spatial ``input_size`` (required; the baked module refuses other sizes):
+        a ``largekernel.nn.Conv{n}d`` (or, ``native=True``, a ``torch.nn.Conv{n}d``) holding
+        :meth:`construct_kernel`, the stride's pooling folded in. Padding in another mode than zeros (the paper's
+        padding ablation) comes as a padding module in front of it (an ``nn.Sequential``). ``output="spectrum"``
+        is not bakeable."""
         if self.output == "spectrum":
-            raise ValueError("bake() needs output='spatial': a plain convolution returns a spatial tensor")
-        nd = self._ndim
-        size = _ntuple(tuple(input_size), nd, "input_size")
-        weight, pad = self._dense_kernel(size)
-        circular = self.mode == "circular" and not any(self.padding)
-        groups = self.in_channels if self.pointwise is None else 1
-        conv = _baked_conv(weight, self.bias, groups, padding="same" if circular else pad,
-                           padding_mode="circular" if circular else "zeros", backend="fft")
-        layers: list[nn.Module] = [conv]
+            raise ConvArgumentError("bake() needs output='spatial': a plain convolution returns a spatial tensor")
+        nd = self._nd
+        size = self._bake_size(input_size)
+        weight = self.construct_kernel(size)
+        kwargs = {} if native else {"backend": "auto"}
+        conv = _baked_conv(weight, self.bias, self.groups, native=native, stride=self.stride,
+                           padding=self.kernel_padding(weight.shape[2:]),
+                           padding_mode="circular" if self._circular_same() else "zeros", **kwargs)
         if self.mode == "circular" and any(self.padding) and self.padding_mode != "zeros":
-            pads = tuple(q for p_ in reversed(self.padding) for q in (p_, p_))
-            layers.insert(0, _PADS[self.padding_mode][nd - 1](pads))
-        if any(s != 1 for s in self.stride):
-            layers.append(_POOLS[nd - 1](self.stride))
-        return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+            conv = nn.Sequential(_PADS[self.padding_mode][nd - 1](tuple(flat_pads([(p, p) for p in self.padding]))),
+                                 conv)
+        elif not native:
+            conv.input_size = size
+        return conv
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
@@ -504,17 +499,17 @@ _DOC = """{n}-D NIFF convolution (Grabinski et al., TMLR 2024): a depthwise filt
 
 class NIFFConv1d(_NIFFConvNd):
     __doc__ = _DOC.format(n=1, dims="L", dims_out="L_out", out_formula="L_out = L // stride")
-    _ndim = 1
+    _nd = 1
 
 
 class NIFFConv2d(_NIFFConvNd):
     __doc__ = _DOC.format(n=2, dims="H, W", dims_out="H_out, W_out", out_formula="H_out = H // stride[0]")
-    _ndim = 2
+    _nd = 2
 
 
 class NIFFConv3d(_NIFFConvNd):
     __doc__ = _DOC.format(n=3, dims="D, H, W", dims_out="D_out, H_out, W_out", out_formula="D_out = D // stride[0]")
-    _ndim = 3
+    _nd = 3
 
 
 class SpectralPointwise(nn.Module):

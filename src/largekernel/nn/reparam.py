@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional import convolve
+from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import BACKENDS
-from largekernel.nn.conv import Conv1d, Conv2d, Conv3d
+from largekernel.nn._base import KernelConvNd, check_choice
+from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
 
 __all__ = [
     "RepLKConv1d", "RepLKConv2d", "RepLKConv3d",
@@ -49,7 +51,6 @@ __all__ = [
     "UNIREPLKNET_BRANCHES",
 ]
 
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _CONVS = (Conv1d, Conv2d, Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -65,19 +66,10 @@ UNIREPLKNET_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
 }
 
 
-def _ntuple(value, nd: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * nd
-    if not (isinstance(value, (tuple, list)) and len(value) == nd
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-        raise ValueError(f"{name} must be a positive int or a tuple of {nd} positive ints, got {value!r}")
-    return tuple(value)
-
-
 def _odd(value: tuple[int, ...], name: str) -> tuple[int, ...]:
     # Branches are aligned on their centres; only odd extents have one.
     if any(v % 2 == 0 for v in value):
-        raise ValueError(f"{name} must be odd in every dimension (branches are aligned on their centres), "
+        raise ConvArgumentError(f"{name} must be odd in every dimension (branches are aligned on their centres), "
                          f"got {value!r}")
     return value
 
@@ -100,47 +92,33 @@ def _centre(kernel: Tensor, size: tuple[int, ...]) -> Tensor:
     return F.pad(kernel, pad)
 
 
-class _ReparamConvNd(nn.Module):
+class _ReparamConvNd(KernelConvNd):
     """Shared machinery: a sum of (convolution, BatchNorm) branches that merges into one convolution.
 
     Subclasses create their branches with :meth:`_add_branch` in ``__init__``.
     """
 
     _nd: int
+    size_knob = "kernel_size"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int,
                  bias: bool, padding_mode: str, device, dtype, backend: str) -> None:
-        super().__init__()
         nd = self._nd
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups must divide in_channels and out_channels, got groups={groups} for "
-                             f"in_channels={in_channels}, out_channels={out_channels}")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _odd(_ntuple(kernel_size, nd, "kernel_size"), "kernel_size")
-        self.stride = _ntuple(stride, nd, "stride")
-        self.padding = tuple(k // 2 for k in self.kernel_size)
+        kernel = _odd(ntuple(kernel_size, nd, "kernel_size", minimum=1), "kernel_size")
+        centred = tuple(k // 2 for k in kernel)
+        if ntuple(dilation, nd, "dilation", minimum=1) != (1,) * nd:
+            raise ConvArgumentError(f"dilation must be 1 (the branches set their own dilations), got {dilation!r}")
+        super().__init__(in_channels, out_channels, stride, centred, 1, groups, False, padding_mode, backend, device,
+                         dtype)
         given = (padding,) * nd if isinstance(padding, int) and not isinstance(padding, bool) else \
             tuple(padding) if isinstance(padding, (tuple, list)) else padding
-        if padding is not None and given != self.padding and not (padding == "same" and set(self.stride) == {1}):
-            raise ValueError(f"padding must be None (centred), 'same' at stride 1, or kernel_size // 2 = "
-                             f"{self.padding}; re-parameterised branches share one centre, got {padding!r}")
-        if _ntuple(dilation, nd, "dilation") != (1,) * nd:
-            raise ValueError(f"dilation must be 1 (the branches set their own dilations), got {dilation!r}")
-        self.groups = groups
-        self.padding_mode = padding_mode
+        if padding is not None and given != centred and not (padding == "same" and set(self.stride) == {1}):
+            raise ConvArgumentError(f"padding must be None (centred), 'same' at stride 1, or kernel_size // 2 = "
+                                    f"{centred}; re-parameterised branches share one centre, got {padding!r}")
+        self.kernel_size = kernel
         self._branch_names: list[tuple[str, str]] = []
-        if bias:
+        if bias:  # after the branch sum (the BatchNorms carry one already): zero, as the official layers'
             self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
 
     def _add_branch(self, conv_name: str, bn_name: str, kernel: tuple[int, ...], dilation: tuple[int, ...],
                     opts: dict, container: str | None = None) -> None:
@@ -149,7 +127,7 @@ class _ReparamConvNd(nn.Module):
         is given. ``opts``: ``backend``, ``device``, ``dtype``."""
         extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         if any(e % 2 == 0 for e in extent) or any(e > k for e, k in zip(extent, self.kernel_size)):
-            raise ValueError(f"branch {container or conv_name} spans {extent}: needs an odd extent of at most "
+            raise ConvArgumentError(f"branch {container or conv_name} spans {extent}: needs an odd extent of at most "
                              f"kernel_size={self.kernel_size} in every dimension")
         conv = _CONVS[self._nd - 1](self.in_channels, self.out_channels, kernel, stride=self.stride,
                                     padding=tuple(e // 2 for e in extent), dilation=dilation, groups=self.groups,
@@ -169,17 +147,16 @@ class _ReparamConvNd(nn.Module):
 
     @property
     def backend(self) -> str:
-        """The convolution engine's path (``"auto" | "direct" | "fft"``): the large branch's, and the merged kernel's.
-
-        Setting it sets every branch's.
-        """
-        return getattr(self.get_submodule(self._branch_names[0][0]), "backend", "direct")
+        """The convolution engine's path (``"auto" | "direct" | "fft"``): the large branch's, and the merged
+        kernel's. Setting it sets every branch's."""
+        if getattr(self, "_branch_names", None):
+            return getattr(self.get_submodule(self._branch_names[0][0]), "backend", "direct")
+        return self._backend
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-        for conv, _ in self.branches():
+        self._backend = check_choice(value, BACKENDS, "backend")
+        for conv, _ in self.branches() if hasattr(self, "_branch_names") else ():
             conv.backend = value
 
     def _merge(self) -> tuple[Tensor, Tensor]:
@@ -205,10 +182,10 @@ class _ReparamConvNd(nn.Module):
         return self._merge()[0]
 
     def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor) or input.dim() != self._nd + 2 or input.shape[1] != self.in_channels:
-            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-            raise ValueError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
-                             f"dims) input, got {shape}")
+        self._spatial_size(input)
+        if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch
+            raise ConvArgumentError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
+                                    f"dims) input, got {tuple(input.shape)}")
         branches = self.branches()
         if any(bn.training for _, bn in branches):
             # BatchNorm on batch statistics: each branch must be normalised on its own.
@@ -218,25 +195,18 @@ class _ReparamConvNd(nn.Module):
                 out = y if out is None else out + y
             return out if self.bias is None else out + self.bias.view(-1, *(1,) * self._nd)
         kernel, bias = self._merge()
-        padding = tuple(k // 2 for k in kernel.shape[2:])
-        return convolve(input, kernel, bias, self.stride, padding, 1, self.groups, self.padding_mode,
+        return convolve(input, kernel, bias, self.stride, self.padding, 1, self.groups, self.padding_mode,
                         backend=self.backend)
 
     @torch.no_grad()
-    def bake(self, input_size: Sequence[int] | None = None) -> nn.Module:
-        """One ``largekernel.nn.Conv{n}d`` (this layer's backend) holding the merged kernel and bias.
-
-        It gives the eval-mode output (BatchNorms on their running statistics);
-        ``input_size`` is ignored.
-        """
+    def bake(self, input_size: Sequence[int] | None = None, *, native: bool = False) -> nn.Module:
+        """One convolution (a ``largekernel.nn.Conv{n}d`` with this layer's backend, or with ``native=True`` a
+        ``torch.nn.Conv{n}d``) holding the merged kernel and bias: the eval-mode output (BatchNorms on their
+        running statistics); ``input_size`` is ignored."""
         kernel, bias = self._merge()
-        conv = _CONVS[self._nd - 1](self.in_channels, self.out_channels, tuple(kernel.shape[2:]), stride=self.stride,
-                                    padding=tuple(k // 2 for k in kernel.shape[2:]), groups=self.groups,
-                                    padding_mode=self.padding_mode, backend=self.backend, device=kernel.device,
-                                    dtype=kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        return conv
+        kwargs = {} if native else {"backend": self.backend}
+        return _baked_conv(kernel, bias, self.groups, native=native, stride=self.stride, padding=self.padding,
+                           padding_mode=self.padding_mode, **kwargs)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
@@ -286,7 +256,7 @@ class _RepLKConvNd(_ReparamConvNd):
         self._add_branch("conv", "bn", self.kernel_size, one, opts, container="lkb_origin")
         self.small_kernel = None
         if small_kernel is not None:
-            self.small_kernel = _odd(_ntuple(small_kernel, self._nd, "small_kernel"), "small_kernel")
+            self.small_kernel = _odd(ntuple(small_kernel, self._nd, "small_kernel", minimum=1), "small_kernel")
             self._add_branch("conv", "bn", self.small_kernel, one, opts, container="small_conv")
 
     def extra_repr(self) -> str:
@@ -322,7 +292,7 @@ class _DilatedReparamConvNd(_ReparamConvNd):
         if dilated_branches is None:
             size = set(self.kernel_size)
             if len(size) != 1 or next(iter(size)) not in UNIREPLKNET_BRANCHES:
-                raise ValueError(f"UniRepLKNet's default branches exist for kernel_size in "
+                raise ConvArgumentError(f"UniRepLKNet's default branches exist for kernel_size in "
                                  f"{sorted(UNIREPLKNET_BRANCHES)} (the same in every dimension), got "
                                  f"{self.kernel_size}; pass dilated_branches=((kernel, dilation), ...)")
             dilated_branches = UNIREPLKNET_BRANCHES[next(iter(size))]
@@ -330,11 +300,11 @@ class _DilatedReparamConvNd(_ReparamConvNd):
         for pair in dilated_branches:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2
                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)):
-                raise ValueError(f"dilated_branches must hold (kernel, dilation) pairs of positive ints, "
+                raise ConvArgumentError(f"dilated_branches must hold (kernel, dilation) pairs of positive ints, "
                                  f"got {pair!r}")
             pairs.append(tuple(pair))
         if len(set(pairs)) != len(pairs):
-            raise ValueError(f"dilated_branches must not repeat a (kernel, dilation) pair, got {tuple(pairs)}")
+            raise ConvArgumentError(f"dilated_branches must not repeat a (kernel, dilation) pair, got {tuple(pairs)}")
         self.dilated_branches = tuple(pairs)
         nd, opts = self._nd, {"backend": backend, "device": device, "dtype": dtype}
         self._add_branch("lk_origin", "origin_bn", self.kernel_size, (1,) * nd, opts)
@@ -371,9 +341,9 @@ class _SLaKConvNd(_ReparamConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype, backend)
         nd = self._nd
-        (n,) = _odd(_ntuple(small_kernel, 1, "small_kernel"), "small_kernel")
+        (n,) = _odd(ntuple(small_kernel, 1, "small_kernel", minimum=1), "small_kernel")
         if n > min(self.kernel_size):
-            raise ValueError(f"small_kernel must be at most every kernel_size, got {n} for {self.kernel_size}")
+            raise ConvArgumentError(f"small_kernel must be at most every kernel_size, got {n} for {self.kernel_size}")
         self.small_kernel = n
         one, opts = (1,) * nd, {"backend": backend, "device": device, "dtype": dtype}
         for axis in range(nd):  # LoRA{axis + 1}: long along `axis`, n wide elsewhere

@@ -28,20 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.nn._checks import check_input
-from largekernel.nn.conv import Conv1d, Conv2d, _baked_conv
+from largekernel.functional._args import ConvArgumentError, ntuple
+from largekernel.functional.engine import convolve
+from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.optim import mark
 
 __all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
 
 _INTERPOLATIONS = ("linear", "nearest")
-
-
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class SGKernel(nn.Module):
@@ -62,18 +56,18 @@ class SGKernel(nn.Module):
                  decay: float | tuple[float, float] = 2.0, interpolation: str = "linear",
                  lr_scale: float | None = None, device=None, dtype=None) -> None:
         super().__init__()
-        self.channels = _positive_int(channels, "channels")
-        self.span = _positive_int(span, "span")
-        self.kernel_dim = min(_positive_int(kernel_dim, "kernel_dim"), span)
+        self.channels = positive_int(channels, "channels")
+        self.span = positive_int(span, "span")
+        self.kernel_dim = min(positive_int(kernel_dim, "kernel_dim"), span)
         if num_scales is None:
             num_scales = 1 + max(0, math.ceil(math.log2(span / self.kernel_dim)))
-        self.num_scales = _positive_int(num_scales, "num_scales")
+        self.num_scales = positive_int(num_scales, "num_scales")
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+            raise ConvArgumentError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
         self.interpolation = interpolation
         low, high = (decay, decay) if isinstance(decay, (int, float)) else tuple(decay)
         if low <= 0 or high <= 0:
-            raise ValueError(f"decay must be positive, got {decay!r}")
+            raise ConvArgumentError(f"decay must be positive, got {decay!r}")
         self.decay = (float(low), float(high))
         factory = {"device": device, "dtype": dtype}
         self.kernels = nn.ParameterList()
@@ -188,11 +182,11 @@ class S4DKernel(nn.Module):
     def __init__(self, channels: int, d_state: int = 64, dt_min: float = 0.001, dt_max: float = 0.1,
                  lr_scale: float | None = None, device=None, dtype=None) -> None:
         super().__init__()
-        self.channels = _positive_int(channels, "channels")
-        if _positive_int(d_state, "d_state") % 2:
-            raise ValueError(f"d_state must be even (conjugate pairs), got {d_state!r}")
+        self.channels = positive_int(channels, "channels")
+        if positive_int(d_state, "d_state") % 2:
+            raise ConvArgumentError(f"d_state must be even (conjugate pairs), got {d_state!r}")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+            raise ConvArgumentError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
         self.d_state, self.dt_min, self.dt_max = d_state, dt_min, dt_max
         factory = {"device": device, "dtype": dtype}
         half = d_state // 2
@@ -230,100 +224,81 @@ class S4DKernel(nn.Module):
         return f"{self.channels}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"
 
 
-def _long_conv(x: Tensor, causal: Tensor, anticausal: Tensor | None, backend: str) -> Tensor:
-    """``y[t] = sum_{s>=0} causal[s] x[t-s] + sum_{s>=0} anticausal[s] x[t+1+s]``, depthwise, through the engine.
+class _LongConv1d(KernelConvNd):
+    """Depthwise long convolution (causal or two-sided) + ``D`` skip + optional pointwise mixing + bias.
 
-    ``x``: ``(B, C, L)``; kernels ``(C, <= L)``. As a correlation: the causal taps reversed, then the anticausal
-    ones, with ``len(causal) - 1`` samples of zero padding before and ``len(anticausal)`` after.
+    The depthwise kernel for a length-``L`` input spans ``min(L, span)`` causal taps and (bidirectional)
+    ``min(L - 1, span)`` anticausal ones, ``D`` folded in at offset 0: one call of the engine (FFT for long
+    kernels); a pointwise map, when ``out_channels != in_channels``, follows as a matmul.
     """
-    weight = causal.flip(-1)
-    after = 0
-    if anticausal is not None:
-        weight = torch.cat([weight, anticausal], dim=-1)
-        after = anticausal.shape[-1]
-    padding = ((causal.shape[-1] - 1, after),)
-    return convolve(x, weight.unsqueeze(1), None, padding=padding, groups=x.shape[1], backend=backend)
 
-
-class _LongConv1d(nn.Module):
-    """Depthwise long convolution by FFT + ``D`` skip + optional pointwise mixing + bias."""
+    _nd = 1
+    input_dependent = True
+    baked_sizes = "up to"  # the kernel for length L, cut to the first n taps, is the kernel for length n <= L
 
     def _init_layer(self, in_channels: int, out_channels: int | None, bias: bool, skip: bool,
                     bidirectional: bool, l_max: int | None, backend: str, factory: dict) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(in_channels if out_channels is None else out_channels, "out_channels")
+        out_channels = in_channels if out_channels is None else out_channels
+        positive_int(in_channels, "in_channels")
+        positive_int(out_channels, "out_channels")
+        # The layer as one convolution: depthwise, or dense with the pointwise map folded in.
+        groups = in_channels if out_channels == in_channels else 1
+        KernelConvNd.__init__(self, in_channels, out_channels, 1, 0, 1, groups, bias, "zeros", backend, **factory)
         self.bidirectional = bool(bidirectional)
-        self.l_max = None if l_max is None else _positive_int(l_max, "l_max")
+        self.l_max = None if l_max is None else positive_int(l_max, "l_max")
         self.D = nn.Parameter(torch.empty(in_channels, **factory)) if skip else None
-        if self.out_channels != self.in_channels:
-            self.pointwise = nn.Parameter(torch.empty(self.out_channels, self.in_channels, **factory))
+        if out_channels != in_channels:
+            self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
 
     def _reset_layer(self) -> None:
-        if self.D is not None:
-            nn.init.normal_(self.D)
-        if self.pointwise is not None:
-            nn.init.kaiming_uniform_(self.pointwise, a=5**0.5)
-        if self.bias is not None:
-            bound = 1.0 / self.in_channels**0.5
-            nn.init.uniform_(self.bias, -bound, bound)
+        _reset_skip_pointwise_bias(self)
 
     def kernels(self, length: int) -> tuple[Tensor, Tensor | None]:
         """Causal kernel ``(C, <= length)`` (tap ``s`` weighs ``x[t - s]``) and the anticausal one or None."""
         raise NotImplementedError
 
-    def forward(self, input: Tensor) -> Tensor:
-        check_input(self, input, 1, self.in_channels, "length")
-        length = input.shape[-1]
-        if self.l_max is not None and length > self.l_max:
-            raise ValueError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, "
-                             f"got length {length}")
+    def _depthwise(self, length: int) -> Tensor:
+        """``(C, 1, causal + anticausal taps)`` in correlation layout: the causal taps reversed (offset 0, with
+        ``D``, last of them), then the anticausal ones."""
         causal, anticausal = self.kernels(length)
-        if not torch.is_autocast_enabled(input.device.type):  # (autocast casts both operands itself)
-            causal = causal.to(input.dtype)
-            anticausal = None if anticausal is None else anticausal.to(input.dtype)
-        y = _long_conv(input, causal, anticausal, self.backend)  # (B, C, L)
+        dtype = next(self.parameters()).dtype  # the layer's (S4D computes its kernel in at least float32)
+        causal = causal.to(dtype)
+        anticausal = None if anticausal is None else anticausal.to(dtype)
         if self.D is not None:
-            y = y + input * self.D.unsqueeze(-1)
-        if self.pointwise is not None:
-            y = torch.matmul(self.pointwise, y)  # (B, out, L)
-        if self.bias is not None:
-            y = y + self.bias.unsqueeze(-1)
-        return y
-
-    def construct_kernel(self, length: int) -> Tensor:
-        """Dense kernel for sequences up to ``length``: ``(out, 1 or in, 2 length - 1)``, torch conv layout.
-
-        Applied by cross-correlation with zero padding ``length - 1`` (what :meth:`bake`
-        does); tap ``m`` holds offset ``length - 1 - m``, so the causal part fills the
-        second half. The ``D`` skip sits at the centre; pointwise mixing is folded in.
-        """
-        length = _positive_int(length, "length")
-        causal, anticausal = self.kernels(length)
-        c = causal.shape[0]
-        full = causal.new_zeros(c, 2 * length - 1)  # index j: offset j - (length - 1)
-        full[:, length - 1: length - 1 + causal.shape[-1]] = causal
+            causal = torch.cat([causal[:, :1] + self.D.unsqueeze(-1).to(causal.dtype), causal[:, 1:]], dim=-1)
+        weight = causal.flip(-1)
         if anticausal is not None:
-            anticausal = anticausal[:, : length - 1]  # offset -length never meets a sequence of this length
-            full[:, length - 1 - anticausal.shape[-1]: length - 1] = anticausal.flip(-1)
-        if self.D is not None:
-            full[:, length - 1] = full[:, length - 1] + self.D
-        weight = full.flip(-1).unsqueeze(1)  # (C, 1, 2L - 1), correlation layout
+            weight = torch.cat([weight, anticausal[:, : length - 1]], dim=-1)
+        return weight.unsqueeze(1)  # (C, 1, k)
+
+    def construct_kernel(self, input_size: Sequence[int] | int | None = None) -> Tensor:
+        """The dense kernel for sequences of length ``input_size`` (required): ``(out, 1 or in, k)``, torch conv
+        layout, applied with :meth:`kernel_padding`; ``D`` at offset 0, the pointwise map folded in."""
+        (length,) = self._bake_size(input_size)
+        weight = self._depthwise(length)  # (C, 1, k)
         if self.pointwise is not None:
-            weight = self.pointwise.unsqueeze(-1) * weight.transpose(0, 1)  # (out, in, 2L - 1)
+            weight = self.pointwise.unsqueeze(-1) * weight.transpose(0, 1)  # (out, in, k)
         return weight
 
-    @torch.no_grad()
-    def bake(self, length: int) -> Conv1d:
-        """An equivalent ``largekernel.nn.Conv1d`` (``backend="fft"``) for sequences of length ``<= length``."""
-        weight = self.construct_kernel(length)
-        groups = self.in_channels if self.pointwise is None else 1
-        return _baked_conv(weight, self.bias, groups, padding=length - 1, backend="fft")
+    def kernel_padding(self, kernel_size: Sequence[int]):
+        """Causal: ``k - 1`` before; two-sided: ``(k - 1) // 2`` before and ``k // 2`` after."""
+        (k,) = kernel_size
+        return (((k - 1) // 2, k // 2),) if self.bidirectional else ((k - 1, 0),)
+
+    def forward(self, input: Tensor) -> Tensor:
+        (length,) = self._spatial_size(input)
+        if self.l_max is not None and length > self.l_max:
+            raise ConvArgumentError(f"{type(self).__name__} was built for sequences up to l_max={self.l_max}, got "
+                                    f"length {length}")
+        if self.pointwise is None:
+            return super().forward(input)
+        weight = self._depthwise(length)
+        y = convolve(input, weight, None, padding=self.kernel_padding(weight.shape[2:]), groups=self.in_channels,
+                     backend=self.backend)  # (B, C, L)
+        y = torch.matmul(self.pointwise.to(y.dtype), y)  # (B, out, L)
+        return y if self.bias is None else y + self.bias.unsqueeze(-1)
 
     def _layer_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
@@ -338,6 +313,17 @@ class _LongConv1d(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+def _reset_skip_pointwise_bias(layer: nn.Module) -> None:
+    """The reference layers' initialisation of ``D`` (normal), the pointwise map and the bias (``nn.Linear``'s)."""
+    if layer.D is not None:
+        nn.init.normal_(layer.D)
+    if layer.pointwise is not None:
+        nn.init.kaiming_uniform_(layer.pointwise, a=5**0.5)
+    if layer.bias is not None:
+        bound = 1.0 / layer.in_channels**0.5
+        nn.init.uniform_(layer.bias, -bound, bound)
 
 
 class SGConv1d(_LongConv1d):
@@ -361,12 +347,13 @@ class SGConv1d(_LongConv1d):
         - Output: ``(N, C_out, L)``.
     """
 
+    size_knob = "kernel_dim"
+
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
                  bias: bool = True, *, l_max: int | None = None, kernel_dim: int = 64,
                  num_scales: int | None = None, decay: float | tuple[float, float] = 2.0,
                  interpolation: str = "linear", bidirectional: bool = False, skip: bool = True,
                  kernel_lr_scale: float | None = None, backend: str = "auto", device=None, dtype=None) -> None:
-        super().__init__()
         factory = {"device": device, "dtype": dtype}
         self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, backend, factory)
         span = kernel_size if kernel_size is not None else l_max
@@ -374,7 +361,7 @@ class SGConv1d(_LongConv1d):
             if num_scales is None:
                 raise ValueError("SGConv1d needs kernel_size, l_max or num_scales to size its kernel, got none")
             span = kernel_dim * 2 ** (num_scales - 1)
-        self.kernel_size = _positive_int(span, "kernel_size")
+        self.kernel_size = positive_int(span, "kernel_size")
         count = in_channels * (2 if bidirectional else 1)
         self.kernel = SGKernel(count, span, kernel_dim, num_scales, decay, interpolation, kernel_lr_scale,
                                **factory)
@@ -419,14 +406,15 @@ class S4DConv1d(_LongConv1d):
         - Output: ``(N, C_out, L)``.
     """
 
+    size_knob = "d_state"
+
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
                  bias: bool = True, *, l_max: int | None = None, d_state: int = 64, dt_min: float = 0.001,
                  dt_max: float = 0.1, bidirectional: bool = False, skip: bool = True,
                  ssm_lr_scale: float | None = None, backend: str = "auto", device=None, dtype=None) -> None:
-        super().__init__()
         factory = {"device": device, "dtype": dtype}
         self._init_layer(in_channels, out_channels, bias, skip, bidirectional, l_max, backend, factory)
-        self.kernel_size = None if kernel_size is None else _positive_int(kernel_size, "kernel_size")
+        self.kernel_size = None if kernel_size is None else positive_int(kernel_size, "kernel_size")
         count = in_channels * (2 if bidirectional else 1)
         self.kernel = S4DKernel(count, d_state, dt_min, dt_max, ssm_lr_scale, **factory)
         self.reset_parameters()
@@ -447,7 +435,7 @@ class S4DConv1d(_LongConv1d):
         return s if self.kernel_size is None else f"{s}, kernel_size={self.kernel_size}"
 
 
-class SGConv2d(nn.Module):
+class SGConv2d(KernelConvNd):
     """2-D SGConv: a separable kernel, the outer product of two bidirectional SGConv kernels (seed 003 §3.2).
 
     Along each axis, one :class:`SGKernel` of ``2 * in_channels`` kernels gives the
@@ -474,26 +462,25 @@ class SGConv2d(nn.Module):
         - Output: ``(N, C_out, H, W)``.
     """
 
+    _nd = 2
+    size_knob = "kernel_dim"
+
     def __init__(self, in_channels: int, out_channels: int | None = None,
                  kernel_size: int | tuple[int, int] | None = None, bias: bool = True, *, kernel_dim: int = 16,
                  num_scales: int | None = None, decay: float | tuple[float, float] = 2.0,
                  interpolation: str = "linear", bidirectional: bool = True, skip: bool = True,
                  kernel_lr_scale: float | None = None, backend: str = "fft", device=None, dtype=None) -> None:
-        super().__init__()
         factory = {"device": device, "dtype": dtype}
         if not bidirectional:
-            raise ValueError("SGConv2d kernels are two-sided; bidirectional=False (causal) exists in 1-D only")
+            raise ConvArgumentError("SGConv2d kernels are two-sided; bidirectional=False (causal) exists in 1-D only")
         if kernel_size is None:
-            raise ValueError("SGConv2d needs kernel_size (the box its kernel spans), got None")
-        box = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if len(box) != 2:
-            raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}")
-        self.kernel_size = tuple(_positive_int(k, "kernel_size") for k in box)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(in_channels if out_channels is None else out_channels, "out_channels")
+            raise ConvArgumentError("SGConv2d needs kernel_size (the box its kernel spans), got None")
+        out_channels = in_channels if out_channels is None else out_channels
+        positive_int(in_channels, "in_channels")
+        positive_int(out_channels, "out_channels")
+        super().__init__(in_channels, out_channels, 1, "same", 1, in_channels if out_channels == in_channels else 1,
+                         bias, "zeros", backend, device, dtype)
+        self.kernel_size = ntuple(kernel_size, 2, "kernel_size", minimum=1)
         # Each axis: taps at offsets >= 0 (K - (K-1)//2 of them) and < 0 ((K-1)//2), from one generator.
         self.kernel_h, self.kernel_w = (
             SGKernel(2 * in_channels, k - (k - 1) // 2, kernel_dim, num_scales, decay, interpolation,
@@ -503,13 +490,12 @@ class SGConv2d(nn.Module):
             self.pointwise = nn.Parameter(torch.empty(self.out_channels, self.in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.kernel_h.reset_parameters()
         self.kernel_w.reset_parameters()
-        _LongConv1d._reset_layer(self)
+        _reset_skip_pointwise_bias(self)
 
     def _axis(self, generator: SGKernel, size: int) -> Tensor:
         k = generator(size)  # (2C, K - left)
@@ -523,35 +509,30 @@ class SGConv2d(nn.Module):
         b = self._axis(self.kernel_w, self.kernel_size[1])  # (C, K_w)
         return (a.unsqueeze(-1) * b.unsqueeze(-2)).unsqueeze(1)  # (C, 1, K_h, K_w)
 
-    def forward(self, input: Tensor) -> Tensor:
-        check_input(self, input, 2, self.in_channels, "height, width")
-        weight = self.depthwise_kernel().to(input.dtype)
-        y = convolve(input, weight, None, padding="same", groups=self.in_channels, backend=self.backend)
-        if self.D is not None:
-            y = y + input * self.D.view(-1, 1, 1)
-        if self.pointwise is not None:
-            y = torch.einsum("oi,bihw->bohw", self.pointwise, y)  # (B, out, H, W)
-        if self.bias is not None:
-            y = y + self.bias.view(-1, 1, 1)
-        return y
-
-    def construct_kernel(self) -> Tensor:
-        """The dense kernel, ``(out, 1 or in, K_h, K_w)`` in torch conv layout, ``D`` and pointwise folded in."""
+    def _with_skip(self) -> Tensor:
+        """The depthwise box with ``D`` added at its centre, ``(C, 1, K_h, K_w)``."""
         weight = self.depthwise_kernel()  # (C, 1, K_h, K_w)
-        if self.D is not None:
-            centre = torch.zeros_like(weight)
-            centre[:, 0, (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2] = 1.0
-            weight = weight + centre * self.D.view(-1, 1, 1, 1)
+        if self.D is None:
+            return weight
+        centre = torch.zeros_like(weight)
+        centre[:, 0, (self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2] = 1.0
+        return weight + centre * self.D.view(-1, 1, 1, 1)
+
+    def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
+        """The dense kernel, ``(out, 1 or in, K_h, K_w)`` in torch conv layout, ``D`` and pointwise folded in
+        (whatever the input size)."""
+        weight = self._with_skip()
         if self.pointwise is not None:
             weight = self.pointwise.view(*self.pointwise.shape, 1, 1) * weight.transpose(0, 1)  # (out, in, Kh, Kw)
         return weight
 
-    @torch.no_grad()
-    def bake(self) -> Conv2d:
-        """An equivalent ``largekernel.nn.Conv2d`` ("same" padding, this layer's backend)."""
-        weight = self.construct_kernel()
-        groups = self.in_channels if self.pointwise is None else 1
-        return _baked_conv(weight, self.bias, groups, padding="same", backend=self.backend)
+    def forward(self, input: Tensor) -> Tensor:
+        if self.pointwise is None:
+            return super().forward(input)
+        self._spatial_size(input)
+        y = convolve(input, self._with_skip(), None, padding="same", groups=self.in_channels, backend=self.backend)
+        y = torch.einsum("oi,bihw->bohw", self.pointwise.to(y.dtype), y)  # (B, out, H, W)
+        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
