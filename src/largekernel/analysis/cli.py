@@ -19,7 +19,11 @@ __all__ = ["main"]
 
 
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="largekernel analyze", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="largekernel analyze",
+                       description="Every figure and statistic of a trained model (the analyses of NIFF, RepLKNet, "
+                                   "DCLS and FlexConv: effective kernel size, ERF, learned positions and masks), "
+                                   "written as PNG files and summary.json; with several checkpoints of one DCLS "
+                                   "model, also how its positions evolved.")
     p.add_argument("checkpoints", nargs="+", metavar="PATH",
                    help="run directory (its newest verified checkpoint) or checkpoint directory, as for "
                         "`largekernel eval`; the last one is analysed, all of them for DCLS evolution")

@@ -170,11 +170,11 @@ def _discard(path: Path, parent: Path) -> None:
     os.rename(path, trash)
     _fsync_dir(parent)
     _fault("trash")
-    files = sorted(trash.iterdir())
-    if files:
-        files[0].unlink()
-        _fault("trash_partial")
-    shutil.rmtree(trash)
+    for i, file in enumerate(sorted(trash.iterdir())):
+        file.unlink()
+        if i == 0:
+            _fault("trash_partial")
+    trash.rmdir()
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig, info: DatasetInfo,
@@ -430,7 +430,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> CheckpointChoice:
     verified ``.old`` or temporary copy. Raises ``FileNotFoundError`` when there is none, :class:`CheckpointError`
     when ``path`` is a corrupt checkpoint (never a silent substitute for one the caller named)."""
     path = Path(path)
-    if (path / _MANIFEST).exists() or (path / _CONFIG_FILE).exists():
+    if any((path / name).exists() for name in (_MANIFEST, *_FILES)):
         return _read(path)
     for directory, names in ((path / "checkpoints", ("last", "best")), (path, ("last", "best")),
                              (path.parent, (path.name,))):
