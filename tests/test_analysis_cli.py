@@ -36,4 +36,4 @@ def test_analyze_writes_figures_and_summary(tmp_path, capsys):
 
 def test_analyze_missing_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "nothing")]) == 2
-    assert "no checkpoint" in capsys.readouterr().out
+    assert "no checkpoint" in capsys.readouterr().err

@@ -1,6 +1,10 @@
+import re
 import subprocess
 import sys
 
+import pytest
+
+from largekernel.bench import SUITES
 from largekernel.cli import SUBCOMMANDS, main
 
 
@@ -20,3 +24,68 @@ def test_console_script_runs_as_module():
     result = subprocess.run([sys.executable, "-m", "largekernel", "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("largekernel ")
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+COMMANDS = [[name] for name in SUBCOMMANDS] + [["bench", suite] for suite in SUITES]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
+def test_help_describes_the_command_and_every_option(argv, capsys):
+    code, out, _ = _run([*argv, "--help"], capsys)
+    assert code == 0
+    usage, description = out.split("\n\n")[:2]
+    assert usage.startswith(f"usage: largekernel {' '.join(argv)}") and len(description.split()) >= 6
+    lines = out.splitlines()
+    entries = 0
+    for i, line in enumerate(lines):
+        m = re.match(r"^  (-\S.*?|[A-Za-z]\S*)(?:\s{2,}(\S.*))?$", line)
+        if not m or i < 2:
+            continue
+        entries += 1
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        documented = m.group(2) or re.match(r"^ {6,}\S", following)
+        assert documented, f"no description for {m.group(1)!r} in `largekernel {' '.join(argv)} --help`"
+        assert "_" not in re.sub(r"[A-Z_]+", "", m.group(1).split()[0]), f"{m.group(1)!r} is not spelled with dashes"
+    assert entries >= 2
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["eval"], "PATH: missing"),
+    (["eval", "x", "--split", "val"], "argument --split: invalid choice: 'val'"),
+    (["analyze", "x", "--images", "0"], "--images: got 0, expected >= 1"),
+    (["bench"], "SUITE: missing"),
+    (["bench", "nope"], "unknown suite 'nope'"),
+    (["study", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--epochs", "x"], "epochs: got 'x', expected int"),
+])
+def test_errors_are_one_line_and_a_pointer_to_help(argv, error, capsys):
+    code, out, err = _run(argv, capsys)
+    prog = "largekernel " + argv[0]
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"{prog}: error: {err.splitlines()[0].split('error: ', 1)[1]}", f"see `{prog} --help`"]
+    assert error in err
+
+
+@pytest.mark.parametrize("sep", ["-", "_"])
+def test_every_command_takes_dashes_and_underscores(sep, tmp_path, capsys):
+    # Each call stops at a check made after parsing: reaching it shows the flags were accepted.
+    data_dir = [f"--data{sep}dir", str(tmp_path)]
+    code, _, err = _run(["study", *data_dir, "--seeds", "0"], capsys)
+    assert code == 2 and "--seeds must be >= 1" in err
+    code, _, err = _run(["eval", str(tmp_path), *data_dir, f"--batch{sep}size", "0"], capsys)
+    assert code == 2 and "--batch-size: got 0, expected a positive integer" in err
+    code, _, err = _run(["train", *data_dir, "--dataset", "cifar10", f"--eval{sep}batch{sep}size", "0"], capsys)
+    assert code == 2 and "eval_batch_size: got 0" in err
+    code, _, err = _run(["bench", "conv", f"--min{sep}run{sep}time", "x"], capsys)
+    assert code == 2 and "argument --min-run-time: invalid float value: 'x'" in err
+    code, _, err = _run(["convert", "--model", "dwnet1d_tiny", f"--model{sep}kwargs", "[1]"], capsys)
+    assert code == 2 and "argument --model-kwargs: expected a JSON object" in err

@@ -9,15 +9,18 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
+from largekernel._argparse import print_usage_error
+
 __all__ = ["main", "SUBCOMMANDS"]
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("largekernel.study", "train every convolution family on embedded data and write a report"),
     "train": ("largekernel.train.cli", "train a model from a YAML config (torchrun-ready)"),
-    "eval": ("largekernel.train.cli", "evaluate a checkpoint directory"),
-    "bench": ("largekernel.bench", "time convolution backends and whole models (suites: conv, dcls, flexconv, niff, fit, models)"),
-    "analyze": ("largekernel.analysis.cli", "figures and statistics for a trained checkpoint"),
+    "eval": ("largekernel.train.cli", "evaluate a run or checkpoint directory (accuracy and loss as JSON)"),
+    "bench": ("largekernel.bench", "time convolution backends and whole models (suites: conv, dcls, flexconv, niff, "
+                                   "fit, models)"),
+    "analyze": ("largekernel.analysis.cli", "figures and statistics for a run or checkpoint directory"),
     "convert": ("largekernel.convert", "convert / bake a saved model"),
 }
 
@@ -25,7 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     lines = ["usage: largekernel <command> [options]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-    lines += ["", "Run `largekernel <command> --help` for the options of one command."]
+    lines += ["", "Run `largekernel <command> --help` for the options of one command. Flags are spelled with",
+              "dashes (--data-dir); underscores (--data_dir) are accepted too."]
     return "\n".join(lines)
 
 
@@ -41,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        print(f"largekernel: unknown command {command!r}; expected one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        return 2
+        return print_usage_error("largekernel", f"unknown command {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
     module_name = SUBCOMMANDS[command][0]
     try:
         module = import_module(module_name)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from largekernel._argparse import ArgumentParser
 from largekernel.models.layers import CONV_TYPES, create_conv
 
 __all__ = ["convert", "bake", "ConvertReport", "ReplacedLayer", "is_depthwise_spatial", "main"]
@@ -366,8 +367,8 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="largekernel convert",
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="largekernel convert",  # dashed flags, underscores accepted, one-line errors
                                 description="Convert a model's convolutions to a large-kernel family and/or bake "
                                             "learnable kernels into plain convolutions; print the report.")
     src = p.add_mutually_exclusive_group(required=True)

@@ -18,7 +18,6 @@ its last checkpoint and skips every finished one.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from largekernel._argparse import ArgumentParser
 
 __all__ = ["main", "DatasetPlan", "DATASETS", "VARIANTS", "MNIST1D_BASELINES", "plan_runs", "run_study", "aggregate",
            "format_table"]
@@ -536,8 +537,8 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
     return results
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(  # dashed flags, underscores accepted, one-line errors
         prog="largekernel study",
         description="Train one architecture with every convolution family at matched parameters and report "
                     "accuracy, cost and the effective kernel size (default: MNIST-1D and digits, offline).")

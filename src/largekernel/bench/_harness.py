@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils import benchmark
 
+from largekernel._argparse import ArgumentParser
 from largekernel.functional import native_kernels
 
 __all__ = ["suite_parser", "parse_suite_args", "median_time", "machine_info", "format_table", "write_json",
@@ -26,12 +27,14 @@ __all__ = ["suite_parser", "parse_suite_args", "median_time", "machine_info", "f
 
 def suite_parser(suite: str, description: str | None, quick: str, outputs: str) -> argparse.ArgumentParser:
     """An argument parser with the options every suite shares: ``--quick`` (help: ``quick``),
-    ``--out`` (folder for ``outputs``), ``--min-run-time`` and ``--threads``."""
-    parser = argparse.ArgumentParser(prog=f"largekernel bench {suite}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    ``--out`` (folder for ``outputs``), ``--min-run-time``, ``--threads`` and ``--no-native``; flags with dashes
+    (underscores accepted), one-line usage errors (``largekernel._argparse``)."""
+    parser = ArgumentParser(prog=f"largekernel bench {suite}", description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick)
-    parser.add_argument("--out", default="bench_results", help=f"folder for {outputs}")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--out", default="bench_results", help=f"folder for {outputs} (default: bench_results)")
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds per measurement (default: the suite's, shorter with --quick)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); 1 gives steadier ratios on a shared machine")
     parser.add_argument("--no-native", action="store_true",

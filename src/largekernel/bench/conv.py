@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                      "conv.json and conv.png")
     p.add_argument("--kernels", type=int, nargs="+", default=None, help="odd kernel sizes (default 3..51)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8, 2 with --quick)")
-    p.add_argument("--channels", type=int, default=96)
+    p.add_argument("--channels", type=int, default=96, help="channels of the depthwise convolution (default 96)")
     p.add_argument("--size", type=int, default=56, help="height = width of the activation")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating measurement rounds, fastest counts (default 3, 1 with --quick)")

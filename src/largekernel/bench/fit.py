@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", choices=("tiny", "small"), help="ViT/FiT size")
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 224], help="image sizes (px)")
-    parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--patch-size", type=int, default=4, help="patch size (px) of both models (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating ViT/FiT measurements per size")
     args = parse_suite_args(parser, argv)
 

@@ -8,6 +8,7 @@ from largekernel.data.datasets import (
     dataset_info,
     list_datasets,
     load_dataset,
+    needs_data_dir,
 )
 from largekernel.data.randaugment import rand_augment
 from largekernel.data.transforms import (
@@ -22,6 +23,6 @@ from largekernel.data.transforms import (
 
 __all__ = [
     "DatasetFormatError", "DatasetInfo", "ImageFolderDataset", "TensorDataset", "dataset_info", "list_datasets",
-    "load_dataset", "Normalize", "mixup_cutmix", "one_hot", "random_crop", "random_erasing", "random_flip",
+    "load_dataset", "needs_data_dir", "Normalize", "mixup_cutmix", "one_hot", "random_crop", "random_erasing", "random_flip",
     "random_resized_crop", "rand_augment",
 ]

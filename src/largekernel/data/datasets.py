@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from largekernel.data.transforms import Normalize
 
 __all__ = ["DatasetInfo", "TensorDataset", "ImageFolderDataset", "load_dataset", "dataset_info",
-           "list_datasets", "DatasetFormatError"]
+           "list_datasets", "needs_data_dir", "DatasetFormatError"]
 
 SPLITS = ("train", "test")
 
@@ -325,6 +325,8 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist": functools.partial(_mnist_idx, name="fashion_mnist"),
 }
 
+_EMBEDDED = ("mnist1d", "mnist1d_seq", "digits", "digits_seq", "digits_pseq")
+
 # Datasets whose info is known without reading files.
 _STATIC_INFO = {
     "mnist1d": DatasetInfo(10, 1, (40,), 1),
@@ -342,6 +344,12 @@ _STATIC_INFO = {
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
     return list(_LOADERS)
+
+
+def needs_data_dir(name: str) -> bool:
+    """Whether dataset ``name`` reads files from a ``data_dir`` (the embedded ones generate or ship their data)."""
+    _check_name(name)
+    return name not in _EMBEDDED
 
 
 def _check_name(name: str) -> None:

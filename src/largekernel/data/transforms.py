@@ -64,17 +64,16 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     spatial = x.shape[2:]
     if len(spatial) not in (1, 2):
         raise ValueError(f"random_crop expects a batch (N, C, L) or (N, C, H, W), got shape {tuple(x.shape)}")
-    n = x.shape[0]
+    n, c = x.shape[:2]
     xp = F.pad(x, [padding] * (2 * len(spatial)))  # (N, C, *(size + 2 padding))
     offsets = torch.randint(0, 2 * padding + 1, (n, len(spatial)), generator=generator).to(x.device)
-    batch = torch.arange(n, device=x.device)
-    if len(spatial) == 1:
-        cols = offsets[:, 0:1] + torch.arange(spatial[0], device=x.device)  # (N, L)
-        return xp[batch[:, None], :, cols].permute(0, 2, 1)  # (N, L, C) -> (N, C, L)
-    rows = offsets[:, 0:1] + torch.arange(spatial[0], device=x.device)  # (N, H)
-    cols = offsets[:, 1:2] + torch.arange(spatial[1], device=x.device)  # (N, W)
-    out = xp[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2)  # (N, C, H, W)
+    # gather, not advanced indexing + permute: the result has the standard contiguous strides, so the weight
+    # gradients of a first convolution have them too (DDP's gradient buckets compare strides exactly).
+    cols = offsets[:, -1:] + torch.arange(spatial[-1], device=x.device)  # (N, W)
+    if len(spatial) == 2:
+        rows = offsets[:, 0:1] + torch.arange(spatial[0], device=x.device)  # (N, H)
+        xp = xp.gather(2, rows[:, None, :, None].expand(n, c, spatial[0], xp.shape[-1]))  # (N, C, H, W + 2 padding)
+    return xp.gather(-1, cols.view(n, 1, *[1] * (len(spatial) - 1), -1).expand(n, c, *spatial))  # (N, C, *size)
 
 
 def _check_range(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, float]:

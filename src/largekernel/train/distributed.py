@@ -2,12 +2,15 @@
 
 ``torchrun --nproc_per_node=N -m largekernel train ...`` sets ``RANK``,
 ``LOCAL_RANK`` and ``WORLD_SIZE``; :func:`setup` joins the process group (gloo
-on CPU, NCCL on CUDA). A single process without those variables runs with
-``world_size == 1`` and no process group.
+on CPU, NCCL on CUDA) with a timeout, so that a process whose peer died or was
+stopped fails after that many seconds instead of waiting for the backend's
+default (30 minutes for gloo). A single process without those variables runs
+with ``world_size == 1`` and no process group.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -32,14 +35,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE > 1`` (idempotent) and describe this process."""
+def setup(device: torch.device, timeout_s: float = 300.0) -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE > 1`` (idempotent) and describe this process.
+
+    ``timeout_s``: how long joining and every collective (gradient all-reduce,
+    evaluation sums) wait for the other processes before raising.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(0, 0, 1)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 

@@ -21,7 +21,12 @@ Determinism: batches are a function of ``(seed, epoch)``, augmentation draws
 from a generator whose state is checkpointed together with torch's RNG, so a
 run stopped after any step and resumed ends with bit-identical weights on CPU.
 Under torchrun every process forms the same global batch and trains on its
-``1 / world_size`` share: the averaged gradient equals the single-process one.
+``1 / world_size`` share: the averaged gradient equals the single-process one
+(see docs/training.md for exactly when).
+
+Order of work: the configuration is checked against the machine and the file
+system and the model is built (``train.preflight``) before any data loads, so
+a mistake stops the run in seconds with a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,15 +44,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from largekernel.data import DatasetInfo, TensorDataset, dataset_info, load_dataset
+from largekernel.data import DatasetInfo, TensorDataset, load_dataset
 from largekernel.data.randaugment import rand_augment
 from largekernel.data.transforms import (Normalize, mixup_cutmix, random_crop, random_erasing, random_flip,
                                          random_resized_crop)
 from largekernel.optim import SigmaSchedule, dcls_repulsive_loss, install_dcls_clamp, param_groups
-from largekernel.train.checkpoint import create_run_model, read_checkpoint, save_checkpoint
-from largekernel.train.config import TrainConfig
+from largekernel.train.checkpoint import CheckpointChoice, CheckpointError, load_weights, save_checkpoint, select_checkpoint
+from largekernel.train.config import ConfigError, TrainConfig, config_to_dict
 from largekernel.train.distributed import DistInfo, all_reduce_sum, setup
 from largekernel.train.logger import RunLogger
+from largekernel.train.preflight import (build_model, check_data, check_disk_space, check_output, clear_run,
+                                         resolve_device)
 
 __all__ = ["train", "evaluate", "lr_factor", "build_optimizer", "count_parameters"]
 
@@ -94,20 +102,6 @@ def _with_kernel_net_decay(groups: list[dict], weight_decay: float) -> list[dict
     return out
 
 
-def _resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device != "auto":
-        device = torch.device(cfg.device)
-    elif torch.cuda.is_available():
-        import os
-
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        device = torch.device("cpu")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision: got 'fp16' on device {device}, expected 'bf16' or 'fp32' on CPU")
-    return device
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -133,29 +127,40 @@ def _fetch(ds: Dataset, batches: list[torch.Tensor], num_workers: int) -> Iterat
 
 
 class _ModelEma:
-    """Exponential moving average of a model's parameters and buffers (Polyak averaging), kept in fp32."""
+    """Exponential moving average of a model's parameters and buffers (Polyak averaging), kept in fp32.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
+    With ``warmup`` the decay at the n-th optimizer step is ``min(decay, 1 - n^(-2/3))`` (timm's ModelEmaV3
+    warm-up with its defaults, gamma 1 and power 2/3): 0 at the first step, so the average starts at the
+    trained weights instead of the initialisation, which a decay of 0.999 would keep ~86 % of after 150 steps.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        """The decay applied by the update after optimizer step ``step`` (1 for the first)."""
+        return min(self.decay, 1.0 - step ** (-2 / 3)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        weight = 1.0 - self.decay_at(step)
         for e, m in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(m, 1.0 - self.decay)
+            e.lerp_(m, weight)
         for e, m in zip(self.module.buffers(), model.buffers()):
             if e.dtype.is_floating_point:
-                e.lerp_(m, 1.0 - self.decay)
+                e.lerp_(m, weight)
             else:
                 e.copy_(m)
 
 
 class _FamilyHooks:
-    """The per-family learning techniques, discovered once on the model (before the optimizer is built)."""
+    """The per-family learning techniques, discovered once on the model before any data loads (a regulariser
+    that does not import, repulsion or a sigma schedule without DCLS layers raise :class:`ConfigError`)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         modules = list(model.modules())
         self.has_clamp = any(callable(getattr(m, "clamp_parameters", None)) for m in modules)
         self.progress = [m for m in modules if callable(getattr(m, "set_training_progress", None))]
@@ -166,21 +171,35 @@ class _FamilyHooks:
             try:
                 fn = getattr(import_module(module_name), fn_name)
             except (ImportError, AttributeError) as err:
-                raise ValueError(f"regularizers: cannot import {key!r} ({err}); expected 'package.module:function'") from None
+                raise ConfigError(f"regularizers: cannot import {key!r} ({err}); expected 'package.module:function'") from None
+            if not callable(fn):
+                raise ConfigError(f"regularizers: got {key!r}, a {type(fn).__name__}; expected a function of the model")
             self.functions.append((fn, weight))
         if cfg.dcls_repulsion > 0:
             self.functions.append((dcls_repulsive_loss, cfg.dcls_repulsion))
-            dcls_repulsive_loss(model)  # fails now, naming the model, when it has no DCLS layer
+            try:
+                dcls_repulsive_loss(model)
+            except ValueError as err:
+                raise ConfigError(f"dcls_repulsion: got {cfg.dcls_repulsion}, expected 0 for model {cfg.model!r} "
+                                  f"({err})") from None
         # Widths are set by the schedule, not learned: SIG leaves the optimizer (requires_grad False).
-        self.sigma = SigmaSchedule(model, *cfg.dcls_sigma, total_steps=max(1, total_steps)) \
-            if cfg.dcls_sigma is not None else None
+        # Its length is set by install(), once the dataset's size is known.
+        self.sigma = None
+        if cfg.dcls_sigma is not None:
+            try:
+                self.sigma = SigmaSchedule(model, *cfg.dcls_sigma, total_steps=1)
+            except ValueError as err:
+                raise ConfigError(f"dcls_sigma: got {cfg.dcls_sigma}, expected None for model {cfg.model!r} "
+                                  f"({err})") from None
         self.cfg = cfg
 
-    def install(self, optimizer: torch.optim.Optimizer, model: nn.Module, step: int) -> None:
-        """Clamp after every optimizer step; put the sigma schedule at ``step`` (resumed runs)."""
+    def install(self, optimizer: torch.optim.Optimizer, model: nn.Module, step: int, total_steps: int) -> None:
+        """Clamp after every optimizer step; stretch the sigma schedule over ``total_steps`` and put it at
+        ``step`` (resumed runs)."""
         if self.has_clamp:
             install_dcls_clamp(optimizer, model)
         if self.sigma is not None:
+            self.sigma.total_steps = max(1, total_steps)
             self.sigma.last_step = step
 
     def before_step(self, fraction: float) -> None:
@@ -201,20 +220,6 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The sample order of ``epoch``: a pure function of ``(seed, epoch)`` so any step can be resumed."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def _check_image_augment(cfg: TrainConfig, info: DatasetInfo) -> None:
-    """The image-only augmentations need ``(N, C, H, W)`` batches (RandAugment: 1 or 3 channels)."""
-    a = cfg.augment
-    image_only = {"resized_crop_scale": a.resized_crop_scale is not None, "rand_augment_ops": a.rand_augment_ops > 0,
-                  "erase_prob": a.erase_prob > 0}
-    for key, on in image_only.items():
-        if on and len(info.input_size) != 2:
-            raise ValueError(f"augment.{key}: got {getattr(a, key)!r}, expected it off for the "
-                             f"{len(info.input_size)}-D inputs of dataset {cfg.dataset!r} (images only)")
-    if a.rand_augment_ops and info.in_chans not in (1, 3):
-        raise ValueError(f"augment.rand_augment_ops: got {a.rand_augment_ops}, expected 0 for {info.in_chans}-channel "
-                         "inputs (RandAugment takes 1 or 3 channels)")
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, num_classes: int,
@@ -294,6 +299,44 @@ def _set_rng_state(state: dict[str, Any], g: torch.Generator, device: torch.devi
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# Settings a resumed run may change without changing what it computes (or that only say when to stop).
+_RESUME_FREE = {"resume", "overwrite", "output_dir", "max_steps", "device", "num_threads", "num_workers",
+                "log_every_steps", "checkpoint_every_steps", "data_dir", "eval_batch_size", "dist_timeout", "save_best"}
+# What a training state must hold to be resumed.
+_RESUME_KEYS = ("step", "history", "best_acc", "train_time_s", "epoch_loss", "optimizer", "rng")
+
+
+def _warn_changed(cfg: TrainConfig, choice: CheckpointChoice) -> None:
+    now, then = config_to_dict(cfg), config_to_dict(choice.cfg)
+    changed = [f"{k} {then[k]!r} -> {v!r}" for k, v in now.items() if k not in _RESUME_FREE and then.get(k) != v]
+    if changed:
+        warnings.warn(f"resuming from {choice.path} with settings that differ from its run: {'; '.join(changed)}; "
+                      "the run continues with the new values", stacklevel=3)
+
+
+def _restore(choice: CheckpointChoice, model: nn.Module, optimizer: torch.optim.Optimizer, ema: _ModelEma | None,
+             scaler: torch.amp.GradScaler, aug_gen: torch.Generator, device: torch.device) -> None:
+    """Load a resumable checkpoint into the run's objects; anything that does not fit names the checkpoint's file."""
+    state, tensors = choice.state, choice.path / "state.safetensors"
+    load_weights(model, choice.weights, choice.path / "model.safetensors")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], aug_gen, device)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{tensors}: the optimizer / RNG state does not fit this run "
+                              f"({type(err).__name__}: {err})") from None
+    if ema is not None and state.get("ema"):
+        load_weights(ema.module, state["ema"], tensors)
+
+
+def _mean_over_processes(epoch_loss: list[float], dist_info: DistInfo, device: torch.device) -> list[float]:
+    """``[sum of per-step losses averaged over processes, steps]`` from this process's ``[sum, steps]``."""
+    total = all_reduce_sum([epoch_loss[0]], dist_info, device)[0]
+    return [total / dist_info.world_size, epoch_loss[1]]
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset``; write checkpoints and logs under ``cfg.output_dir``.
 
@@ -302,65 +345,81 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ``epoch``, ``train_loss``, ``test_acc``, ``test_loss``, ``lr``, ``time_s`` and
     ``ema_acc``), ``step`` and ``stopped_early`` (``max_steps`` reached).
     Accuracies are fractions in [0, 1]. Under torchrun, call it in every process.
+
+    Raises :class:`ConfigError` before any data loads when the configuration cannot
+    work here (device, data_dir, output_dir, model_kwargs, ...), and
+    :class:`CheckpointError` when ``resume`` finds checkpoints but none usable.
     """
-    device = _resolve_device(cfg)
-    dist_info = setup(device)
-    world, rank = dist_info.world_size, dist_info.rank
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size: got {cfg.batch_size}, expected a multiple of the number of processes ({world})")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.deterministic
-        torch.backends.cudnn.deterministic = cfg.deterministic
+    # Every check that can fail runs before the process group forms, so no process writes anything
+    # another is still checking (e.g. whether output_dir is empty).
+    device = resolve_device(cfg)
+    info: DatasetInfo = check_data(cfg)
+    check_output(cfg)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    info: DatasetInfo = dataset_info(cfg.dataset, cfg.data_dir, **cfg.dataset_kwargs)
-    _check_image_augment(cfg, info)
+    model = build_model(cfg, info)
+    hooks = _FamilyHooks(model, cfg)
+    check_disk_space(cfg, model)
+    dist_info = setup(device, cfg.dist_timeout)
+    world, rank = dist_info.world_size, dist_info.rank
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: got {cfg.batch_size}, expected a multiple of the number of processes ({world})")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    if cfg.overwrite and dist_info.is_main:
+        clear_run(output_dir)
+    model.to(device)
     train_ds, test_ds = _load_split(cfg, "train"), _load_split(cfg, "test")
     if cfg.augment.rand_augment_ops and train_ds.normalize is None:
-        raise ValueError(f"augment.rand_augment_ops: got {cfg.augment.rand_augment_ops}, expected 0 for dataset "
-                         f"{cfg.dataset!r} (RandAugment works in pixel space and needs a per-channel normalisation to "
-                         "undo: cifar10, mnist, fashion_mnist, imagefolder)")
-    model = create_run_model(cfg, info).to(device)
+        raise ConfigError(f"augment.rand_augment_ops: got {cfg.augment.rand_augment_ops}, expected 0 for dataset "
+                          f"{cfg.dataset!r} (RandAugment works in pixel space and needs a per-channel normalisation "
+                          "to undo: cifar10, mnist, fashion_mnist, imagefolder)")
     n = len(train_ds)
     batch = min(cfg.batch_size, n - n % world)  # the global batch; tiny subsets use all (world-divisible) samples
     steps_per_epoch = n // batch  # incomplete last batches are dropped so every step averages `batch` samples
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    hooks = _FamilyHooks(model, cfg, total_steps)
     params = count_parameters(model)
     optimizer = build_optimizer(model, cfg)
-    ema = _ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    ema = _ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
-    output_dir = Path(cfg.output_dir)
-    ckpt_dir = output_dir / "checkpoints"
     logger = RunLogger(output_dir, enabled=dist_info.is_main)
     step, history, best_acc, train_time = 0, [], 0.0, 0.0
-    epoch_loss = [0.0, 0.0]  # running (sum of batch losses, number of batches) of the current epoch
-    if cfg.resume and any((ckpt_dir / name).exists() for name in ("last", "last.old")):
-        weights, _, _, state = read_checkpoint(ckpt_dir / "last")
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.module.load_state_dict(state["ema"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], aug_gen, device)
-        step, history, best_acc = state["step"], state["history"], state["best_acc"]
-        train_time, epoch_loss = state["train_time_s"], state["epoch_loss"]
-        logger.truncate_after(len(history))
-    hooks.install(optimizer, model, step)
+    # running (sum of batch losses, number of batches) of the current epoch; under torchrun the sum is this
+    # process's, and the checkpointed one the mean over processes (restored as every process's own)
+    epoch_loss = [0.0, 0.0]
+    if cfg.resume:
+        choice = select_checkpoint(ckpt_dir, require=_RESUME_KEYS)
+        if choice is not None:
+            if dist_info.is_main:
+                if choice.skipped or choice.path.name != "last":
+                    warnings.warn(f"resuming from {choice.describe()}", stacklevel=2)
+                elif progress:
+                    print(f"resuming from {choice.describe()}", flush=True)
+                _warn_changed(cfg, choice)
+            _restore(choice, model, optimizer, ema, scaler, aug_gen, device)
+            state = choice.state
+            step, history, best_acc = state["step"], state["history"], state["best_acc"]
+            train_time, epoch_loss = state["train_time_s"], state["epoch_loss"]
+        logger.rewrite(history)  # rows logged after the checkpoint (or before any) are not part of this run
+    hooks.install(optimizer, model, step, total_steps)
     net = model
     if dist_info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def checkpoint(name: str) -> None:
+        # Called by every process: the logged loss is averaged over processes first.
+        loss = _mean_over_processes(epoch_loss, dist_info, device)
         if not dist_info.is_main:
             return
         state = {"step": step, "epoch": step // steps_per_epoch, "history": history, "best_acc": best_acc,
-                 "train_time_s": train_time, "epoch_loss": epoch_loss, "optimizer": optimizer.state_dict(),
+                 "train_time_s": train_time, "epoch_loss": loss, "optimizer": optimizer.state_dict(),
                  "ema": ema.module.state_dict() if ema is not None else None,
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "rng": _rng_state(aug_gen, device), "params": params}
@@ -412,9 +471,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             scaler.step(optimizer)
             scaler.update()
             hooks.after_step()
-            if ema is not None:
-                ema.update(model)
             step += 1
+            if ema is not None:
+                ema.update(model, step)
             epoch_loss = [epoch_loss[0] + loss.item(), epoch_loss[1] + 1]
             if bar is not None:
                 bar.update(1)
@@ -434,7 +493,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             checkpoint("last")
             break
         metrics = _evaluate(model, test_ds, cfg, device, dist_info)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": epoch_loss[0] / max(1, epoch_loss[1]),
+        loss_sum, loss_steps = _mean_over_processes(epoch_loss, dist_info, device)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, loss_steps),
                "test_acc": metrics["acc"], "test_loss": metrics["loss"], "lr": lr_now, "time_s": train_time,
                "ema_acc": _evaluate(ema.module, test_ds, cfg, device, dist_info)["acc"] if ema is not None else None}
         history.append(row)

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 __all__ = ["RunLogger"]
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    # The columns of the last row: a resumed run may have switched a column on (e.g. EMA).
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[-1]), restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 class RunLogger:
@@ -33,39 +51,35 @@ class RunLogger:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         csv_path = self.dir / "metrics.csv"
-        fields = list(row)
-        new = not csv_path.exists()
-        if not new:
+        header = None
+        if csv_path.exists():
             with open(csv_path, newline="") as f:
                 header = next(csv.reader(f), None)
-            # A resumed run whose columns changed (e.g. EMA switched on) starts a fresh header.
-            new = header != fields
-        with open(csv_path, "w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if header == list(row):
+            with open(csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=list(row)).writerow(row)
+        else:
+            _replace(csv_path, _csv_text(self._rows()))
         if self._tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch" and value is not None:
                     self._tb.add_scalar(key, value, row["epoch"])
             self._tb.flush()
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop rows of epochs ``> epoch`` (logged after the checkpoint a resumed run starts from)."""
+    def _rows(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (self.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the CSV and JSONL logs by ``rows`` (a resumed run: the history of its checkpoint, which also
+        drops a line half-written by a crash)."""
         if not self.enabled:
             return
-        jsonl = self.dir / "metrics.jsonl"
-        if not jsonl.exists():
+        if not rows:
+            for name in ("metrics.jsonl", "metrics.csv"):
+                (self.dir / name).unlink(missing_ok=True)
             return
-        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("epoch", 0) <= epoch]
-        jsonl.unlink()
-        (self.dir / "metrics.csv").unlink(missing_ok=True)
-        tb, self._tb = self._tb, None
-        for r in rows:
-            self.log_epoch(r)
-        self._tb = tb
+        _replace(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        _replace(self.dir / "metrics.csv", _csv_text(rows))
 
     def close(self) -> None:
         if self._tb is not None:
