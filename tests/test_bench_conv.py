@@ -19,7 +19,6 @@ def test_bench_conv_tiny(tmp_path, capsys):
                                                         (5, "forward"), (5, "forward+backward")]
     for r in rows:
         assert r["direct_ms"] > 0 and r["fft_ms"] > 0 and r["auto_ms"] > 0 and r["floor_ms"] > 0
-        assert abs(r["direct/fft"] - r["direct_ms"] / r["fft_ms"]) < 1e-9 * r["direct/fft"]
         assert r["floor_length"] >= 12 + r["kernel"] - 1
     assert (tmp_path / "conv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
