@@ -29,8 +29,9 @@ def spy_functions(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
     calls: list[str] = []
     for name in names:
         cls = getattr(module, name)
-        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls, _name=name: calls.append(_name) or
-                            torch.autograd.Function.apply.__func__(_cls, *a))
+        # The bound original, taken before patching: Function.apply is a Python classmethod up to torch 2.13
+        # and a C classmethod descriptor from 2.14 on, so it is not unwrapped by attribute.
+        monkeypatch.setattr(cls, "apply", lambda *a, _real=cls.apply, _name=name: calls.append(_name) or _real(*a))
     return calls
 
 
