@@ -18,15 +18,18 @@ import json
 import math
 import sys
 import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from largekernel.models.layers import CONV_TYPES, create_conv
+from largekernel.models.layers import CONV_TYPES, create_conv, same_padding
 
-__all__ = ["convert", "bake", "ConvertReport", "ReplacedLayer", "is_depthwise_spatial", "main"]
+__all__ = ["convert", "bake", "load_dense", "ConvertReport", "ReplacedLayer", "SkippedLayer", "DenseLoadReport",
+           "DynamicSamePad", "is_depthwise_spatial", "main"]
 
 _TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # The option iso_params tunes, per family (DCLS: elements per kernel; kernel nets: hidden width).
@@ -46,20 +49,41 @@ class ReplacedLayer:
 
 
 @dataclass
+class SkippedLayer:
+    """A convolution ``which`` selected but :func:`convert` left as it was, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
 class ConvertReport:
-    """What :func:`convert` did: the layers replaced and the model's parameter count before and after."""
+    """What :func:`convert` did: the layers replaced, those skipped and why, the parameter counts."""
 
     to: str
     replaced: list[ReplacedLayer] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
+    # Spatial convolutions of the model that ``which`` did not select (the default selects depthwise ones).
+    not_selected: int = 0
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.replaced)} layer(s) to {self.to!r}: parameters {self.params_before:,} -> "
                  f"{self.params_after:,} ({_ratio(self.params_after, self.params_before)})"]
         lines += [f"  {r.name}: {r.before} -> {r.after} ({r.params_before:,} -> {r.params_after:,} params)"
                   for r in self.replaced]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} selected layer(s):")
+            lines += [f"  {s.name}: {s.reason}" for s in self.skipped]
+        if not self.replaced and not self.skipped:
+            lines.append(_NOTHING_SELECTED.format(n=self.not_selected))
         return "\n".join(lines)
+
+
+_NOTHING_SELECTED = ("no convolution was selected: which=None selects the depthwise spatial convolutions "
+                     "(groups == in_channels == out_channels, kernel > 1) and the model has none; it has {n} other "
+                     "spatial convolution(s), which='*' selects them all, or pass a name pattern or a callable")
 
 
 def _ratio(after: int, before: int) -> str:
@@ -104,7 +128,117 @@ def _references(model: nn.Module, prefix: str = ""):
         yield from _references(child, name)
 
 
-def _dense_copy(old: nn.Module, to: str, layer_kwargs: dict[str, Any]) -> nn.Module:
+# Families whose kernel has a fixed extent once built, so TF "SAME" padding can be computed outside the layer.
+_FIXED_EXTENT = ("conv", "fft", "dilated", "dcls", "ckconv")
+# Families that take the original's dilation (their kernel_size counts taps, as torch's does); the others
+# span the original's dilated extent with their own grid.
+_KEEPS_DILATION = ("conv", "fft", "dcls")
+_NO_PADDING_MODE = ("sgconv", "s4d")
+# Methods by which timm's reparameterize_model fuses a block: convolutions inside must stay torch convolutions.
+_FUSE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
+
+
+class DynamicSamePad(nn.Module):
+    """TensorFlow's "SAME" padding, computed from each input's size, as timm's ``Conv2dSame`` does.
+
+    For a kernel of extent ``e`` (``dilation * (kernel_size - 1) + 1``) and stride ``s``, a dimension of
+    size ``n`` gets ``max((ceil(n / s) - 1) s + e - n, 0)`` zeros, the extra one on the high side. A
+    converted ``Conv2dSame`` (every ``tf_*`` model of timm) becomes ``nn.Sequential(DynamicSamePad, layer)``
+    with ``layer`` unpadded.
+    """
+
+    def __init__(self, extent: Sequence[int], stride: Sequence[int]) -> None:
+        super().__init__()
+        self.extent, self.stride = tuple(extent), tuple(stride)
+
+    def forward(self, input: Tensor) -> Tensor:
+        pads: list[int] = []
+        for n, e, s in reversed(list(zip(input.shape[2:], self.extent, self.stride))):  # F.pad: last dim first
+            total = max((-(-n // s) - 1) * s + e - n, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(input, pads)
+
+    def extra_repr(self) -> str:
+        return f"extent={self.extent}, stride={self.stride}"
+
+
+def _plain_forwards() -> set:
+    from largekernel.nn import conv as lk_conv
+
+    return {cls.forward for cls in (*_TORCH_CONVS, lk_conv.Conv1d, lk_conv.Conv2d, lk_conv.Conv3d)}
+
+
+def _tf_same(module: nn.Module) -> bool:
+    """timm's ``Conv2dSame`` / ``Conv2dSameExport``: TF "SAME" padding from the input size (timm not imported: False)."""
+    timm_same = sys.modules.get("timm.layers.conv2d_same")
+    classes = tuple(c for c in (getattr(timm_same, "Conv2dSame", None), getattr(timm_same, "Conv2dSameExport", None))
+                    if c is not None)
+    return bool(classes) and isinstance(module, classes)
+
+
+def _extent(module: nn.Module) -> tuple[int, ...]:
+    """Receptive field of a built layer per dimension (fixed-extent families)."""
+    box = getattr(module, "dilated_kernel_size", None) or module.kernel_size
+    dilation = getattr(module, "dilation", (1,) * len(box))
+    return tuple(d * (k - 1) + 1 for k, d in zip(box, dilation))
+
+
+def _is_same_padding(old: nn.Module) -> bool:
+    nd = len(old.kernel_size)
+    same = same_padding(old.kernel_size, dim=nd, stride=old.stride, dilation=old.dilation)
+    return old.padding == "same" or (not isinstance(old.padding, str) and tuple(old.padding) == same)
+
+
+def _skip_reason(old: nn.Module, to: str, copy: bool, fused_by: str | None, plain: set) -> str | None:
+    """Why ``old`` cannot be replaced faithfully by a ``to`` layer, or None."""
+    if fused_by is not None:
+        return (f"inside {fused_by}, which timm's reparameterize_model fuses from its torch convolutions; "
+                f"call timm.utils.reparameterize_model(model) first, then convert")
+    tf_same = _tf_same(old)
+    if type(old).forward not in plain and not tf_same:
+        return (f"{type(old).__qualname__} overrides forward, so it is not a plain convolution; converting it "
+                f"would change what it computes")
+    stride = tuple(old.stride)
+    if tf_same and any(s > 1 for s in stride) and to not in _FIXED_EXTENT:
+        return (f"TF 'SAME' padding at stride {stride} depends on the kernel extent, which a {to!r} layer does not "
+                f"fix (FlexConv crops it while training, NIFF's is the input); supported: {_FIXED_EXTENT}")
+    if copy:
+        return None
+    if not tf_same and not _is_same_padding(old):
+        return (f"padding={old.padding} is not 'same' padding for kernel_size={tuple(old.kernel_size)}, "
+                f"stride={stride}, dilation={tuple(old.dilation)}: a {to!r} layer pads to keep ceil(size / stride), "
+                f"which would change the output size")
+    if old.padding_mode != "zeros" and to in _NO_PADDING_MODE:
+        return f"padding_mode={old.padding_mode!r}: {to!r} layers pad with zeros only"
+    depthwise = old.groups == old.in_channels == old.out_channels
+    if to in ("sgconv", "s4d") and (not depthwise or any(s > 1 for s in stride)):
+        return (f"{to!r} is a depthwise stride-1 layer; this convolution has groups={old.groups}, "
+                f"in_channels={old.in_channels}, out_channels={old.out_channels}, stride={stride}")
+    if to == "niff" and (old.groups not in (1, old.in_channels) or
+                         (old.groups == old.in_channels and old.out_channels % old.in_channels)):
+        return (f"NIFF is depthwise (groups == in_channels, out_channels a multiple) or depthwise + pointwise "
+                f"(groups=1); this convolution has groups={old.groups}, in_channels={old.in_channels}, "
+                f"out_channels={old.out_channels}")
+    return None
+
+
+def _geometry(old: nn.Module, to: str, kernel_size: tuple[int, ...], dynamic: bool) -> dict[str, Any]:
+    """Padding, dilation and padding mode for the new layer, so that it keeps the original's geometry."""
+    nd = len(kernel_size)
+    kwargs: dict[str, Any] = {}
+    dilation = tuple(old.dilation) if to in _KEEPS_DILATION else (1,) * nd
+    if any(d > 1 for d in dilation):
+        kwargs["dilation"] = dilation
+    if dynamic:  # DynamicSamePad in front does the padding
+        kwargs["padding"] = 0
+    elif to == "dcls":  # the DCLS factory computes "same" padding without dilation
+        kwargs["padding"] = same_padding(kernel_size, dim=nd, stride=old.stride, dilation=dilation)
+    if old.padding_mode != "zeros":
+        kwargs["padding_mode"] = old.padding_mode
+    return kwargs
+
+
+def _dense_copy(old: nn.Module, to: str, layer_kwargs: dict[str, Any], padding) -> nn.Module:
     """The same convolution as a ``largekernel.nn.Conv{n}d`` with the same weights (exact output)."""
     from largekernel.nn import conv as lk_conv
 
@@ -118,7 +252,7 @@ def _dense_copy(old: nn.Module, to: str, layer_kwargs: dict[str, Any]) -> nn.Mod
                          f"'backend'; got {sorted(kwargs)}")
     nd = old.weight.dim() - 2
     new = getattr(lk_conv, f"Conv{nd}d")(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
-                                         padding=old.padding, dilation=old.dilation, groups=old.groups,
+                                         padding=padding, dilation=old.dilation, groups=old.groups,
                                          bias=old.bias is not None, padding_mode=old.padding_mode,
                                          backend=backend, device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
@@ -175,12 +309,24 @@ def _iso_value(old: nn.Module, to: str, kernel_size, layer_kwargs: dict[str, Any
     return lo
 
 
+def _fused_ancestors(model: nn.Module) -> dict[str, str]:
+    """Qualified name -> ``"Class 'name'"`` of every submodule that timm's reparameterize_model fuses."""
+    return {name: f"{type(m).__name__} {name!r}" for name, m in model.named_modules(remove_duplicate=False)
+            if name and any(callable(getattr(m, method, None)) for method in _FUSE_METHODS)}
+
+
+def _fused_by(name: str, fused: dict[str, str]) -> str | None:
+    parts = name.split(".")
+    return next((fused[".".join(parts[:i])] for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in fused),
+                None)
+
+
 def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], bool] | None = None, *,
             iso_params: bool = False, report: bool = False, **layer_kwargs):
     """Replace the convolutions of ``model`` selected by ``which`` with layers of family ``to``, in place.
 
     Args:
-        model: any ``nn.Module`` (a largekernel model, a hand-written net, another library's model).
+        model: any ``nn.Module`` (a largekernel model, a hand-written net, a timm or torchvision model).
         to: the target family, one of ``largekernel.models.layers.CONV_TYPES``
             (``"conv"``, ``"fft"``, ``"dilated"``, ``"dcls"``, ``"flexconv"``, ``"ckconv"``, ``"niff"``, ...).
         which: the ``torch.nn.Conv{1,2,3}d`` modules to replace. ``None``: every depthwise spatial
@@ -193,10 +339,19 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         **layer_kwargs: options of the target layer (``kernel_size`` overrides the original extent, e.g.
             ``convert(model, "dcls", kernel_size=17, kernel_count=34)``).
 
-    What is copied: the bias always; for ``to="conv"`` / ``"fft"`` at the original ``kernel_size`` the
-    whole layer (weights, padding, dilation, padding mode), so the output is unchanged. Each new layer
-    lives on the original's device and dtype and takes its train/eval mode. A module referenced twice
-    stays one module.
+    What is kept: the bias always; for ``to="conv"`` / ``"fft"`` at the original ``kernel_size`` the whole
+    layer (weights, padding, dilation, groups, padding mode), so the output is unchanged. Otherwise the new
+    layer keeps groups, stride, "same" padding and padding mode; DCLS and dense layers keep the dilation
+    (``convnext_tiny(output_stride=16)``), the other families span the dilated extent ``d (k - 1) + 1``.
+    timm's ``Conv2dSame`` (TF "SAME" padding, the ``tf_*`` models) keeps its padding: at stride 1 it is
+    static, above it the new layer runs after a :class:`DynamicSamePad`. Each new layer lives on the
+    original's device and dtype and takes its train/eval mode. A module referenced twice stays one module.
+
+    What is skipped, with the reason in the report and a warning: a convolution inside a block that timm's
+    ``reparameterize_model`` fuses (RepViT, MobileOne: convert after reparameterizing), a subclass whose
+    ``forward`` does more than convolve (e.g. weight standardisation), padding other than "same" (the new
+    layer would change the output size), and shapes the family cannot take (SGConv/S4D: depthwise stride
+    1; NIFF: depthwise or full). When nothing is replaced, the warning says why.
 
     Returns:
         ``model``, or ``(model, ConvertReport)`` when ``report=True``.
@@ -210,24 +365,44 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         raise ValueError(f"iso_params=True chooses {knob} itself; do not pass {knob}")
     match = _predicate(which)
     result = ConvertReport(to=to, params_before=_num_params(model))
-    targets = [(parent, attr, name, child) for parent, attr, name, child in _references(model) if match(name, child)]
+    refs = list(_references(model))
+    targets = [(parent, attr, name, child) for parent, attr, name, child in refs if match(name, child)]
+    result.not_selected = len({id(c) for _, _, _, c in refs if _is_spatial(c)} - {id(c) for *_, c in targets})
     if isinstance(model, _TORCH_CONVS) and match("", model):
         raise ValueError("convert() replaces submodules; model is itself a convolution: wrap it or "
                          "call largekernel.models.layers.create_conv directly")
+    fused, plain = _fused_ancestors(model), _plain_forwards()
     done: dict[int, nn.Module] = {}
+    skipped: set[int] = set()
     carry = 0  # parameters the previous iso layers are short of (or over) their originals
     for parent, attr, name, old in targets:
         if id(old) in done:
             setattr(parent, attr, done[id(old)])
             continue
-        kernel_size = layer_kwargs.get("kernel_size", old.kernel_size)
+        if id(old) in skipped:
+            continue
+        nd = len(old.kernel_size)
+        default_size = tuple(old.kernel_size) if to in _KEEPS_DILATION else _extent(old)
+        kernel_size = layer_kwargs.get("kernel_size", default_size)
         if isinstance(kernel_size, int):
-            kernel_size = (kernel_size,) * len(old.kernel_size)
+            kernel_size = (kernel_size,) * nd
         kernel_size = tuple(kernel_size)
+        copy = to in ("conv", "fft") and kernel_size == tuple(old.kernel_size)
+        reason = _skip_reason(old, to, copy, _fused_by(name, fused), plain)
+        if reason is not None:
+            result.skipped.append(SkippedLayer(name, reason))
+            skipped.add(id(old))
+            continue
+        tf_same = _tf_same(old)
+        dynamic = tf_same and any(s > 1 for s in old.stride)
         rest = {k: v for k, v in layer_kwargs.items() if k != "kernel_size"}
-        if to in ("conv", "fft") and kernel_size == tuple(old.kernel_size):
-            new = _dense_copy(old, to, rest)
+        if copy:
+            padding = old.padding
+            if tf_same:  # at stride 1 TF's "SAME" is static and equals torch's
+                padding = 0 if dynamic else same_padding(old.kernel_size, dim=nd, dilation=old.dilation)
+            new = _dense_copy(old, to, rest, padding)
         else:
+            rest = {**_geometry(old, to, kernel_size, dynamic), **rest}
             if iso_params:
                 target = _num_params(old) + carry
                 rest = _with_knob(to, rest, _iso_value(old, to, kernel_size, rest, target))
@@ -239,11 +414,20 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
                     new.bias.copy_(old.bias)
             if iso_params:
                 carry = _num_params(old) + carry - _num_params(new)
+        result.replaced.append(ReplacedLayer(name, _short(old), _short(new), _num_params(old), _num_params(new)))
+        if dynamic:
+            new = nn.Sequential(DynamicSamePad(_extent(new), old.stride), new)
         new.train(old.training)
         setattr(parent, attr, new)
         done[id(old)] = new
-        result.replaced.append(ReplacedLayer(name, _short(old), _short(new), _num_params(old), _num_params(new)))
     result.params_after = _num_params(model)
+    if result.skipped:
+        warnings.warn(f"convert(to={to!r}) skipped {len(result.skipped)} selected layer(s): " + "; ".join(
+            f"{s.name}: {s.reason}" for s in result.skipped[:3]) + (" ..." if len(result.skipped) > 3 else "") +
+            " (report=True lists them all)", stacklevel=2)
+    elif not result.replaced:
+        warnings.warn(f"convert(to={to!r}) replaced nothing: " + _NOTHING_SELECTED.format(n=result.not_selected),
+                      stacklevel=2)
     return (model, result) if report else model
 
 
