@@ -348,3 +348,49 @@ def test_every_family_state_dict_is_tensors_and_round_trips_through_safetensors(
     fresh = largekernel.convert(create_model("dwnet2d_tiny", num_classes=3), to, **kwargs).eval()
     load_model(fresh, str(tmp_path / "m.safetensors"))
     torch.testing.assert_close(fresh(x), expected)
+
+
+def _dense_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                         nn.Conv2d(8, 16, 3, padding=1, groups=8))
+
+
+@pytest.mark.parametrize("to,kwargs", [("dcls", dict(kernel_count=25)), ("dcls", dict(kernel_size=9, kernel_count=25)),
+                                       ("dcls", dict(kernel_count=25, interpolation="gaussian")),
+                                       ("conv", dict(kernel_size=9)), ("flexconv", {}), ("ckconv", {})])
+def test_load_dense_is_exact_when_the_family_can_hold_the_kernel(to, kwargs):
+    # 25 DCLS elements cover every tap of a 5x5 kernel; a 32-wide kernel net output layer spans 25 grid samples.
+    torch.manual_seed(0)
+    dense = _dense_net().double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    converted = largekernel.convert(copy.deepcopy(dense), to, "*", **kwargs)
+    report = largekernel.convert.load_dense(converted, dense.state_dict())
+    assert set(report.fitted) == {"0", "1", "2"} and max(report.fitted.values()) < 1e-6
+    assert not report.missing_keys and not report.unexpected_keys
+    torch.testing.assert_close(converted(x), dense(x), rtol=1e-6, atol=1e-6)
+
+
+def test_load_dense_keeps_the_largest_taps_in_a_sparse_dcls_kernel():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=6)
+    report = largekernel.convert.load_dense(converted, dense.state_dict())
+    w = dense[0].weight.detach()  # (4, 1, 5, 5)
+    flat = w.flatten(1)
+    keep = torch.zeros_like(flat).scatter_(1, flat.abs().topk(6, dim=1).indices, 1.0)
+    expected = (flat * keep).view_as(w)  # the best 6-sparse approximation of each kernel
+    torch.testing.assert_close(converted[0].construct_kernel(), expected, rtol=1e-5, atol=1e-6)
+    error = ((expected - w).norm() / w.norm()).item()
+    assert report.fitted["0"] == pytest.approx(error, rel=1e-4)
+
+
+def test_load_dense_refusals():
+    dense = _dense_net()
+    niff = largekernel.convert(copy.deepcopy(dense), "niff")
+    with pytest.raises(ValueError, match=r"1: load_dense cannot map the checkpoint's dense 1.weight onto a NIFFConv2d"):
+        largekernel.convert.load_dense(niff, dense.state_dict())
+    converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=4)
+    partial = {k: v for k, v in dense.state_dict().items() if k != "0.bias"}
+    with pytest.raises(RuntimeError, match="missing keys: 0.bias"):
+        largekernel.convert.load_dense(converted, partial)
+    assert largekernel.convert.load_dense(converted, partial, strict=False).missing_keys == ["0.bias"]

@@ -12,6 +12,7 @@ the plain convolution holding the kernel it builds. ``main(argv)`` is
 from __future__ import annotations
 
 import argparse
+import copy
 import fnmatch
 import inspect
 import json
@@ -189,7 +190,7 @@ def _is_same_padding(old: nn.Module) -> bool:
     return old.padding == "same" or (not isinstance(old.padding, str) and tuple(old.padding) == same)
 
 
-def _skip_reason(old: nn.Module, to: str, copy: bool, fused_by: str | None, plain: set) -> str | None:
+def _skip_reason(old: nn.Module, to: str, exact: bool, fused_by: str | None, plain: set) -> str | None:
     """Why ``old`` cannot be replaced faithfully by a ``to`` layer, or None."""
     if fused_by is not None:
         return (f"inside {fused_by}, which timm's reparameterize_model fuses from its torch convolutions; "
@@ -202,7 +203,7 @@ def _skip_reason(old: nn.Module, to: str, copy: bool, fused_by: str | None, plai
     if tf_same and any(s > 1 for s in stride) and to not in _FIXED_EXTENT:
         return (f"TF 'SAME' padding at stride {stride} depends on the kernel extent, which a {to!r} layer does not "
                 f"fix (FlexConv crops it while training, NIFF's is the input); supported: {_FIXED_EXTENT}")
-    if copy:
+    if exact:
         return None
     if not tf_same and not _is_same_padding(old):
         return (f"padding={old.padding} is not 'same' padding for kernel_size={tuple(old.kernel_size)}, "
@@ -309,13 +310,38 @@ def _iso_value(old: nn.Module, to: str, kernel_size, layer_kwargs: dict[str, Any
     return lo
 
 
+def _restructured_by_reparameterize(block: nn.Module) -> bool:
+    """Whether timm's reparameterize_model would still change ``block``: ``fuse()`` replaces it; for
+    ``reparameterize()`` / ``switch_to_deploy()``, run it on a copy and compare the parameters (a block
+    already re-parameterised, e.g. MobileOne's after ``reparameterize_model``, keeps them)."""
+    if callable(getattr(block, "fuse", None)):
+        return True
+    method = next(m for m in _FUSE_METHODS[1:] if callable(getattr(block, m, None)))
+    probe = copy.deepcopy(block)
+    try:
+        with torch.no_grad():
+            getattr(probe, method)()
+    except Exception:  # whatever fails here would fail in reparameterize_model: keep the block as it is
+        return True
+    shapes = [(n, p.shape) for n, p in block.named_parameters()]
+    return shapes != [(n, p.shape) for n, p in probe.named_parameters()]
+
+
 def _fused_ancestors(model: nn.Module) -> dict[str, str]:
-    """Qualified name -> ``"Class 'name'"`` of every submodule that timm's reparameterize_model fuses."""
-    return {name: f"{type(m).__name__} {name!r}" for name, m in model.named_modules(remove_duplicate=False)
-            if name and any(callable(getattr(m, method, None)) for method in _FUSE_METHODS)}
+    """Qualified name -> ``"Class 'name'"`` of every submodule that timm's reparameterize_model would restructure."""
+    verdicts: dict[int, bool] = {}
+    fused = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if name and any(callable(getattr(m, method, None)) for method in _FUSE_METHODS):
+            if id(m) not in verdicts:
+                verdicts[id(m)] = _restructured_by_reparameterize(m)
+            if verdicts[id(m)]:
+                fused[name] = f"{type(m).__name__} {name!r}"
+    return fused
 
 
 def _fused_by(name: str, fused: dict[str, str]) -> str | None:
+    """The innermost block of ``fused`` that contains module ``name``, or None."""
     parts = name.split(".")
     return next((fused[".".join(parts[:i])] for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in fused),
                 None)
@@ -387,8 +413,8 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         if isinstance(kernel_size, int):
             kernel_size = (kernel_size,) * nd
         kernel_size = tuple(kernel_size)
-        copy = to in ("conv", "fft") and kernel_size == tuple(old.kernel_size)
-        reason = _skip_reason(old, to, copy, _fused_by(name, fused), plain)
+        exact = to in ("conv", "fft") and kernel_size == tuple(old.kernel_size)
+        reason = _skip_reason(old, to, exact, _fused_by(name, fused), plain)
         if reason is not None:
             result.skipped.append(SkippedLayer(name, reason))
             skipped.add(id(old))
@@ -396,7 +422,7 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         tf_same = _tf_same(old)
         dynamic = tf_same and any(s > 1 for s in old.stride)
         rest = {k: v for k, v in layer_kwargs.items() if k != "kernel_size"}
-        if copy:
+        if exact:
             padding = old.padding
             if tf_same:  # at stride 1 TF's "SAME" is static and equals torch's
                 padding = 0 if dynamic else same_padding(old.kernel_size, dim=nd, dilation=old.dilation)
@@ -531,6 +557,190 @@ def _outermost_learnable(model: nn.Module, prefix: str = "") -> list[tuple[nn.Mo
         else:
             found += _outermost_learnable(child, name)
     return found
+
+
+@dataclass
+class DenseLoadReport:
+    """What :func:`load_dense` did: per fitted layer, the relative L2 error ``||K - D|| / ||D||`` of the kernel
+    ``K`` it now builds against the checkpoint's dense kernel ``D`` (0: exact), and the keys left over."""
+
+    fitted: dict[str, float] = field(default_factory=dict)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"fitted {len(self.fitted)} layer(s) to their dense kernels"]
+        lines += [f"  {name}: relative error {err:.2e}" for name, err in self.fitted.items()]
+        for title, keys in (("missing", self.missing_keys), ("unexpected", self.unexpected_keys)):
+            if keys:
+                lines.append(f"{title} keys: {', '.join(keys)}")
+        return "\n".join(lines)
+
+
+def _centre(kernel: Tensor, size: Sequence[int]) -> Tensor:
+    """``kernel`` (..., *k) cropped or zero-padded to (..., *size) so that the taps a "same"-padded convolution
+    centres on (index ``(k - 1) // 2``) stay aligned."""
+    nd = len(size)
+    for d, (k, n) in enumerate(zip(kernel.shape[-nd:], size)):
+        axis = kernel.dim() - nd + d
+        shift = (n - 1) // 2 - (k - 1) // 2  # where tap 0 of the kernel lands on the new grid
+        if shift < 0:
+            kernel = kernel.narrow(axis, -shift, min(n, k + shift))
+            k, shift = kernel.shape[axis], 0
+        pad = [0, 0] * (kernel.dim() - axis - 1) + [shift, n - k - shift]
+        kernel = F.pad(kernel, pad)
+    return kernel
+
+
+def _relative_error(kernel: Tensor, dense: Tensor) -> float:
+    size = [max(a, b) for a, b in zip(kernel.shape[2:], dense.shape[2:])]
+    reference = dense.to(kernel)
+    diff = _centre(kernel.detach(), size) - _centre(reference, size)
+    return (torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(reference).clamp_min(1e-30)).item()
+
+
+@torch.no_grad()
+def _fit_dcls(layer: nn.Module, dense: Tensor, fitted_positions: set[int]) -> None:
+    """Positions on the cells of largest magnitude, then weights by least squares through the layer's own
+    interpolation (exact for ``bilinear`` when the dense kernel has at most ``kernel_count`` non-zero taps)."""
+    from largekernel.functional.dcls import construct_kernel
+
+    box, count = layer.dilated_kernel_size, layer.kernel_count
+    target = _centre(dense.to(layer.weight), box)  # (out, in/g, *box)
+    pairs = target.shape[0] * target.shape[1]
+    flat = target.reshape(pairs, -1)  # (pairs, cells)
+    if id(layer.P) not in fitted_positions:  # shared positions (one P per stage) are placed by the first layer
+        order = flat.abs().argsort(dim=1, descending=True)  # (pairs, cells)
+        # More elements than cells: the extra ones share cells (least squares splits the value between them).
+        cells = order[:, torch.arange(count, device=order.device) % order.shape[1]]  # (pairs, count)
+        for i, size in enumerate(box):  # P[m - 1 - i] moves along box dimension i
+            stride = math.prod(box[i + 1:])
+            index = (cells // stride) % size - size // 2
+            layer.P[len(box) - 1 - i].copy_(index.view(layer.P.shape[1:]))
+        fitted_positions.add(id(layer.P))
+    basis = []
+    for j in range(count):  # the kernel of element j alone: the interpolation is linear in the weights
+        unit = torch.zeros_like(layer.weight)
+        unit[..., j] = 1
+        basis.append(construct_kernel(unit, layer.P, layer.SIG, dilated_kernel_size=box,
+                                      interpolation=layer.interpolation).reshape(pairs, -1))
+    matrix = torch.stack(basis, dim=-1)  # (pairs, cells, count)
+    # The pseudo-inverse: least squares that also takes rank-deficient systems (shared cells), on any device.
+    weights = torch.linalg.pinv(matrix) @ flat.unsqueeze(-1)  # (pairs, count, 1)
+    layer.weight.copy_(weights.view(layer.weight.shape))
+
+
+@torch.no_grad()
+def _fit_continuous(layer: nn.Module, dense: Tensor) -> None:
+    """Least squares for the kernel net's output layer, the hidden layers kept: the kernel is affine in it.
+
+    FlexConv's mask is first widened (and centred) so that its crop covers the dense kernel."""
+    net = layer.kernel_net
+    output = getattr(net, "output", None)
+    if not isinstance(output, nn.Linear) or getattr(net, "out_features", None) != output.out_features \
+            or layer.separable:
+        raise ValueError(f"load_dense fits CKConv/FlexConv layers whose kernel net ends in a Linear `output` "
+                         f"(largekernel's named kernel nets), not separable ones; got {type(net).__name__}, "
+                         f"separable={layer.separable}")
+    grid = layer.kernel_size
+    if grid is None:
+        raise ValueError(f"{type(layer).__name__} sizes its kernel from its first input (kernel_size=None): run "
+                         f"one input through the model before load_dense")
+    if hasattr(layer, "mask_width"):
+        reach = max((k - 1) / (g - 1) if g > 1 else 0.0 for k, g in zip(dense.shape[2:], grid))
+        width = reach / math.sqrt(-2.0 * math.log(layer.mask_threshold)) * (1 + 1e-3)
+        layer.mask_width.copy_(layer.mask_width.abs().clamp_min(width))
+        layer.mask_mean.zero_()
+    hidden = output.in_features
+    probe = nn.Linear(hidden, hidden + 1, device=output.weight.device, dtype=output.weight.dtype)
+    probe.weight.copy_(torch.eye(hidden + 1, hidden))  # returns the hidden features, then the bias's feature
+    probe.bias.copy_(torch.eye(hidden + 1)[-1])
+    real = (output, net.out_features)
+    try:
+        net.output, net.out_features = probe, hidden + 1
+        features = layer._sample()  # (hidden + 1, *k): the scaled hidden features and the bias's scale
+    finally:
+        net.output, net.out_features = real
+    size = features.shape[1:]
+    target = _centre(dense.to(features), size).reshape(output.out_features, -1)  # (C_k, N)
+    design = features.reshape(hidden + 1, -1).t()  # (N, hidden + 1)
+    if output.bias is None:
+        design = design[:, :hidden]
+    solution = torch.linalg.pinv(design) @ target.t()  # (hidden (+ 1), C_k), least squares of minimum norm
+    output.weight.copy_(solution[:hidden].t())
+    if output.bias is not None:
+        output.bias.copy_(solution[hidden])
+
+
+def load_dense(model: nn.Module, state_dict: dict[str, Tensor], *, strict: bool = True) -> DenseLoadReport:
+    """Load the state dict of a dense model (e.g. a pretrained timm checkpoint) into its converted version.
+
+    Entries whose module now is another layer are turned into the nearest kernel that layer can build,
+    the rest loads as usual:
+
+    - a dense convolution of another ``kernel_size``: the checkpoint's kernel zero-padded (or cropped) around
+      its centre, exact when it grew;
+    - DCLS: each kernel's ``kernel_count`` largest-magnitude taps become the positions (on cells; positions
+      shared across layers keep the first layer's), then the weights are the least-squares fit through the
+      layer's interpolation: exact for ``bilinear`` when at most ``kernel_count`` taps are non-zero;
+    - CKConv / FlexConv: the kernel net's output layer is the least-squares fit of the checkpoint's kernel
+      on the layer's grid, its hidden layers kept; FlexConv's mask is widened to cover the kernel first.
+
+    Taps map one to one onto the new layer's taps (box cells, grid samples), centred. NIFF, SGConv and S4D
+    build input-sized kernels and cannot take a dense one (an error). ``strict``: raise when keys are
+    missing or unexpected after that. Returns a :class:`DenseLoadReport` with each fitted layer's error.
+    """
+    state = dict(state_dict)
+    for name, module in model.named_modules():  # converted Conv2dSame: the layer moved to "<name>.1"
+        if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], DynamicSamePad):
+            for leaf in ("weight", "bias"):
+                if f"{name}.{leaf}" in state:
+                    state[f"{name}.1.{leaf}"] = state.pop(f"{name}.{leaf}")
+    result = DenseLoadReport()
+    fitted_positions: set[int] = set()
+    covered: set[str] = set()
+    for name, layer in model.named_modules():
+        key = f"{name}.weight"
+        dense = state.get(key)
+        if dense is None or not _is_learnable_kernel(layer) and not isinstance(layer, _TORCH_CONVS):
+            continue
+        nd = len(getattr(layer, "dilated_kernel_size", None) or getattr(layer, "kernel_size", None) or ())
+        if nd and dense.dim() != nd + 2:
+            raise ValueError(f"{key}: expected a dense kernel (out, in/groups, {nd} spatial sizes) for "
+                             f"{type(layer).__name__}, got shape {tuple(dense.shape)}")
+        if isinstance(layer, _TORCH_CONVS):
+            if tuple(layer.weight.shape) == tuple(dense.shape):
+                continue  # loads as it is
+            if layer.weight.shape[:2] != dense.shape[:2]:
+                raise ValueError(f"{key}: the checkpoint's kernel {tuple(dense.shape)} does not match the layer's "
+                                 f"(out, in/groups) = {tuple(layer.weight.shape[:2])}")
+            with torch.no_grad():
+                layer.weight.copy_(_centre(dense.to(layer.weight), layer.weight.shape[2:]))
+            kernel = layer.weight
+            covered.add(key)
+        elif getattr(layer, "dilated_kernel_size", None) and not getattr(layer, "dense_kernel_size", ()):
+            _fit_dcls(layer, dense, fitted_positions)
+            kernel = layer.construct_kernel()
+            covered |= {f"{name}.{p}" for p in ("weight", "P", "SIG")}
+        elif hasattr(layer, "kernel_net") and hasattr(layer, "kernel_size"):
+            _fit_continuous(layer, dense)
+            kernel = layer.construct_kernel()
+            covered |= {f"{name}.{n}" for n, _ in layer.named_parameters()} | {f"{name}.{n}" for n, _ in
+                                                                               layer.named_buffers()}
+            covered.add(f"{name}._extra_state")
+        else:
+            raise ValueError(f"{name}: load_dense cannot map the checkpoint's dense {key} onto a "
+                             f"{type(layer).__name__} (NIFF, SGConv and S4D build input-sized kernels; N-MD DCLS "
+                             f"layers keep dense dimensions)")
+        result.fitted[name] = _relative_error(kernel, dense)
+        covered.discard(f"{name}.bias")
+        del state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    result.missing_keys = [k for k in missing if k not in covered]
+    result.unexpected_keys = list(unexpected)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise RuntimeError(f"load_dense: the checkpoint does not cover the model:\n{result}")
+    return result
 
 
 def _int_list(text: str) -> list[int]:
