@@ -60,7 +60,8 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
 
     - ``lr`` given, torch's convention: each group's ``"lr"`` is ``lr * scale``, absolute, and carries no
       ``"lr_scale"``. For ``torch.optim`` optimizers with or without a ``torch.optim.lr_scheduler``, and
-      for timm's schedulers too: every scheduler scales each group's own initial lr, so the ratio holds.
+      for timm's schedulers too: every scheduler scales each group's own initial lr, so the ratio holds
+      (timm's warmup, starting all groups at one absolute ``warmup_lr_init``, excepted).
     - ``lr=None``, timm's convention: no ``"lr"`` (the optimizer's lr is the base) and ``"lr_scale"`` on
       every group, which the scheduler multiplies into the lr it sets, once: timm's schedulers and
       ``largekernel train`` do. This is the form for ``timm.optim.create_optimizer_v2(model, ...,
