@@ -11,6 +11,7 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import largekernel
+from largekernel.convert import load_dense
 from largekernel.optim import param_groups
 
 _TIMM = ["convnext_atto", "convnext_tiny", "convnextv2_atto", "inception_next_tiny", "repvit_m0_9", "mobileone_s0",
@@ -151,11 +152,11 @@ def test_pretrained_weights_load_into_the_converted_model():
     state = dense.state_dict()
     x = torch.randn(1, 3, 32, 32)
     converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=49)
-    report = largekernel.convert.load_dense(converted, state)
+    report = load_dense(converted, state)
     assert len(report.fitted) == 12 and max(report.fitted.values()) < 1e-5
     with torch.no_grad():
         torch.testing.assert_close(converted(x), dense(x), rtol=1e-4, atol=1e-4)
     # Fewer elements than taps: the best sparse kernels, each layer's error stated.
     sparse = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=20)
-    report = largekernel.convert.load_dense(sparse, state)
+    report = load_dense(sparse, state)
     assert all(0 < err < 1 for err in report.fitted.values())

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import largekernel
-from largekernel.convert import ConvertReport, is_depthwise_spatial, main
+from largekernel.convert import ConvertReport, DynamicSamePad, is_depthwise_spatial, load_dense, main
 from largekernel.models import create_model
 from largekernel.nn import CKConv2d, DclsConv2d, FlexConv2d, NIFFConv2d
 
@@ -325,7 +325,7 @@ def test_dilation_is_kept_or_spanned():
 
 def test_dynamic_same_pad_is_tensorflow_same():
     # TF "SAME": out = ceil(n / s), total pad = max((out - 1) s + e - n, 0), the odd zero at the end.
-    pad = largekernel.convert.DynamicSamePad(extent=(3, 5), stride=(2, 2))
+    pad = DynamicSamePad(extent=(3, 5), stride=(2, 2))
     x = torch.randn(1, 1, 8, 9)
     # height 8, extent 3: (4 - 1) 2 + 3 - 8 = 1 -> (0, 1); width 9, extent 5: (5 - 1) 2 + 5 - 9 = 4 -> (2, 2)
     torch.testing.assert_close(pad(x), F.pad(x, (2, 2, 0, 1)))
@@ -364,7 +364,7 @@ def test_load_dense_is_exact_when_the_family_can_hold_the_kernel(to, kwargs):
     dense = _dense_net().double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     converted = largekernel.convert(copy.deepcopy(dense), to, "*", **kwargs)
-    report = largekernel.convert.load_dense(converted, dense.state_dict())
+    report = load_dense(converted, dense.state_dict())
     assert set(report.fitted) == {"0", "1", "2"} and max(report.fitted.values()) < 1e-6
     assert not report.missing_keys and not report.unexpected_keys
     torch.testing.assert_close(converted(x), dense(x), rtol=1e-6, atol=1e-6)
@@ -374,7 +374,7 @@ def test_load_dense_keeps_the_largest_taps_in_a_sparse_dcls_kernel():
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4))
     converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=6)
-    report = largekernel.convert.load_dense(converted, dense.state_dict())
+    report = load_dense(converted, dense.state_dict())
     w = dense[0].weight.detach()  # (4, 1, 5, 5)
     flat = w.flatten(1)
     keep = torch.zeros_like(flat).scatter_(1, flat.abs().topk(6, dim=1).indices, 1.0)
@@ -388,9 +388,9 @@ def test_load_dense_refusals():
     dense = _dense_net()
     niff = largekernel.convert(copy.deepcopy(dense), "niff")
     with pytest.raises(ValueError, match=r"1: load_dense cannot map the checkpoint's dense 1.weight onto a NIFFConv2d"):
-        largekernel.convert.load_dense(niff, dense.state_dict())
+        load_dense(niff, dense.state_dict())
     converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=4)
     partial = {k: v for k, v in dense.state_dict().items() if k != "0.bias"}
     with pytest.raises(RuntimeError, match="missing keys: 0.bias"):
-        largekernel.convert.load_dense(converted, partial)
-    assert largekernel.convert.load_dense(converted, partial, strict=False).missing_keys == ["0.bias"]
+        load_dense(converted, partial)
+    assert load_dense(converted, partial, strict=False).missing_keys == ["0.bias"]

@@ -170,7 +170,7 @@ def _plain_forwards() -> set:
 
 
 def _tf_same(module: nn.Module) -> bool:
-    """timm's ``Conv2dSame`` / ``Conv2dSameExport``: TF "SAME" padding from the input size (timm not imported: False)."""
+    """timm's ``Conv2dSame`` / ``Conv2dSameExport``: TF "SAME" padding from the input size (False without timm)."""
     timm_same = sys.modules.get("timm.layers.conv2d_same")
     classes = tuple(c for c in (getattr(timm_same, "Conv2dSame", None), getattr(timm_same, "Conv2dSameExport", None))
                     if c is not None)

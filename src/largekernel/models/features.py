@@ -1,4 +1,4 @@
-"""Backbones for detection and segmentation: a model's intermediate feature maps, in timm's ``features_only`` convention.
+"""Backbones for detection and segmentation: a model's feature maps, in timm's ``features_only`` convention.
 
 A model that can serve as a backbone declares ``feature_info``, timm's list of
 dicts (``num_chs``, ``reduction``, ``module``), one per feature map it offers,
