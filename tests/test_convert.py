@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import largekernel
-from largekernel.convert import ConvertReport, is_depthwise_spatial, main
+from largekernel.convert import ConvertReport, DynamicSamePad, is_depthwise_spatial, load_dense, main
 from largekernel.models import create_model
 from largekernel.nn import CKConv2d, DclsConv2d, FlexConv2d, NIFFConv2d
 
@@ -238,3 +238,159 @@ def test_baked_model_exports_to_onnx(tmp_path):
     # ONNX's own reference interpreter is the independent check.
     (out,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+class _Standardized(nn.Conv2d):
+    """A conv subclass whose forward does more than convolve (weight standardisation, as timm's StdConv2d)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _Fusable(nn.Module):
+    """A re-parameterisable block (timm's convention: a fuse() method that returns the fused module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+    def fuse(self):
+        scale = self.bn.weight / (self.bn.running_var + self.bn.eps).sqrt()
+        fused = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        with torch.no_grad():
+            fused.weight.copy_(self.conv.weight * scale.view(-1, 1, 1, 1))
+            fused.bias.copy_(self.bn.bias - self.bn.running_mean * scale)
+        return fused
+
+
+def test_skipped_layers_are_reported_with_their_reason():
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 5, padding=0, groups=8),  # "valid": a same-padded layer would change the output size
+        _Standardized(8, 8, 3, padding=1, groups=8),  # forward is not a plain convolution
+        _Fusable(),  # fused by timm's reparameterize_model: its conv must stay a torch conv
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # replaced
+    )
+    x = torch.randn(1, 8, 12, 12)
+    expected_shape = model(x).shape
+    with pytest.warns(UserWarning, match="skipped 3 selected layer"):
+        _, report = largekernel.convert(model, "dcls", report=True, kernel_count=4)
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert [r.name for r in report.replaced] == ["3"]
+    assert "padding=(0, 0) is not 'same'" in reasons["0"]
+    assert "_Standardized overrides forward" in reasons["1"]
+    assert "reparameterize_model" in reasons["2.conv"] and "_Fusable '2'" in reasons["2.conv"]
+    assert "skipped 3 selected layer(s)" in str(report)
+    assert type(model[0]) is nn.Conv2d and type(model[1]) is _Standardized and type(model[2].conv) is nn.Conv2d
+    assert model(x).shape == expected_shape
+    model[2] = model[2].fuse()  # the fused block still fuses after conversion
+
+
+def test_converting_nothing_says_why():
+    model = create_model("resnet18", num_classes=3)  # no depthwise convolution
+    with pytest.warns(UserWarning, match=r"replaced nothing: .*depthwise.*which='\*'"):
+        _, report = largekernel.convert(model, "dcls", report=True)
+    assert not report.replaced and report.not_selected == 17  # stem + 16 block convs
+    assert "no convolution was selected" in str(report)
+    _, report = largekernel.convert(model, "dcls", "stages.*", report=True, kernel_count=4)
+    assert len(report.replaced) == 16 and not report.skipped
+
+
+def test_dilation_is_kept_or_spanned():
+    # The dilated depthwise conv of a network run at output stride 16 (timm's convnext_tiny(output_stride=16)).
+    torch.manual_seed(0)
+    old = nn.Conv2d(4, 4, 7, padding=6, dilation=2, groups=4)
+    x = torch.randn(1, 4, 20, 20)
+    for to, kwargs in [("dcls", dict(kernel_count=6)), ("fft", dict(kernel_size=9)), ("flexconv", {}),
+                       ("ckconv", {})]:
+        model = nn.Sequential(copy.deepcopy(old))
+        largekernel.convert(model, to, **kwargs)
+        new = model[0]
+        assert model(x).shape == x.shape, to
+        if to == "dcls":
+            assert new.dilation == (2, 2) and new.dilated_kernel_size == (7, 7)
+            # The DCLS layer is the dense kernel it builds applied with that dilation, by torch's conv.
+            torch.testing.assert_close(model(x), F.conv2d(x, new.construct_kernel(), new.bias, padding=6,
+                                                          dilation=2, groups=4))
+        elif to == "fft":
+            assert new.dilation == (2, 2) and new.padding == (8, 8)
+        else:
+            assert new.kernel_size == (13, 13)  # continuous kernels sample the dilated extent 2 * (7 - 1) + 1
+
+
+def test_dynamic_same_pad_is_tensorflow_same():
+    # TF "SAME": out = ceil(n / s), total pad = max((out - 1) s + e - n, 0), the odd zero at the end.
+    pad = DynamicSamePad(extent=(3, 5), stride=(2, 2))
+    x = torch.randn(1, 1, 8, 9)
+    # height 8, extent 3: (4 - 1) 2 + 3 - 8 = 1 -> (0, 1); width 9, extent 5: (5 - 1) 2 + 5 - 9 = 4 -> (2, 2)
+    torch.testing.assert_close(pad(x), F.pad(x, (2, 2, 0, 1)))
+    assert pad(torch.randn(1, 1, 7, 7)).shape[-2:] == (9, 11)  # 7 + (4 - 1) 2 + 3 - 7; 7 + (4 - 1) 2 + 5 - 7
+
+
+@pytest.mark.parametrize("to", ["conv", "dcls", "flexconv", "ckconv", "niff", "sgconv"])
+def test_every_family_state_dict_is_tensors_and_round_trips_through_safetensors(to, tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    torch.manual_seed(0)
+    kwargs = {"kernel_size": 9} if to == "conv" else {}
+    model = create_model("dwnet2d_tiny", num_classes=3).eval()
+    largekernel.convert(model, to, **kwargs)
+    x = torch.randn(2, 1, 8, 8)
+    expected = model(x)
+    assert all(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    save_model(model, str(tmp_path / "m.safetensors"))
+    torch.manual_seed(1)
+    fresh = largekernel.convert(create_model("dwnet2d_tiny", num_classes=3), to, **kwargs).eval()
+    load_model(fresh, str(tmp_path / "m.safetensors"))
+    torch.testing.assert_close(fresh(x), expected)
+
+
+def _dense_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                         nn.Conv2d(8, 16, 3, padding=1, groups=8))
+
+
+@pytest.mark.parametrize("to,kwargs", [("dcls", dict(kernel_count=25)), ("dcls", dict(kernel_size=9, kernel_count=25)),
+                                       ("dcls", dict(kernel_count=25, interpolation="gaussian")),
+                                       ("conv", dict(kernel_size=9)), ("flexconv", {}), ("ckconv", {})])
+def test_load_dense_is_exact_when_the_family_can_hold_the_kernel(to, kwargs):
+    # 25 DCLS elements cover every tap of a 5x5 kernel; a 32-wide kernel net output layer spans 25 grid samples.
+    torch.manual_seed(0)
+    dense = _dense_net().double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    converted = largekernel.convert(copy.deepcopy(dense), to, "*", **kwargs)
+    report = load_dense(converted, dense.state_dict())
+    assert set(report.fitted) == {"0", "1", "2"} and max(report.fitted.values()) < 1e-6
+    assert not report.missing_keys and not report.unexpected_keys
+    torch.testing.assert_close(converted(x), dense(x), rtol=1e-6, atol=1e-6)
+
+
+def test_load_dense_keeps_the_largest_taps_in_a_sparse_dcls_kernel():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=6)
+    report = load_dense(converted, dense.state_dict())
+    w = dense[0].weight.detach()  # (4, 1, 5, 5)
+    flat = w.flatten(1)
+    keep = torch.zeros_like(flat).scatter_(1, flat.abs().topk(6, dim=1).indices, 1.0)
+    expected = (flat * keep).view_as(w)  # the best 6-sparse approximation of each kernel
+    torch.testing.assert_close(converted[0].construct_kernel(), expected, rtol=1e-5, atol=1e-6)
+    error = ((expected - w).norm() / w.norm()).item()
+    assert report.fitted["0"] == pytest.approx(error, rel=1e-4)
+
+
+def test_load_dense_refusals():
+    dense = _dense_net()
+    niff = largekernel.convert(copy.deepcopy(dense), "niff")
+    with pytest.raises(ValueError, match=r"1: load_dense cannot map the checkpoint's dense 1.weight onto a NIFFConv2d"):
+        load_dense(niff, dense.state_dict())
+    converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=4)
+    partial = {k: v for k, v in dense.state_dict().items() if k != "0.bias"}
+    with pytest.raises(RuntimeError, match="missing keys: 0.bias"):
+        load_dense(converted, partial)
+    assert load_dense(converted, partial, strict=False).missing_keys == ["0.bias"]

@@ -498,3 +498,37 @@ def test_kernel_is_sampled_once_without_autograd_and_again_after_any_change():
     layer(x).sum().backward()
     assert len(calls) == before + 2
     assert all(p.grad is not None for p in layer.kernel_net.parameters())
+
+
+@pytest.mark.parametrize("groups", ["dense", "depthwise"])
+def test_initial_output_scale_does_not_grow_with_the_input_channels(groups):
+    # Chang et al.'s init divides the kernel by sqrt(fan_in): the output std must not follow sqrt(in_channels).
+    stds = []
+    for channels in (8, 512):
+        torch.manual_seed(0)
+        layer = FlexConv2d(channels, 8 if groups == "dense" else channels, kernel_size=7,
+                           groups=1 if groups == "dense" else channels)
+        with torch.no_grad():
+            stds.append(layer(torch.randn(2, channels, 12, 12)).std().item())
+    assert 0.5 < stds[1] / stds[0] < 2.0, stds
+
+
+def test_state_dict_holds_only_tensors_and_loads_the_older_dict_form(tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    layer = FlexConv2d(2, 3, kernel_size=None)
+    layer(torch.randn(1, 2, 8, 10))
+    layer.resample((11, 13))
+    state = layer.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    save_model(layer, str(tmp_path / "layer.safetensors"))
+    fresh = FlexConv2d(2, 3, kernel_size=None)
+    load_model(fresh, str(tmp_path / "layer.safetensors"))
+    assert fresh.kernel_size == (11, 13) and fresh.base_kernel_size == (9, 11)
+    x = torch.randn(1, 2, 8, 10)
+    torch.testing.assert_close(fresh(x), layer(x))
+    # Checkpoints written before the grid sizes became a tensor hold a dict.
+    older = {**state, "_extra_state": {"kernel_size": [11, 13], "base_kernel_size": [9, 11]}}
+    again = FlexConv2d(2, 3, kernel_size=None)
+    again.load_state_dict(older)
+    assert again.kernel_size == (11, 13) and again.base_kernel_size == (9, 11)

@@ -48,8 +48,8 @@ class _Net(nn.Module):
 
 
 def _group(groups, kind, wd=None):
-    found = [g for g in groups if g["kind"] == kind and (wd is None or g["weight_decay"] == wd)]
-    assert len(found) == 1, (kind, wd, [(g["kind"], g["weight_decay"]) for g in groups])
+    found = [g for g in groups if g["kind"] == kind and (wd is None or g.get("weight_decay") == wd)]
+    assert len(found) == 1, (kind, wd, [(g["kind"], g.get("weight_decay")) for g in groups])
     return found[0]
 
 
@@ -253,3 +253,32 @@ def test_sigma_schedule_bad_input():
         SigmaSchedule(_Net(), 2.0, 0.5, 10, mode="step")
     with pytest.raises(ValueError, match="total_steps"):
         SigmaSchedule(_Net(), 2.0, 0.5, 0)
+
+
+def test_param_groups_torch_layout_keeps_the_ratio_under_a_torch_scheduler():
+    model = _Net()
+    opt = torch.optim.SGD(param_groups(model, lr=0.1, weight_decay=0.05))
+    assert not any("lr_scale" in g for g in opt.param_groups)  # absolute lrs: no scheduler may scale again
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+    lrs = {g["kind"]: g["lr"] for g in opt.param_groups}
+    assert lrs["position"] == pytest.approx(5 * 0.1 * 0.5 ** 3) and lrs["default"] == pytest.approx(0.1 * 0.5 ** 3)
+
+
+def test_param_groups_timm_layout_leaves_lr_and_decay_to_the_optimizer():
+    model = _Net()
+    groups = param_groups(model, position_lr_scale=5.0)
+    assert all("lr" not in g for g in groups)
+    assert _group(groups, "position")["lr_scale"] == 5.0 and _group(groups, "sigma")["lr_scale"] == 5.0
+    assert _group(groups, "position")["weight_decay"] == 0.0
+    plain = _group(groups, "default", 0.0)
+    assert "stage.0.dw.bias" in plain["names"] and plain["lr_scale"] == 1.0
+    decayed = [g for g in groups if "weight_decay" not in g]
+    assert len(decayed) == 1 and "stem.weight" in decayed[0]["names"]
+    # The optimizer's defaults fill in what the groups leave out.
+    opt = torch.optim.AdamW(groups, lr=2e-3, weight_decay=0.3)
+    by_name = {n: g for g in opt.param_groups for n in g["names"]}
+    assert by_name["stem.weight"]["weight_decay"] == 0.3 and by_name["stem.weight"]["lr"] == 2e-3
+    assert by_name["stage.0.dw.P"]["weight_decay"] == 0.0

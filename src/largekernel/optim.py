@@ -9,7 +9,8 @@ The learning techniques of DCLS (Khalfaoui-Hassani, Pellegrini and Masquelier,
 ICLR 2023, section 3; seed 001) are library features here, generic over any
 module that exposes the small protocol the DCLS layers implement:
 
-- position learning rate x5 and no weight decay: :func:`param_groups`;
+- position learning rate x5 and no weight decay: :func:`param_groups` (in torch's or timm's
+  convention for per-group learning rates);
 - clamping after every optimizer step (``clamp_parameters()``): :func:`install_dcls_clamp`;
 - positions shared by the layers of a stage, gradients summed: :func:`share_positions`;
 - the repulsive loss of KPConv (Thomas et al. 2019) against overlapping
@@ -43,15 +44,31 @@ def mark(param: nn.Parameter, *, kind: str, lr_scale: float | None = None,
     return param
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, position_lr_scale: float = 5.0) -> list[dict]:
-    """Optimizer groups for ``model``.
+def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float | None = None,
+                 position_lr_scale: float = 5.0) -> list[dict]:
+    """Optimizer groups for ``model``, in one of two layouts, chosen by whether ``lr`` is given.
 
-    - unmarked parameters with ``dim() >= 2``: ``lr``, ``weight_decay``;
+    Which parameters go where:
+
+    - unmarked parameters with ``dim() >= 2``: ``weight_decay``, lr scale 1;
     - unmarked biases, norm weights (``dim() < 2``) and names listed by the
-      model's ``no_weight_decay()``: ``lr``, no weight decay;
+      model's ``no_weight_decay()``: no weight decay, lr scale 1;
     - marked parameters: their mark's lr scale (positions and sigmas default to
-      ``position_lr_scale``) and weight decay (default 0).
+      ``position_lr_scale``, others to 1) and weight decay (default 0).
 
+    Layouts (every group also has ``"kind"``, the mark's kind or ``"default"``, and ``"names"``):
+
+    - ``lr`` given, torch's convention: each group's ``"lr"`` is ``lr * scale``, absolute, and carries no
+      ``"lr_scale"``. For ``torch.optim`` optimizers with or without a ``torch.optim.lr_scheduler``, and
+      for timm's schedulers too: every scheduler scales each group's own initial lr, so the ratio holds
+      (timm's warmup, starting all groups at one absolute ``warmup_lr_init``, excepted).
+    - ``lr=None``, timm's convention: no ``"lr"`` (the optimizer's lr is the base) and ``"lr_scale"`` on
+      every group, which the scheduler multiplies into the lr it sets, once: timm's schedulers and
+      ``largekernel train`` do. This is the form for ``timm.optim.create_optimizer_v2(model, ...,
+      param_group_fn=largekernel.optim.param_groups)``. Without such a scheduler the scale is not applied.
+
+    ``weight_decay=None`` leaves ``"weight_decay"`` out of the decayed group, so the optimizer's own
+    default applies (what ``param_group_fn`` needs); groups without decay always say ``0.0``.
     Parameters shared between modules appear once.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -72,10 +89,17 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, position_lr_s
             kind, scale = "default", 1.0
             wd = 0.0 if (p.dim() < 2 or name in skip) else weight_decay
         key = (kind, scale, wd)
-        group = groups.setdefault(key, {"params": [], "lr": lr * scale, "weight_decay": wd,
-                                        "lr_scale": scale, "kind": kind, "names": []})
-        group["params"].append(p)
-        group["names"].append(name)
+        if key not in groups:
+            group = {"params": [], "kind": kind, "names": []}
+            if lr is None:
+                group["lr_scale"] = scale
+            else:
+                group["lr"] = lr * scale
+            if wd is not None:
+                group["weight_decay"] = wd
+            groups[key] = group
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
     return list(groups.values())
 
 

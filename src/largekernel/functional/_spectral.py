@@ -119,7 +119,7 @@ def _x_block(x_f: Tensor, groups: int) -> Tensor:
     block = x.new_empty(*x.shape[:2], 2, *x.shape[2:])
     block[:, :, 0] = x
     block[:, :, 1, ..., 0] = x[..., 1]
-    torch.neg(x[..., 0], out=block[:, :, 1, ..., 1])
+    block[:, :, 1, ..., 1] = x[..., 0].neg()  # (not neg(out=): torch.compile cannot trace a strided out=)
     return block
 
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_model
 from largekernel.models.layers import (
     Classifier,
     DropPath,
@@ -136,6 +136,9 @@ class ConvNeXt(Classifier):
                                  ls_init_value=ls_init_value))
             prev = width
         self.stages = nn.Sequential(*stages)
+        # timm's backbone metadata: one feature map per stage (largekernel.models.features).
+        self.feature_info = [dict(num_chs=width, reduction=patch_size * 2 ** i, module=f"stages.{i}")
+                             for i, width in enumerate(dims)]
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -155,6 +158,12 @@ class ConvNeXt(Classifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.norm(x.mean(dim=(2, 3))))  # (B, C)
         return x if pre_logits else self.head(x)  # (B, num_classes)
+
+
+# Made for ImageNet (224 x 224, the 0.875 center crop of timm's convnext cfgs); patch_size=1 or 2 serves small images.
+default_cfgs = {name: model_cfg((3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, crop_pct=0.875,
+                                pool_size=(7, 7))
+                for name in __all__ if name.startswith("convnext_")}
 
 
 def _create_convnext(variant: dict[str, Any], **kwargs) -> ConvNeXt:

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, STANDARDIZED, model_cfg, register_model
 from largekernel.models.layers import create_norm
 from largekernel.nn.flexconv import CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d
 
@@ -151,6 +151,15 @@ class FlexNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# 2-D nets: CIFAR-10 images; 1-D causal nets: MNIST-1D sequences.
+default_cfgs = {
+    **{name: model_cfg((3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
+       for name in ("flexnet_tiny", "flexnet_small", "ckresnet_tiny", "ckresnet_small")},
+    **{name: model_cfg((1, 40), **STANDARDIZED, num_classes=10)
+       for name in ("ckcnn_tiny", "ckcnn_small", "flextcn_tiny", "flextcn_small")},
+}
 
 
 def _create_flexnet(variant: dict[str, Any], **kwargs) -> FlexNet:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_model
 from largekernel.models.layers import (
     REPARAM_TYPES,
     DropPath,
@@ -158,6 +158,11 @@ class RepLKNet(StagedClassifier):
 
 def _create_replknet(variant: dict[str, Any], **kwargs) -> RepLKNet:
     return RepLKNet(**{**variant, **kwargs})
+
+
+default_cfgs = {name: model_cfg((3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, crop_pct=0.875,
+                                pool_size=(7, 7), first_conv="stem.0.conv")
+                for name in __all__ if name.startswith("replknet_")}
 
 
 @register_model

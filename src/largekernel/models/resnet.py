@@ -13,7 +13,14 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    model_cfg,
+    register_model,
+)
 from largekernel.models.layers import Classifier, _check_positive, create_conv
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet44", "resnet56", "resnet18", "resnet50"]
@@ -133,6 +140,12 @@ class ResNet(Classifier):
                 chs = width * block_cls.expansion
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
+        # timm's backbone metadata: the stem's activation, then one feature map per stage (the ImageNet stem
+        # strides 2 and max-pools 2 more; every stage after the first strides 2). See largekernel.models.features.
+        first = 4 if stem == "imagenet" else 1
+        self.feature_info = [dict(num_chs=stem_width, reduction=first // 2 or 1, module="stem.2")]
+        self.feature_info += [dict(num_chs=width * block_cls.expansion, reduction=first * 2 ** i, module=f"stages.{i}")
+                              for i, width in enumerate(widths)]
         self.num_classes = num_classes
         self.num_features = chs
         self.head_drop = nn.Dropout(drop_rate)
@@ -159,6 +172,14 @@ class ResNet(Classifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))  # (B, num_features)
         return x if pre_logits else self.head(x)  # (B, num_classes)
+
+
+default_cfgs = {
+    **{name: model_cfg((3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
+       for name in ("resnet20", "resnet44", "resnet56")},
+    **{name: model_cfg((3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, crop_pct=0.875,
+                       pool_size=(7, 7)) for name in ("resnet18", "resnet50")},
+}
 
 
 def _create_resnet(variant: dict[str, Any], **kwargs) -> ResNet:

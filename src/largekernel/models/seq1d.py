@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import STANDARDIZED, model_cfg, register_model
 from largekernel.models.layers import (
     Classifier,
     DropPath,
@@ -116,6 +116,14 @@ class DWNet(Classifier):
         x = self.norm(x.mean(dim=tuple(range(2, x.dim()))))  # (B, width)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)  # (B, num_classes)
+
+
+default_cfgs = {
+    "dwnet1d_tiny": model_cfg((1, 40), **STANDARDIZED, num_classes=10),  # MNIST-1D
+    "dwnet1d_small": model_cfg((1, 40), **STANDARDIZED, num_classes=10),
+    "dwnet2d_tiny": model_cfg((1, 8, 8), **STANDARDIZED, num_classes=10),  # scikit-learn digits
+    "dwnet2d_small": model_cfg((1, 32, 32), **STANDARDIZED, num_classes=10),
+}
 
 
 def _create_dwnet(variant: dict[str, Any], **kwargs) -> DWNet:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_model
 from largekernel.models.convnext import _Stage
 from largekernel.models.layers import (
     REPARAM_TYPES,
@@ -83,6 +83,11 @@ class SLaK(StagedClassifier):
 
 def _create_slak(variant: dict[str, Any], **kwargs) -> SLaK:
     return SLaK(**{**variant, **kwargs})
+
+
+default_cfgs = {name: model_cfg((3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, crop_pct=0.875,
+                                pool_size=(7, 7), first_conv="stem.0")
+                for name in __all__ if name.startswith("slak_")}
 
 
 @register_model

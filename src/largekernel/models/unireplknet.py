@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_model
 from largekernel.models.layers import (
     DropPath,
     LayerNormChannelsFirst,
@@ -163,6 +163,11 @@ class UniRepLKNet(StagedClassifier):
 
 def _create_unireplknet(variant: dict[str, Any], **kwargs) -> UniRepLKNet:
     return UniRepLKNet(**{**variant, **kwargs})
+
+
+default_cfgs = {name: model_cfg((3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, crop_pct=0.875,
+                                pool_size=(7, 7), first_conv="stem.0")
+                for name in __all__ if name.startswith("unireplknet_")}
 
 
 @register_model

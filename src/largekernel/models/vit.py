@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.models._registry import register_model
+from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, model_cfg, register_model
 from largekernel.models.layers import DropPath
 from largekernel.nn.mixing import FourierMix
 
@@ -180,6 +180,12 @@ class VisionTransformer(nn.Module):
 
 def _create_vit(variant: dict[str, Any], **kwargs) -> VisionTransformer:
     return VisionTransformer(**{**variant, **kwargs})
+
+
+# img_size=32, patch_size=4 by default: CIFAR-10 images.
+default_cfgs = {name: model_cfg((3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=1000,
+                                first_conv="patch_embed")
+                for name in ("vit_tiny", "vit_small", "fit_tiny", "fit_small")}
 
 
 @register_model

@@ -139,7 +139,10 @@ class _ContinuousConvNd(KernelConvNd):
 
         ``fan_in`` counts the kernel samples the layer applies at initialisation
         (after cropping) times the input channels per group, so a layer starts
-        with roughly variance-preserving outputs whatever its kernel size.
+        with roughly variance-preserving outputs whatever its kernel size and
+        width. Weight and bias both: the bias is one constant kernel per channel
+        pair (MAGNet's is drawn like a weight), and left unscaled it alone makes
+        the output grow as ``sqrt(in_channels)``.
         """
         output = getattr(self.kernel_net, "output", None)
         if not self.chang_init or not isinstance(output, nn.Linear):
@@ -148,14 +151,27 @@ class _ContinuousConvNd(KernelConvNd):
         if not self.separable:
             fan_in *= self.in_channels // self.groups
         output.weight.mul_(math.sqrt(1.0 / fan_in))
+        if output.bias is not None:
+            output.bias.mul_(math.sqrt(1.0 / fan_in))
 
-    def get_extra_state(self) -> dict:
-        return {"kernel_size": self._kernel_size, "base_kernel_size": self._base_kernel_size}
+    def get_extra_state(self) -> Tensor:
+        """The grid sizes as a tensor, ``(2, nd)`` int64: the current grid then the base one, ``-1`` while
+        unset (lazy). A tensor, not a dict, so that ``safetensors`` saves it and weight-averaging code
+        (timm's ``ModelEmaV2/V3``) can walk the state dict."""
+        rows = [(-1,) * self._nd if ks is None else ks for ks in (self._kernel_size, self._base_kernel_size)]
+        return torch.tensor(rows, dtype=torch.int64)
 
-    def set_extra_state(self, state: dict) -> None:
-        ks, base = state["kernel_size"], state["base_kernel_size"]
-        self._kernel_size = None if ks is None else tuple(ks)
-        self._base_kernel_size = None if base is None else tuple(base)
+    def set_extra_state(self, state: Tensor | dict) -> None:
+        """Restore the grid sizes from :meth:`get_extra_state`'s tensor, or from the dict older versions saved."""
+        if isinstance(state, dict):
+            sizes = [state["kernel_size"], state["base_kernel_size"]]
+        else:
+            if not isinstance(state, Tensor) or tuple(state.shape) != (2, self._nd):
+                raise ValueError(f"{type(self).__name__} extra state must be a (2, {self._nd}) tensor of grid "
+                                 f"sizes, got {state!r}")
+            sizes = [None if min(row) < 0 else row for row in state.tolist()]
+        self._kernel_size, self._base_kernel_size = (None if ks is None else tuple(int(k) for k in ks)
+                                                     for ks in sizes)
 
     @property
     def kernel_size(self) -> tuple[int, ...] | None:

@@ -78,7 +78,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, warmup_ratio: floa
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or Nesterov SGD over ``optim.param_groups`` (marks give positions / SSM / masks their own lr and decay)."""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)
+    # timm's layout: each group's lr_scale multiplies the scheduled lr at every step (as timm's schedulers do).
+    groups = [{**g, "lr": cfg.lr * g["lr_scale"]}
+              for g in param_groups(model, weight_decay=cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)]
     if cfg.kernel_net_weight_decay is not None:
         groups = _with_kernel_net_decay(groups, cfg.kernel_net_weight_decay)
     if cfg.optimizer == "adamw":

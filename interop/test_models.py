@@ -1,0 +1,162 @@
+"""convert / bake / param_groups with timm's optimizer factory / one training step, on 12 real models."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from timm.optim import create_optimizer_v2
+from timm.utils import reparameterize_model
+from torch import nn
+
+import largekernel
+from largekernel.convert import load_dense
+from largekernel.optim import param_groups
+
+_TIMM = ["convnext_atto", "convnext_tiny", "convnextv2_atto", "inception_next_tiny", "repvit_m0_9", "mobileone_s0",
+         "efficientnet_b0", "resnet18", "resnet50"]
+_TORCHVISION = ["resnet18", "convnext_tiny", "mobilenet_v3_small"]
+MODELS = [f"timm/{n}" for n in _TIMM] + [f"torchvision/{n}" for n in _TORCHVISION]
+# ResNets have no depthwise convolution (the default target): their first stage's 3x3 convolutions instead.
+_WHICH = {"timm/resnet18": "layer1.*", "timm/resnet50": "layer1.*", "torchvision/resnet18": "layer1.*"}
+_INPUT = (2, 3, 32, 32)
+
+
+def _create(spec: str) -> nn.Module:
+    source, name = spec.split("/")
+    if source == "timm":
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+        if name in ("repvit_m0_9", "mobileone_s0"):  # train-time branches fused first (see test below)
+            model = reparameterize_model(model.eval())
+        return model
+    return getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+@pytest.mark.parametrize("to", ["dcls", "flexconv", "ckconv"])
+@pytest.mark.parametrize("spec", MODELS)
+def test_convert_iso_params_then_bake(spec, to):
+    model = _create(spec).eval()
+    x = torch.randn(_INPUT)
+    params = sum(p.numel() for p in model.parameters())
+    _, report = largekernel.convert(model, to, _WHICH.get(spec), iso_params=True, report=True)
+    assert report.replaced and not report.skipped, str(report)
+    assert report.params_before == params
+    replaced_before = sum(r.params_before for r in report.replaced)
+    replaced_after = sum(r.params_after for r in report.replaced)
+    assert abs(replaced_after - replaced_before) <= 0.02 * replaced_before, str(report)
+    with torch.no_grad():
+        converted = model(x)
+    baked = largekernel.bake(model)
+    assert not any(hasattr(m, "construct_kernel") for m in baked.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(baked(x), converted, rtol=1e-4, atol=1e-4 * converted.abs().max().item())
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_one_training_step_with_timm_optimizer_factory(spec):
+    to = ("dcls", "flexconv", "ckconv")[MODELS.index(spec) % 3]  # each family trains on four of the models
+    model = _create(spec).train()
+    _, report = largekernel.convert(model, to, _WHICH.get(spec), iso_params=True, report=True)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, param_group_fn=param_groups)
+    groups = {g["kind"]: g for g in opt.param_groups}
+    if to == "dcls":
+        assert groups["position"]["lr_scale"] == 5.0 and groups["position"]["weight_decay"] == 0.0
+    if to == "flexconv":
+        assert groups["mask"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    modules = dict(model.named_modules())
+    layers = [modules[r.name] for r in report.replaced]
+    before = [[p.detach().clone() for p in layer.parameters()] for layer in layers]
+    loss = nn.functional.cross_entropy(model(torch.randn(_INPUT)), torch.tensor([1, 2]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    for layer, old in zip(layers, before):
+        assert all(p.grad is not None for p in layer.parameters())
+        assert any(not torch.equal(a, p) for a, p in zip(old, layer.parameters()))
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_fft_and_dense_round_trip_keep_the_output(spec):
+    model = _create(spec).eval()
+    x = torch.randn(_INPUT)
+    with torch.no_grad():
+        expected = model(x)
+    _, report = largekernel.convert(model, "fft", _WHICH.get(spec), report=True)
+    assert report.replaced and all(m.backend == "fft" for m in model.modules() if hasattr(m, "backend"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_resnet_default_conversion_says_it_replaced_nothing():
+    for model in (timm.create_model("resnet18", num_classes=10), torchvision.models.resnet18(num_classes=10)):
+        with pytest.warns(UserWarning, match="replaced nothing"):
+            _, report = largekernel.convert(model, "dcls", report=True)
+        assert not report.replaced and report.not_selected > 0
+
+
+@pytest.mark.parametrize("name", ["repvit_m0_9", "mobileone_s0"])
+def test_convert_before_or_after_reparameterize_model(name):
+    x = torch.randn(_INPUT)
+    model = timm.create_model(name, num_classes=10).eval()
+    with pytest.warns(UserWarning, match="reparameterize_model"):
+        _, report = largekernel.convert(model, "dcls", report=True)
+    assert not report.replaced and report.skipped
+    assert all("reparameterize_model" in s.reason for s in report.skipped)
+    with torch.no_grad():
+        expected = model(x)
+        fused = reparameterize_model(model)  # still works: nothing it fuses was touched
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-4)
+    _, report = largekernel.convert(fused, "dcls", report=True)  # after: the fused convolutions convert
+    assert report.replaced and not report.skipped
+    assert reparameterize_model(fused)(x).shape == (2, 10)
+
+
+def test_tf_same_padding_is_kept():
+    # tf_efficientnet_b0's stride-2 depthwise convolutions are timm Conv2dSame (TF "SAME" from the input size).
+    model = timm.create_model("tf_efficientnet_b0", num_classes=10).eval()
+    x = torch.randn(2, 3, 63, 66)  # odd and even sizes: the padding differs per side
+    with torch.no_grad():
+        expected = model(x)
+    same = [n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame" and m.groups > 1]
+    assert same  # the stride-2 depthwise ones (the stem is dense: not a default target)
+    exact = largekernel.convert(copy.deepcopy(model), "fft")
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    model, report = largekernel.convert(model, "dcls", report=True)
+    assert {r.name for r in report.replaced} >= set(same) and not report.skipped
+    with torch.no_grad():
+        converted = model(x)
+        assert converted.shape == expected.shape
+        torch.testing.assert_close(largekernel.bake(model)(x), converted, rtol=1e-4, atol=1e-4)
+
+
+def test_dilation_is_kept_at_output_stride_16():
+    model = timm.create_model("convnext_tiny", num_classes=10, output_stride=16).eval()
+    dilated = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and max(m.dilation) > 1}
+    assert dilated
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected_features = model.forward_features(x)
+    _, report = largekernel.convert(model, "dcls", report=True)
+    modules = dict(model.named_modules())
+    assert all(modules[n].dilation == (2, 2) for n in dilated)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == expected_features.shape
+
+
+def test_pretrained_weights_load_into_the_converted_model():
+    # A dense timm checkpoint (here: a freshly initialised one) into its DCLS version: exact with enough elements.
+    dense = timm.create_model("convnext_atto", num_classes=10).eval()
+    state = dense.state_dict()
+    x = torch.randn(1, 3, 32, 32)
+    converted = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=49)
+    report = load_dense(converted, state)
+    assert len(report.fitted) == 12 and max(report.fitted.values()) < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), dense(x), rtol=1e-4, atol=1e-4)
+    # Fewer elements than taps: the best sparse kernels, each layer's error stated.
+    sparse = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=20)
+    report = load_dense(sparse, state)
+    assert all(0 < err < 1 for err in report.fitted.values())
