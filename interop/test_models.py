@@ -11,7 +11,7 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import largekernel
-from largekernel.convert import load_dense
+from largekernel.surgery import load_dense
 from largekernel.optim import param_groups
 
 _TIMM = ["convnext_atto", "convnext_tiny", "convnextv2_atto", "inception_next_tiny", "repvit_m0_9", "mobileone_s0",

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from sklearn.decomposition import PCA
 from torch import nn
 
+from largekernel.nn import NIFFConv2d
+from largekernel.nn._base import KernelConvNd
+
 from largekernel.analysis import (effective_kernel_size, gaussian_fit, kernel_layers, kernel_mass_ratio, kernel_pca,
                                   kernel_size_report, spatial_kernels, stage_summary, window_sizes)
 
@@ -93,34 +96,31 @@ def test_dilated_conv_dense_kernel_reproduces_torch():
     torch.testing.assert_close(F.conv2d(x, dense), conv(x))
 
 
-class _Constructed(nn.Module):
-    """Stands in for a learnable-kernel layer that needs the input length."""
+class _Ramp(KernelConvNd):
+    """A family written here: a kernel as long as the input, a learnable scale times a ramp (the protocol's one
+    method plus its metadata)."""
+
+    _nd = 1
+    input_dependent = True
 
     def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(2, 1, 1))
+        super().__init__(2, 2, groups=2, bias=False)
+        self.w = nn.Parameter(torch.ones(()))
 
-    def construct_kernel(self, length):
-        return self.w * torch.ones(2, 1, length)
-
-
-class _Circular(nn.Module):
-    """Stands in for NIFF: a circular spatial kernel (C, H, W) with its origin at (H // 2, W // 2)."""
-
-    def spatial_kernel(self, size):
-        kernel = torch.zeros(3, *size)
-        kernel[:, size[0] // 2, size[1] // 2] = 1.0
-        return kernel
+    def construct_kernel(self, input_size=None):
+        (length,) = self._bake_size(input_size)
+        return self.w * torch.arange(length, dtype=torch.float32).expand(2, 1, length)
 
 
-def test_dispatcher_handles_sized_and_circular_kernels():
-    assert spatial_kernels(_Constructed(), input_size=(9,)).shape == (2, 9)
+def test_dispatcher_uses_the_kernel_protocol():
+    assert torch.equal(spatial_kernels(_Ramp(), input_size=(9,)), torch.arange(9.0).expand(2, 9))
     with pytest.raises(ValueError, match="input_size"):
-        spatial_kernels(_Constructed())
-    kernels = spatial_kernels(_Circular(), input_size=(8, 8))
-    assert kernels.shape == (3, 8, 8)
-    assert torch.all(kernels[:, 3, 3] == 1)  # origin moved to (K - 1) // 2
-    assert effective_kernel_size(kernels, 2).tolist() == [[1, 1, 1]] * 3
+        spatial_kernels(_Ramp())
+    niff = NIFFConv2d(3)
+    assert spatial_kernels(niff, input_size=(8, 8)).shape == (3, 8, 8)  # circular: a kernel per channel, input-sized
+    conv = nn.Conv1d(2, 2, 3, dilation=2, groups=2)
+    dilated = spatial_kernels(conv)  # dilation written out as zeros
+    assert dilated.shape == (2, 5) and torch.equal(dilated[:, ::2], conv.weight.detach()[:, 0])
     with pytest.raises(TypeError, match="module"):
         spatial_kernels(nn.Linear(2, 2))
 

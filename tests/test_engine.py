@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.autograd import gradcheck, gradgradcheck
+
 
 from largekernel.functional import (ConvArgumentError, auto_cache, calibration, choose_backend, clear_auto_cache,
                                     convolve, plan_conv)

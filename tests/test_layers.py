@@ -89,7 +89,7 @@ def test_bad_arguments_raise_value_error(bad, match):
 
 
 def test_bad_kernel_size_type_raises_type_error():
-    with pytest.raises(TypeError, match="kernel_size must be an int or a sequence of 2 ints, got 'x'"):
+    with pytest.raises(TypeError, match="kernel_size must be an int or a tuple of 2 ints, got .x."):
         create_conv("conv", 2, 2, "x", dim=2)
 
 

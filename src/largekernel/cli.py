@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("largekernel.bench", "time convolution backends and whole models (suites: conv, dcls, flexconv, niff, "
                                    "fit, models)"),
     "analyze": ("largekernel.analysis.cli", "figures and statistics for a run or checkpoint directory"),
-    "convert": ("largekernel.convert", "convert / bake a saved model"),
+    "convert": ("largekernel.surgery.cli", "convert / bake a saved model"),
 }
 
 

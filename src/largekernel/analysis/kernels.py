@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from largekernel.nn._base import KernelConvNd
+
 __all__ = [
     "spatial_kernels",
     "kernel_layers",
@@ -151,55 +153,35 @@ def _dense_from_conv(conv: nn.modules.conv._ConvNd) -> Tensor:
     return dense  # (out, in/g, *dilated k)
 
 
-def _call_with_size(fn, input_size: Sequence[int] | None, what: str):
-    try:
-        return fn()
-    except TypeError:
-        if input_size is None:
-            raise ValueError(f"{what} needs the input size; pass input_size=(spatial sizes), got None") from None
-        size = tuple(int(s) for s in input_size)
-        if len(size) > 1:
-            return fn(size)
-        try:  # 1-D layers take a length (SGConv, S4D) or a 1-tuple (NIFF)
-            return fn(size[0])
-        except (TypeError, ValueError):
-            return fn(size)
-
-
 def spatial_kernels(module: nn.Module, input_size: Sequence[int] | None = None) -> Tensor:
     """The dense spatial kernels a layer applies, as ``(N, *k)`` (``N = out * in/groups``).
 
-    Works for every family: NIFF (``spatial_kernel(size)``, centred), any layer with
-    ``construct_kernel()`` or ``construct_kernel(size)`` (DCLS, CKConv/FlexConv,
-    SGConv/S4D), and plain ``torch.nn.ConvNd`` (dilation written out as zeros).
+    Every learnable-kernel family through its ``construct_kernel(input_size)`` (the kernel protocol,
+    :class:`largekernel.nn._base.KernelConvNd`), and plain ``torch.nn.ConvNd`` (dilation written out as zeros).
 
     Args:
         module: the layer.
-        input_size: spatial size of the layer's input, needed by layers whose
-            kernel is as large as the input (NIFF, SGConv, S4D).
+        input_size: spatial size of the layer's input, needed by layers whose kernel depends on it
+            (NIFF, SGConv, S4D).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     with torch.no_grad():
-        if hasattr(module, "spatial_kernel"):
-            kernel = _call_with_size(module.spatial_kernel, input_size, type(module).__name__)
-            ndim = len(input_size) if input_size is not None else kernel.dim() - 1
-            kernel = kernel.reshape(-1, *kernel.shape[-ndim:])
-            # a circular kernel centred at K // 2: roll so its origin sits at (K - 1) // 2
-            shifts = [((s - 1) // 2) - s // 2 for s in kernel.shape[1:]]
-            return kernel.roll(shifts, dims=tuple(range(1, kernel.dim()))).detach()
-        if hasattr(module, "construct_kernel"):
-            kernel = _call_with_size(module.construct_kernel, input_size, type(module).__name__)
+        if isinstance(module, KernelConvNd):
+            if module.input_dependent and input_size is None:
+                raise ValueError(f"{type(module).__name__} needs the input size; pass input_size=(spatial sizes), "
+                                 f"got None")
+            kernel = module.construct_kernel(None if input_size is None else tuple(int(s) for s in input_size))
         elif isinstance(module, nn.modules.conv._ConvNd):
             kernel = _dense_from_conv(module)
         else:
-            raise TypeError(f"module must be a convolution layer (ConvNd, or with construct_kernel / "
-                            f"spatial_kernel), got {type(module).__name__}")
+            raise TypeError(f"module must be a convolution layer (torch ConvNd or a largekernel kernel layer), got "
+                            f"{type(module).__name__}")
     return kernel.detach().reshape(-1, *kernel.shape[2:])  # (out * in/g, *k)
 
 
 def _has_spatial_kernel(module: nn.Module) -> bool:
-    if hasattr(module, "spatial_kernel") or hasattr(module, "construct_kernel"):
+    if isinstance(module, KernelConvNd):
         return True
     if isinstance(module, nn.modules.conv._ConvNd):
         return any(k > 1 for k in module.kernel_size)  # 1x1 convs mix channels, no spatial extent

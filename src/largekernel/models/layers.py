@@ -16,14 +16,22 @@ At stride 1 every family returns an output of the input's spatial size
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Sequence
 
 from torch import Tensor, nn
 
+from largekernel.functional._args import ConvArgumentError, ntuple
+
 __all__ = [
     "CONV_TYPES",
     "REPARAM_TYPES",
+    "FamilyTraits",
+    "family_traits",
+    "family_class",
+    "register_family",
+    "conv_types",
     "create_conv",
     "layer_class",
     "same_padding",
@@ -54,12 +62,70 @@ CONV_TYPES: tuple[str, ...] = _DENSE_TYPES + tuple(_LEARNABLE_TYPES)
 REPARAM_TYPES: tuple[str, ...] = ("replk", "dilated_reparam", "slak")
 
 
-def _ntuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * dim
-    if isinstance(value, (tuple, list)) and len(value) == dim and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    raise TypeError(f"{name} must be an int or a sequence of {dim} ints, got {value!r}")
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What model surgery needs to know of a family to replace a convolution faithfully.
+
+    ``keeps_dilation``: its ``kernel_size`` counts taps and it takes the original's dilation (else it spans
+    the dilated extent with its own grid); ``fixed_extent``: its kernel's extent is fixed once built (so TF
+    "SAME" padding can be computed outside it; FlexConv crops while training, NIFF's is the input);
+    ``padding_modes``: the padding modes it applies.
+    """
+
+    keeps_dilation: bool = False
+    fixed_extent: bool = True
+    padding_modes: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
+
+
+_TRAITS = {
+    "conv": FamilyTraits(keeps_dilation=True), "fft": FamilyTraits(keeps_dilation=True),
+    "dcls": FamilyTraits(keeps_dilation=True), "flexconv": FamilyTraits(fixed_extent=False),
+    "niff": FamilyTraits(fixed_extent=False), "sgconv": FamilyTraits(padding_modes=("zeros",)),
+    "s4d": FamilyTraits(padding_modes=("zeros",)),
+}
+
+
+# Families added with register_family: name -> {dim: class}.
+_REGISTERED: dict[str, dict[int, type[nn.Module]]] = {}
+
+
+def conv_types() -> tuple[str, ...]:
+    """Every family name ``conv=`` accepts: the built-in :data:`CONV_TYPES` and the registered ones."""
+    return CONV_TYPES + tuple(_REGISTERED)
+
+
+def _check_conv(conv: str) -> None:
+    if conv not in CONV_TYPES and conv not in _REGISTERED:
+        raise ConvArgumentError(f"conv must be one of {conv_types()}, got {conv!r}")
+
+
+def register_family(name: str, classes: type[nn.Module] | Sequence[type[nn.Module]], *,
+                    traits: FamilyTraits | None = None) -> None:
+    """Add a layer family to the factory: ``create_model(..., conv=name)``, :func:`largekernel.convert` (``to=name``,
+    ``iso_params`` through its ``size_knob``), :func:`largekernel.bake`, counting and the analysis then take it.
+
+    ``classes``: one :class:`largekernel.nn.KernelConvNd` subclass per dimension it provides (its ``_nd``). The
+    factory builds them as ``cls(in_channels, out_channels, kernel_size=..., stride=..., groups=..., bias=...,
+    **options)``: at stride 1 the layer must keep the input's spatial size, so that it can replace any
+    depthwise convolution of a residual block. ``traits``: what model surgery needs to know
+    (:class:`FamilyTraits`; default: a fixed extent spanning the original's dilated extent, any padding mode).
+    """
+    from largekernel.nn._base import KernelConvNd
+
+    if not isinstance(name, str) or not name.isidentifier() or name in CONV_TYPES:
+        raise ConvArgumentError(f"name must be an identifier other than the built-in families {CONV_TYPES}, got "
+                                f"{name!r}")
+    classes = [classes] if isinstance(classes, type) else list(classes)
+    if not classes or not all(isinstance(c, type) and issubclass(c, KernelConvNd) for c in classes):
+        raise ConvArgumentError(f"classes must be KernelConvNd subclasses, got {classes!r}")
+    _REGISTERED[name] = {c._nd: c for c in classes}
+    _TRAITS[name] = traits or FamilyTraits()
+
+
+def family_traits(conv: str) -> FamilyTraits:
+    """The :class:`FamilyTraits` of family ``conv``."""
+    _check_conv(conv)
+    return _TRAITS.get(conv, FamilyTraits())
 
 
 def same_padding(kernel_size: int | Sequence[int], *, dim: int, stride: int | Sequence[int] = 1,
@@ -71,9 +137,9 @@ def same_padding(kernel_size: int | Sequence[int], *, dim: int, stride: int | Se
     string ``"same"`` otherwise: an even extent at stride 1 needs one more zero on
     one side, which only ``padding="same"`` expresses.
     """
-    k = _ntuple(kernel_size, dim, "kernel_size")
-    s = _ntuple(stride, dim, "stride")
-    d = _ntuple(dilation, dim, "dilation")
+    k = ntuple(kernel_size, dim, "kernel_size")
+    s = ntuple(stride, dim, "stride")
+    d = ntuple(dilation, dim, "dilation")
     if all(si == 1 for si in s) and any(di * (ki - 1) % 2 for ki, di in zip(k, d)):
         return "same"
     return tuple(((si - 1) + di * (ki - 1)) // 2 for ki, si, di in zip(k, s, d))
@@ -85,10 +151,13 @@ def layer_class(conv: str, dim: int) -> type[nn.Module]:
     Raises ``ValueError`` for an unknown family or a dimension the family does not
     provide, and ``ImportError`` naming the family when its module is not installed.
     """
-    if conv not in CONV_TYPES:
-        raise ValueError(f"conv must be one of {CONV_TYPES}, got {conv!r}")
+    _check_conv(conv)
     if dim not in (1, 2, 3):
-        raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        raise ConvArgumentError(f"dim must be 1, 2 or 3, got {dim!r}")
+    if conv in _REGISTERED:
+        if dim not in _REGISTERED[conv]:
+            raise ConvArgumentError(f"conv={conv!r} has no {dim}-D layer; it provides {sorted(_REGISTERED[conv])}-D")
+        return _REGISTERED[conv][dim]
     if conv in _DENSE_TYPES:
         from largekernel.nn import conv as lk_conv
 
@@ -106,6 +175,19 @@ def layer_class(conv: str, dim: int) -> type[nn.Module]:
         provided = sorted(n for n in getattr(module, "__all__", ()) if n.startswith(pattern.split("{")[0]))
         raise ValueError(f"conv={conv!r} has no {dim}-D layer ({name}); {module_name} provides {provided}")
     return getattr(module, name)
+
+
+def family_class(conv: str) -> type[nn.Module]:
+    """A layer class of family ``conv`` (its lowest dimension), for what the family declares at class level
+    (``size_knob``, ``input_dependent``)."""
+    _check_conv(conv)
+    if conv in _REGISTERED:
+        return next(iter(_REGISTERED[conv].values()))
+    if conv in _DENSE_TYPES:
+        return layer_class(conv, 1)
+    module_name, pattern = _LEARNABLE_TYPES[conv]
+    module = import_module(module_name)
+    return next(getattr(module, pattern.format(dim=d)) for d in (1, 2, 3) if hasattr(module, pattern.format(dim=d)))
 
 
 def _dilated_geometry(kernel_size: tuple[int, ...], small: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -162,11 +244,14 @@ def create_conv(conv: str, in_channels: int, out_channels: int, kernel_size: int
     if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
         raise ValueError(f"groups must be a positive int dividing in_channels={in_channels} and "
                          f"out_channels={out_channels}, got {groups!r}")
-    kernel = _ntuple(kernel_size, dim, "kernel_size")
+    kernel = ntuple(kernel_size, dim, "kernel_size")
     if any(k < 1 for k in kernel):
         raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
     if conv in _DENSE_TYPES:
         return _create_dense(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts)
+    if conv in _REGISTERED:
+        return cls(in_channels, out_channels, kernel_size=_squeeze(kernel), stride=stride, groups=groups, bias=bias,
+                   **opts)
     return _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride, groups, bias, opts)
 
 
@@ -217,8 +302,8 @@ def _create_learnable(conv, cls, in_channels, out_channels, kernel, dim, stride,
         return cls(in_channels, out_channels, stride=stride, groups=groups, bias=bias, **opts)
     # SGConv and S4D are depthwise by construction: one sequence-long filter per channel.
     if groups != in_channels or in_channels != out_channels or any(
-            s != 1 for s in _ntuple(stride, dim, "stride")):
-        raise ValueError(f"conv={conv!r} is a depthwise stride-1 layer: needs in_channels == out_channels == "
+            s != 1 for s in ntuple(stride, dim, "stride")):
+        raise ConvArgumentError(f"conv={conv!r} is a depthwise stride-1 layer: needs in_channels == out_channels == "
                          f"groups and stride=1, got in_channels={in_channels}, out_channels={out_channels}, "
                          f"groups={groups}, stride={stride!r}")
     # A spatial convolution sees both sides: bidirectional kernels unless the caller asks for causal ones.

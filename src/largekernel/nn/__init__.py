@@ -6,6 +6,8 @@ Names resolve lazily so that importing one family does not import the others.
 from largekernel._lazy import lazy_namespace
 
 _FAMILIES = {
+    "largekernel.nn._base": ["KernelConvNd"],
+    "largekernel.nn.marks": ["mark"],
     "largekernel.nn.conv": ["Conv1d", "Conv2d", "Conv3d"],
     "largekernel.nn.dcls": ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"],
     "largekernel.nn.kernelnets": ["MLPKernel", "SIRENKernel", "GaborKernel", "FourierKernel", "MAGNetKernel"],
@@ -13,6 +15,9 @@ _FAMILIES = {
     "largekernel.nn.niff": ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "SpectralPointwise", "Spectrum"],
     "largekernel.nn.sequence": ["SGConv1d", "SGConv2d", "S4DConv1d", "SGKernel", "S4DKernel"],
     "largekernel.nn.mixing": ["FourierMix"],
+    "largekernel.nn.reparam": ["RepLKConv1d", "RepLKConv2d", "RepLKConv3d", "DilatedReparamConv1d",
+                               "DilatedReparamConv2d", "DilatedReparamConv3d", "SLaKConv1d", "SLaKConv2d",
+                               "SLaKConv3d"],
 }
 
 __all__, __getattr__, __dir__ = lazy_namespace("largekernel.nn", _FAMILIES)

@@ -12,10 +12,10 @@ the dense kernel it applies to an input of that spatial size (families whose ker
 not depend on the input accept and ignore it), and declares its metadata:
 
 * ``size_knob``: the constructor argument that sets its parameter count (what
-  :func:`largekernel.convert` and the study adjust to match parameter counts);
+  :func:`largekernel.convert` and the study adjust to match parameter counts, with ``size_kwargs``);
 * ``input_dependent``: whether the kernel depends on the input size (``bake`` then needs it);
 * parameter marks (learning-rate scales, no weight decay) are set on the parameters where
-  they are created, with :func:`largekernel.optim.mark`.
+  they are created, with :func:`largekernel.nn.mark`.
 
 ``forward`` is one call, ``convolve(x, self.construct_kernel(x.shape[2:]), ...)``; a family
 whose kernel has structure the dense form would waste (a pointwise map after a depthwise
@@ -34,12 +34,27 @@ from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntupl
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import _baked_conv
 
-__all__ = ["KernelConvNd", "positive_int", "check_choice"]
+__all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
 
 
 def positive_int(value, name: str) -> int:
     """``value`` if it is a positive int (not a bool), else :class:`ConvArgumentError` naming ``name``."""
     return ntuple(value, 1, name, minimum=1)[0]
+
+
+def centre_kernel(kernel: Tensor, size: Sequence[int]) -> Tensor:
+    """``kernel`` (..., *k) cropped or zero-padded to (..., *size) so that the taps a "same"-padded convolution
+    centres on (index ``(k - 1) // 2``) stay aligned."""
+    nd = len(size)
+    for d, (k, n) in enumerate(zip(kernel.shape[-nd:], size)):
+        axis = kernel.dim() - nd + d
+        shift = (n - 1) // 2 - (k - 1) // 2  # where tap 0 of the kernel lands on the new grid
+        if shift < 0:
+            kernel = kernel.narrow(axis, -shift, min(n, k + shift))
+            k, shift = kernel.shape[axis], 0
+        pad = [0, 0] * (kernel.dim() - axis - 1) + [shift, n - k - shift]
+        kernel = torch.nn.functional.pad(kernel, pad)
+    return kernel
 
 
 def check_choice(value, options: Sequence, name: str):
@@ -104,6 +119,26 @@ class KernelConvNd(nn.Module):
     def kernel_padding(self, kernel_size: Sequence[int]):
         """The padding the kernel is applied with (a family with its own rule, e.g. causal, overrides it)."""
         return self.padding
+
+    @classmethod
+    def size_kwargs(cls, value: int) -> dict:
+        """Constructor options that set the :attr:`size_knob` to ``value`` (merged into the caller's)."""
+        if cls.size_knob is None:
+            raise ConvArgumentError(f"{cls.__name__} has no size knob: its parameter count is fixed by its "
+                                    f"other options")
+        return {cls.size_knob: value}
+
+    @classmethod
+    def size_limit(cls, kernel_size: Sequence[int]) -> int:
+        """The largest :attr:`size_knob` value worth trying for a kernel spanning ``kernel_size``."""
+        return 1 << 14
+
+    def fit_dense(self, dense: Tensor, fitted: set[int] | None = None) -> None:
+        """Set the parameters so that the kernel this layer builds is the nearest it can to ``dense`` (a dense
+        ``(out, in/groups, *k)`` kernel, centred on this layer's); parameters whose ``id`` is in ``fitted`` (shared
+        with a layer fitted before) are kept, the others are added to it. Families that can implement it."""
+        raise ConvArgumentError(f"{type(self).__name__} cannot take a dense kernel: its kernel depends on the "
+                                f"input size or has no dense parameterisation")
 
     # ---- shared ------------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from torch.nn import init
 
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.dcls import INTERPOLATIONS, SIGMA_OFFSET, WIDTH_INTERPOLATIONS, construct_kernel
-from largekernel.nn._base import KernelConvNd, check_choice, positive_int
-from largekernel.optim import mark
+from largekernel.nn._base import KernelConvNd, centre_kernel, check_choice, positive_int
+from largekernel.nn.marks import mark
 
 __all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "Dcls2_1d", "Dcls3_1d", "Dcls3_2d"]
 
@@ -133,6 +133,44 @@ class _DclsNd(KernelConvNd):
         (whatever the input size)."""
         return construct_kernel(self.weight, self.P, self.SIG, dilated_kernel_size=self.dilated_kernel_size,
                                 interpolation=self.interpolation)
+
+    @classmethod
+    def size_limit(cls, kernel_size: Sequence[int]) -> int:
+        """More elements than the box has cells buy nothing."""
+        return math.prod(kernel_size)
+
+    @torch.no_grad()
+    def fit_dense(self, dense: Tensor, fitted: set[int] | None = None) -> None:
+        """Positions on the cells of largest magnitude, then weights by least squares through the layer's own
+        interpolation (exact for ``bilinear`` when the dense kernel has at most ``kernel_count`` non-zero taps).
+        Positions shared with a layer fitted before (``id(P)`` in ``fitted``) are kept."""
+        if self.dense_kernel_size:
+            raise ConvArgumentError(f"{type(self).__name__} keeps dense dimensions {self.dense_kernel_size}: fit_dense "
+                                    f"takes the plain DclsConv{{1,2,3}}d layers")
+        fitted = set() if fitted is None else fitted
+        box, count = self.dilated_kernel_size, self.kernel_count
+        target = centre_kernel(dense.to(self.weight), box)  # (out, in/g, *box)
+        pairs = target.shape[0] * target.shape[1]
+        flat = target.reshape(pairs, -1)  # (pairs, cells)
+        if id(self.P) not in fitted:
+            order = flat.abs().argsort(dim=1, descending=True)  # (pairs, cells)
+            # More elements than cells: the extra ones share cells (least squares splits the value between them).
+            cells = order[:, torch.arange(count, device=order.device) % order.shape[1]]  # (pairs, count)
+            for i, size in enumerate(box):  # P[m - 1 - i] moves along box dimension i
+                stride = math.prod(box[i + 1:])
+                index = (cells // stride) % size - size // 2
+                self.P[len(box) - 1 - i].copy_(index.view(self.P.shape[1:]))
+            fitted.add(id(self.P))
+        basis = []
+        for j in range(count):  # the kernel of element j alone: the interpolation is linear in the weights
+            unit = torch.zeros_like(self.weight)
+            unit[..., j] = 1
+            basis.append(construct_kernel(unit, self.P, self.SIG, dilated_kernel_size=box,
+                                          interpolation=self.interpolation).reshape(pairs, -1))
+        matrix = torch.stack(basis, dim=-1)  # (pairs, cells, count)
+        # The pseudo-inverse: least squares that also takes rank-deficient systems (shared cells), on any device.
+        weights = torch.linalg.pinv(matrix) @ flat.unsqueeze(-1)  # (pairs, count, 1)
+        self.weight.copy_(weights.view(self.weight.shape))
 
     # -- state dict ---------------------------------------------------------------------------
 

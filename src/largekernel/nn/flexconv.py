@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import convolve
-from largekernel.nn._base import KernelConvNd
+from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
-from largekernel.optim import mark
+from largekernel.nn.marks import mark
 
 __all__ = [
     "CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d",
@@ -276,6 +276,52 @@ class _ContinuousConvNd(KernelConvNd):
             mixer = self.pointwise.view(self.out_channels, self.in_channels, *([1] * self._nd))
             return mixer * kernel.unsqueeze(0)  # (out, in, *k)
         return kernel.reshape(self.out_channels, self.in_channels // self.groups, *spatial)
+
+    @classmethod
+    def size_kwargs(cls, value: int) -> dict:
+        """The kernel net's hidden width (``kernel_net_kwargs["hidden_channels"]``)."""
+        return {"kernel_net_kwargs": {"hidden_channels": value}}
+
+    @torch.no_grad()
+    def fit_dense(self, dense: Tensor, fitted: set[int] | None = None) -> None:
+        """Least squares for the kernel net's output layer, the hidden layers kept: the kernel is affine in it.
+
+        FlexConv's mask is first widened (and centred) so that its crop covers the dense kernel."""
+        net = self.kernel_net
+        output = getattr(net, "output", None)
+        if not isinstance(output, nn.Linear) or getattr(net, "out_features", None) != output.out_features \
+                or self.separable:
+            raise ConvArgumentError(f"fit_dense fits CKConv/FlexConv layers whose kernel net ends in a Linear "
+                                    f"`output` (largekernel's named kernel nets), not separable ones; got "
+                                    f"{type(net).__name__}, separable={self.separable}")
+        grid = self.kernel_size
+        if grid is None:
+            raise ConvArgumentError(f"{type(self).__name__} sizes its kernel from its first input (kernel_size=None): "
+                                    f"run one input through it before fit_dense")
+        if hasattr(self, "mask_width"):
+            reach = max((k - 1) / (g - 1) if g > 1 else 0.0 for k, g in zip(dense.shape[2:], grid))
+            width = reach / math.sqrt(-2.0 * math.log(self.mask_threshold)) * (1 + 1e-3)
+            self.mask_width.copy_(self.mask_width.abs().clamp_min(width))
+            self.mask_mean.zero_()
+        hidden = output.in_features
+        probe = nn.Linear(hidden, hidden + 1, device=output.weight.device, dtype=output.weight.dtype)
+        probe.weight.copy_(torch.eye(hidden + 1, hidden))  # returns the hidden features, then the bias's feature
+        probe.bias.copy_(torch.eye(hidden + 1)[-1])
+        real = (output, net.out_features)
+        try:
+            net.output, net.out_features = probe, hidden + 1
+            features = self._sample()  # (hidden + 1, *k): the scaled hidden features and the bias's scale
+        finally:
+            net.output, net.out_features = real
+        size = features.shape[1:]
+        target = centre_kernel(dense.to(features), size).reshape(output.out_features, -1)  # (C_k, N)
+        design = features.reshape(hidden + 1, -1).t()  # (N, hidden + 1)
+        if output.bias is None:
+            design = design[:, :hidden]
+        solution = torch.linalg.pinv(design) @ target.t()  # (hidden (+ 1), C_k), least squares of minimum norm
+        output.weight.copy_(solution[:hidden].t())
+        if output.bias is not None:
+            output.bias.copy_(solution[hidden])
 
     # ------------------------------------------------------------------ anti-aliasing
 

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from largekernel.optim import mark
+from largekernel.nn.marks import mark
 
 __all__ = ["MLPKernel", "SIRENKernel", "FourierKernel", "GaborKernel", "MAGNetKernel", "KERNEL_NETS",
            "create_kernel_net"]

@@ -118,7 +118,6 @@ class _FrequencyNet(nn.Sequential):
 
 class _NIFFConvNd(KernelConvNd):
     _nd: int
-    size_knob = "hidden_channels"
     input_dependent = True
 
     def __init__(

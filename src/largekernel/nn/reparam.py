@@ -99,7 +99,6 @@ class _ReparamConvNd(KernelConvNd):
     """
 
     _nd: int
-    size_knob = "kernel_size"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int,
                  bias: bool, padding_mode: str, device, dtype, backend: str) -> None:

@@ -23,6 +23,7 @@ bidirectional 1-D SGConv kernels (seed 003, section 3.2).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import convolve
-from largekernel.nn._base import KernelConvNd, check_choice, positive_int
-from largekernel.optim import mark
+from largekernel.nn._base import KernelConvNd, positive_int
+from largekernel.nn.marks import mark
 
 __all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
 
@@ -407,6 +408,11 @@ class S4DConv1d(_LongConv1d):
     """
 
     size_knob = "d_state"
+
+    @classmethod
+    def size_kwargs(cls, value: int) -> dict:
+        """``d_state = 2 * value``: the state comes in conjugate pairs."""
+        return {"d_state": 2 * value}
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int | None = None,
                  bias: bool = True, *, l_max: int | None = None, d_state: int = 64, dt_min: float = 0.001,

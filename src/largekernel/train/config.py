@@ -140,8 +140,6 @@ class TrainConfig:
     """(start, end): linear schedule of DCLS Gaussian widths."""
     dcls_repulsion: float = 0.0
     """Weight of the DCLS position-repulsion loss (needs a model with DCLS layers)."""
-    regularization_weight: float = 1.0
-    """Multiplier of the layers' regularization_loss() (e.g. FlexConv masks)."""
     regularizers: dict[str, float] = field(default_factory=dict)
     """"package.module:function" -> weight; function(model) returns a loss term."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -186,7 +184,7 @@ class TrainConfig:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value > 0), name, value, "None or a positive integer")
         _check(self.lr > 0, "lr", self.lr, "> 0")
-        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "dcls_repulsion", "regularization_weight",
+        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "dcls_repulsion",
                      "position_lr_scale", "momentum"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
         _check(self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)")

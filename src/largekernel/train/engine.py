@@ -8,12 +8,9 @@ discovered on the model, so a model without them trains unchanged:
 
 - after each optimizer step, every module with ``clamp_parameters()`` is
   called (``optim.install_dcls_clamp``: DCLS keeps its positions in the box);
-- before each step, every module with ``set_training_progress(p)`` gets the
-  fraction ``p`` of training done; with ``dcls_sigma = (start, end)`` the
-  Gaussian DCLS widths follow ``optim.SigmaSchedule`` over the optimizer steps;
-- each module's ``regularization_loss()`` is added to the loss (times
-  ``regularization_weight``), ``optim.dcls_repulsive_loss`` times
-  ``dcls_repulsion``, and every ``"package.module:function"`` in
+- with ``dcls_sigma = (start, end)`` the Gaussian DCLS widths follow
+  ``optim.SigmaSchedule`` over the optimizer steps;
+- ``optim.dcls_repulsive_loss`` times ``dcls_repulsion``, and every ``"package.module:function"`` in
   ``regularizers`` as ``weight * function(model)`` (e.g. FlexConv's
   ``largekernel.nn.flexconv:antialiasing_loss``).
 
@@ -165,8 +162,6 @@ class _FamilyHooks:
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         modules = list(model.modules())
         self.has_clamp = any(callable(getattr(m, "clamp_parameters", None)) for m in modules)
-        self.progress = [m for m in modules if callable(getattr(m, "set_training_progress", None))]
-        self.regularized = [m for m in modules if callable(getattr(m, "regularization_loss", None))]
         self.functions: list[tuple[Callable, float]] = []
         for key, weight in cfg.regularizers.items():
             module_name, _, fn_name = key.partition(":")
@@ -204,13 +199,8 @@ class _FamilyHooks:
             self.sigma.total_steps = max(1, total_steps)
             self.sigma.last_step = step
 
-    def before_step(self, fraction: float) -> None:
-        for m in self.progress:
-            m.set_training_progress(fraction)
-
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        terms = [self.cfg.regularization_weight * m.regularization_loss() for m in self.regularized]
-        terms += [w * fn(model) for fn, w in self.functions]
+        terms = [w * fn(model) for fn, w in self.functions]
         return sum(terms) if terms else None
 
     def after_step(self) -> None:
@@ -456,7 +446,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             lr_now = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.warmup_lr_ratio, cfg.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr_now * g.get("lr_scale", 1.0)
-            hooks.before_step(step / max(1, total_steps))
             with _autocast(cfg, device):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing if y.dim() == 1 else 0.0)

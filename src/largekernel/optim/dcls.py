@@ -1,22 +1,15 @@
-"""Optimizer parameter groups built from marks, and the DCLS learning techniques.
+"""The learning techniques of DCLS (Khalfaoui-Hassani, Pellegrini and Masquelier, ICLR 2023, section 3; seed 001).
 
-Following state-spaces/s4: a layer that needs its own learning rate or no weight
-decay for some parameters calls :func:`mark` on them at construction time
-(``param._optim = {"lr_scale": 5.0, "weight_decay": 0.0, "kind": "position"}``);
-:func:`param_groups` turns the marks into groups. No name matching on strings.
+Generic over any module that exposes the small protocol the DCLS layers implement:
 
-The learning techniques of DCLS (Khalfaoui-Hassani, Pellegrini and Masquelier,
-ICLR 2023, section 3; seed 001) are library features here, generic over any
-module that exposes the small protocol the DCLS layers implement:
-
-- position learning rate x5 and no weight decay: :func:`param_groups` (in torch's or timm's
-  convention for per-group learning rates);
 - clamping after every optimizer step (``clamp_parameters()``): :func:`install_dcls_clamp`;
 - positions shared by the layers of a stage, gradients summed: :func:`share_positions`;
 - the repulsive loss of KPConv (Thomas et al. 2019) against overlapping
   elements (a ``P`` parameter): :func:`dcls_repulsive_loss`;
 - a decreasing Gaussian width over training (``set_sigma(value)``), as in the
   Gaussian DCLS follow-ups: :class:`SigmaSchedule`.
+
+(The fourth, the positions' learning rate x5 without weight decay, is :func:`largekernel.optim.param_groups`.)
 """
 
 from __future__ import annotations
@@ -28,79 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["mark", "param_groups", "install_dcls_clamp", "share_positions", "dcls_repulsive_loss", "SigmaSchedule"]
-
-
-def mark(param: nn.Parameter, *, kind: str, lr_scale: float | None = None,
-         weight_decay: float | None = None) -> nn.Parameter:
-    """Tag ``param`` for :func:`param_groups`.
-
-    ``kind`` names the role (``"position"``, ``"sigma"``, ``"ssm"``, ``"mask"``,
-    ``"kernel_net"`` ...); ``lr_scale`` multiplies the base lr (``None``: the
-    group-level default for this kind); ``weight_decay`` overrides the base decay.
-    Returns ``param`` so it can wrap the ``nn.Parameter(...)`` expression.
-    """
-    param._optim = {"kind": kind, "lr_scale": lr_scale, "weight_decay": weight_decay}
-    return param
-
-
-def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float | None = None,
-                 position_lr_scale: float = 5.0) -> list[dict]:
-    """Optimizer groups for ``model``, in one of two layouts, chosen by whether ``lr`` is given.
-
-    Which parameters go where:
-
-    - unmarked parameters with ``dim() >= 2``: ``weight_decay``, lr scale 1;
-    - unmarked biases, norm weights (``dim() < 2``) and names listed by the
-      model's ``no_weight_decay()``: no weight decay, lr scale 1;
-    - marked parameters: their mark's lr scale (positions and sigmas default to
-      ``position_lr_scale``, others to 1) and weight decay (default 0).
-
-    Layouts (every group also has ``"kind"``, the mark's kind or ``"default"``, and ``"names"``):
-
-    - ``lr`` given, torch's convention: each group's ``"lr"`` is ``lr * scale``, absolute, and carries no
-      ``"lr_scale"``. For ``torch.optim`` optimizers with or without a ``torch.optim.lr_scheduler``, and
-      for timm's schedulers too: every scheduler scales each group's own initial lr, so the ratio holds
-      (timm's warmup, starting all groups at one absolute ``warmup_lr_init``, excepted).
-    - ``lr=None``, timm's convention: no ``"lr"`` (the optimizer's lr is the base) and ``"lr_scale"`` on
-      every group, which the scheduler multiplies into the lr it sets, once: timm's schedulers and
-      ``largekernel train`` do. This is the form for ``timm.optim.create_optimizer_v2(model, ...,
-      param_group_fn=largekernel.optim.param_groups)``. Without such a scheduler the scale is not applied.
-
-    ``weight_decay=None`` leaves ``"weight_decay"`` out of the decayed group, so the optimizer's own
-    default applies (what ``param_group_fn`` needs); groups without decay always say ``0.0``.
-    Parameters shared between modules appear once.
-    """
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups: dict[tuple, dict] = {}
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        mark_ = getattr(p, "_optim", None)
-        if mark_ is not None:
-            kind = mark_["kind"]
-            scale = mark_["lr_scale"]
-            if scale is None:
-                scale = position_lr_scale if kind in ("position", "sigma") else 1.0
-            wd = 0.0 if mark_["weight_decay"] is None else mark_["weight_decay"]
-        else:
-            kind, scale = "default", 1.0
-            wd = 0.0 if (p.dim() < 2 or name in skip) else weight_decay
-        key = (kind, scale, wd)
-        if key not in groups:
-            group = {"params": [], "kind": kind, "names": []}
-            if lr is None:
-                group["lr_scale"] = scale
-            else:
-                group["lr"] = lr * scale
-            if wd is not None:
-                group["weight_decay"] = wd
-            groups[key] = group
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    return list(groups.values())
+__all__ = ["install_dcls_clamp", "share_positions", "dcls_repulsive_loss", "SigmaSchedule"]
 
 
 def install_dcls_clamp(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:

@@ -1,0 +1,76 @@
+"""Optimizer parameter groups built from marks (the s4 convention, state-spaces/s4 ``optim_groups``).
+
+A layer that needs its own learning rate or no weight decay for some parameters marks them at
+construction time with :func:`largekernel.nn.mark` (``param._optim = {"lr_scale": 5.0,
+"weight_decay": 0.0, "kind": "position"}``); :func:`param_groups` turns the marks into groups, in
+torch's or timm's convention for per-group learning rates. No name matching on strings.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from largekernel.nn.marks import mark
+
+__all__ = ["mark", "param_groups"]
+
+
+def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float | None = None,
+                 position_lr_scale: float = 5.0) -> list[dict]:
+    """Optimizer groups for ``model``, in one of two layouts, chosen by whether ``lr`` is given.
+
+    Which parameters go where:
+
+    - unmarked parameters with ``dim() >= 2``: ``weight_decay``, lr scale 1;
+    - unmarked biases, norm weights (``dim() < 2``) and names listed by the
+      model's ``no_weight_decay()``: no weight decay, lr scale 1;
+    - marked parameters: their mark's lr scale (positions and sigmas default to
+      ``position_lr_scale``, others to 1) and weight decay (default 0).
+
+    Layouts (every group also has ``"kind"``, the mark's kind or ``"default"``, and ``"names"``):
+
+    - ``lr`` given, torch's convention: each group's ``"lr"`` is ``lr * scale``, absolute, and carries no
+      ``"lr_scale"``. For ``torch.optim`` optimizers with or without a ``torch.optim.lr_scheduler``, and
+      for timm's schedulers too: every scheduler scales each group's own initial lr, so the ratio holds
+      (timm's warmup, starting all groups at one absolute ``warmup_lr_init``, excepted).
+    - ``lr=None``, timm's convention: no ``"lr"`` (the optimizer's lr is the base) and ``"lr_scale"`` on
+      every group, which the scheduler multiplies into the lr it sets, once: timm's schedulers and
+      ``largekernel train`` do. This is the form for ``timm.optim.create_optimizer_v2(model, ...,
+      param_group_fn=largekernel.optim.param_groups)``. Without such a scheduler the scale is not applied.
+
+    ``weight_decay=None`` leaves ``"weight_decay"`` out of the decayed group, so the optimizer's own
+    default applies (what ``param_group_fn`` needs); groups without decay always say ``0.0``.
+    Parameters shared between modules appear once.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple, dict] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        mark_ = getattr(p, "_optim", None)
+        if mark_ is not None:
+            kind = mark_["kind"]
+            scale = mark_["lr_scale"]
+            if scale is None:
+                scale = position_lr_scale if kind in ("position", "sigma") else 1.0
+            wd = 0.0 if mark_["weight_decay"] is None else mark_["weight_decay"]
+        else:
+            kind, scale = "default", 1.0
+            wd = 0.0 if (p.dim() < 2 or name in skip) else weight_decay
+        key = (kind, scale, wd)
+        if key not in groups:
+            group = {"params": [], "kind": kind, "names": []}
+            if lr is None:
+                group["lr_scale"] = scale
+            else:
+                group["lr"] = lr * scale
+            if wd is not None:
+                group["weight_decay"] = wd
+            groups[key] = group
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+

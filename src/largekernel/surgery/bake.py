@@ -1,0 +1,96 @@
+"""Baking: every learnable-kernel layer of a model becomes the plain convolution holding the kernel it builds.
+
+The inverse of :func:`~largekernel.surgery.convert` for deployment: after :func:`bake` a model
+contains only standard convolutions (``largekernel.nn.Conv{n}d`` with the layer's backend, or with
+``native=True`` torch's own), so ``torch.export`` and ONNX see no kernel construction.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from largekernel.functional import ConvArgumentError
+from largekernel.nn._base import KernelConvNd
+
+__all__ = ["bake"]
+
+
+def _layer_input_sizes(model: nn.Module, layers: list[nn.Module], input_size: Sequence[int]) -> dict[int, tuple]:
+    """Spatial size of the input each of ``layers`` sees when ``model`` runs on zeros of ``input_size``."""
+    sizes: dict[int, tuple] = {}
+
+    def record(module, args):
+        size = tuple(args[0].shape[2:])
+        if sizes.setdefault(id(module), size) != size:
+            raise ConvArgumentError(f"{type(module).__name__} is applied to inputs of spatial sizes {sizes[id(module)]} "
+                             f"and {size}; bake() needs a single input size per layer")
+
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    first = next(iter(model.parameters()), None)
+    factory = {"device": first.device, "dtype": first.dtype} if first is not None else {}
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_size), **factory))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: bool = False) -> nn.Module:
+    """Replace every learnable-kernel layer of ``model`` by its ``bake()``: one convolution each, in place.
+
+    Layers whose kernel does not depend on the input (DCLS, CKConv/FlexConv, the re-parameterised ones) bake
+    on their own; those whose kernel does (NIFF, SGConv, S4D: ``input_dependent``) need ``input_size``, the
+    shape of a whole model input *including the batch dimension* (e.g. ``(1, 3, 32, 32)``): the model runs once
+    on zeros of that shape to learn the size each layer sees, and the baked layer refuses other sizes. The baked
+    model gives the same output (to float rounding). ``native=True``: torch's own ``nn.Conv{n}d`` modules (for
+    ONNX, TensorRT and other runtimes), else ``largekernel.nn.Conv{n}d`` with each layer's backend.
+
+    Returns the baked ``model`` (or the baked layer when ``model`` itself is a learnable-kernel layer).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConvArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if input_size is not None and (isinstance(input_size, (str, bytes)) or not all(
+            isinstance(s, int) and s > 0 for s in input_size)):
+        raise ConvArgumentError(f"input_size must be a sequence of positive ints (batch, channels, *spatial), "
+                                f"got {input_size!r}")
+    if isinstance(model, KernelConvNd):
+        size = None if input_size is None or not model.input_dependent else tuple(input_size)[2:]
+        return model.bake(size, native=native)
+    layers = _outermost_learnable(model)
+    sized = [m for _, _, _, m in layers if m.input_dependent]
+    if sized and input_size is None:
+        names = sorted({name for _, _, name, m in layers if m.input_dependent})
+        raise ConvArgumentError(f"bake() needs input_size for layers whose kernel depends on the input size: {names}")
+    sizes = _layer_input_sizes(model, sized, input_size) if sized else {}
+    done: dict[int, nn.Module] = {}
+    for parent, attr, name, layer in layers:
+        if id(layer) not in done:
+            if layer.input_dependent and id(layer) not in sizes:
+                raise ConvArgumentError(f"layer {name!r} was not called by model.forward on an input of size "
+                                        f"{tuple(input_size)}; cannot infer its input size")
+            done[id(layer)] = layer.bake(sizes.get(id(layer)), native=native).train(layer.training)
+        setattr(parent, attr, done[id(layer)])
+    return model
+
+
+def _outermost_learnable(model: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, str, nn.Module]]:
+    found = []
+    for attr, child in model._modules.items():
+        if child is None:
+            continue
+        name = f"{prefix}.{attr}" if prefix else attr
+        if isinstance(child, KernelConvNd):
+            found.append((model, attr, name, child))
+        else:
+            found += _outermost_learnable(child, name)
+    return found
+
+

@@ -1,0 +1,97 @@
+"""``largekernel convert``: convert and/or bake a registered model or a trained checkpoint, print the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from largekernel._argparse import ArgumentParser
+from largekernel.models.layers import conv_types
+from largekernel.nn._base import KernelConvNd
+from largekernel.surgery.bake import bake
+from largekernel.surgery.convert import convert
+
+__all__ = ["main"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints such as 1,3,32,32, got {text!r}") from None
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="largekernel convert",  # dashed flags, underscores accepted, one-line errors
+                                description="Convert a model's convolutions to a large-kernel family and/or bake "
+                                            "learnable kernels into plain convolutions; print the report.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="registered model name (largekernel.models.list_models())")
+    src.add_argument("--checkpoint", help="checkpoint or run directory written by `largekernel train`")
+    p.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--to", help="target family (largekernel.models.layers.conv_types())")
+    p.add_argument("--which", help="module-name pattern of the convolutions to replace (default: depthwise ones)")
+    p.add_argument("--iso-params", action="store_true", help="match the original parameter count")
+    p.add_argument("--layer-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"kernel_size": 17}\'')
+    p.add_argument("--bake", action="store_true", help="then bake learnable kernels into plain convolutions")
+    p.add_argument("--input-size", type=_int_list, help="model input shape with batch, e.g. 1,3,32,32 "
+                   "(needed to bake input-sized kernels, to count FLOPs and to write .pt2)")
+    p.add_argument("--out", help="write the model: FILE.pt2 = torch.export program (needs --input-size), "
+                   "otherwise torch.save of the module (load with torch.load(FILE, weights_only=False))")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``largekernel convert``: returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.to is None and not args.bake:
+        print("largekernel convert: nothing to do; give --to FAMILY and/or --bake")
+        return 2
+    if args.out and args.out.endswith(".pt2") and args.input_size is None:
+        print("largekernel convert: --out FILE.pt2 needs --input-size")
+        return 2
+    if args.checkpoint:
+        from largekernel.train.checkpoint import load_checkpoint
+
+        model = load_checkpoint(args.checkpoint)[0]
+    else:
+        from largekernel.models import create_model
+
+        model = create_model(args.model, **args.model_kwargs)
+    model.eval()
+    if args.input_size:
+        from largekernel.analysis.flops import count
+
+        print(f"before: {count(model, args.input_size)}")
+    if args.to:
+        model, rep = convert(model, args.to, args.which, iso_params=args.iso_params, report=True,
+                             **args.layer_kwargs)
+        print(rep)
+    if args.bake:
+        before = sum(1 for m in model.modules() if isinstance(m, KernelConvNd))
+        bake(model, args.input_size)
+        print(f"baked {before} learnable-kernel layer(s) into plain convolutions")
+    if args.input_size:
+        print(f"after: {count(model, args.input_size)}")
+    if args.out:
+        if args.out.endswith(".pt2"):
+            example = torch.zeros(args.input_size)
+            torch.export.save(torch.export.export(model, (example,)), args.out)
+        else:
+            torch.save(model, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
