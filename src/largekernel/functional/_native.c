@@ -101,6 +101,23 @@ typedef int64_t i64;
     }                                                                                                           \
   }                                                                                                             \
                                                                                                                 \
+  /* One row of y = a z + d conj(zm), zm the mirrored row (element j of the row pairs with mirror element       \
+     (g2 - j) mod g2): element 0 alone, then 1 .. g2 - 1 against the mirror row read backwards. */              \
+  static inline void lk_mirror_row_##S(const T *restrict z, const T *restrict zm, const T *restrict a,          \
+                                      const T *restrict d, T *restrict y, i64 g2) {                             \
+    {                                                                                                           \
+      const T zr = z[0], zi = z[1], mr = zm[0], mi = -zm[1];                                                    \
+      y[0] = a[0] * zr - a[1] * zi + d[0] * mr - d[1] * mi;                                                     \
+      y[1] = a[0] * zi + a[1] * zr + d[0] * mi + d[1] * mr;                                                     \
+    }                                                                                                           \
+    for (i64 j = 1; j < g2; j++) {                                                                              \
+      const T zr = z[2 * j], zi = z[2 * j + 1], mr = zm[2 * (g2 - j)], mi = zm[2 * (g2 - j) + 1];               \
+      const T ar = a[2 * j], ai = a[2 * j + 1], dr = d[2 * j], di = d[2 * j + 1];                               \
+      y[2 * j] = ar * zr - ai * zi + dr * mr + di * mi; /* mi unnegated: gcc 12 vectorizes only so */               \
+      y[2 * j + 1] = ar * zi + ai * zr - dr * mi + di * mr;                                                     \
+    }                                                                                                           \
+  }                                                                                                             \
+                                                                                                                \
   /* z: (batch, n, G) complex; a, d: (n, per, G); y: (batch, n, per, G). y = a z + d conj(z[-k]). */           \
   void lk_mirror_product_##S(const T *z, const T *a, const T *d, T *y, i64 batch, i64 n, i64 per,              \
                              const i64 *grid, int threads) {                                                    \
@@ -112,19 +129,33 @@ typedef int64_t i64;
         for (i64 o = 0; o < per; o++) {                                                                         \
           const T *ap = a + 2 * (p * per + o) * G, *dp = d + 2 * (p * per + o) * G;                             \
           T *yp = y + 2 * ((b * n + p) * per + o) * G;                                                          \
-          for (i64 k0 = 0; k0 < g0; k0++) {                                                                     \
-            for (i64 k1 = 0; k1 < g1; k1++) {                                                                   \
-              const i64 row = (k0 * g1 + k1) * g2, mrow = (MIRROR(k0, g0) * g1 + MIRROR(k1, g1)) * g2;          \
-              for (i64 k2 = 0; k2 < g2; k2++) {                                                                 \
-                const i64 j = row + k2, m = mrow + MIRROR(k2, g2);                                              \
-                const T zr = zp[2 * j], zi = zp[2 * j + 1], mr = zp[2 * m], mi = -zp[2 * m + 1];                \
-                const T ar = ap[2 * j], ai = ap[2 * j + 1], dr = dp[2 * j], di = dp[2 * j + 1];                 \
-                yp[2 * j] = ar * zr - ai * zi + dr * mr - di * mi;                                              \
-                yp[2 * j + 1] = ar * zi + ai * zr + dr * mi + di * mr;                                          \
-              }                                                                                                 \
-            }                                                                                                   \
+          for (i64 r = 0; r < g0 * g1; r++) {                                                                   \
+            const i64 row = r * g2, mrow = (MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1)) * g2;                 \
+            lk_mirror_row_##S(zp + 2 * row, zp + 2 * mrow, ap + 2 * row, dp + 2 * row, yp + 2 * row, g2);       \
           }                                                                                                     \
         }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+                                                                                                                \
+  /* One row of the adjoint: gx += conj(a) g + conj(d) conj(gm) (if gx); u += z conj(g), v += z gm (if u). */  \
+  static inline void lk_mirror_grad_row_##S(const T *restrict z, const T *restrict g, const T *restrict gm,      \
+                                           const T *restrict a, const T *restrict d, T *restrict gx,            \
+                                           T *restrict u, T *restrict v, i64 g2) {                              \
+    for (i64 j = 0; j < g2; j++) {                                                                              \
+      const i64 m = j ? g2 - j : 0;                                                                             \
+      const T gr = g[2 * j], gi = g[2 * j + 1], mr = gm[2 * m], mi = gm[2 * m + 1];                             \
+      if (gx) {                                                                                                 \
+        const T ar = a[2 * j], ai = a[2 * j + 1], dr = d[2 * j], di = d[2 * j + 1];                             \
+        gx[2 * j] += ar * gr + ai * gi + dr * mr - di * mi;                                                     \
+        gx[2 * j + 1] += ar * gi - ai * gr - dr * mi - di * mr;                                                 \
+      }                                                                                                         \
+      if (u) {                                                                                                  \
+        const T zr = z[2 * j], zi = z[2 * j + 1];                                                               \
+        u[2 * j] += zr * gr + zi * gi;                                                                          \
+        u[2 * j + 1] += zi * gr - zr * gi;                                                                      \
+        v[2 * j] += zr * mr - zi * mi;                                                                          \
+        v[2 * j + 1] += zr * mi + zi * mr;                                                                      \
       }                                                                                                         \
     }                                                                                                           \
   }                                                                                                             \
@@ -138,8 +169,7 @@ typedef int64_t i64;
     _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
     for (i64 p = 0; p < n; p++) {                                                                               \
       for (i64 r = 0; r < g0 * g1; r++) {                                                                       \
-        const i64 k0 = r / g1, k1 = r % g1;                                                                     \
-        const i64 row = r * g2, mrow = (MIRROR(k0, g0) * g1 + MIRROR(k1, g1)) * g2;                             \
+        const i64 row = r * g2, mrow = (MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1)) * g2;                     \
         if (u) {                                                                                                \
           for (i64 o = 0; o < per; o++) {                                                                       \
             memset(u + 2 * ((p * per + o) * G + row), 0, 2 * g2 * sizeof(T));                                   \
@@ -147,31 +177,13 @@ typedef int64_t i64;
           }                                                                                                     \
         }                                                                                                       \
         for (i64 b = 0; b < batch; b++) {                                                                       \
-          const T *zp = z ? z + 2 * ((b * n + p) * G + row) : 0;                                                \
           T *gxp = gx ? gx + 2 * ((b * n + p) * G + row) : 0;                                                   \
           if (gxp) memset(gxp, 0, 2 * g2 * sizeof(T));                                                          \
           for (i64 o = 0; o < per; o++) {                                                                       \
             const T *gp = g + 2 * ((b * n + p) * per + o) * G;                                                  \
-            const T *ap = a + 2 * ((p * per + o) * G + row), *dp = d + 2 * ((p * per + o) * G + row);           \
-            T *up = u ? u + 2 * ((p * per + o) * G + row) : 0;                                                  \
-            T *vp = u ? v + 2 * ((p * per + o) * G + row) : 0;                                                  \
-            for (i64 k2 = 0; k2 < g2; k2++) {                                                                   \
-              const i64 j = row + k2, m = mrow + MIRROR(k2, g2);                                                \
-              const T gr = gp[2 * j], gi = gp[2 * j + 1], mr = gp[2 * m], mi = gp[2 * m + 1];                   \
-              if (gxp) {                                                                                        \
-                const T ar = ap[2 * k2], ai = ap[2 * k2 + 1], dr = dp[2 * k2], di = dp[2 * k2 + 1];             \
-                /* conj(a) g + conj(d) conj(gm) */                                                              \
-                gxp[2 * k2] += ar * gr + ai * gi + dr * mr - di * mi;                                           \
-                gxp[2 * k2 + 1] += ar * gi - ai * gr - dr * mi - di * mr;                                       \
-              }                                                                                                 \
-              if (up) {                                                                                         \
-                const T zr = zp[2 * k2], zi = zp[2 * k2 + 1];                                                   \
-                up[2 * k2] += zr * gr + zi * gi; /* z conj(g) */                                                \
-                up[2 * k2 + 1] += zi * gr - zr * gi;                                                            \
-                vp[2 * k2] += zr * mr - zi * mi; /* z gm */                                                     \
-                vp[2 * k2 + 1] += zr * mi + zi * mr;                                                            \
-              }                                                                                                 \
-            }                                                                                                   \
+            const i64 k = 2 * ((p * per + o) * G + row);                                                        \
+            lk_mirror_grad_row_##S(z ? z + 2 * ((b * n + p) * G + row) : 0, gp + 2 * row, gp + 2 * mrow,        \
+                                   a + k, d + k, gxp, u ? u + k : 0, u ? v + k : 0, g2);                        \
           }                                                                                                     \
         }                                                                                                       \
       }                                                                                                         \

@@ -318,7 +318,7 @@ def _channel_block(device_type: str, groups: int, bytes_per_group: int, packed: 
     if device_type not in _BLOCK_DEVICES:
         return units
     budget = _BLOCK_BYTES if packed else _REAL_BLOCK_BYTES
-    return max(1, min(units, budget // max(1, bytes_per_group * (2 if packed else 1))))
+    return max(1, min(units, budget // max(1, bytes_per_group)))
 
 
 def _geometry(grid, size, out, stride, kernel, dilation, shift, batch, cin, cout, groups, device_type,
@@ -327,8 +327,8 @@ def _geometry(grid, size, out, stride, kernel, dilation, shift, batch, cin, cout
     contraction = _contraction(batch, per, i)
     packed = _packs(device_type, len(grid), contraction, stride, cin)
     points = math.prod(grid)
-    if packed:  # one pair's spectra: its input and its outputs, complex, over the batch
-        unit = batch * points * 2 * itemsize * (1 + per)
+    if packed:  # one pair's packed signal, complex, over the batch (its outputs: per times that)
+        unit = batch * points * 2 * itemsize * per
     else:  # one group's half spectra, input and output
         unit = batch * (points // grid[-1]) * (grid[-1] // 2 + 1) * 2 * itemsize * (i + per)
     block = _channel_block(device_type, groups, unit, packed) if contraction == "elementwise" else groups
