@@ -115,19 +115,20 @@ def test_same_padding_keeps_size_even_box():
     assert layer(torch.randn(2, 3, 25)).shape == (2, 3, 25)
 
 
-@pytest.mark.parametrize("cls, args, shape", [
-    (DclsConv1d, (4, 6, 3, 9), (2, 4, 30)),
-    (DclsConv2d, (4, 4, 34, 17), (1, 4, 20, 20)),
-    (DclsConv3d, (2, 4, 5, (3, 5, 4)), (1, 2, 6, 8, 7)),
-    (Dcls3_2d, (2, 2, 4, 3, (5, 7)), (1, 2, 6, 8, 9)),
-])
-def test_bake_gives_same_output(cls, args, shape):
-    layer = cls(*args, padding="same", interpolation="bilinear")
-    baked = layer.bake()
-    assert isinstance(baked, nn.modules.conv._ConvNd) and not isinstance(baked, cls)
-    assert isinstance(baked, lknn.Conv2d) == (cls is DclsConv2d)  # the 17x17 box is baked into an FFT conv
-    x = torch.randn(shape)
-    torch.testing.assert_close(baked(x), layer(x), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("box, channels, groups, bias, spatial", _CASES)
+@pytest.mark.parametrize("native", [False, True])
+def test_bake_is_the_official_layer_as_one_conv(box, channels, groups, bias, spatial, native):
+    """A DCLS layer loaded from the official package's checkpoint bakes into one convolution that computes what the
+    official layer computes."""
+    padding = tuple(s // 2 for s in box)
+    ref = _reference(box, "bilinear", channels, groups, bias, padding)
+    ours = _OURS[len(box)](channels, channels, 5, box, padding=padding, groups=groups, bias=bias)
+    ours.load_state_dict(_roundtrip(ref.state_dict()))
+    baked = ours.bake(native=native)
+    assert isinstance(baked, nn.modules.conv._ConvNd) and not isinstance(baked, lknn.KernelConvNd)
+    assert isinstance(baked, lknn.Conv1d | lknn.Conv2d | lknn.Conv3d) != native
+    x = torch.randn(2, channels, *spatial)
+    torch.testing.assert_close(baked(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_reach_positions_and_sigmas():

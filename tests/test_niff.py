@@ -224,11 +224,34 @@ def test_niff3d_runs_and_bakes(fft_path):
     {"stride": 2},
 ])
 def test_bake_equivalence(kwargs):
+    """The baked convolution computes the paper's formula (padding, pooling and pointwise written out here)."""
     layer = NIFFConv2d(3, dtype=torch.float64, **kwargs)
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
     baked = layer.bake((7, 8))
     assert not any(isinstance(m, (NIFFConv2d,)) for m in baked.modules())
-    torch.testing.assert_close(baked(x), layer(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(baked(x), _reference_layer(layer, x), rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="baked .* for inputs of spatial size"):
+        baked(torch.randn(2, 3, 9, 8, dtype=torch.float64))
+
+
+def _reference_layer(layer, x):
+    """The paper's layer on ``x``: pad in its mode (or zero-pad to twice the size), filter by the reference
+    formula, crop, pointwise map, bias, average pooling."""
+    h, w = x.shape[-2:]
+    x = x.repeat_interleave(layer.filters // layer.in_channels, dim=1)  # a channel multiplier's filters
+    if layer.mode == "linear":
+        y = _reference_niff(layer, F.pad(x, (0, w, 0, h)))[..., :h, :w]
+    elif any(layer.padding):
+        (ph, pw), mode = layer.padding, layer.padding_mode
+        y = _reference_niff(layer, F.pad(x, (pw, pw, ph, ph), mode="constant" if mode == "zeros" else mode))
+        y = y[..., ph:ph + h, pw:pw + w]
+    else:
+        y = _reference_niff(layer, x)
+    if layer.pointwise is not None:
+        y = torch.einsum("oi,bihw->bohw", layer.pointwise, y)
+    if layer.bias is not None:
+        y = y + layer.bias.view(1, -1, 1, 1)
+    return F.avg_pool2d(y, layer.stride) if any(s > 1 for s in layer.stride) else y
 
 
 def test_construct_kernel_layout():
@@ -325,12 +348,14 @@ def test_property_any_size_matches_reference(h, w, mode):
 
 
 def test_low_precision_input_is_transformed_in_float32():
-    layer = NIFFConv2d(3, 4, groups=1)
-    x = torch.randn(2, 3, 7, 9)
-    y = layer(x.bfloat16())
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.float(), layer(x.bfloat16().float()), rtol=1e-2, atol=1e-2)
-    assert layer.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+    """bf16 input: the paper's formula in float64 on the same (bf16-rounded) input, within bf16 output rounding."""
+    layer = NIFFConv2d(3, bias=False)
+    x = torch.randn(2, 3, 7, 9).bfloat16()
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    exact = _reference_niff(layer.double(), x.double())
+    torch.testing.assert_close(y.double(), exact, rtol=1e-2, atol=1e-2)
+    assert layer.bfloat16()(x).dtype == torch.bfloat16
 
 
 def test_loads_reference_checkpoint_keys():

@@ -436,11 +436,12 @@ class _NIFFConvNd(KernelConvNd):
         conv = _baked_conv(weight, self.bias, self.groups, native=native, stride=self.stride,
                            padding=self.kernel_padding(weight.shape[2:]),
                            padding_mode="circular" if self._circular_same() else "zeros", **kwargs)
-        if self.mode == "circular" and any(self.padding) and self.padding_mode != "zeros":
+        padded = self.mode == "circular" and any(self.padding) and self.padding_mode != "zeros"
+        if not native:  # the kernel is the filter for this size: refuse others
+            conv.input_size = tuple(n + 2 * p for n, p in zip(size, self.padding)) if padded else size
+        if padded:
             conv = nn.Sequential(_PADS[self.padding_mode][nd - 1](tuple(flat_pads([(p, p) for p in self.padding]))),
                                  conv)
-        elif not native:
-            conv.input_size = size
         return conv
 
     def extra_repr(self) -> str:
