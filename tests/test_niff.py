@@ -300,8 +300,11 @@ def test_partial_requires_grad_matches_full_gradients(frozen, fft_path):
 
 def test_bad_inputs():
     layer = NIFFConv2d(3)
-    with pytest.raises(ValueError, match="4-D input"):
-        layer(torch.randn(3, 8, 8))
+    x = torch.randn(3, 8, 8)
+    torch.testing.assert_close(layer(x), layer(x[None])[0])  # unbatched, as torch's convolutions take it
+    with pytest.raises(ValueError, match="input must have shape"):
+        layer(torch.randn(8, 8))
+    assert layer(torch.randn(0, 3, 8, 8)).shape == (0, 3, 8, 8)  # an empty batch, as torch
     with pytest.raises(ValueError, match="3 input channels"):
         layer(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="mode"):

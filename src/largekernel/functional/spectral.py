@@ -53,6 +53,10 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
     if any(a < 0 or a + n > g for a, n, g in zip(out_start, out_size, grid)):
         raise ConvArgumentError(f"out_start {out_start} + out_size {out_size} must lie within the grid {grid}")
     dtype = input.dtype
+    if batch == 0:  # nothing to transform (MKL rejects empty transforms): an empty output, still in the graph
+        out_channels = filter.shape[0] if mixing is None else mixing.shape[0]
+        empty = input.new_zeros(0, out_channels, *out_size)
+        return empty + sum(0 * t.real.sum() for t in (input, filter, mixing, bias) if t is not None)
     with autocast_off(input.device.type):
         x = input.float() if dtype in _LOW_PRECISION else input
         real = x.dtype
@@ -86,6 +90,11 @@ def spectral_pointwise(spectrum: Tensor, weight: Tensor) -> Tensor:
 def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
     """FNet's mixing ``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape and dtype as ``x``
     (half precision is transformed in float32)."""
+    if x.shape[token_dim] == 0 or x.shape[hidden_dim] == 0:
+        raise ConvArgumentError(f"fourier_mix needs non-empty token (dim {token_dim}) and hidden (dim {hidden_dim}) "
+                                f"axes, got shape {tuple(x.shape)}")
+    if x.numel() == 0:  # an empty batch: nothing to transform (MKL rejects empty transforms)
+        return x.clone()
     dtype = x.dtype
     if dtype in _LOW_PRECISION:
         x = x.float()

@@ -41,7 +41,6 @@ from largekernel.functional.spectral import spectral_filter, spectral_pointwise,
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
-from largekernel.nn._checks import check_input
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -299,8 +298,9 @@ class _NIFFConvNd(KernelConvNd):
         param_dtype = next(self.parameters()).dtype
         if isinstance(input, Spectrum) or self.output == "spectrum":
             return self._spectral_forward(input, param_dtype)
-        check_input(self, input, nd, self.in_channels, f"{nd} spatial dims")
-        size = tuple(input.shape[-nd:])
+        size = self._spatial_size(input)
+        if input.dim() == nd + 1:  # unbatched, as torch's convolutions take it
+            return self.forward(input.unsqueeze(0))[0]
         grid = self.grid(size)
         x, start = input, (0,) * nd
         if any(self.padding) and self.padding_mode != "zeros":
@@ -327,8 +327,11 @@ class _NIFFConvNd(KernelConvNd):
                 raise ValueError(f"Spectrum data must be (B, {self.in_channels}, *{half}) for grid {grid}, "
                                  f"got shape {tuple(spec.shape)}")
         else:
-            check_input(self, input, nd, self.in_channels, f"{nd} spatial dims")
-            grid = self.grid(tuple(input.shape[-nd:]))
+            if input.dim() != nd + 2:
+                raise ConvArgumentError(f"{type(self).__name__} with output='spectrum' expects a batched "
+                                        f"(batch, {self.in_channels}, *{nd} spatial dims) input, got shape "
+                                        f"{tuple(input.shape)}")
+            grid = self.grid(self._spatial_size(input))
             spec = to_spectrum(input, grid)  # (B, C, *grid[:-1], grid[-1]//2+1) complex
         if self.filters != self.in_channels:
             spec = spec.repeat_interleave(self.filters // self.in_channels, dim=1)  # (B, filters, *half)
