@@ -442,12 +442,22 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     batch = int(input.shape[0]) if args.batched else 1  # int(): traced shapes may be tensors
     cin, cout = int(input.shape[-nd - 1]), int(weight.shape[0])
     size, kernel = tuple(int(n) for n in input.shape[-nd:]), tuple(int(k) for k in weight.shape[2:])
+    options = (_option("packed"), _option("channel_block"), _option("segments"))
+    # A pure function of the call: its plans are kept (planning costs tens of microseconds in Python).
+    return _plan(args, batch, cin, cout, size, kernel, input.device.type, input.dtype,
+                 _needs_grad(input, weight, bias), backend, _threads(), options)
+
+
+@lru_cache(maxsize=8192)
+def _plan(args: ConvArgs, batch: int, cin: int, cout: int, size: tuple[int, ...], kernel: tuple[int, ...],
+          device_type: str, dtype: torch.dtype, needs_grad: bool, backend: str, threads: int, options: tuple) -> ConvPlan:
+    """:func:`make_plan` on the call's values (``threads``, ``options``: what the cost model and the planner options
+    read, part of the key)."""
+    nd = args.nd
     out = args.output_size(size, kernel)
-    device_type = input.device.type
-    needs_grad = _needs_grad(input, weight, bias)
     # the FFT path computes half precision in float32
-    dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    itemsize = torch.empty((), dtype=compute).element_size()
     pads, fft_size, pre_pad = args.pads, size, False
     circular = args.padding_mode == "circular"
     if args.padding_mode in ("reflect", "replicate") or (circular and _circular_wraps(size, kernel, args)):
@@ -472,7 +482,7 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
         backend = "direct" if direct <= fft else "fft"
     path = "direct" if backend == "direct" else "fft" if segments is None else "overlap-save"
     return ConvPlan(path, batch, cin, cout, args.groups, size, kernel, args.stride, args.dilation, args.pads,
-                    args.padding_mode, out, device_type, input.dtype, needs_grad, direct, fft,
+                    args.padding_mode, out, device_type, dtype, needs_grad, direct, fft,
                     "model", pre_pad, geometry, segments)
 
 
