@@ -39,16 +39,20 @@ def test_machine_info_records_allocator_settings(monkeypatch):
     assert machine_info()["allocator"] == {"MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
-def test_no_native_runs_the_suite_on_torch_operations(tmp_path, monkeypatch):
+def test_no_native_runs_the_suite_on_torch_operations(tmp_path):
     from conftest import native_expected
 
-    from largekernel.functional import _native
+    from largekernel.functional import native_kernels
 
-    monkeypatch.setattr(_native, "ENABLED", True)
-    argv = ["--kernels", "3", "--batch", "2", "--channels", "2", "--size", "12", "--min-run-time", "0.001",
-            "--rounds", "1", "--out", str(tmp_path)]
-    assert conv.main(argv) == 0
-    assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] == native_expected()
-    assert conv.main([*argv, "--no-native"]) == 0
-    assert _native.ENABLED is False
-    assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] is False
+    previous = native_kernels()
+    native_kernels(True)
+    try:
+        argv = ["--kernels", "3", "--batch", "2", "--channels", "2", "--size", "12", "--min-run-time", "0.001",
+                "--rounds", "1", "--out", str(tmp_path)]
+        assert conv.main(argv) == 0
+        assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] == native_expected()
+        assert conv.main([*argv, "--no-native"]) == 0
+        assert native_kernels() is False
+        assert json.loads((tmp_path / "conv.json").read_text())["machine"]["native_kernels"] is False
+    finally:
+        native_kernels(previous)

@@ -49,32 +49,31 @@ def _s4d_naive(kernel: S4DKernel, length: int):
     return 2 * torch.einsum("hn,hnl->hl", c, (dta[..., None] * torch.arange(length, dtype=dt.dtype)).exp()).real
 
 
-def test_s4d_chunked_vandermonde_values_and_gradients(monkeypatch):
-    """Chunks of positions (forced small here) give the naive formula's kernel and gradients."""
-    import largekernel.nn.sequence as sequence
-
-    kernel = S4DKernel(3, d_state=8, dtype=torch.float64)
+def test_s4d_chunked_vandermonde_values_and_gradients():
+    """A kernel long enough to be computed in chunks of positions (about 4M powers at a time: 128 states x 32
+    channels -> 1024 positions) gives the naive formula's kernel and gradients."""
+    kernel = S4DKernel(32, d_state=256)
     with torch.no_grad():
         kernel.log_A_real.uniform_(-3, 0)  # varied decays, so the chunks see different magnitudes
-    monkeypatch.setattr(sequence, "_VANDERMONDE_ELEMENTS", 12)  # 12 // (3 * 4) -> the minimum chunk, 64
-    length = 300  # five chunks, the last one partial
-    grad = torch.randn(3, length, dtype=torch.float64)
+    length = 2500  # three chunks, the last one partial
+    grad = torch.randn(32, length)
     ours = kernel(length)
     params = list(kernel.parameters())
     got = torch.autograd.grad(ours, params, grad)
     expected = _s4d_naive(kernel, length)
-    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
     for a, b in zip(got, torch.autograd.grad(expected, params, grad)):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
-def test_s4d_vandermonde_gradcheck_across_chunks():
-    from largekernel.nn.sequence import _Vandermonde
+def test_s4d_kernel_gradcheck():
+    kernel = S4DKernel(2, d_state=6, dtype=torch.float64)
+    params = tuple(kernel.parameters())
 
-    c = torch.randn(2, 3, dtype=torch.complex128, requires_grad=True)
-    dta = torch.complex(-torch.rand(2, 3, dtype=torch.float64) * 0.3, torch.randn(2, 3, dtype=torch.float64))
-    dta.requires_grad_()
-    assert torch.autograd.gradcheck(lambda c, d: _Vandermonde.apply(c, d, 23, 5), (c, dta))
+    def build(*values):
+        return torch.func.functional_call(kernel, dict(zip([n for n, _ in kernel.named_parameters()], values)), (23,))
+
+    assert torch.autograd.gradcheck(build, params)
 
 
 def test_s4d_init_is_s4d_lin():
