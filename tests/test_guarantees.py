@@ -93,6 +93,35 @@ def test_fft_path_is_twice_differentiable(nd, cin, cout, kernel, kw, packed):
         assert gradgradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
 
 
+def _family_layers() -> dict:
+    """Every family at a size gradgradcheck handles in float64 (each layer's own kernel construction included)."""
+    torch.manual_seed(0)
+    dcls = {f"DclsConv2d-{i}": (lnn.DclsConv2d(2, 2, kernel_count=3, dilated_kernel_size=5, padding=2,
+                                               interpolation=i), (1, 2, 6, 6))
+            for i in ("bilinear", "gaussian", "triangle", "bicubic")}
+    return {**dcls,
+            "FlexConv2d": (lnn.FlexConv2d(2, 2, kernel_size=5), (1, 2, 6, 6)),
+            "NIFFConv2d": (lnn.NIFFConv2d(2), (1, 2, 6, 6)),
+            "SGConv1d": (lnn.SGConv1d(2, kernel_size=16), (1, 2, 16)),
+            "S4DConv1d": (lnn.S4DConv1d(2, d_state=4), (1, 2, 16)),
+            "SGConv2d": (lnn.SGConv2d(2, kernel_size=7), (1, 2, 7, 7))}
+
+
+@pytest.mark.parametrize("name", list(_family_layers()))
+def test_every_family_is_twice_differentiable(name):
+    """Second derivatives through each family's kernel construction and convolution, in the input and every
+    parameter, against gradgradcheck's finite differences."""
+    layer, shape = _family_layers()[name]
+    layer = layer.double()
+    named = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+
+    def call(x, *params):
+        return torch.func.functional_call(layer, {n: p for (n, _), p in zip(named, params)}, (x,))
+
+    assert gradgradcheck(call, (x, *(p for _, p in named)), fast_mode=True)
+
+
 def test_gradient_penalty_matches_the_direct_path():
     """A WGAN-GP style penalty ||d out / d x||^2, differentiated to the weights: FFT and direct paths agree."""
     x = torch.randn(3, 4, 16, 16, dtype=torch.float64, requires_grad=True)

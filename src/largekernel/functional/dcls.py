@@ -46,7 +46,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -111,13 +110,33 @@ def _outer(profiles: list[Tensor]) -> Tensor:
     return rest
 
 
+def _reference_separable(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """What :class:`_SeparableKernel` computes, from differentiable torch operations (its double backward)."""
+    m, (pairs, count) = len(box), weight.shape
+    width = SIG.abs() + SIGMA_OFFSET[interpolation]
+    floor = math.log(torch.finfo(weight.dtype).tiny) / (m + 1)
+    profiles = []
+    for dim, size in enumerate(box):
+        pos = P[m - 1 - dim].unsqueeze(-1) + size // 2
+        offset = torch.arange(size, device=weight.device, dtype=weight.dtype) - pos
+        if interpolation == "gaussian":
+            expo = -0.5 * (offset / width[m - 1 - dim].unsqueeze(-1)).square()
+            profiles.append(torch.where(expo > floor, expo.clamp(min=floor).exp(), 0.0))
+        else:
+            profiles.append((width[m - 1 - dim].unsqueeze(-1) - offset.abs()).relu())
+    norm = math.prod(prof.sum(-1) for prof in profiles) + _EPS
+    rest = _outer(profiles[1:]) if m > 1 else weight.new_ones(pairs, count, 1)
+    return torch.bmm(((weight / norm).unsqueeze(-1) * profiles[0]).transpose(1, 2), rest)
+
+
 class _SeparableKernel(torch.autograd.Function):
     """Whole-box separable profiles combined by one batched matmul, with an analytic backward.
 
     Autograd through the element-wise profile formulas saved every intermediate
     and ran about twice as many passes over the (B, count, size) profiles; the
     closed-form backward below is ~5x faster on CPU (profiled) and keeps only the
-    profiles and their normalised offsets.
+    profiles and their normalised offsets. With ``create_graph=True`` the backward
+    differentiates :func:`_reference_separable` instead, so every order of derivative works.
     """
 
     @staticmethod
@@ -148,14 +167,20 @@ class _SeparableKernel(torch.autograd.Function):
         rest = _outer(profiles[1:]) if m > 1 else weight.new_ones(pairs, count, 1)
         kernel = torch.bmm((scale.unsqueeze(-1) * profiles[0]).transpose(1, 2), rest)  # (B, box[0], prod(box[1:]))
         ctx.box, ctx.interpolation = box, interpolation
-        ctx.save_for_backward(weight, SIG, width, norm, scale, *sums, *profiles, *offsets)
+        ctx.save_for_backward(weight, P, SIG, width, norm, scale, *sums, *profiles, *offsets)
         return kernel
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: Tensor):
         box, m = ctx.box, len(ctx.box)
-        weight, SIG, width, norm, scale, *saved = ctx.saved_tensors
+        weight, P, SIG, width, norm, scale, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable function of grad and the inputs
+            inputs = (weight, P, SIG)
+            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]
+            with torch.enable_grad():
+                kernel = _reference_separable(weight, P, SIG, box, ctx.interpolation)
+                grads = iter(torch.autograd.grad(kernel, wanted, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
         sums, profiles, offsets = saved[:m], saved[m:2 * m], saved[2 * m:]
         pairs, count = weight.shape
         # kernel = first^T @ rest with first = scale * profiles[0], rest = outer(profiles[1:])

@@ -131,7 +131,9 @@ class _Vandermonde(torch.autograd.Function):
     materialising every power (the reference's einsum), in forward and in backward, which
     recomputes the powers of each chunk rather than saving them. Real arithmetic throughout (real
     batched matmuls over the channels). Gradients, with real ``G = dL/dK`` and ``v_l = exp(dta l)``:
-    ``dL/dc = 2 conj(sum_l G_l v_l)`` and ``dL/d dta = 2 conj(c sum_l G_l l v_l)``.
+    ``dL/dc = 2 conj(sum_l G_l v_l)`` and ``dL/d dta = 2 conj(c sum_l G_l l v_l)``. With
+    ``create_graph=True`` the backward differentiates the materialised product (every order works, at the
+    reference's memory).
     """
 
     @staticmethod
@@ -147,10 +149,16 @@ class _Vandermonde(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         c, dta = ctx.saved_tensors
         need_c, need_dta = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the materialised product instead
+            wanted = [t for t, need in ((c, need_c), (dta, need_dta)) if need]
+            with torch.enable_grad():
+                steps = torch.arange(ctx.length, device=dta.device, dtype=dta.real.dtype)
+                kernel = 2.0 * torch.einsum("hn,hnl->hl", c, (dta.unsqueeze(-1) * steps).exp()).real
+                grads = iter(torch.autograd.grad(kernel, wanted, grad, create_graph=True))
+            return (next(grads) if need_c else None, next(grads) if need_dta else None, None, None)
         sums = torch.zeros(2, 2, *c.shape, dtype=grad.dtype, device=grad.device)  # [l^0, l^1] x [re, im]
         for start in range(0, ctx.length, ctx.chunk):
             stop = min(start + ctx.chunk, ctx.length)
