@@ -110,5 +110,15 @@ def test_invalid_result_and_garbled_marker_retrain_for_real(pristine, tmp_path, 
 def test_check_result_names_the_field():
     with pytest.raises(cache.InvalidRecord, match=r"record: got \[\], expected a JSON object"):
         cache.check_result([], {"config": {}}, dims=1)
+    job = {"source": {"config": {"epochs": 1}}, "target": 32, "finetune_samples": 1024}
+    config = cache.transfer_config(job)
+    record = {"target": 32, "config": config, "config_hash": cache.config_hash(config),
+              "metrics": {"acc": 50.0, "finetuned_acc": 60.0, "n_test": 450, "finetune_time_s": 1.0}}
+    cache.check_transfer(record, job)
+    for key, value, expected in (("finetuned_acc", 1e9, "<= 100"), ("n_test", 0, "> 0"), ("acc", True, "number")):
+        with pytest.raises(cache.InvalidRecord, match=f"metrics.{key}: got {value!r}, expected .*{expected}"):
+            cache.check_transfer({**record, "metrics": {**record["metrics"], key: value}}, job)
+    with pytest.raises(cache.InvalidRecord, match="target"):
+        cache.check_transfer({**record, "target": 16}, job)
     assert cache.config_hash({"b": 1, "a": [1, 2]}) == cache.config_hash({"a": [1, 2], "b": 1})
     assert cache.config_hash({"a": 1}) != cache.config_hash({"a": 2})
