@@ -87,8 +87,8 @@ def test_every_claim_on_a_fixed_table():
     # 8 and 9 of 40 taps (<= 25 %) at the native size; 50 of 160 fails while 10 of 160 passes
     assert _verdicts(found, "NIFF's") == {"m_40": CONFIRMED, "m_160": INCONCLUSIVE}
     assert _verdicts(found, "FlexConv learns") == {"m_40": CONFIRMED}  # 17 / 5 and 21 / 7 >= 1.5
-    assert _verdicts(found, "FlexConv deploys at a higher resolution without") == {"m_40 -> 160": CONFIRMED}
-    assert _verdicts(found, "FlexConv deploys at a higher resolution after") == {"m_40 -> 160": REFUTED}
+    assert _verdicts(found, "FlexConv deploys at a higher resolution without") == {"m_40 -> m_160": CONFIRMED}
+    assert _verdicts(found, "FlexConv deploys at a higher resolution after") == {"m_40 -> m_160": REFUTED}
     assert _verdicts(found, "FFT convolution gives the same accuracy (trained") == {"m_40": CONFIRMED}
     # FFT 3x faster at m_40; slower on both seeds at m_160
     assert _verdicts(found, "FFT convolution gives the same accuracy faster") == {"m_40": CONFIRMED,
@@ -102,6 +102,7 @@ def test_every_claim_on_a_fixed_table():
     table = claims.format_claims(found)
     assert table.splitlines()[0] == "| claim | from | where | verdict | evidence |"
     assert "| **refuted** |" in table and "confirmed when" in table
+    assert "\\|kernel\\| mass" in table  # a pipe inside a cell is escaped: every row keeps five columns
 
 
 def test_sgconv_with_more_parameters_is_refuted_and_fit_growth_is_judged():

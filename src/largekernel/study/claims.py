@@ -185,7 +185,7 @@ def _transfer_rows(table, points, key: str) -> list[dict]:
                     + ", ".join(f"{a:.1f}" for a in result[key]) + f"), {_diff(verdict)}")
             if control is not None:
                 text += f"; small dense control: {_mean(rows['small']['accs']):.2f} -> {_mean(control[key]):.2f} %"
-            out.append({"scope": f"{point} -> {target}", "verdict": verdict[0], "evidence": text})
+            out.append({"scope": f"{point} -> {info['dataset']}_{target}", "verdict": verdict[0], "evidence": text})
     return out
 
 
@@ -343,7 +343,8 @@ def format_claims(claims: Sequence[dict[str, Any]]) -> str:
     """The markdown claims table, then the rule behind each claim's verdict."""
     lines = ["| claim | from | where | verdict | evidence |", "|---|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c['claim']} | {c['source']} | {c['scope']} | **{c['verdict']}** | {c['evidence']} |")
+        cells = (c["claim"], c["source"], c["scope"], f"**{c['verdict']}**", c["evidence"])
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")  # "|kernel|" in a cell
     lines += ["", "Rules (verdict per row):", ""]
     seen = []
     for c in claims:

@@ -31,10 +31,6 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _dims(dataset: str) -> int:
-    return 2 if DATASETS[dataset].resolution_key == "size" or dataset.startswith("cifar") else 1
-
-
 def _from_cache(out: Path, items: list[dict], load, invalid: list[str]) -> tuple[list[dict], list[dict]]:
     """``(cached records, pending items)``; every refused cache entry is reported and appended to ``invalid``."""
     done, pending = [], []
@@ -87,7 +83,7 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     runs = plan_runs(datasets, variants, seeds, epochs, quick, data_dir, train_overrides, match, sweep)
     invalid: list[str] = []
-    records, pending = _from_cache(out, runs, lambda o, r: load_result(run_dir(o, r), r, _dims(r["dataset"])),
+    records, pending = _from_cache(out, runs, lambda o, r: load_result(run_dir(o, r), r, r["dims"]),
                                    invalid)
     if records:
         print(f"{len(records)} of {len(runs)} runs already done in {out / 'runs'}: skipped")

@@ -162,7 +162,8 @@ def plan_runs(datasets: Sequence[str], variants: Sequence[str] | None = None, se
               epochs: int | None = None, quick: bool = False, data_dir: str | None = None,
               train_overrides: dict[str, Any] | None = None, match: str = "large",
               sweep: bool = True) -> list[dict[str, Any]]:
-    """The list of runs (one dict each: dataset, resolution, point, variant, seed, TrainConfig keywords).
+    """The list of runs (one dict each: dataset, resolution, point, variant, seed, TrainConfig keywords, the
+    input's spatial dims and a relative cost).
 
     ``match`` names the variant (``"large"`` or ``"small"``) whose native parameter count DCLS and FlexConv
     match; ``sweep=False`` trains the native resolution only.
@@ -199,7 +200,7 @@ def plan_runs(datasets: Sequence[str], variants: Sequence[str] | None = None, se
                     cost = (config.get("train_subset") or plan.train_samples) * resolution ** info.dims * n_epochs
                     runs.append({"dataset": dataset, "resolution": resolution,
                                  "point": point_name(dataset, resolution), "variant": variant, "seed": seed,
-                                 "config": config, "cost": cost})
+                                 "config": config, "dims": info.dims, "cost": cost})
     return runs
 
 

@@ -118,14 +118,14 @@ def sweep_table(dataset: str, table: dict[str, list[dict]], points: dict[str, di
     """Accuracy (mean ± std over seeds) and parameters of every family at every resolution of ``dataset``."""
     names = sorted((p for p, i in points.items() if i["dataset"] == dataset), key=lambda p: points[p]["resolution"])
     variants = [v for v in VARIANTS if any(v in {r["variant"] for r in table.get(p, [])} for p in names[1:])]
-    head = "| family | " + " | ".join(resolution_label(dataset, points[p]["resolution"]) for p in names) + " |"
-    lines = [head, "|" + "---|" * (len(names) + 1)]
+    head = ("| family | " + " | ".join(resolution_label(dataset, points[p]["resolution"]) for p in names)
+            + " | highest - native |")
+    lines = [head, "|" + "---|" * (len(names) + 2)]
     for v in variants:
-        cells = []
-        for p in names:
-            row = next((r for r in table.get(p, []) if r["variant"] == v), None)
-            cells.append(f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f} ({row['params']:,} p.)" if row else "-")
-        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+        rows = [next((r for r in table.get(p, []) if r["variant"] == v), None) for p in names]
+        cells = [f"{r['acc_mean']:.1f} ± {r['acc_std']:.1f} ({r['params']:,} p.)" if r else "-" for r in rows]
+        change = f"{rows[-1]['acc_mean'] - rows[0]['acc_mean']:+.1f}" if rows[0] and rows[-1] else "-"
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {change} |")
     return "\n".join(lines)
 
 
@@ -245,8 +245,9 @@ def render(out: Path, table: dict[str, list[dict]], points: dict[str, dict], cla
         if sum(1 for i in points.values() if i["dataset"] == dataset) < 2:
             continue
         plan = DATASETS[dataset]
+        resolutions = sorted(i["resolution"] for i in points.values() if i["dataset"] == dataset)
         lines += [f"## Resolution sweep: {dataset}", "",
-                  f"The same {dataset} samples at {', '.join(resolution_label(dataset, r) for r in plan.resolutions)}"
+                  f"The same {dataset} samples at {', '.join(resolution_label(dataset, r) for r in resolutions)}"
                   f" ({plan.resolution_key}), the same recipe. The small dense kernel keeps its {plan.small} taps "
                   "and the network its depth; the large and learnable kernels span the input at every resolution; "
                   "DCLS and FlexConv keep the size knob matched at the native resolution (their parameter count does "

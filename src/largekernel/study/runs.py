@@ -23,8 +23,8 @@ from largekernel.study.plan import TRANSFORMER_VARIANTS
 
 __all__ = ["run_dir", "train_one", "workers", "execute", "example_inputs", "mean_sizes", "family_rows"]
 
-_PATH_SAMPLES = 64  # test inputs the direct and FFT paths of a trained dense large model are compared on
 _TIMED_POSITIONS = 1 << 16  # throughput batch: up to 256 samples, at most this many input positions in all
+_PATH_POSITIONS = 1 << 14  # path check: up to 64 test inputs, at most this many positions (the direct path is slow)
 
 
 def run_dir(out: Path, run: dict[str, Any]) -> Path:
@@ -98,7 +98,7 @@ def _path_check(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
                 m.backend = backend
             with torch.no_grad():
                 outputs[backend] = model.eval()(x)  # (N, classes)
-            speed[backend] = _throughput(model, x)
+            speed[backend] = _throughput(model, x, repeats=1)
     finally:
         for m, backend in zip(convs, chosen):
             m.backend = backend
@@ -126,15 +126,15 @@ def _measure(model: torch.nn.Module, variant: str, x_test: torch.Tensor, calibra
     except Exception as err:  # noqa: BLE001 - a counting failure must not lose a trained run
         print(f"warning: MAC count failed ({type(err).__name__}: {err})", file=sys.stderr)
         metrics["macs"] = None
-    metrics["paths"] = _path_check(model, x_test[:_PATH_SAMPLES]) if variant == "large" else None
+    metrics["paths"] = _path_check(model, x_test[:_batch(x_test, 64, _PATH_POSITIONS)]) if variant == "large" else None
     with _auto_decisions(calibrating):
-        metrics["throughput"] = _throughput(model, x_test[:_timed_batch(x_test)])
+        metrics["throughput"] = _throughput(model, x_test[:_batch(x_test, 256, _TIMED_POSITIONS)])
     return metrics
 
 
-def _timed_batch(x: torch.Tensor) -> int:
-    """Samples per timed pass: 256 for small inputs, fewer for large ones (the same work, a bounded time)."""
-    return max(1, min(256, _TIMED_POSITIONS // x[0, 0].numel()))
+def _batch(x: torch.Tensor, samples: int, positions: int) -> int:
+    """At most ``samples`` inputs of ``x`` and ``positions`` input positions in all: a bounded time per pass."""
+    return max(1, min(samples, positions // x[0, 0].numel()))
 
 
 def train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
