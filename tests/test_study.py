@@ -133,12 +133,14 @@ def test_plan_matches_parameters_scales_extents_and_validates():
     # higher resolutions: the same DCLS count (same parameters), extents scaled to span the input
     by_point = {(r["point"], r["variant"]): r["config"] for r in planned if r["seed"] == 0}
     assert sorted({r["point"] for r in planned}) == ["mnist1d_160", "mnist1d_40", "mnist1d_640"]
+    config = by_point["mnist1d_160", "dcls"]
+    assert config["model_kwargs"]["kernel_size"] == 159
+    assert config["model_kwargs"]["conv_kwargs"] == {"kernel_count": count}
+    assert params(config) == dcls and config["dataset_kwargs"] == {"length": 160}
+    assert ("mnist1d_640", "dcls") not in by_point  # left out at 640 (the plan's sweep_skip)
     for length in (160, 640):
-        config = by_point[f"mnist1d_{length}", "dcls"]
-        assert config["model_kwargs"]["kernel_size"] == length - 1
-        assert config["model_kwargs"]["conv_kwargs"] == {"kernel_count": count}
-        assert params(config) == dcls and config["dataset_kwargs"] == {"length": length}
         assert by_point[f"mnist1d_{length}", "small"]["model_kwargs"]["kernel_size"] == 5
+        assert by_point[f"mnist1d_{length}", "large"]["model_kwargs"]["kernel_size"] == length - 1
         assert params(by_point[f"mnist1d_{length}", "large"]) > large  # the dense kernel pays per tap
     assert {r["point"] for r in study.plan_runs(["mnist1d"], ["small"], sweep=False)} == {"mnist1d_40"}
     jobs = study.plan_transfers(study.plan_runs(["mnist1d"], ["small", "flexconv", "dcls"], seeds=1))

@@ -298,12 +298,13 @@ def plot_effective_sizes(sizes: Mapping[str, Mapping[str, float]], path: str | P
 
 
 def plot_accuracy_vs_resolution(curves: Mapping[str, Mapping[int, tuple[float, float]]], path: str | Path,
-                                title: str, *, xlabel: str) -> Path:
+                                title: str, *, xlabel: str, colors: Mapping[str, str] | None = None) -> Path:
     """Test accuracy (mean, std as error bars) against input resolution, one line per family.
 
     Args:
         curves: ``{family: {resolution: (mean %, std %)}}``.
         xlabel: what the resolution counts (``"sequence length (samples)"``).
+        colors: a colour per family (the same family the same colour across figures); default matplotlib's cycle.
     """
     if not curves:
         raise ValueError("curves is empty")
@@ -313,7 +314,7 @@ def plot_accuracy_vs_resolution(curves: Mapping[str, Mapping[int, tuple[float, f
     for label, curve in curves.items():
         xs = sorted(curve)
         ax.errorbar(xs, [curve[x][0] for x in xs], yerr=[curve[x][1] for x in xs], marker="o", ms=4, lw=1.2,
-                    capsize=3, label=label)
+                    capsize=3, label=label, color=(colors or {}).get(label))
     ax.set_xscale("log", base=2)
     ax.set_xticks(resolutions, [str(r) for r in resolutions])
     ax.minorticks_off()
@@ -325,29 +326,30 @@ def plot_accuracy_vs_resolution(curves: Mapping[str, Mapping[int, tuple[float, f
 
 
 def _log_axis(axis) -> None:
-    """A log axis labelled at 1, 2, 5 x 10^k in plain numbers (the default labels overlap on short ranges)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A log x axis labelled at 1, 2, 5 x 10^k with SI prefixes (2.5M): the default labels overlap on short ranges."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     axis.axes.set_xscale("log")
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_major_formatter(EngFormatter(sep=""))
     axis.set_minor_formatter(NullFormatter())
 
 
 def plot_cost_tradeoff(models: Mapping[str, Mapping[str, float | None]], path: str | Path, title: str, *,
-                       fronts: Mapping[str, Sequence[str]]) -> Path:
+                       fronts: Mapping[str, Sequence[str]], colors: Mapping[str, str] | None = None) -> Path:
     """Test accuracy against training time and against MACs per sample, one point per model, Pareto fronts drawn.
 
     Args:
         models: ``{label: {"acc": mean %, "acc_std": std %, "train_time_s": s, "macs": MACs or None}}``.
         fronts: ``{"train_time_s" | "macs": labels on that panel's Pareto front, cheapest first}``.
+        colors: a colour per model; default matplotlib's cycle.
     """
     if not models:
         raise ValueError("models is empty")
     fig = _figure(11.0, 4.4)
     axes = fig.subplots(1, 2)
     panels = (("train_time_s", "training time per run (s)"), ("macs", "MACs per sample (FFT counted)"))
-    colours = {label: f"C{i % 10}" for i, label in enumerate(models)}
+    colours = {label: (colors or {}).get(label, f"C{i % 10}") for i, label in enumerate(models)}
     for ax, (key, xlabel) in zip(axes, panels):
         for label, m in models.items():
             if m[key] is None:

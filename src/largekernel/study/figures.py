@@ -20,6 +20,8 @@ from largekernel.study.runs import example_inputs, family_rows, mean_sizes, run_
 
 __all__ = ["point_figures", "sweep_figures", "figure_jobs", "draw"]
 
+_COLORS = {LABELS[v]: f"C{i}" for i, v in enumerate(VARIANTS)}  # one colour per family in every figure
+
 
 def _comparisons(fig_dir: Path, point: str, first: dict[str, dict]) -> list[Path]:
     from largekernel.analysis import plots
@@ -95,7 +97,8 @@ def _cost(fig_dir: Path, point: str, rows: list[dict]) -> Path:
         fronts[key] = [measured[i]["label"] for i in pareto_front([r[key] for r in measured],
                                                                    [r["acc_mean"] for r in measured])]
     return plots.plot_cost_tradeoff(models, fig_dir / f"{point}_cost.png",
-                                    f"{point}: test accuracy against cost (mean ± std over seeds)", fronts=fronts)
+                                    f"{point}: test accuracy against cost (mean ± std over seeds)", fronts=fronts,
+                                    colors=_COLORS)
 
 
 def point_figures(out: Path, point: str, native: bool, records: list[dict[str, Any]],
@@ -129,7 +132,7 @@ def sweep_figures(out: Path, dataset: str, table: dict[str, list[dict]], points:
     fig_dir = out / "figures"
     written = [plots.plot_accuracy_vs_resolution(curves, fig_dir / f"{dataset}_sweep.png",
                                                  f"{dataset}: test accuracy against resolution (mean ± std)",
-                                                 xlabel=unit)]
+                                                 xlabel=unit, colors=_COLORS)]
     bars: dict[str, dict[str, tuple[float, float]]] = {}
     for r in table.get(names[0], []):
         for target, result in sorted(r["transfers"].items(), key=lambda kv: int(kv[0])):

@@ -95,6 +95,8 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
                                     f"{record['metrics']['acc']:.1f}%")
                 bar.update()
                 records.append(record)
+        planned = {(r["point"], r["variant"], r["seed"]): i for i, r in enumerate(runs)}
+        records.sort(key=lambda r: planned[r["point"], r["variant"], r["seed"]])  # the plan's order, not the finish
         transfers, todo = _from_cache(out, plan_transfers(runs),
                                       lambda o, j: _with_job(load_transfer(transfer_path(o, j), j), j), invalid)
         with _progress(len(todo), "cross-resolution", progress) as bar:

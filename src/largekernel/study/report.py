@@ -54,7 +54,8 @@ def _row(variant: str, recs: list[dict[str, Any]], transfers: dict[str, dict[str
 
 def aggregate(records: list[dict[str, Any]],
               transfers: Sequence[dict[str, Any]] = ()) -> dict[str, list[dict[str, Any]]]:
-    """Per point, one row per variant: accuracy mean and std over seeds, per-seed lists, means of the rest.
+    """Per point (in the order the records first name them), one row per variant: accuracy mean and std over
+    seeds, per-seed lists, means of the rest.
 
     ``transfers`` (cross-resolution records with their ``job``) are attached to their source's row as
     ``{target: {"accs": [...], "finetuned_accs": [...]}}``, seeds in the row's order.
