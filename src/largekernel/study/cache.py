@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_hash", "write_json", "read_json", "check_result", "check_transfer", "transfer_config",
+__all__ = ["config_hash", "jsonable", "write_json", "read_json", "check_result", "check_transfer", "transfer_config",
            "load_result", "load_transfer", "InvalidRecord"]
 
 _FRACTIONS = ("0.5", "0.9", "0.99")  # largekernel.analysis.kernels.DEFAULT_FRACTIONS
@@ -194,7 +194,7 @@ def _check_identity(record: Any, expected: dict[str, Any], keys: tuple[str, ...]
 
 def check_result(record: Any, run: dict[str, Any], dims: int) -> None:
     """Raise :class:`InvalidRecord` unless ``record`` is a complete, in-range ``result.json`` of ``run``."""
-    _check_identity(record, {**run, "config": _jsonable(run["config"])},
+    _check_identity(record, {**run, "config": jsonable(run["config"])},
                     ("dataset", "resolution", "point", "variant", "seed", "config"))
     _check_metrics(_get(record, "metrics", "record"), dims)
 
@@ -211,11 +211,12 @@ def check_transfer(record: Any, job: dict[str, Any]) -> None:
 
 def transfer_config(job: dict[str, Any]) -> dict[str, Any]:
     """What a cross-resolution result depends on: the source run's configuration, the target, the fine-tune."""
-    return {"source": _jsonable(job["source"]["config"]), "target": job["target"],
+    return {"source": jsonable(job["source"]["config"]), "target": job["target"],
             "finetune_samples": job["finetune_samples"]}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists): what a stored config is compared against."""
     return json.loads(json.dumps(obj))
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from largekernel.study.cache import InvalidRecord, config_hash, read_json, write_json
+from largekernel.study.cache import InvalidRecord, config_hash, jsonable, read_json, write_json
 from largekernel.study.plan import TRANSFORMER_VARIANTS
 
 __all__ = ["run_dir", "train_one", "workers", "execute", "example_inputs", "mean_sizes", "family_rows"]
@@ -29,12 +29,6 @@ _PATH_POSITIONS = 1 << 14  # path check: up to 64 test inputs, at most this many
 
 def run_dir(out: Path, run: dict[str, Any]) -> Path:
     return out / "runs" / run["point"] / run["variant"] / f"seed{run['seed']}"
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj))
 
 
 def example_inputs(config: dict[str, Any], n: int, split: str = "test") -> torch.Tensor:
@@ -162,7 +156,7 @@ def _train_deterministic(out: Path, run: dict[str, Any], calibrating: bool) -> d
     from largekernel.train import TrainConfig, load_checkpoint, train
 
     directory = run_dir(out, run)
-    config = _jsonable(run["config"])
+    config = jsonable(run["config"])
     # resume only a run started with this very configuration; anything else there (a stale or garbled marker, a
     # result the cache refused) is removed
     if not _started_with(directory / "study_config.json", config) or (directory / "result.json").exists():
