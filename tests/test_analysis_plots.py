@@ -57,6 +57,28 @@ def test_all_figures(tmp_path, captured):
         _check(path, fig)
 
 
+def test_study_figures(tmp_path, captured):
+    curves = {"small dense": {40: (95.0, 1.0), 160: (90.0, 2.0), 640: (60.0, 5.0)}, "FlexConv": {40: (93.0, 0.5)}}
+    models = {"a": {"acc": 90.0, "acc_std": 1.0, "train_time_s": 2.0, "macs": 100},
+              "b": {"acc": 95.0, "acc_std": 0.5, "train_time_s": 5.0, "macs": None}}
+    bars = {"FlexConv -> 160": {"native": (93.0, 0.5), "as is": (40.0, 2.0), "fine-tuned": (85.0, 1.0)},
+            "NIFF -> 160": {"native": (90.0, 1.0), "trained there": (80.0, 3.0)}}
+    paths = [
+        plots.plot_accuracy_vs_resolution(curves, tmp_path / "sweep.png", "sweep", xlabel="length (samples)"),
+        plots.plot_cost_tradeoff(models, tmp_path / "cost.png", "cost", fronts={"train_time_s": ["a", "b"],
+                                                                                 "macs": ["a"]}),
+        plots.plot_transfer(bars, tmp_path / "transfer.png", "transfer"),
+    ]
+    for path, fig in zip(paths, captured):
+        _check(path, fig)
+    assert any(ax.get_legend() for ax in captured[0].axes)  # one line per family, named
+    assert captured[1].legends and "Pareto front" in [t.get_text() for t in captured[1].legends[0].get_texts()]
+    for plot in (plots.plot_accuracy_vs_resolution, plots.plot_transfer):
+        with pytest.raises(ValueError, match="empty"):
+            plot({}, tmp_path / "x.png", "t", **({"xlabel": "x"} if plot is plots.plot_accuracy_vs_resolution
+                                                 else {}))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="kernels"):
         plots.plot_kernel_gallery(torch.randn(2, 2, 2, 2), "x.png", "t")

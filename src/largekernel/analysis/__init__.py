@@ -15,7 +15,8 @@ _MODULES: dict[str, list[str]] = {
     "largekernel.analysis.learned": ["dcls_positions", "position_histograms", "position_evolution",
                                      "flexconv_mask_extents"],
     "largekernel.analysis.plots": ["plot_kernel_gallery", "plot_mass_ratio", "plot_erf", "plot_position_histograms",
-                                   "plot_mask_extents", "plot_gaussian_fit", "plot_pca", "plot_effective_sizes"],
+                                   "plot_mask_extents", "plot_gaussian_fit", "plot_pca", "plot_effective_sizes",
+                                   "plot_accuracy_vs_resolution", "plot_cost_tradeoff", "plot_transfer"],
     "largekernel.analysis.report": ["analyze_model", "plot_position_evolution"],
 }
 

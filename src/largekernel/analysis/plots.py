@@ -1,5 +1,7 @@
 """Figures (PNG) for the analyses: kernel galleries, mass-ratio curves, ERF maps,
-DCLS position histograms, FlexConv mask sizes, Gaussian fits and PCA.
+DCLS position histograms, FlexConv mask sizes, Gaussian fits and PCA; and the
+study's comparisons: accuracy against resolution, against cost (with the Pareto
+front) and across resolutions.
 
 Drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure``), so no
 pyplot state or global backend is touched. Every function writes one PNG to
@@ -24,6 +26,9 @@ __all__ = [
     "plot_gaussian_fit",
     "plot_pca",
     "plot_effective_sizes",
+    "plot_accuracy_vs_resolution",
+    "plot_cost_tradeoff",
+    "plot_transfer",
 ]
 
 
@@ -288,5 +293,108 @@ def plot_effective_sizes(sizes: Mapping[str, Mapping[str, float]], path: str | P
     ax.set_xlabel("model")
     ax.set_ylabel("effective kernel size (taps)")
     ax.legend(fontsize=7)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_resolution(curves: Mapping[str, Mapping[int, tuple[float, float]]], path: str | Path,
+                                title: str, *, xlabel: str, colors: Mapping[str, str] | None = None) -> Path:
+    """Test accuracy (mean, std as error bars) against input resolution, one line per family.
+
+    Args:
+        curves: ``{family: {resolution: (mean %, std %)}}``.
+        xlabel: what the resolution counts (``"sequence length (samples)"``).
+        colors: a colour per family (the same family the same colour across figures); default matplotlib's cycle.
+    """
+    if not curves:
+        raise ValueError("curves is empty")
+    fig = _figure(6.5, 4.2)
+    ax = fig.subplots()
+    resolutions = sorted({r for curve in curves.values() for r in curve})
+    for label, curve in curves.items():
+        xs = sorted(curve)
+        ax.errorbar(xs, [curve[x][0] for x in xs], yerr=[curve[x][1] for x in xs], marker="o", ms=4, lw=1.2,
+                    capsize=3, label=label, color=(colors or {}).get(label))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(resolutions, [str(r) for r in resolutions])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _log_axis(axis) -> None:
+    """A log x axis labelled at 1, 2, 5 x 10^k with SI prefixes (2.5M): the default labels overlap on short ranges."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(EngFormatter(sep=""))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_cost_tradeoff(models: Mapping[str, Mapping[str, float | None]], path: str | Path, title: str, *,
+                       fronts: Mapping[str, Sequence[str]], colors: Mapping[str, str] | None = None) -> Path:
+    """Test accuracy against training time and against MACs per sample, one point per model, Pareto fronts drawn.
+
+    Args:
+        models: ``{label: {"acc": mean %, "acc_std": std %, "train_time_s": s, "macs": MACs or None}}``.
+        fronts: ``{"train_time_s" | "macs": labels on that panel's Pareto front, cheapest first}``.
+        colors: a colour per model; default matplotlib's cycle.
+    """
+    if not models:
+        raise ValueError("models is empty")
+    fig = _figure(11.0, 4.4)
+    axes = fig.subplots(1, 2)
+    panels = (("train_time_s", "training time per run (s)"), ("macs", "MACs per sample (FFT counted)"))
+    colours = {label: (colors or {}).get(label, f"C{i % 10}") for i, label in enumerate(models)}
+    for ax, (key, xlabel) in zip(axes, panels):
+        for label, m in models.items():
+            if m[key] is None:
+                continue
+            ax.errorbar([m[key]], [m["acc"]], yerr=[m["acc_std"]], fmt="o", ms=6, capsize=3, color=colours[label],
+                        label=label)
+        front = [label for label in fronts.get(key, ()) if models[label][key] is not None]
+        if front:
+            ax.step([models[label][key] for label in front], [models[label]["acc"] for label in front], where="post",
+                    color="0.3", ls="--", lw=1, label="Pareto front", zorder=0)
+            ax.scatter([models[label][key] for label in front], [models[label]["acc"] for label in front], s=140,
+                       facecolors="none", edgecolors="0.2", lw=1.2, zorder=3)
+        _log_axis(ax.xaxis)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+    axes[0].set_title("accuracy against training time", fontsize=9)
+    axes[1].set_title("accuracy against compute", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_transfer(rows: Mapping[str, Mapping[str, tuple[float, float]]], path: str | Path, title: str) -> Path:
+    """Grouped bars per (family, target resolution): accuracy trained at the native resolution, there as is,
+    after fine-tuning, and trained at the target resolution.
+
+    Args:
+        rows: ``{"FlexConv -> 160": {"native": (mean, std), "as is": ..., "fine-tuned": ..., "trained there": ...}}``
+            (missing bars are left out).
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    kinds = ("native", "as is", "fine-tuned", "trained there")
+    fig = _figure(max(6.5, 1.3 * len(rows) + 2.0), 4.2)
+    ax = fig.subplots()
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        xs = [i + (j - (len(kinds) - 1) / 2) * width for i, r in enumerate(rows.values()) if kind in r]
+        values = [r[kind] for r in rows.values() if kind in r]
+        ax.bar(xs, [v[0] for v in values], width=width, yerr=[v[1] for v in values], capsize=2, label=kind)
+    ax.set_xticks(range(len(rows)), list(rows), rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel("family -> evaluated at resolution")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
     ax.set_title(title)
     return _save(fig, path)
