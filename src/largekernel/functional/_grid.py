@@ -20,6 +20,7 @@ import itertools
 import torch
 from torch import Tensor
 
+from largekernel.functional._native import hermitian as native_hermitian
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spatial_dims", "place_kernel", "gather_kernel", "mirror", "hermitian_part", "hermitian_extension",
@@ -110,9 +111,13 @@ def mirror(spectrum: Tensor, dims) -> Tensor:
     return torch.roll(torch.flip(spectrum, dims), (1,) * len(dims), dims)
 
 
-def hermitian_part(spectrum: Tensor, nd: int) -> Tensor:
-    """``(Y[k] + conj(Y[-k])) / 2`` over the last ``nd`` dims (full grids): the spectrum of ``Re(ifftn(Y))``."""
-    return 0.5 * (spectrum + mirror(spectrum, spatial_dims(nd)).conj())
+def hermitian_part(spectrum: Tensor, nd: int, scale: float = 1.0, conj: bool = False) -> Tensor:
+    """``scale * (Y[k] + conj(Y[-k])) / 2`` over the last ``nd`` dims (full grids): the spectrum of
+    ``scale * Re(ifftn(Y))``, conjugated with ``conj``. Overwrites a contiguous ``spectrum`` (one native pass)."""
+    if native_hermitian(spectrum, nd, scale, conj):
+        return spectrum
+    part = (0.5 * scale) * (spectrum + mirror(spectrum, spatial_dims(nd)).conj())
+    return part.conj_physical_() if conj else part
 
 
 def hermitian_extension(half: Tensor, grid: tuple[int, ...]) -> Tensor:

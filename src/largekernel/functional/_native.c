@@ -4,10 +4,11 @@
  * the depthwise paths read the same data several times or make temporaries:
  *   pack_pairs      two real channels -> one complex signal on a zero-filled grid (one write of the grid);
  *   unpack_pairs    a complex signal -> its two real channels, cropped, plus a per-channel bias;
- *   mirror_product  y = a z + d conj(z[-k]): the product of a channel pair's spectrum with two different real
- *                   kernels (a, d: half their sum and difference), z[-k] the mirrored bin;
- *   mirror_grad     its adjoint: gx = sum_o conj(a) g + conj(d) conj(g[-k]), and the kernel-gradient sums
- *                   u = sum_b z conj(g), v = sum_b z g[-k], in one pass over the gradient;
+ *   mirror_product  y = w1 X1 + w2 (i X2): the product of a channel pair's spectrum z with two different real
+ *                   kernels' spectra, X1 = (z + conj(z[-k])) / 2, i X2 = (z - conj(z[-k])) / 2, z[-k] the mirrored bin;
+ *   mirror_grad     its adjoint gx, and the two members' kernel-gradient
+ *                   sums (u + v) / 2, (u - v) / 2 of u = sum_b z conj(g), v = sum_b z g[-k], in one pass;
+ *   hermitian       in place, the (scaled, optionally conjugated) Hermitian part (s[k] + conj(s[-k])) / 2;
  *   spectral_grad   (real-FFT paths) the kernel-gradient sum sum_b S[b] * Q[b] and the input-gradient product
  *                   Q *= W in one pass (conjugations as flags).
  * Complex values are interleaved (re, im), as torch stores them; grids are (g0, g1, g2), lower dims padded
@@ -21,6 +22,7 @@
 typedef int64_t i64;
 
 #define CHUNK 256 /* points per accumulator (two CHUNK-long rows of T stay in L1) */
+#define BAND 16   /* grid rows per mirror_grad work item */
 
 #define MIRROR(k, g) ((k) ? (g) - (k) : 0)
 
@@ -101,25 +103,40 @@ typedef int64_t i64;
     }                                                                                                           \
   }                                                                                                             \
                                                                                                                 \
-  /* One row of y = a z + d conj(zm), zm the mirrored row (element j of the row pairs with mirror element       \
-     (g2 - j) mod g2): element 0 alone, then 1 .. g2 - 1 against the mirror row read backwards. */              \
-  static inline void lk_mirror_row_##S(const T *restrict z, const T *restrict zm, const T *restrict a,          \
-                                      const T *restrict d, T *restrict y, i64 g2) {                             \
-    {                                                                                                           \
-      const T zr = z[0], zi = z[1], mr = zm[0], mi = -zm[1];                                                    \
-      y[0] = a[0] * zr - a[1] * zi + d[0] * mr - d[1] * mi;                                                     \
-      y[1] = a[0] * zi + a[1] * zr + d[0] * mi + d[1] * mr;                                                     \
+  /* Element j of one row of y = (w1' (z + c) + w2' (z - c)) / 2 (added to y with acc), c = conj(zm[q]),       \
+     w' = w (sign 1) or conj(w) (sign -1); w2 null: no partner (w2 = 0). */                                     \
+  static inline void lk_pair_point_##S(const T *restrict z, const T *restrict zm, const T *restrict w1,         \
+                                       const T *restrict w2, T *restrict y, i64 j, i64 q, const T sign,         \
+                                       const int acc) {                                                         \
+    const T pr = z[2 * j] + zm[2 * q], pi = z[2 * j + 1] - zm[2 * q + 1];                                       \
+    const T qr = z[2 * j] - zm[2 * q], qi = z[2 * j + 1] + zm[2 * q + 1];                                       \
+    const T ar = w1[2 * j], ai = sign * w1[2 * j + 1];                                                          \
+    T re = ar * pr - ai * pi, im = ar * pi + ai * pr;                                                           \
+    if (w2) {                                                                                                   \
+      const T br = w2[2 * j], bi = sign * w2[2 * j + 1];                                                        \
+      re += br * qr - bi * qi;                                                                                  \
+      im += br * qi + bi * qr;                                                                                  \
     }                                                                                                           \
-    for (i64 j = 1; j < g2; j++) {                                                                              \
-      const T zr = z[2 * j], zi = z[2 * j + 1], mr = zm[2 * (g2 - j)], mi = zm[2 * (g2 - j) + 1];               \
-      const T ar = a[2 * j], ai = a[2 * j + 1], dr = d[2 * j], di = d[2 * j + 1];                               \
-      y[2 * j] = ar * zr - ai * zi + dr * mr + di * mi; /* mi unnegated: gcc 12 vectorizes only so */               \
-      y[2 * j + 1] = ar * zi + ai * zr - dr * mi + di * mr;                                                     \
+    y[2 * j] = (acc ? y[2 * j] : (T)0) + (T)0.5 * re;                                                           \
+    y[2 * j + 1] = (acc ? y[2 * j + 1] : (T)0) + (T)0.5 * im;                                                   \
+  }                                                                                                             \
+                                                                                                                \
+  /* One row of that product, zm the mirrored row: element j pairs with mirror element (g2 - j) mod g2, so       \
+     element 0 is done alone and 1 .. g2 - 1 read the mirror row backwards, in a loop per partner case that     \
+     vectorizes. The product (sign 1, y =) and its adjoint (sign -1, y +=, z the output gradient) are this row. */ \
+  static inline void lk_pair_row_##S(const T *restrict z, const T *restrict zm, const T *restrict w1,           \
+                                     const T *restrict w2, T *restrict y, i64 g2, const T sign, const int acc) { \
+    lk_pair_point_##S(z, zm, w1, w2, y, 0, 0, sign, acc);                                                       \
+    if (w2) {                                                                                                   \
+      for (i64 j = 1; j < g2; j++) lk_pair_point_##S(z, zm, w1, w2, y, j, g2 - j, sign, acc);                   \
+    } else {                                                                                                    \
+      for (i64 j = 1; j < g2; j++) lk_pair_point_##S(z, zm, w1, 0, y, j, g2 - j, sign, acc);                    \
     }                                                                                                           \
   }                                                                                                             \
                                                                                                                 \
-  /* z: (batch, n, G) complex; a, d: (n, per, G); y: (batch, n, per, G). y = a z + d conj(z[-k]). */           \
-  void lk_mirror_product_##S(const T *z, const T *a, const T *d, T *y, i64 batch, i64 n, i64 per,              \
+  /* z: (batch, n, G) complex; w1: (n, per, G); w2: (n2, per, G), n2 <= n; y: (batch, n, per, G).               \
+     y = w1 X1 + w2 (i X2), X1 = (z + conj(z[-k])) / 2 and i X2 = (z - conj(z[-k])) / 2 the pair's spectra. */   \
+  void lk_mirror_product_##S(const T *z, const T *w1, const T *w2, T *y, i64 batch, i64 n, i64 n2, i64 per,     \
                              const i64 *grid, int threads) {                                                    \
     const i64 g0 = grid[0], g1 = grid[1], g2 = grid[2], G = g0 * g1 * g2;                                       \
     _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
@@ -127,31 +144,33 @@ typedef int64_t i64;
       for (i64 p = 0; p < n; p++) {                                                                             \
         const T *zp = z + 2 * (b * n + p) * G;                                                                  \
         for (i64 o = 0; o < per; o++) {                                                                         \
-          const T *ap = a + 2 * (p * per + o) * G, *dp = d + 2 * (p * per + o) * G;                             \
+          const T *ap = w1 + 2 * (p * per + o) * G, *bp = p < n2 ? w2 + 2 * (p * per + o) * G : 0;              \
           T *yp = y + 2 * ((b * n + p) * per + o) * G;                                                          \
           for (i64 r = 0; r < g0 * g1; r++) {                                                                   \
             const i64 row = r * g2, mrow = (MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1)) * g2;                 \
-            lk_mirror_row_##S(zp + 2 * row, zp + 2 * mrow, ap + 2 * row, dp + 2 * row, yp + 2 * row, g2);       \
+            lk_pair_row_##S(zp + 2 * row, zp + 2 * mrow, ap + 2 * row, bp ? bp + 2 * row : 0, yp + 2 * row, g2, \
+                            (T)1, 0);                                                                           \
           }                                                                                                     \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \
   }                                                                                                             \
                                                                                                                 \
-  /* One row of the adjoint: gx += conj(a) g + conj(d) conj(gm) (if gx); u += z conj(g), v += z gm (if u). */  \
+  /* One row of the adjoint: gx += (conj(w1) (g + c) + conj(w2) (g - c)) / 2, c = conj(gm) (if gx; w2 null: no  \
+     partner); u += z conj(g), v += z gm (if u). Mirror elements as in lk_pair_row, one loop per output so that  \
+     each vectorizes. */                                                                                        \
   static inline void lk_mirror_grad_row_##S(const T *restrict z, const T *restrict g, const T *restrict gm,      \
-                                           const T *restrict a, const T *restrict d, T *restrict gx,            \
+                                           const T *restrict w1, const T *restrict w2, T *restrict gx,          \
                                            T *restrict u, T *restrict v, i64 g2) {                              \
-    for (i64 j = 0; j < g2; j++) {                                                                              \
-      const i64 m = j ? g2 - j : 0;                                                                             \
-      const T gr = g[2 * j], gi = g[2 * j + 1], mr = gm[2 * m], mi = gm[2 * m + 1];                             \
-      if (gx) {                                                                                                 \
-        const T ar = a[2 * j], ai = a[2 * j + 1], dr = d[2 * j], di = d[2 * j + 1];                             \
-        gx[2 * j] += ar * gr + ai * gi + dr * mr - di * mi;                                                     \
-        gx[2 * j + 1] += ar * gi - ai * gr - dr * mi - di * mr;                                                 \
-      }                                                                                                         \
-      if (u) {                                                                                                  \
-        const T zr = z[2 * j], zi = z[2 * j + 1];                                                               \
+    if (gx) lk_pair_row_##S(g, gm, w1, w2, gx, g2, (T)-1, 1);                                                   \
+    if (u) {                                                                                                    \
+      u[0] += z[0] * g[0] + z[1] * g[1];                                                                        \
+      u[1] += z[1] * g[0] - z[0] * g[1];                                                                        \
+      v[0] += z[0] * gm[0] - z[1] * gm[1];                                                                      \
+      v[1] += z[0] * gm[1] + z[1] * gm[0];                                                                      \
+      for (i64 j = 1; j < g2; j++) {                                                                            \
+        const T zr = z[2 * j], zi = z[2 * j + 1], gr = g[2 * j], gi = g[2 * j + 1];                             \
+        const T mr = gm[2 * (g2 - j)], mi = gm[2 * (g2 - j) + 1];                                               \
         u[2 * j] += zr * gr + zi * gi;                                                                          \
         u[2 * j + 1] += zi * gr - zr * gi;                                                                      \
         v[2 * j] += zr * mr - zi * mi;                                                                          \
@@ -160,31 +179,74 @@ typedef int64_t i64;
     }                                                                                                           \
   }                                                                                                             \
                                                                                                                 \
-  /* z: (batch, n, G) complex or null; g: (batch, n, per, G); a, d: (n, per, G); gx: (batch, n, G) or null;     \
-     u, v: (n, per, G) or null. gx = sum_o conj(a) g + conj(d) conj(g[-k]); u = sum_b z conj(g);               \
-     v = sum_b z g[-k]. Parallel over (pair, grid row): every output row belongs to one iteration. */           \
-  void lk_mirror_grad_##S(const T *z, const T *g, const T *a, const T *d, T *gx, T *u, T *v, i64 batch, i64 n,  \
-                          i64 per, const i64 *grid, int threads) {                                              \
-    const i64 g0 = grid[0], g1 = grid[1], g2 = grid[2], G = g0 * g1 * g2;                                       \
+  /* z: (batch, n, G) complex or null; g: (batch, n, per, G); w1: (n, per, G), w2: (n2, per, G); gx: (batch, n, \
+     G) or null; s1, s2: (n, per, G) or null. gx = sum_o the adjoint of lk_mirror_product; with U = sum_b z       \
+     conj(g) and V = sum_b z g[-k]: s1 = (U + V) / 2, s2 = (U - V) / 2 (the two members' kernel-gradient sums).   \
+     Parallel over (pair, band of BAND grid rows): each iteration owns its output rows, and walks the batch over  \
+     its band (long sequential reads; the band's sums stay in cache). */                                        \
+  void lk_mirror_grad_##S(const T *z, const T *g, const T *w1, const T *w2, T *gx, T *s1, T *s2, i64 batch,      \
+                          i64 n, i64 n2, i64 per, const i64 *grid, int threads) {                               \
+    const i64 g0 = grid[0], g1 = grid[1], g2 = grid[2], G = g0 * g1 * g2, rows = g0 * g1;                       \
+    const i64 bands = (rows + BAND - 1) / BAND;                                                                 \
     _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
     for (i64 p = 0; p < n; p++) {                                                                               \
-      for (i64 r = 0; r < g0 * g1; r++) {                                                                       \
-        const i64 row = r * g2, mrow = (MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1)) * g2;                     \
-        if (u) {                                                                                                \
+      for (i64 band = 0; band < bands; band++) {                                                                \
+        const i64 r0 = band * BAND, r1 = r0 + BAND < rows ? r0 + BAND : rows;                                   \
+        if (s1) {                                                                                               \
           for (i64 o = 0; o < per; o++) {                                                                       \
-            memset(u + 2 * ((p * per + o) * G + row), 0, 2 * g2 * sizeof(T));                                   \
-            memset(v + 2 * ((p * per + o) * G + row), 0, 2 * g2 * sizeof(T));                                   \
+            memset(s1 + 2 * ((p * per + o) * G + r0 * g2), 0, 2 * (r1 - r0) * g2 * sizeof(T));                  \
+            memset(s2 + 2 * ((p * per + o) * G + r0 * g2), 0, 2 * (r1 - r0) * g2 * sizeof(T));                  \
           }                                                                                                     \
         }                                                                                                       \
         for (i64 b = 0; b < batch; b++) {                                                                       \
-          T *gxp = gx ? gx + 2 * ((b * n + p) * G + row) : 0;                                                   \
-          if (gxp) memset(gxp, 0, 2 * g2 * sizeof(T));                                                          \
+          if (gx) memset(gx + 2 * ((b * n + p) * G + r0 * g2), 0, 2 * (r1 - r0) * g2 * sizeof(T));              \
           for (i64 o = 0; o < per; o++) {                                                                       \
             const T *gp = g + 2 * ((b * n + p) * per + o) * G;                                                  \
-            const i64 k = 2 * ((p * per + o) * G + row);                                                        \
-            lk_mirror_grad_row_##S(z ? z + 2 * ((b * n + p) * G + row) : 0, gp + 2 * row, gp + 2 * mrow,        \
-                                   a + k, d + k, gxp, u ? u + k : 0, u ? v + k : 0, g2);                        \
+            for (i64 r = r0; r < r1; r++) {                                                                     \
+              const i64 row = r * g2, mrow = (MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1)) * g2;               \
+              const i64 k = 2 * ((p * per + o) * G + row);                                                      \
+              lk_mirror_grad_row_##S(z ? z + 2 * ((b * n + p) * G + row) : 0, gp + 2 * row, gp + 2 * mrow,      \
+                                     w1 + k, p < n2 ? w2 + k : 0, gx ? gx + 2 * ((b * n + p) * G + row) : 0,    \
+                                     s1 ? s1 + k : 0, s1 ? s2 + k : 0, g2);                                     \
+            }                                                                                                   \
           }                                                                                                     \
+        }                                                                                                       \
+        if (s1) {                                                                                               \
+          for (i64 o = 0; o < per; o++) {                                                                       \
+            T *u = s1 + 2 * ((p * per + o) * G + r0 * g2), *v = s2 + 2 * ((p * per + o) * G + r0 * g2);        \
+            for (i64 j = 0; j < 2 * (r1 - r0) * g2; j++) {                                                      \
+              const T uj = u[j], vj = v[j];                                                                     \
+              u[j] = (T)0.5 * (uj + vj);                                                                        \
+              v[j] = (T)0.5 * (uj - vj);                                                                        \
+            }                                                                                                   \
+          }                                                                                                     \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+                                                                                                                \
+  /* s: (count, g0, g1, g2) complex, in place: s[k] = scale * h[k] (conj(h[k]) with conj_out), h[k] = (s[k] +      \
+     conj(s[-k])) / 2 the Hermitian part. Each work item owns a row and its mirror row (the lower-numbered of the  \
+     two runs it), so every pair (k, -k) is read before either is written. */                                   \
+  void lk_hermitian_##S(T *s, i64 count, const i64 *grid, T scale, int conj_out, int threads) {                 \
+    const i64 g0 = grid[0], g1 = grid[1], g2 = grid[2], rows = g0 * g1;                                         \
+    const T half = (T)0.5 * scale, sign = conj_out ? (T)-1 : (T)1;                                              \
+    _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
+    for (i64 c = 0; c < count; c++) {                                                                           \
+      for (i64 r = 0; r < rows; r++) {                                                                          \
+        const i64 m = MIRROR(r / g1, g0) * g1 + MIRROR(r % g1, g1);                                             \
+        if (m < r) continue;                                                                                    \
+        T *x = s + 2 * (c * rows + r) * g2, *y = s + 2 * (c * rows + m) * g2;                                   \
+        /* element j pairs with mirror element (g2 - j) mod g2 of the mirror row; within a self-mirrored row   \
+           only the first half of the pairs is visited */                                                       \
+        const i64 stop = m == r ? g2 / 2 + 1 : g2;                                                              \
+        for (i64 j = 0; j < stop; j++) {                                                                        \
+          const i64 q = j ? g2 - j : 0;                                                                         \
+          const T re = half * (x[2 * j] + y[2 * q]), im = sign * half * (x[2 * j + 1] - y[2 * q + 1]);          \
+          x[2 * j] = re;                                                                                        \
+          x[2 * j + 1] = im;                                                                                    \
+          y[2 * q] = re;                                                                                        \
+          y[2 * q + 1] = -im;                                                                                   \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \

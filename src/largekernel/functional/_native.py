@@ -4,7 +4,7 @@ The depthwise FFT paths spend about as long on elementwise passes over their cha
 blocks as on the transforms themselves. Fused here (see ``_native.c``): packing two real
 channels into one complex signal and back (with the bias), the product of a channel pair's
 spectrum with its two kernels and its adjoint with the kernel-gradient sums
-(:mod:`largekernel.functional._packed`), and, for the real-FFT paths, the kernel gradient
+(:mod:`largekernel.functional._packed`), the Hermitian part of those sums, and, for the real-FFT paths, the kernel gradient
 together with the input-gradient product.
 
 The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -33,9 +34,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["native_kernels", "available", "pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad",
-           "spectral_grad"]
+           "hermitian", "spectral_grad"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -84,12 +86,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "pack_pairs": [p, p, p, i64, i64, i64, p, p, p, i64, i64, i64, i64, i32],
         "unpack_pairs": [p, p, p, i64, i64, i64, p, p, p, i64, i64, i64, i64, p, p, i32],
-        "mirror_product": [p, p, p, p, i64, i64, i64, p, i32],
-        "mirror_grad": [p, p, p, p, p, p, p, i64, i64, i64, p, i32],
+        "mirror_product": [p, p, p, p, i64, i64, i64, i64, p, i32],
+        "mirror_grad": [p, p, p, p, p, p, p, i64, i64, i64, i64, p, i32],
         "spectral_grad": [p, p, p, p, i64, i64, i64, i32, i32, i32],
     }
-    for suffix in ("f32", "f64"):
-        for name, argtypes in signatures.items():
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        for name, argtypes in {**signatures, "hermitian": [p, i64, p, real, i32, i32]}.items():
             fn = getattr(lib, f"lk_{name}_{suffix}")
             fn.argtypes = argtypes
             fn.restype = None
@@ -136,8 +138,6 @@ def _pointer(t: Tensor | None) -> int | None:
 def _dispatch_modes() -> bool:
     """Whether a ``TorchDispatchMode`` is active (FLOP counters, fake tensors, debug modes): it must see torch
     operations."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 
@@ -146,15 +146,17 @@ def _eager(*tensors: Tensor) -> bool:
     mode, or on a device)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or _dispatch_modes():
         return False
-    return all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
+    return all(type(t) is torch.Tensor and t.is_cpu for t in tensors)
 
 
 def available(*tensors: Tensor) -> bool:
     """Whether the native kernels run for these tensors: enabled, built, eager CPU, one dtype among
     float32/64 and complex64/128 (real and complex parts of the same precision)."""
-    reals = {_COMPLEX.get(t.dtype, t.dtype) for t in tensors}
-    return (ENABLED and len(reals) == 1 and reals <= set(_SUFFIX) and _eager(*tensors)
-            and library() is not None)
+    if not ENABLED:
+        return False
+    real = _COMPLEX.get(tensors[0].dtype, tensors[0].dtype)
+    return (real in _SUFFIX and all(_COMPLEX.get(t.dtype, t.dtype) == real for t in tensors[1:])
+            and _eager(*tensors) and library() is not None)
 
 
 def _kernel(name: str, t: Tensor):
@@ -169,7 +171,14 @@ def _grid3(values, fill: int = 1) -> ctypes.Array:
 
 def _planes(t: Tensor, batch: int, channels: int, size: tuple[int, ...]) -> bool:
     """Whether ``t`` is ``(batch, channels, *size)`` with every ``(b, c)`` plane contiguous."""
-    return tuple(t.shape) == (batch, channels, *size) and (t.numel() == 0 or t[0, 0].is_contiguous())
+    if t.shape != (batch, channels, *size):
+        return False
+    expected = 1
+    for n, stride in zip(reversed(size), reversed(t.stride())):
+        if n != 1 and stride != expected:
+            return False
+        expected *= n
+    return True
 
 
 def pack_pairs(first: Tensor, second: Tensor, z: Tensor, start: tuple[int, ...]) -> bool:
@@ -212,38 +221,51 @@ def unpack_pairs(z: Tensor, first: Tensor, second: Tensor, start: tuple[int, ...
     return True
 
 
-def mirror_product(z: Tensor, a: Tensor, d: Tensor, y: Tensor) -> bool:
-    """``y = a z + d conj(z[-k])`` (:func:`largekernel.functional._packed.mirror_product`) into ``y``, if the
-    native kernel can; returns whether it ran."""
+def mirror_product(z: Tensor, w1: Tensor, w2: Tensor, y: Tensor) -> bool:
+    """``y = w1 X1 + w2 (i X2)`` (:func:`largekernel.functional._packed.mirror_product`) into ``y``, if the native
+    kernel can; returns whether it ran."""
     nd = z.dim() - 2
     batch, n = z.shape[:2]
-    per = a.shape[1]
+    n2, per = w2.shape[:2]
     grid = tuple(z.shape[2:])
-    if not (1 <= nd <= 3 and z.numel() and available(z, a, d, y) and all(t.is_contiguous() for t in (z, a, d, y))
-            and tuple(a.shape) == tuple(d.shape) == (n, per, *grid) and tuple(y.shape) == (batch, n, per, *grid)):
+    if not (1 <= nd <= 3 and z.numel() and available(z, w1, w2, y) and z.is_contiguous() and w1.is_contiguous()
+            and w2.is_contiguous() and y.is_contiguous() and w1.shape == (n, per, *grid)
+            and w2.shape == (n2, per, *grid) and n2 <= n and y.shape == (batch, n, per, *grid)):
         return False
-    _kernel("mirror_product", z)(z.data_ptr(), a.data_ptr(), d.data_ptr(), y.data_ptr(), batch, n, per,
+    _kernel("mirror_product", z)(z.data_ptr(), w1.data_ptr(), w2.data_ptr(), y.data_ptr(), batch, n, n2, per,
                                  _grid3(grid), torch.get_num_threads())
     return True
 
 
-def mirror_grad(z: Tensor | None, g: Tensor, a: Tensor, d: Tensor, gx: Tensor | None, u: Tensor | None,
-                v: Tensor | None) -> bool:
+def mirror_grad(z: Tensor | None, g: Tensor, w1: Tensor, w2: Tensor, gx: Tensor | None, s1: Tensor | None,
+                s2: Tensor | None) -> bool:
     """The adjoint of :func:`mirror_product` (:func:`largekernel.functional._packed.mirror_grad`) into ``gx``
-    and the sums ``u``, ``v``, if the native kernel can; returns whether it ran."""
+    and the two members' kernel-gradient sums ``s1``, ``s2``, if the native kernel can; returns whether it ran."""
     batch, n, per = g.shape[:3]
+    n2 = w2.shape[0]
     grid = tuple(g.shape[3:])
     nd = len(grid)
-    sums = u is not None
-    tensors = [t for t in (z, g, a, d, gx, u, v) if t is not None]
-    if not (1 <= nd <= 3 and g.numel() and (sums == (v is not None) == (z is not None))
+    sums = s1 is not None
+    tensors = [t for t in (z, g, w1, w2, gx, s1, s2) if t is not None]
+    if not (1 <= nd <= 3 and g.numel() and (sums == (s2 is not None) == (z is not None))
             and available(*tensors) and all(t.is_contiguous() for t in tensors)
-            and tuple(a.shape) == tuple(d.shape) == (n, per, *grid)
-            and (gx is None or tuple(gx.shape) == (batch, n, *grid))
-            and (not sums or (tuple(z.shape) == (batch, n, *grid) and tuple(u.shape) == tuple(v.shape) == (n, per, *grid)))):
+            and w1.shape == (n, per, *grid) and w2.shape == (n2, per, *grid) and n2 <= n
+            and (gx is None or gx.shape == (batch, n, *grid))
+            and (not sums or (z.shape == (batch, n, *grid) and s1.shape == s2.shape == (n, per, *grid)))):
         return False
-    _kernel("mirror_grad", g)(_pointer(z), g.data_ptr(), a.data_ptr(), d.data_ptr(), _pointer(gx), _pointer(u),
-                              _pointer(v), batch, n, per, _grid3(grid), torch.get_num_threads())
+    _kernel("mirror_grad", g)(_pointer(z), g.data_ptr(), w1.data_ptr(), w2.data_ptr(), _pointer(gx), _pointer(s1),
+                              _pointer(s2), batch, n, n2, per, _grid3(grid), torch.get_num_threads())
+    return True
+
+
+def hermitian(s: Tensor, nd: int, scale: float = 1.0, conj: bool = False) -> bool:
+    """In place over the last ``nd`` dims of the contiguous complex ``s``: ``scale`` times its Hermitian part
+    ``(s[k] + conj(s[-k])) / 2``, conjugated with ``conj``, if the native kernel can; returns whether it ran."""
+    if not (1 <= nd <= 3 and s.dim() >= nd and s.numel() and s.is_complex() and s.is_contiguous() and available(s)):
+        return False
+    grid = tuple(s.shape[s.dim() - nd:])
+    _kernel("hermitian", s)(s.data_ptr(), s.numel() // math.prod(grid), _grid3(grid), scale, int(conj),
+                            torch.get_num_threads())
     return True
 
 

@@ -10,16 +10,17 @@ never cross samples, so a sample's output never depends on another sample's valu
 The two channels have different kernels. With ``Z = fftn(z)`` and Hermitian kernel
 spectra ``W1``, ``W2`` (real kernels), the spectra of the two channels are
 ``X1 = (Z + conj Zm) / 2`` and ``X2 = (Z - conj Zm) / 2i`` (``Zm = Z[-k]``, the mirrored
-bin), so the packed output spectrum ``W1 X1 + i W2 X2`` is
+bin), so the packed output spectrum is
 
-    Y = A Z + D conj(Zm),   A = (W1 + W2) / 2,   D = (W1 - W2) / 2,
+    Y = W1 X1 + W2 (i X2),
 
-whose inverse transform is ``y1 + i y2`` (:func:`mirror_product`). The adjoint, with the
-packed output gradient's transform ``G``, is ``conj(A) G + conj(D) conj(Gm)``, and the
-kernels' gradient spectra ``X_c conj(G_c)`` are the Hermitian parts of ``(U + V) / 2`` and
-``(U - V) / 2`` with ``U = sum_b Z conj(G)``, ``V = sum_b Z Gm`` (:func:`mirror_grad`).
-With ``per`` outputs per channel (a channel multiplier) every output has its own ``A``,
-``D`` and gradient sums.
+whose inverse transform is ``y1 + i y2`` (:func:`mirror_product`; one pass reads ``Z``, its
+mirror and both kernel spectra, nothing is precomputed per pair). The adjoint, with the
+packed output gradient's transform ``G``, is ``conj(W1) G1 + conj(W2) (i G2)`` (``G``'s two
+members' parts, split the same way), and the kernels' gradient spectra ``X_c conj(G_c)``
+are the Hermitian parts of ``(U + V) / 2`` and ``(U - V) / 2`` with ``U = sum_b Z conj(G)``,
+``V = sum_b Z Gm``, computed in the same pass (:func:`mirror_grad`). With ``per`` outputs
+per channel (a channel multiplier) every output has its own kernel spectra and gradient sums.
 
 Each step runs as one native pass where the C kernels are available
 (:mod:`largekernel.functional._native`), else as torch operations.
@@ -37,7 +38,7 @@ from largekernel.functional._native import unpack_pairs as native_unpack_pairs
 from largekernel.functional._native import available as native_available
 from largekernel.functional._grid import mirror, spatial_dims, write
 
-__all__ = ["pack_pairs", "unpack_pairs", "pair_kernels", "mirror_product", "mirror_grad"]
+__all__ = ["pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad"]
 
 
 def pack_pairs(first: Tensor, second: Tensor, grid: tuple[int, ...], start: tuple[int, ...] | None = None) -> Tensor:
@@ -77,44 +78,50 @@ def unpack_pairs(z: Tensor, first: Tensor, second: Tensor, start: tuple[int, ...
     write(second, parts[:, :n2, ..., 1], bias_second)
 
 
-def pair_kernels(spectra: Tensor, pairs: int) -> tuple[Tensor, Tensor]:
-    """``A = (W1 + W2) / 2`` and ``D = (W1 - W2) / 2`` per channel pair from the per-channel kernel spectra
-    ``(C, per, *grid)``: ``(pairs, per, *grid)`` each; a channel without partner gets ``A = W1``, ``D = 0``."""
-    first, second = spectra[:pairs], spectra[pairs:]
-    n2 = second.shape[0]
-    a = first.clone()
-    d = torch.zeros_like(first)
-    a[:n2] = 0.5 * (first[:n2] + second)
-    d[:n2] = 0.5 * (first[:n2] - second)
-    return a, d
-
-
-def mirror_product(z: Tensor, a: Tensor, d: Tensor) -> Tensor:
-    """``Y = A Z + D conj(Z[-k])``: ``z`` ``(B, n, *grid)``, ``a``, ``d`` ``(n, per, *grid)`` -> ``(B, n, per, *grid)``."""
-    if native_available(z):
-        y = torch.empty(z.shape[0], *a.shape, dtype=z.dtype, device=z.device)
-        if native_mirror_product(z, a, d, y):
-            return y
+def _member_spectra(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``X1 = (Z + conj Zm) / 2`` and ``i X2 = (Z - conj Zm) / 2`` of packed spectra ``(B, n, *grid)``."""
     zm = mirror(z, spatial_dims(z.dim() - 2)).conj()
-    return a * z.unsqueeze(2) + d * zm.unsqueeze(2)
+    return 0.5 * (z + zm), 0.5 * (z - zm)
 
 
-def mirror_grad(z: Tensor | None, g: Tensor, a: Tensor, d: Tensor, need_input: bool,
-                need_sums: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _partners(w1: Tensor, w2: Tensor) -> Tensor:
+    """``w2`` ``(n2, per, *grid)`` zero-filled to ``w1``'s ``n`` pairs (an odd channel count's last channel has no
+    partner)."""
+    missing = w1.shape[0] - w2.shape[0]
+    return torch.cat([w2, w2.new_zeros(missing, *w2.shape[1:])]) if missing else w2
+
+
+def mirror_product(z: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+    """``Y = W1 X1 + W2 (i X2)``: ``z`` ``(B, n, *grid)``, the first members' kernel spectra ``w1`` ``(n, per,
+    *grid)``, the second members' ``w2`` ``(n2, per, *grid)`` (``n2 <= n``) -> ``(B, n, per, *grid)``."""
+    if native_available(z):
+        y = torch.empty(z.shape[0], *w1.shape, dtype=z.dtype, device=z.device)
+        if native_mirror_product(z, w1, w2, y):
+            return y
+    x1, ix2 = _member_spectra(z)
+    return w1 * x1.unsqueeze(2) + _partners(w1, w2) * ix2.unsqueeze(2)
+
+
+def mirror_grad(z: Tensor | None, g: Tensor, w1: Tensor, w2: Tensor, need_input: bool, s1: Tensor | None = None,
+                s2: Tensor | None = None) -> Tensor | None:
     """The adjoint of :func:`mirror_product` for the packed output gradient's transform ``g`` ``(B, n, per, *grid)``:
-    ``gx = sum_o conj(A) G + conj(D) conj(Gm)`` ``(B, n, *grid)`` (if ``need_input``) and the kernel-gradient sums
-    ``U = sum_b Z conj(G)``, ``V = sum_b Z Gm`` ``(n, per, *grid)`` (if ``need_sums``; ``z`` the saved spectrum)."""
+    returns ``gx = sum_o conj(W1) G1 + conj(W2) (i G2)`` ``(B, n, *grid)`` (if ``need_input``; ``G1``, ``i G2`` the
+    members' parts of ``g``); given ``s1``, ``s2`` ``(n, per, *grid)`` (contiguous), fills them with the two
+    members' kernel-gradient sums ``(U + V) / 2`` and ``(U - V) / 2``, ``U = sum_b Z conj(G)``, ``V = sum_b Z Gm``
+    (``z`` the saved spectrum)."""
     batch, n, per = g.shape[:3]
     grid = g.shape[3:]
     gx = torch.empty(batch, n, *grid, dtype=g.dtype, device=g.device) if need_input else None
-    u = torch.empty(n, per, *grid, dtype=g.dtype, device=g.device) if need_sums else None
-    v = torch.empty_like(u) if need_sums else None
-    if native_mirror_grad(z if need_sums else None, g, a, d, gx, u, v):
-        return gx, u, v
-    gm = mirror(g, spatial_dims(len(grid)))
+    if native_mirror_grad(z if s1 is not None else None, g, w1, w2, gx, s1, s2):
+        return gx
     if need_input:
-        torch.sum(a.conj() * g + d.conj() * gm.conj(), dim=2, out=gx)
-    if need_sums:
-        torch.sum(z.unsqueeze(2) * g.conj(), dim=0, out=u)
-        torch.sum(z.unsqueeze(2) * gm, dim=0, out=v)
-    return gx, u, v
+        g1, ig2 = _member_spectra(g.flatten(1, 2))
+        shape = (batch, n, per, *grid)
+        torch.sum(w1.conj() * g1.view(shape) + _partners(w1, w2).conj() * ig2.view(shape), dim=2, out=gx)
+    if s1 is not None:
+        gm = mirror(g, spatial_dims(len(grid)))
+        u = torch.sum(z.unsqueeze(2) * g.conj(), dim=0)
+        v = torch.sum(z.unsqueeze(2) * gm, dim=0)
+        torch.mul(u + v, 0.5, out=s1)
+        torch.mul(u - v, 0.5, out=s2)
+    return gx

@@ -32,7 +32,7 @@ from torch import Tensor
 from largekernel.functional._native import spectral_grad as native_spectral_grad
 from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
                                           place_kernel, rfft_placed, spatial_dims, write)
-from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, pair_kernels, unpack_pairs
+from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "reference_product", "pointwise"]
@@ -387,7 +387,7 @@ class _PackedProduct(torch.autograd.Function):
         cout = m.shape[0]
         per = cout // channels
         pairs = (channels + 1) // 2
-        a, d = pair_kernels(m.view(channels, per, *geometry.grid), pairs)  # (pairs, per, *grid) each
+        spectra = m.reshape(channels, per, *geometry.grid).contiguous()  # first members 0 .. pairs - 1, then partners
         out = x.new_empty(batch, cout, *geometry.out)
         out_pairs = out.view(batch, channels, per, *geometry.out)
         bias_pairs = None if bias is None else bias.view(channels, per)
@@ -396,18 +396,18 @@ class _PackedProduct(torch.autograd.Function):
         for block in _blocks(pairs, geometry.channel_block):
             second = slice(pairs + block.start, min(pairs + block.stop, channels))
             z = torch.fft.fftn(pack_pairs(x[:, block], x[:, second], geometry.grid), dim=dims)  # (B, n, *grid)
-            y = torch.fft.ifftn(mirror_product(z, a[block], d[block]), dim=dims)  # (B, n, per, *grid)
+            y = torch.fft.ifftn(mirror_product(z, spectra[block], spectra[second]), dim=dims)  # (B, n, per, *grid)
             unpack_pairs(y.flatten(1, 2), out_pairs[:, block].flatten(1, 2), out_pairs[:, second].flatten(1, 2),
                          geometry.out_start, None if bias is None else bias_pairs[block].flatten(),
                          None if bias is None else bias_pairs[second].flatten())
             specs.append(z if need_kernel else None)
-        ctx.save_for_backward(x, kernel, bias, a, d, *specs)
+        ctx.save_for_backward(x, kernel, bias, spectra, *specs)
         ctx.geometry, ctx.format = geometry, _memory_format(x)
         return out.contiguous(memory_format=ctx.format)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, kernel, bias, a, d, *specs = ctx.saved_tensors
+        x, kernel, bias, spectra, *specs = ctx.saved_tensors
         if torch.is_grad_enabled():
             needs = (*ctx.needs_input_grad[:2], False, ctx.needs_input_grad[2])
             grad_x, grad_kernel, _, grad_bias = _graph_gradients(grad, (x, kernel, None, bias), needs, ctx.geometry)
@@ -417,29 +417,30 @@ class _PackedProduct(torch.autograd.Function):
         nd = len(geometry.grid)
         dims = spatial_dims(nd)
         batch, channels = x.shape[:2]
-        pairs, per = a.shape[:2]
+        per = spectra.shape[1]
+        pairs = (channels + 1) // 2
         grad = grad.contiguous()
         grad_pairs = grad.view(batch, channels, per, *geometry.out)
         grad_x = torch.empty(batch, channels, *x.shape[2:], dtype=grad.dtype, device=grad.device) if need_x else None
         grad_bias = _bias_grad(grad) if need_bias else None
-        sums = torch.empty(channels, per, *geometry.grid, dtype=a.dtype, device=grad.device) if need_kernel else None
+        # X_c conj(G_c) (up to anti-Hermitian parts) of the first members, then of the second (pairs + p; the
+        # partner of an odd channel count's last channel is dropped)
+        sums = torch.empty(2 * pairs, per, *geometry.grid, dtype=spectra.dtype, device=grad.device) if need_kernel else None
         if need_x or need_kernel:
             for block, z in zip(_blocks(pairs, geometry.channel_block), specs):
                 second = slice(pairs + block.start, min(pairs + block.stop, channels))
                 g = pack_pairs(grad_pairs[:, block].flatten(1, 2), grad_pairs[:, second].flatten(1, 2), geometry.grid,
                                geometry.out_start)
                 g = torch.fft.fftn(g, dim=dims).view(batch, -1, per, *geometry.grid)  # (B, n, per, *grid)
-                gx, u, v = mirror_grad(z, g, a[block], d[block], need_x, need_kernel)
+                gx = mirror_grad(z, g, spectra[block], spectra[second], need_x, *(
+                    (sums[block], sums[pairs + block.start: pairs + block.stop]) if need_kernel else ()))
                 if need_x:
                     unpack_pairs(torch.fft.ifftn(gx, dim=dims), grad_x[:, block], grad_x[:, second], (0,) * nd)
-                if need_kernel:  # X_c conj(G_c) of the first members, then the second (up to anti-Hermitian parts)
-                    sums[block] = u + v
-                    sums[second] = (u - v)[: second.stop - second.start]
         grad_kernel = None
         if need_kernel:
-            sums = sums.view(channels * per, *geometry.grid).mul_(0.5)
+            sums = sums[:channels].view(channels * per, *geometry.grid)
             if geometry.kernel is None:  # filter: (1/N) conj(X) G
-                grad_kernel = hermitian_part(sums, nd).conj_physical_().div_(math.prod(geometry.grid))
+                grad_kernel = hermitian_part(sums, nd, 1 / math.prod(geometry.grid), conj=True)
             else:
                 buffer = torch.fft.ifftn(sums, dim=dims).real
                 grad_kernel = gather_kernel(buffer, geometry).view_as(kernel)
