@@ -132,6 +132,8 @@ def _families() -> dict:
     return {
         "Conv2d": lambda: lnn.Conv2d(4, 4, 9, padding=4, groups=4),
         "DclsConv2d": lambda: lnn.DclsConv2d(4, 4, kernel_count=6, dilated_kernel_size=9, padding=4, groups=4),
+        "DclsConv2d-gaussian": lambda: lnn.DclsConv2d(4, 4, kernel_count=6, dilated_kernel_size=9, padding=4, groups=4,
+                                                      interpolation="gaussian"),
         "CKConv2d": lambda: lnn.CKConv2d(4, 4, kernel_size=9),
         "FlexConv2d": lambda: lnn.FlexConv2d(4, 4, kernel_size=9),
         "NIFFConv2d": lambda: lnn.NIFFConv2d(4),
