@@ -317,19 +317,34 @@ def test_dilated_kernel_longer_than_the_circular_period():
     assert gradcheck(lambda x, w: fft_conv(x, w, **kw), (x, w))
 
 
-@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", [
+_SEGMENTED = [
     (2, 64, 64, 4096, 512, 1, 1, 1, ((511, 0),)),    # a causal FlexConv layer with its mask over 1/8
     (4, 32, 48, 3000, 100, 1, 1, 1, ((50, 49),)),    # "same"
     (4, 32, 32, 3001, 60, 2, 2, 2, ((7, 3),)),       # strided, dilated, grouped
-])
+]
+
+
+@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", _SEGMENTED)
+def test_planner_segments_dense_kernels_much_shorter_than_the_signal(batch, cin, cout, length, kernel, stride,
+                                                                      dilation, groups, padding):
+    """The CPU cost model takes overlap-save segments for these dense 1-D layers (CUDA's rule decides by its own
+    costs: docs/cuda.md)."""
+    x = torch.empty(batch, cin, length, requires_grad=True)
+    w = torch.empty(cout, cin // groups, kernel, requires_grad=True)
+    plan = plan_conv(x, w, None, stride, padding, dilation, groups, backend="fft")
+    assert plan.path == "overlap-save" and plan.segments[0][1] > 1
+
+
+@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", _SEGMENTED)
 def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, dilation, groups, padding, device):
-    """Dense 1-D layers with kernels much shorter than the signal: the planner takes overlap-save segments."""
+    """Dense 1-D layers with kernels much shorter than the signal, by overlap-save segments."""
     x = torch.randn(batch, cin, length, device=device, requires_grad=True)
     w = torch.randn(cout, cin // groups, kernel, device=device, requires_grad=True)
     b = torch.randn(cout, device=device, requires_grad=True)
-    plan = plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft")
+    with planner_options(segments=True):
+        plan = plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft")
+        ours = fft_conv(x, w, b, stride, padding, dilation, groups)
     assert plan.path == "overlap-save" and plan.segments[0][1] > 1
-    ours = fft_conv(x, w, b, stride, padding, dilation, groups)
     expected = F.conv1d(F.pad(x, padding[0]), w, b, stride, 0, dilation, groups)
     # float32 sums of thousands of products: tolerances relative to the largest value
     torch.testing.assert_close(ours, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
