@@ -96,6 +96,14 @@ def test_timm_interface(name, device):
     _check_interface(*_model(name, device))
 
 
+@pytest.mark.parametrize("name", ["dwnet1d_tiny", "vit_tiny", "flexnet_tiny"])  # each reset_classifier
+def test_reset_classifier_keeps_the_models_device_and_dtype(name, device):
+    model, x = _model(name)
+    model.to(device, torch.float64).reset_classifier(3)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {(device, torch.float64)}
+    assert model(x.to(device, torch.float64)).shape == (x.shape[0], 3)
+
+
 @pytest.mark.parametrize("name", _REST)
 def test_other_sizes_run_forward(name):
     model, x = _model(name)
