@@ -137,11 +137,15 @@ export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 TEST_FILES=(tests/test_engine.py tests/test_fft_conv.py tests/test_guarantees.py tests/test_niff.py tests/test_dcls.py
             tests/test_flexconv.py tests/test_sequence.py tests/test_models.py tests/test_learning.py
             tests/test_bench_suites.py)
+# About 700 CUDA instances; with pytest-xdist (in the GPU image) four processes share the GPU.
+PARALLEL=()
+if "$PY" -c "import xdist" 2>/dev/null; then PARALLEL=(-n 4); fi
 if [ "$DRY" = 1 ]; then
-    run_step tests 150 "$PY" -m pytest -q -p no:cacheprovider -k cpu --junitxml="$OUT/tests.xml" \
-        tests/test_engine.py tests/test_bench_suites.py
+    run_step tests 150 "$PY" -m pytest -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} --durations=10 -k cpu \
+        --junitxml="$OUT/tests.xml" tests/test_engine.py tests/test_bench_suites.py
 else
-    run_step tests 170 "$PY" -m pytest -q -p no:cacheprovider -k cuda --junitxml="$OUT/tests.xml" "${TEST_FILES[@]}"
+    run_step tests 170 "$PY" -m pytest -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} --durations=20 -k cuda \
+        --junitxml="$OUT/tests.xml" "${TEST_FILES[@]}"
 fi
 
 # ----------------------------------------------------------------------------- 5. bench
