@@ -4,6 +4,26 @@ import pytest
 import torch
 from hypothesis import settings
 
+# Every test that exercises a layer, the engine or a model runs on each of these devices with the same assertions:
+# the CPU always, CUDA where torch sees a GPU. Take the module-scoped ``device`` fixture (not function-scoped, so that
+# hypothesis tests can use it too) or parametrize with ``DEVICES``; ``pytest -k cuda`` selects the CUDA instances.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Autocast (device, dtype) pairs: bf16 on the CPU; bf16 and fp16 on CUDA.
+AUTOCAST = [("cpu", torch.bfloat16)] + ([("cuda", torch.bfloat16), ("cuda", torch.float16)]
+                                        if torch.cuda.is_available() else [])
+
+if torch.cuda.is_available():
+    # The references are float32 convolutions and matrix products: TF32 (10-bit mantissa) would make torch's own
+    # results the inexact side of every comparison. Deterministic kernels: the batch-independence tests compare
+    # two runs bit for bit, which cuDNN's and scatter-add's atomics would not repeat (cuBLAS needs this workspace
+    # setting before its first use for that).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
 # Property tests run many small convolutions; wall-clock deadlines only add flakiness.
 settings.register_profile("largekernel", deadline=None, max_examples=40, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "largekernel"))
@@ -12,6 +32,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "largekernel"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request) -> str:
+    """The device a test's tensors and modules live on (``DEVICES``)."""
+    return request.param
+
+
+@pytest.fixture(params=AUTOCAST, ids=[f"{d}-{str(t).removeprefix('torch.')}" for d, t in AUTOCAST])
+def autocast_case(request) -> tuple[str, torch.dtype]:
+    """``(device, dtype)`` of a mixed-precision test (``AUTOCAST``)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")

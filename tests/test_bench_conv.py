@@ -11,7 +11,7 @@ def test_bench_conv_tiny(tmp_path, capsys):
             "--min-run-time", "0.001", "--rounds", "2", "--out", str(tmp_path)]
     assert conv.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| kernel | mode | direct_ms | fft_ms | auto_ms" in out
+    assert "| channels | kernel | mode | direct_ms | fft_ms | auto_ms" in out
     payload = json.loads((tmp_path / "conv.json").read_text())
     assert payload["config"]["kernels"] == [3, 5] and payload["machine"]["torch"]
     rows = payload["rows"]

@@ -52,13 +52,13 @@ _CASES = [
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "gaussian", "triangle"])
 @pytest.mark.parametrize("box, channels, groups, bias, spatial", _CASES)
-def test_reference_checkpoint_loads_and_matches(box, channels, groups, bias, spatial, interpolation):
+def test_reference_checkpoint_loads_and_matches(box, channels, groups, bias, spatial, interpolation, device):
     padding = tuple(s // 2 for s in box)
-    ref = _reference(box, interpolation, channels, groups, bias, padding)
+    ref = _reference(box, interpolation, channels, groups, bias, padding).to(device)
     ours = _OURS[len(box)](channels, channels, 5, box, padding=padding, groups=groups, bias=bias,
-                           interpolation=interpolation)
+                           interpolation=interpolation, device=device)
     ours.load_state_dict(_roundtrip(ref.state_dict()))
-    x = torch.randn(2, channels, *spatial)
+    x = torch.randn(2, channels, *spatial, device=device)
     expected = ref(x)
     for backend in ("direct", "fft"):
         ours.backend = backend
@@ -67,25 +67,25 @@ def test_reference_checkpoint_loads_and_matches(box, channels, groups, bias, spa
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-def test_reference_n_md_checkpoint_loads_and_matches():
+def test_reference_n_md_checkpoint_loads_and_matches(device):
     ref = ref_modules.Dcls3_1d(4, 4, 3, padding=(1, 1, 4), dense_kernel_size=(3, 3), dilated_kernel_size=9,
-                               version="gauss")
-    ours = Dcls3_1d(4, 4, 3, (3, 3), 9, padding=(1, 1, 4), interpolation="gaussian")
+                               version="gauss").to(device)
+    ours = Dcls3_1d(4, 4, 3, (3, 3), 9, padding=(1, 1, 4), interpolation="gaussian", device=device)
     ours.load_state_dict(_roundtrip(ref.state_dict()))
-    x = torch.randn(2, 4, 6, 5, 20)
+    x = torch.randn(2, 4, 6, 5, 20, device=device)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "gaussian"])
-def test_n_md_dense_slices_match_reference_lower_dim(interpolation):
+def test_n_md_dense_slices_match_reference_lower_dim(interpolation, device):
     # Dcls2_1d: each dense row is a 1-D DCLS kernel; Dcls3_2d: each dense slice a 2-D one.
     for cls, ref_cls, dense, box in ((Dcls2_1d, ref_modules.Dcls1d, (3,), (9,)),
                                      (Dcls3_2d, ref_modules.Dcls2d, (2,), (7, 7))):
-        ours = cls(2, 4, 3, dense, box, interpolation=interpolation)
+        ours = cls(2, 4, 3, dense, box, interpolation=interpolation, device=device)
         kernel = ours.construct_kernel()
         assert kernel.shape == (4, 2, *dense, *box)
         kw = {"use_implicit_gemm": False} if len(box) == 2 else {}
-        ref = ref_cls(2, 4, 3, dilated_kernel_size=box, version=_VERSION[interpolation], **kw)
+        ref = ref_cls(2, 4, 3, dilated_kernel_size=box, version=_VERSION[interpolation], **kw).to(device)
         for r in range(dense[0]):
             with torch.no_grad():
                 ref.weight.copy_(ours.weight[:, :, r])
@@ -97,10 +97,10 @@ def test_n_md_dense_slices_match_reference_lower_dim(interpolation):
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
 @pytest.mark.parametrize("backend", ["direct", "fft"])
-def test_forward_is_torch_conv_with_constructed_kernel(padding_mode, backend):
+def test_forward_is_torch_conv_with_constructed_kernel(padding_mode, backend, device):
     layer = DclsConv2d(6, 4, 7, (9, 5), stride=(2, 1), padding=(4, 2), dilation=(1, 2), groups=2,
-                       padding_mode=padding_mode, interpolation="gaussian", backend=backend)
-    x = torch.randn(2, 6, 20, 17)
+                       padding_mode=padding_mode, interpolation="gaussian", backend=backend, device=device)
+    x = torch.randn(2, 6, 20, 17, device=device)
     kernel = layer.construct_kernel()
     assert kernel.shape == (4, 3, 9, 5)
     if padding_mode == "zeros":
@@ -131,9 +131,9 @@ def test_bake_is_the_official_layer_as_one_conv(box, channels, groups, bias, spa
     torch.testing.assert_close(baked(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
-def test_gradients_reach_positions_and_sigmas():
-    layer = DclsConv2d(3, 3, 6, 7, padding=3, interpolation="gaussian")
-    layer(torch.randn(2, 3, 12, 12)).square().sum().backward()
+def test_gradients_reach_positions_and_sigmas(device):
+    layer = DclsConv2d(3, 3, 6, 7, padding=3, interpolation="gaussian", device=device)
+    layer(torch.randn(2, 3, 12, 12, device=device)).square().sum().backward()
     for p in (layer.weight, layer.P, layer.SIG, layer.bias):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
@@ -225,13 +225,13 @@ def test_documentation_examples_run():
 
 
 @pytest.mark.parametrize("backend", ["direct", "fft"])
-def test_unbatched_input_as_torch(backend):
-    layer = DclsConv1d(3, 4, 3, 7, padding=3, backend=backend)
-    x = torch.randn(3, 20)
+def test_unbatched_input_as_torch(backend, device):
+    layer = DclsConv1d(3, 4, 3, 7, padding=3, backend=backend, device=device)
+    x = torch.randn(3, 20, device=device)
     torch.testing.assert_close(layer(x), F.conv1d(x, layer.construct_kernel(), layer.bias, padding=3),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="input must have shape"):
-        layer(torch.randn(20))
+        layer(torch.randn(20, device=device))
 
 
 def test_triangle_width_learns_from_init():

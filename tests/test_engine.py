@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 
 from largekernel.functional import (ConvArgumentError, auto_cache, calibration, choose_backend, clear_auto_cache,
-                                    convolve, plan_conv)
+                                    convolve, plan_conv, planner_options)
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -39,7 +39,8 @@ def _reference(x, w, b, nd, kw):
     mode = kw.pop("padding_mode", "zeros")
     if mode != "zeros":  # how torch.nn.ConvNd applies a padding mode
         conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[nd](
-            x.shape[1], w.shape[0], w.shape[2:], bias=b is not None, padding_mode=mode, dtype=x.dtype, **kw)
+            x.shape[1], w.shape[0], w.shape[2:], bias=b is not None, padding_mode=mode, dtype=x.dtype, device=x.device,
+            **kw)
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(b)
@@ -49,9 +50,9 @@ def _reference(x, w, b, nd, kw):
 
 @pytest.mark.parametrize("backend", ["auto", "direct", "fft"])
 @pytest.mark.parametrize("nd, kw, xs, ws", CASES)
-def test_backends_agree_with_torch(backend, nd, kw, xs, ws):
-    x, w = torch.randn(xs, dtype=torch.float64), torch.randn(ws, dtype=torch.float64)
-    b = torch.randn(ws[0], dtype=torch.float64)
+def test_backends_agree_with_torch(backend, nd, kw, xs, ws, device):
+    x, w = torch.randn(xs, dtype=torch.float64, device=device), torch.randn(ws, dtype=torch.float64, device=device)
+    b = torch.randn(ws[0], dtype=torch.float64, device=device)
     torch.testing.assert_close(convolve(x, w, b, backend=backend, **kw), _reference(x, w, b, nd, kw))
 
 
@@ -75,12 +76,12 @@ def per_side_calls(draw):
 
 
 @given(per_side_calls(), st.sampled_from(["direct", "fft"]))
-def test_per_side_padding_is_f_pad_then_conv(call, backend):
+def test_per_side_padding_is_f_pad_then_conv(device, call, backend):
     """``padding=((before, after), ...)`` on both paths equals ``F.pad`` (in the padding mode) then an unpadded
     conv, values and gradients."""
     nd, size, kernel, pads, mode, stride, groups = call
-    x = torch.randn(2, 2, *size, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 2 // groups, *kernel, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 2, *size, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 2 // groups, *kernel, dtype=torch.float64, device=device, requires_grad=True)
     flat = [p for pair in reversed(pads) for p in pair]
     padded = F.pad(x, flat, mode="constant" if mode == "zeros" else mode)
     if any(n < k for n, k in zip(padded.shape[2:], kernel)):
@@ -95,8 +96,9 @@ def test_per_side_padding_is_f_pad_then_conv(call, backend):
         torch.testing.assert_close(a, e)
 
 
-def test_causal_padding():
-    x, w = torch.randn(2, 3, 50, dtype=torch.float64), torch.randn(3, 1, 9, dtype=torch.float64)
+def test_causal_padding(device):
+    x = torch.randn(2, 3, 50, dtype=torch.float64, device=device)
+    w = torch.randn(3, 1, 9, dtype=torch.float64, device=device)
     y = convolve(x, w, padding=((8, 0),), groups=3, backend="fft")
     torch.testing.assert_close(y, F.conv1d(F.pad(x, (8, 0)), w, groups=3))
     x2 = x.clone()
@@ -124,10 +126,26 @@ def test_auto_follows_the_planner_and_caches_nothing_by_default():
     assert auto_cache() == {}
 
 
-def test_model_prefers_fft_for_large_depthwise_and_direct_for_small():
-    x = torch.randn(8, 96, 56, 56, requires_grad=True)
-    assert plan_conv(x, torch.randn(96, 1, 31, 31), padding="same", groups=96).path == "fft"
-    assert plan_conv(x, torch.randn(96, 1, 3, 3), padding="same", groups=96).path == "direct"
+def test_model_prefers_fft_for_large_depthwise_and_direct_for_small(device):
+    """On every device (its own rule on CUDA: docs/cuda.md)."""
+    x = torch.empty(8, 96, 56, 56, device=device, requires_grad=True)
+    assert plan_conv(x, torch.empty(96, 1, 31, 31, device=device), padding="same", groups=96).path == "fft"
+    assert plan_conv(x, torch.empty(96, 1, 3, 3, device=device), padding="same", groups=96).path == "direct"
+
+
+def test_packing_and_channel_blocks_stay_on_the_cpu(device):
+    """Channel pairs packed as complex signals and cache-sized channel blocks are CPU optimisations (docs/cuda.md):
+    elsewhere every channel is transformed as a real signal, all channels in one block. Forced packing and blocks
+    run on every device and give torch's result."""
+    x, w = torch.randn(2, 96, 56, 56, device=device), torch.randn(96, 1, 31, 31, device=device) / 31
+    geometry = plan_conv(x, w, padding=15, groups=96, backend="fft").geometry
+    assert geometry.packed == (device == "cpu")
+    assert (geometry.channel_block < 96 // 2) == (device == "cpu")
+    expected = F.conv2d(x[:, :6], w[:6], padding=15, groups=6)
+    for packed in (True, False):
+        with planner_options(packed=packed, channel_block=1):
+            got = convolve(x[:, :6], w[:6], padding=15, groups=6, backend="fft")
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -176,8 +194,8 @@ def test_same_outputs_in_two_processes():
 # ----------------------------------------------------------------------------- opt-in timing
 
 
-def test_calibration_times_close_calls_once_per_shape_and_caches():
-    x, w = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 7, 7)
+def test_calibration_times_close_calls_once_per_shape_and_caches(device):
+    x, w = torch.randn(2, 4, 16, 16, device=device), torch.randn(4, 1, 7, 7, device=device)
     with calibration():
         convolve(x, w, padding="same", groups=4)
         convolve(x, w, padding="same", groups=4)
@@ -189,9 +207,9 @@ def test_calibration_times_close_calls_once_per_shape_and_caches():
         w.requires_grad_()
         convolve(x, w, padding="same", groups=4).sum().backward()
         assert len(auto_cache()) == 2 and w.grad is not None
-        convolve(torch.randn(1, 4, 16, 16), w.detach(), padding="same", groups=4)
+        convolve(torch.randn(1, 4, 16, 16, device=device), w.detach(), padding="same", groups=4)
         assert len(auto_cache()) == 3
-    convolve(torch.randn(3, 4, 16, 16), w.detach(), padding="same", groups=4)  # off again: nothing new
+    convolve(torch.randn(3, 4, 16, 16, device=device), w.detach(), padding="same", groups=4)  # off again: nothing new
     assert len(auto_cache()) == 3
     clear_auto_cache()
     assert auto_cache() == {}

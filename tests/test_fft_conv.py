@@ -71,10 +71,10 @@ def conv_configs(draw):
                 padding=padding, dilation=dilation, padding_mode=mode, bias=bias)
 
 
-def _tensors(cfg, dtype=torch.float64, batch=2):
-    x = torch.randn(batch, cfg["cin"], *cfg["sizes"], dtype=dtype)
-    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], *cfg["kernel"], dtype=dtype)
-    b = torch.randn(cfg["cout"], dtype=dtype) if cfg["bias"] else None
+def _tensors(cfg, dtype=torch.float64, batch=2, device="cpu"):
+    x = torch.randn(batch, cfg["cin"], *cfg["sizes"], dtype=dtype, device=device)
+    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], *cfg["kernel"], dtype=dtype, device=device)
+    b = torch.randn(cfg["cout"], dtype=dtype, device=device) if cfg["bias"] else None
     return x, w, b
 
 
@@ -91,8 +91,8 @@ def blocks(request):
 
 
 @given(conv_configs())
-def test_matches_torch_conv_property(cfg):
-    x, w, b = _tensors(cfg)
+def test_matches_torch_conv_property(device, cfg):
+    x, w, b = _tensors(cfg, device=device)
     kw = _kwargs(cfg)
     try:
         expected = reference(x, w, b, **kw)
@@ -112,33 +112,33 @@ def test_matches_torch_conv_property(cfg):
     {"padding": "same", "padding_mode": "reflect", "dilation": 2},
     {"stride": 2, "padding": 2, "padding_mode": "replicate"},
 ])
-def test_matches_torch_conv_examples(nd, kw, blocks):
+def test_matches_torch_conv_examples(nd, kw, blocks, device):
     groups = kw.get("groups", 1)
-    x = torch.randn(2, 4, *([9] * nd), dtype=torch.float64)
-    w = torch.randn(6, 4 // groups, *([3] * nd), dtype=torch.float64)
-    b = torch.randn(6, dtype=torch.float64)
+    x = torch.randn(2, 4, *([9] * nd), dtype=torch.float64, device=device)
+    w = torch.randn(6, 4 // groups, *([3] * nd), dtype=torch.float64, device=device)
+    b = torch.randn(6, dtype=torch.float64, device=device)
     torch.testing.assert_close(fft_conv(x, w, b, **kw), reference(x, w, b, **kw))
 
 
 @pytest.mark.parametrize("kernel", [55, 56, 31, 32])
-def test_large_depthwise_same(kernel):
+def test_large_depthwise_same(kernel, device):
     """The ConvNeXt-like case the length choice is tuned for, odd and even kernels up to the input size."""
-    x = torch.randn(2, 3, 56, 40, dtype=torch.float64)
-    w = torch.randn(3, 1, kernel, min(kernel, 40), dtype=torch.float64)
+    x = torch.randn(2, 3, 56, 40, dtype=torch.float64, device=device)
+    w = torch.randn(3, 1, kernel, min(kernel, 40), dtype=torch.float64, device=device)
     torch.testing.assert_close(fft_conv(x, w, padding="same", groups=3), F.conv2d(x, w, padding="same", groups=3))
 
 
-def test_channel_multiplier_and_valid_full_size_kernel():
-    x = torch.randn(2, 3, 20, dtype=torch.float64)
-    w = torch.randn(6, 1, 20, dtype=torch.float64)  # kernel == input: one output
+def test_channel_multiplier_and_valid_full_size_kernel(device):
+    x = torch.randn(2, 3, 20, dtype=torch.float64, device=device)
+    w = torch.randn(6, 1, 20, dtype=torch.float64, device=device)  # kernel == input: one output
     torch.testing.assert_close(fft_conv(x, w, groups=3), F.conv1d(x, w, groups=3))
-    w = torch.randn(6, 1, 30, dtype=torch.float64)  # kernel == padded input
+    w = torch.randn(6, 1, 30, dtype=torch.float64, device=device)  # kernel == padded input
     torch.testing.assert_close(fft_conv(x, w, padding=5, groups=3), F.conv1d(x, w, padding=5, groups=3))
 
 
-def test_unbatched_input():
-    x = torch.randn(4, 10, 11, dtype=torch.float64)
-    w = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+def test_unbatched_input(device):
+    x = torch.randn(4, 10, 11, dtype=torch.float64, device=device)
+    w = torch.randn(2, 4, 5, 3, dtype=torch.float64, device=device)
     torch.testing.assert_close(fft_conv(x, w, padding=2), F.conv2d(x, w, padding=2))
 
 
@@ -176,18 +176,18 @@ def test_gradcheck_1d_3d(nd, kw, blocks):
     assert gradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
 
 
-def test_gradients_match_torch_for_partial_requires_grad():
-    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
-    w = torch.randn(4, 1, 9, 9, dtype=torch.float64, requires_grad=True)
+def test_gradients_match_torch_for_partial_requires_grad(device):
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64, device=device)
+    w = torch.randn(4, 1, 9, 9, dtype=torch.float64, device=device, requires_grad=True)
     fft_conv(x, w, padding="same", groups=4).square().sum().backward()
     expected = torch.autograd.grad(F.conv2d(x, w, padding="same", groups=4).square().sum(), w)[0]
     torch.testing.assert_close(w.grad, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_round_trip(dtype):
-    x = torch.randn(2, 4, 16, 16)
-    w = torch.randn(4, 1, 7, 7) / 7
+def test_low_precision_round_trip(dtype, device):
+    x = torch.randn(2, 4, 16, 16, device=device)
+    w = torch.randn(4, 1, 7, 7, device=device) / 7
     y = fft_conv(x.to(dtype), w.to(dtype), padding="same", groups=4)
     assert y.dtype == dtype
     expected = F.conv2d(x.to(dtype).float(), w.to(dtype).float(), padding="same", groups=4)
@@ -272,11 +272,11 @@ def test_output_size_formula():
     assert list(y.shape[2:]) == expected
 
 
-def test_empty_batch_and_non_contiguous_input():
-    w = torch.randn(4, 1, 5, 5, dtype=torch.float64)
-    empty = torch.randn(0, 4, 12, 12, dtype=torch.float64)
+def test_empty_batch_and_non_contiguous_input(device):
+    w = torch.randn(4, 1, 5, 5, dtype=torch.float64, device=device)
+    empty = torch.randn(0, 4, 12, 12, dtype=torch.float64, device=device)
     assert fft_conv(empty, w, padding="same", groups=4, padding_mode="reflect").shape == (0, 4, 12, 12)
-    x = torch.randn(2, 4, 12, 13, dtype=torch.float64)
+    x = torch.randn(2, 4, 12, 13, dtype=torch.float64, device=device)
     for view in (x.to(memory_format=torch.channels_last), x.transpose(2, 3)):
         torch.testing.assert_close(fft_conv(view, w, padding=2, groups=4), F.conv2d(view, w, padding=2, groups=4))
 
@@ -293,10 +293,10 @@ def test_empty_batch_and_non_contiguous_input():
     (4, 24, 20, {"padding": "same", "groups": 2}, "bmm"),
     (5, 16, 16, {"stride": 2, "padding": (2, 1), "dilation": (1, 2)}, "bmm"),
 ])
-def test_dense_partial_requires_grad(needs, batch, cin, cout, kw, contraction):
+def test_dense_partial_requires_grad(needs, batch, cin, cout, kw, contraction, device):
     groups = kw.get("groups", 1)
-    x = torch.randn(batch, cin, 11, 9, dtype=torch.float64, requires_grad=needs[0])
-    w = torch.randn(cout, cin // groups, 5, 4, dtype=torch.float64, requires_grad=needs[1])
+    x = torch.randn(batch, cin, 11, 9, dtype=torch.float64, device=device, requires_grad=needs[0])
+    w = torch.randn(cout, cin // groups, 5, 4, dtype=torch.float64, device=device, requires_grad=needs[1])
     assert plan_conv(x, w, backend="fft", **kw).geometry.contraction == contraction
     y = F.conv2d(x, w, **kw)
     grad = torch.randn_like(y)
@@ -317,19 +317,34 @@ def test_dilated_kernel_longer_than_the_circular_period():
     assert gradcheck(lambda x, w: fft_conv(x, w, **kw), (x, w))
 
 
-@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", [
+_SEGMENTED = [
     (2, 64, 64, 4096, 512, 1, 1, 1, ((511, 0),)),    # a causal FlexConv layer with its mask over 1/8
     (4, 32, 48, 3000, 100, 1, 1, 1, ((50, 49),)),    # "same"
     (4, 32, 32, 3001, 60, 2, 2, 2, ((7, 3),)),       # strided, dilated, grouped
-])
-def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, dilation, groups, padding):
-    """Dense 1-D layers with kernels much shorter than the signal: the planner takes overlap-save segments."""
-    x = torch.randn(batch, cin, length, requires_grad=True)
-    w = torch.randn(cout, cin // groups, kernel, requires_grad=True)
-    b = torch.randn(cout, requires_grad=True)
-    plan = plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft")
+]
+
+
+@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", _SEGMENTED)
+def test_planner_segments_dense_kernels_much_shorter_than_the_signal(batch, cin, cout, length, kernel, stride,
+                                                                      dilation, groups, padding):
+    """The CPU cost model takes overlap-save segments for these dense 1-D layers (CUDA's rule decides by its own
+    costs: docs/cuda.md)."""
+    x = torch.empty(batch, cin, length, requires_grad=True)
+    w = torch.empty(cout, cin // groups, kernel, requires_grad=True)
+    plan = plan_conv(x, w, None, stride, padding, dilation, groups, backend="fft")
     assert plan.path == "overlap-save" and plan.segments[0][1] > 1
-    ours = fft_conv(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("batch, cin, cout, length, kernel, stride, dilation, groups, padding", _SEGMENTED)
+def test_overlap_save_matches_torch(batch, cin, cout, length, kernel, stride, dilation, groups, padding, device):
+    """Dense 1-D layers with kernels much shorter than the signal, by overlap-save segments."""
+    x = torch.randn(batch, cin, length, device=device, requires_grad=True)
+    w = torch.randn(cout, cin // groups, kernel, device=device, requires_grad=True)
+    b = torch.randn(cout, device=device, requires_grad=True)
+    with planner_options(segments=True):
+        plan = plan_conv(x, w, b, stride, padding, dilation, groups, backend="fft")
+        ours = fft_conv(x, w, b, stride, padding, dilation, groups)
+    assert plan.path == "overlap-save" and plan.segments[0][1] > 1
     expected = F.conv1d(F.pad(x, padding[0]), w, b, stride, 0, dilation, groups)
     # float32 sums of thousands of products: tolerances relative to the largest value
     torch.testing.assert_close(ours, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
@@ -374,13 +389,13 @@ def test_planner_keeps_small_and_depthwise_problems_whole():
     (3, 3, {"padding": "same", "padding_mode": "reflect"}),
     (4, 8, {"padding": "valid"}),
 ])
-def test_elementwise_products_match_torch_with_gradients(nd, batch, cin, cout, kw, fft_path):
+def test_elementwise_products_match_torch_with_gradients(nd, batch, cin, cout, kw, fft_path, device):
     """Depthwise and channel-multiplier convolutions (odd channel counts: a channel without partner), values and
     all three gradients, on every product."""
     torch.manual_seed(nd * 10 + batch)
-    x = torch.randn(batch, cin, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
-    w = torch.randn(cout, 1, *([3, 4, 2][:nd]), dtype=torch.float64, requires_grad=True)
-    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, cin, *([7, 6, 5][:nd]), dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(cout, 1, *([3, 4, 2][:nd]), dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, device=device, requires_grad=True)
     assert plan_conv(x, w, b, groups=cin, backend="fft", **kw).geometry.packed == fft_path.startswith("packed")
     grad = None
     results = []
@@ -400,10 +415,10 @@ def test_packed_partial_requires_grad_and_gradcheck(needs, fft_path):
 
 
 @pytest.mark.parametrize("needs_input", [False, True])
-def test_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path):
-    x = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=needs_input)
-    w = torch.randn(4, 1, 3, 3, dtype=torch.float64)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+def test_bias_gradient_is_the_output_gradient_sum(needs_input, fft_path, device):
+    x = torch.randn(3, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=needs_input)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, device=device)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
     y = fft_conv(x, w, b, padding=(1, 0), groups=2)
     grad = torch.randn_like(y)
     (got,) = torch.autograd.grad(y, b, grad)
@@ -424,15 +439,16 @@ def test_default_product_per_call(x_shape, w_shape, kw, packed):
     assert plan.geometry.packed == packed
 
 
-def test_plan_can_be_changed_and_executed():
-    x, w = torch.randn(2, 6, 20, 20, dtype=torch.float64), torch.randn(6, 1, 9, 9, dtype=torch.float64)
+def test_plan_can_be_changed_and_executed(device):
+    x = torch.randn(2, 6, 20, 20, dtype=torch.float64, device=device)
+    w = torch.randn(6, 1, 9, 9, dtype=torch.float64, device=device)
     plan = plan_conv(x, w, padding=4, groups=6, backend="fft")
     expected = F.conv2d(x, w, padding=4, groups=6)
     for changed in (plan, replace(plan, path="direct"), replace(plan, geometry=replace(plan.geometry, packed=False)),
                     replace(plan, geometry=replace(plan.geometry, channel_block=1))):
         torch.testing.assert_close(execute(changed, x, w), expected)
     with pytest.raises(ConvArgumentError, match="plan was made for"):
-        execute(plan, torch.randn(3, 6, 20, 20, dtype=torch.float64), w)
+        execute(plan, torch.randn(3, 6, 20, 20, dtype=torch.float64, device=device), w)
 
 
 def test_docs_examples_run():

@@ -64,9 +64,10 @@ CASES = [
 
 @pytest.mark.parametrize("backend", ["direct", "fft"])
 @pytest.mark.parametrize("nd,family,cin,cout,spatial,kwargs", CASES)
-def test_forward_matches_torch_conv_on_construct_kernel_and_bake(nd, family, cin, cout, spatial, kwargs, backend):
-    layer = LAYERS[nd, family](cin, cout, backend=backend, **kwargs).double()
-    x = torch.randn(2, cin, *spatial, dtype=torch.float64)
+def test_forward_matches_torch_conv_on_construct_kernel_and_bake(nd, family, cin, cout, spatial, kwargs, backend,
+                                                                 device):
+    layer = LAYERS[nd, family](cin, cout, backend=backend, **kwargs).to(device, torch.float64)
+    x = torch.randn(2, cin, *spatial, dtype=torch.float64, device=device)
     y = layer(x)
     kernel = layer.construct_kernel()
     groups = 1 if layer.separable else layer.groups
@@ -107,10 +108,10 @@ def test_state_dict_round_trip_restores_lazy_kernel_size():
 
 @pytest.mark.parametrize("cls", [CKConv1d, FlexConv1d])
 @pytest.mark.parametrize("backend", ["direct", "fft"])
-def test_causal_layers_never_see_the_future(cls, backend):
+def test_causal_layers_never_see_the_future(cls, backend, device):
     torch.manual_seed(0)
-    layer = cls(3, 4, causal=True, backend=backend, **({"mask_init": 0.6} if cls is FlexConv1d else {}))
-    x = torch.randn(2, 3, 64)
+    layer = cls(3, 4, causal=True, backend=backend, device=device, **({"mask_init": 0.6} if cls is FlexConv1d else {}))
+    x = torch.randn(2, 3, 64, device=device)
     y = layer(x)
     for t0 in (0, 17, 40, 63):
         x2 = x.clone()
@@ -187,12 +188,13 @@ def test_causal_crop_keeps_the_recent_end(k, mean, width):
         assert len(keep) == 4096 // 8  # a mask covering the last eighth of the grid
 
 
-def test_mask_is_the_anisotropic_gaussian_times_the_kernel_net():
-    layer = FlexConv2d(2, 3, kernel_size=(7, 5), dynamic_cropping=False).double()
+def test_mask_is_the_anisotropic_gaussian_times_the_kernel_net(device):
+    layer = FlexConv2d(2, 3, kernel_size=(7, 5), dynamic_cropping=False).to(device, torch.float64)
     with torch.no_grad():
         layer.mask_mean.copy_(torch.tensor([0.2, -0.1]))
         layer.mask_width.copy_(torch.tensor([0.3, 0.6]))
-    ys, xs = torch.linspace(-1, 1, 7, dtype=torch.float64), torch.linspace(-1, 1, 5, dtype=torch.float64)
+    ys = torch.linspace(-1, 1, 7, dtype=torch.float64, device=device)
+    xs = torch.linspace(-1, 1, 5, dtype=torch.float64, device=device)
     coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1)
     mask = torch.exp(-0.5 * (((coords[..., 0] - 0.2) / 0.3) ** 2 + ((coords[..., 1] + 0.1) / 0.6) ** 2))
     expected = (layer.kernel_net(coords) * mask).view(3, 2, 7, 5)

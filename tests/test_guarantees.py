@@ -31,18 +31,18 @@ def _layers(backend: str) -> dict:
     }
 
 
-def _input(name: str, batch: int) -> torch.Tensor:
+def _input(name: str, batch: int, device: str) -> torch.Tensor:
     if name == "Conv3d":
-        return torch.randn(batch, 4, 8, 8, 8)
+        return torch.randn(batch, 4, 8, 8, 8, device=device)
     if name == "SGConv1d":
-        return torch.randn(batch, 6, 64)
-    return torch.randn(batch, 6, 18, 18)
+        return torch.randn(batch, 6, 64, device=device)
+    return torch.randn(batch, 6, 18, 18, device=device)
 
 
 def _run(layer, x):
     x = x.clone().requires_grad_()
     y = layer(x)
-    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y) * torch.linspace(-1, 1, y.numel()).view_as(y))
+    (grad,) = torch.autograd.grad(y, x, torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y))
     return y.detach(), grad
 
 
@@ -52,11 +52,11 @@ def _run(layer, x):
 @given(name=st.sampled_from(list(_layers("auto"))), batch=st.integers(2, 4), victim=st.integers(0, 3),
        value=st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e30]),
        where=st.floats(0, 1))
-def test_a_sample_never_changes_another(backend, packed, name, batch, victim, value, where):
+def test_a_sample_never_changes_another(backend, packed, name, batch, victim, value, where, device):
     """NaN, infinities or 1e30-scale values in one sample leave every other sample's output and input gradient
     bit-identical to the unperturbed run, on every path (within the sample the FFT spreads them)."""
-    layer = _layers(backend)[name]
-    x = _input(name, batch)
+    layer = _layers(backend)[name].to(device)
+    x = _input(name, batch, device)
     victim %= batch
     with planner_options(packed=packed):
         clean_y, clean_g = _run(layer, x)
@@ -84,11 +84,11 @@ def test_a_sample_never_changes_another(backend, packed, name, batch, victim, va
     (3, 2, 2, 2, {"padding": 1, "groups": 2, "dilation": 2}),
 ])
 @pytest.mark.parametrize("packed", [True, False])
-def test_fft_path_is_twice_differentiable(nd, cin, cout, kernel, kw, packed):
+def test_fft_path_is_twice_differentiable(nd, cin, cout, kernel, kw, packed, device):
     groups = kw.get("groups", 1)
-    x = torch.randn(2, cin, *([7, 6, 5][:nd]), dtype=torch.float64, requires_grad=True)
-    w = torch.randn(cout, cin // groups, *([kernel] * nd), dtype=torch.float64, requires_grad=True)
-    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, cin, *([7, 6, 5][:nd]), dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *([kernel] * nd), dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, device=device, requires_grad=True)
     with planner_options(packed=packed):
         assert gradgradcheck(lambda x, w, b: fft_conv(x, w, b, **kw), (x, w, b), fast_mode=True)
 
@@ -122,13 +122,13 @@ def test_every_family_is_twice_differentiable(name):
     assert gradgradcheck(call, (x, *(p for _, p in named)), fast_mode=True)
 
 
-def test_gradient_penalty_matches_the_direct_path():
+def test_gradient_penalty_matches_the_direct_path(device):
     """A WGAN-GP style penalty ||d out / d x||^2, differentiated to the weights: FFT and direct paths agree."""
-    x = torch.randn(3, 4, 16, 16, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, 16, 16, dtype=torch.float64, device=device, requires_grad=True)
     grads = []
     for backend in ("fft", "direct"):
         torch.manual_seed(0)
-        conv = lnn.Conv2d(4, 4, 9, padding=4, groups=4, backend=backend, dtype=torch.float64)
+        conv = lnn.Conv2d(4, 4, 9, padding=4, groups=4, backend=backend, dtype=torch.float64, device=device)
         (gx,) = torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)
         grads.append(torch.autograd.grad(gx.square().sum(), [conv.weight, conv.bias, x]))
     for a, b in zip(*grads):
@@ -143,15 +143,17 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("kernel", [7, 31])
-def test_autocast_bf16_error_within_twice_torchs(kernel):
-    """Under CPU bf16 autocast, ours takes bf16 operands and returns bf16 like torch's conv, with an error against
-    float64 at most twice torch's own."""
-    x, w = torch.randn(2, 8, 40, 40), torch.randn(8, 1, kernel, kernel) / kernel
+def test_autocast_error_within_twice_torchs(kernel, autocast_case):
+    """Under bf16 (and, on CUDA, fp16) autocast, ours takes low-precision operands and returns their dtype like
+    torch's conv, with an error against float64 at most twice torch's own."""
+    device, dtype = autocast_case
+    x = torch.randn(2, 8, 40, 40, device=device)
+    w = torch.randn(8, 1, kernel, kernel, device=device) / kernel
     exact = F.conv2d(x.double(), w.double(), padding="same", groups=8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         theirs = F.conv2d(x, w, padding="same", groups=8)
         ours = fft_conv(x, w, padding="same", groups=8)
-    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert ours.dtype == theirs.dtype == dtype
     assert _relative(ours, exact) <= 2 * _relative(theirs, exact)
 
 
@@ -159,6 +161,8 @@ def _families() -> dict:
     return {
         "Conv2d": lambda: lnn.Conv2d(4, 4, 9, padding=4, groups=4),
         "DclsConv2d": lambda: lnn.DclsConv2d(4, 4, kernel_count=6, dilated_kernel_size=9, padding=4, groups=4),
+        "DclsConv2d-gaussian": lambda: lnn.DclsConv2d(4, 4, kernel_count=6, dilated_kernel_size=9, padding=4, groups=4,
+                                                      interpolation="gaussian"),
         "CKConv2d": lambda: lnn.CKConv2d(4, 4, kernel_size=9),
         "FlexConv2d": lambda: lnn.FlexConv2d(4, 4, kernel_size=9),
         "NIFFConv2d": lambda: lnn.NIFFConv2d(4),
@@ -170,17 +174,19 @@ def _families() -> dict:
 
 
 @pytest.mark.parametrize("name", list(_families()))
-def test_every_family_runs_under_bf16_autocast(name):
-    """Forward and backward under CPU bf16 autocast (fp32 parameters and input, as in mixed-precision training)
-    give the float64 layer's output and gradients within bf16 accuracy."""
+def test_every_family_runs_under_autocast(name, autocast_case):
+    """Forward and backward under bf16 (CUDA: also fp16) autocast (fp32 parameters and input, as in mixed-precision
+    training) give the float64 layer's output and gradients within bf16 accuracy."""
+    device, dtype = autocast_case
     torch.manual_seed(0)
-    layer = _families()[name]()
+    layer = _families()[name]().to(device)
     x = torch.randn(2, 4, 32) if name.endswith("1d") else torch.randn(2, 4, 16, 16)
+    x = x.to(device)
     params = list(layer.parameters())
     exact = layer.double()(x.double())
     exact_grads = torch.autograd.grad(exact.square().sum(), params) if params else ()
     layer = layer.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         y = layer(x)
         loss = y.float().square().sum()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
@@ -195,15 +201,16 @@ def test_every_family_runs_under_bf16_autocast(name):
     ("dwnet2d_tiny", (2, 1, 8, 8), {"conv": "flexconv", "kernel_size": 7, "in_chans": 1}),
     ("convnext_atto", (2, 3, 16, 16), {"conv": "dcls", "kernel_size": 7, "patch_size": 2}),
 ])
-def test_models_train_under_bf16_autocast(model, shape, kwargs):
+def test_models_train_under_autocast(model, shape, kwargs, autocast_case):
+    device, dtype = autocast_case
     torch.manual_seed(0)
-    net = create_model(model, num_classes=10, **kwargs)
-    x = torch.randn(shape)
+    net = create_model(model, num_classes=10, **kwargs).to(device)
+    x = torch.randn(shape).to(device)
     exact = net.double()(x.double())
     net = net.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         out = net(x)
-        loss = F.cross_entropy(out.float(), torch.arange(2))
+        loss = F.cross_entropy(out.float(), torch.arange(2, device=device))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
     assert _relative(out, exact) < 5e-2
@@ -214,15 +221,15 @@ def test_models_train_under_bf16_autocast(model, shape, kwargs):
 
 @pytest.mark.parametrize("backend", ["direct", "fft"])
 @pytest.mark.parametrize("packed", [True, False])
-def test_channels_last_in_channels_last_out(backend, packed):
-    x = torch.randn(2, 6, 14, 12).to(memory_format=torch.channels_last).requires_grad_()
-    conv = lnn.Conv2d(6, 6, 7, padding=3, groups=6, backend=backend)
+def test_channels_last_in_channels_last_out(backend, packed, device):
+    x = torch.randn(2, 6, 14, 12, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    conv = lnn.Conv2d(6, 6, 7, padding=3, groups=6, backend=backend, device=device)
     with planner_options(packed=packed):
         y = conv(x)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, padding=3, groups=6), rtol=1e-4, atol=1e-4)
     y.sum().backward()
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    x3 = torch.randn(2, 4, 6, 6, 6).to(memory_format=torch.channels_last_3d)
-    assert lnn.Conv3d(4, 4, 5, padding=2, groups=4, backend=backend)(x3).is_contiguous(
+    x3 = torch.randn(2, 4, 6, 6, 6, device=device).to(memory_format=torch.channels_last_3d)
+    assert lnn.Conv3d(4, 4, 5, padding=2, groups=4, backend=backend, device=device)(x3).is_contiguous(
         memory_format=torch.channels_last_3d)

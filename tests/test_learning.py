@@ -24,15 +24,15 @@ def digits():
 
 
 @pytest.mark.parametrize("conv", FAMILIES)
-def test_family_learns_the_digits(conv, digits):
-    (x, y), (x_test, y_test) = digits
+def test_family_learns_the_digits(conv, digits, device):
+    (x, y), (x_test, y_test) = (tuple(t.to(device) for t in split) for split in digits)
     torch.manual_seed(0)
-    model = create_model("dwnet2d_tiny", num_classes=10, in_chans=1, conv=conv, kernel_size=7)
+    model = create_model("dwnet2d_tiny", num_classes=10, in_chans=1, conv=conv, kernel_size=7).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, lr=3e-3, weight_decay=0.01))
     batches = torch.Generator().manual_seed(1)
     model.train()
     for _ in range(250):
-        index = torch.randint(0, len(y), (64,), generator=batches)
+        index = torch.randint(0, len(y), (64,), generator=batches).to(device)
         loss = F.cross_entropy(model(x[index]), y[index])
         optimizer.zero_grad()
         loss.backward()

@@ -59,10 +59,10 @@ def _setup(name: str) -> tuple[dict, tuple[int, ...]]:
     raise KeyError(f"no test input for model {name!r}: add its family to _setup in tests/test_models.py")
 
 
-def _model(name: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+def _model(name: str, device: str = "cpu", **kwargs) -> tuple[nn.Module, torch.Tensor]:
     setup, shape = _setup(name)
     model = create_model(name, num_classes=5, **{**setup, **kwargs})
-    return model, torch.randn(shape)
+    return model.to(device), torch.randn(shape).to(device)
 
 
 def _count(model: nn.Module) -> int:
@@ -92,8 +92,16 @@ def _check_interface(model: nn.Module, x: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("name", _FULL)
-def test_timm_interface(name):
-    _check_interface(*_model(name))
+def test_timm_interface(name, device):
+    _check_interface(*_model(name, device))
+
+
+@pytest.mark.parametrize("name", ["dwnet1d_tiny", "vit_tiny", "flexnet_tiny"])  # each reset_classifier
+def test_reset_classifier_keeps_the_models_device_and_dtype(name, device):
+    model, x = _model(name)
+    model.to(device, torch.float64).reset_classifier(3)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {(device, torch.float64)}
+    assert model(x.to(device, torch.float64)).shape == (x.shape[0], 3)
 
 
 @pytest.mark.parametrize("name", _REST)
@@ -103,8 +111,9 @@ def test_other_sizes_run_forward(name):
 
 
 @pytest.mark.parametrize("name", _FULL)
-def test_backward_reaches_every_parameter(name):
-    model, x = _model(name, drop_path_rate=0.1) if name.startswith(("dwnet", "convnext")) else _model(name)
+def test_backward_reaches_every_parameter(name, device):
+    kwargs = {"drop_path_rate": 0.1} if name.startswith(("dwnet", "convnext")) else {}
+    model, x = _model(name, device, **kwargs)
     model.train()
     x.requires_grad_(True)
     model(x).logsumexp(-1).sum().backward()

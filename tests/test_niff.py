@@ -13,8 +13,9 @@ from largekernel.nn.niff import PRESETS, NIFFConv3d, SpectralPointwise, Spectrum
 
 def _reference_filter(layer, h, w):
     """The reference code's filter: both networks on the fftshift-ed grid of (k_x, k_y), then ifftshift."""
-    ky = torch.arange(h, dtype=torch.float64) - h // 2
-    kx = torch.arange(w, dtype=torch.float64) - w // 2
+    device = layer.mlp_real[0].weight.device
+    ky = torch.arange(h, dtype=torch.float64, device=device) - h // 2
+    kx = torch.arange(w, dtype=torch.float64, device=device) - w // 2
     grid_y, grid_x = torch.meshgrid(ky, kx, indexing="ij")
     coords = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)  # channel 0 varies along the width
     weights = torch.complex(layer.mlp_real(coords), layer.mlp_imag(coords)).t().reshape(-1, h, w)
@@ -37,17 +38,17 @@ def _circular_conv_torch(x, kernel):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (6, 9), (7, 5)])
-def test_matches_reference_formula(size, fft_path):
+def test_matches_reference_formula(size, fft_path, device):
     torch.manual_seed(1)
-    layer = NIFFConv2d(5, bias=False, dtype=torch.float64)
-    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    layer = NIFFConv2d(5, bias=False, dtype=torch.float64, device=device)
+    x = torch.randn(2, 5, *size, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer(x), _reference_niff(layer, x), rtol=1e-10, atol=1e-10)
 
 
-def test_big_preset_and_bias_match_reference(fft_path):
-    layer = NIFFConv2d(3, preset="big", dtype=torch.float64)
+def test_big_preset_and_bias_match_reference(fft_path, device):
+    layer = NIFFConv2d(3, preset="big", dtype=torch.float64, device=device)
     assert [m.out_features for m in layer.mlp_real if isinstance(m, torch.nn.Linear)] == [*PRESETS["big"], 3]
-    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64, device=device)
     expected = _reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x), expected)
 
@@ -61,10 +62,10 @@ def test_parameter_count_independent_of_input_size():
         assert layer(torch.randn(1, 16, *size)).shape == (1, 16, *size)
 
 
-def test_sizes_change_between_calls(fft_path):
-    layer = NIFFConv2d(3, dtype=torch.float64)
+def test_sizes_change_between_calls(fft_path, device):
+    layer = NIFFConv2d(3, dtype=torch.float64, device=device)
     for size in [(6, 6), (11, 4), (6, 6), (16, 15)]:
-        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
         expected = _reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1)
         torch.testing.assert_close(layer(x), expected)
 
@@ -95,12 +96,12 @@ def test_inference_cache_follows_replaced_and_loaded_parameters():
 @pytest.mark.parametrize("kwargs", [{}, {"preset": "big"}, {"hidden_channels": ()}, {"hidden_channels": (5,)},
                                     {"mode": "linear"}, {"out_channels": 3, "groups": 1},
                                     {"padding": 2, "padding_mode": "reflect"}, {"padding": (1, 2)}])
-def test_gradients_match_autograd_through_the_reference(kwargs, fft_path):
+def test_gradients_match_autograd_through_the_reference(kwargs, fft_path, device):
     """Input and parameter gradients equal autograd's through the paper's complex-FFT formula."""
     torch.manual_seed(2)
-    layer = NIFFConv2d(2, dtype=torch.float64, **kwargs)
-    x = torch.randn(3, 2, 6, 7, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(3, layer.out_channels, 6, 7, dtype=torch.float64)
+    layer = NIFFConv2d(2, dtype=torch.float64, device=device, **kwargs)
+    x = torch.randn(3, 2, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+    grad = torch.randn(3, layer.out_channels, 6, 7, dtype=torch.float64, device=device)
     params = dict(layer.named_parameters())
 
     def reference(x):
@@ -123,9 +124,9 @@ def test_gradients_match_autograd_through_the_reference(kwargs, fft_path):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 10)])
-def test_spatial_kernel_is_a_circular_convolution(size):
-    layer = NIFFConv2d(4, bias=False, dtype=torch.float64)
-    x = torch.randn(2, 4, *size, dtype=torch.float64)
+def test_spatial_kernel_is_a_circular_convolution(size, device):
+    layer = NIFFConv2d(4, bias=False, dtype=torch.float64, device=device)
+    x = torch.randn(2, 4, *size, dtype=torch.float64, device=device)
     kernel = layer.spatial_kernel(size)
     assert kernel.shape == (4, *size)
     torch.testing.assert_close(_circular_conv_torch(x, kernel), layer(x))
@@ -136,10 +137,10 @@ def test_spatial_kernel_is_a_circular_convolution(size):
     torch.testing.assert_close(layer.filter(size), torch.fft.ifftshift(_reference_filter(layer, *size), dim=(-2, -1)))
 
 
-def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel(fft_path):
+def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel(fft_path, device):
     h, w = 6, 5
-    layer = NIFFConv2d(3, bias=False, mode="linear", dtype=torch.float64)
-    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    layer = NIFFConv2d(3, bias=False, mode="linear", dtype=torch.float64, device=device)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, device=device)
     kernel = layer.spatial_kernel((h, w))  # centred on the (2h, 2w) grid
     assert kernel.shape == (3, 2 * h, 2 * w)
     # offsets -(n-1)..(n-1) of the grid kernel, as a (2h-1, 2w-1) linear kernel; conv2d correlates: flip.
@@ -149,35 +150,35 @@ def test_linear_mode_is_zero_padded_convolution_with_the_same_kernel(fft_path):
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular", "replicate"])
-def test_padding_ablation_is_pad_filter_crop(padding_mode, fft_path):
-    layer = NIFFConv2d(2, padding=2, padding_mode=padding_mode, bias=False, dtype=torch.float64)
-    x = torch.randn(2, 2, 7, 6, dtype=torch.float64)
+def test_padding_ablation_is_pad_filter_crop(padding_mode, fft_path, device):
+    layer = NIFFConv2d(2, padding=2, padding_mode=padding_mode, bias=False, dtype=torch.float64, device=device)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, device=device)
     mode = "constant" if padding_mode == "zeros" else padding_mode
     padded = F.pad(x, (2, 2, 2, 2), mode=mode)
     expected = _reference_niff(layer, padded)[..., 2:9, 2:8]
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_full_variant_is_depthwise_then_pointwise(fft_path):
-    layer = NIFFConv2d(4, 6, groups=1, dtype=torch.float64)
-    x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+def test_full_variant_is_depthwise_then_pointwise(fft_path, device):
+    layer = NIFFConv2d(4, 6, groups=1, dtype=torch.float64, device=device)
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64, device=device)
     depthwise = _reference_niff(layer, x)
     expected = torch.einsum("oi,bihw->bohw", layer.pointwise, depthwise) + layer.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_channel_multiplier(fft_path):
-    layer = NIFFConv2d(3, 6, bias=False, dtype=torch.float64)
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+def test_channel_multiplier(fft_path, device):
+    layer = NIFFConv2d(3, 6, bias=False, dtype=torch.float64, device=device)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer(x), _reference_niff(layer, x.repeat_interleave(2, dim=1)))
 
 
-def test_split_form_stays_in_frequency_domain():
+def test_split_form_stays_in_frequency_domain(device):
     torch.manual_seed(3)
-    x = torch.randn(2, 4, 8, 6, dtype=torch.float64)
-    first = NIFFConv2d(4, output="spectrum", dtype=torch.float64)
-    mix = SpectralPointwise(4, 5, output="spectrum", dtype=torch.float64)
-    second = NIFFConv2d(5, output="spatial", dtype=torch.float64)
+    x = torch.randn(2, 4, 8, 6, dtype=torch.float64, device=device)
+    first = NIFFConv2d(4, output="spectrum", dtype=torch.float64, device=device)
+    mix = SpectralPointwise(4, 5, output="spectrum", dtype=torch.float64, device=device)
+    second = NIFFConv2d(5, output="spatial", dtype=torch.float64, device=device)
     spectrum = first(x)
     assert isinstance(spectrum, Spectrum) and spectrum.grid == (8, 6)
     y = second(mix(spectrum))
@@ -195,18 +196,18 @@ def test_spectrum_input_with_channel_multiplier():
     torch.testing.assert_close(layer(spectrum), layer(x))
 
 
-def test_stride_is_average_pooling_after_the_filter(fft_path):
-    layer = NIFFConv2d(2, stride=2, dtype=torch.float64)
-    x = torch.randn(2, 2, 9, 8, dtype=torch.float64)
+def test_stride_is_average_pooling_after_the_filter(fft_path, device):
+    layer = NIFFConv2d(2, stride=2, dtype=torch.float64, device=device)
+    x = torch.randn(2, 2, 9, 8, dtype=torch.float64, device=device)
     expected = F.avg_pool2d(_reference_niff(layer, x) + layer.bias.view(1, -1, 1, 1), 2)
     assert layer(x).shape == (2, 2, 4, 4)
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_niff1d_matches_formula(fft_path):
-    layer = NIFFConv1d(3, bias=False, dtype=torch.float64)
-    x = torch.randn(2, 3, 11, dtype=torch.float64)
-    k = torch.fft.fftfreq(11, 1 / 11).to(torch.float64).unsqueeze(-1)  # integer frequencies, FFT order
+def test_niff1d_matches_formula(fft_path, device):
+    layer = NIFFConv1d(3, bias=False, dtype=torch.float64, device=device)
+    x = torch.randn(2, 3, 11, dtype=torch.float64, device=device)
+    k = torch.fft.fftfreq(11, 1 / 11).to(device, torch.float64).unsqueeze(-1)  # integer frequencies, FFT order
     weights = torch.complex(layer.mlp_real(k), layer.mlp_imag(k)).t()  # (3, 11)
     expected = torch.fft.ifft(weights * torch.fft.fft(x)).real
     torch.testing.assert_close(layer(x), expected)
@@ -223,15 +224,15 @@ def test_niff3d_runs_and_bakes(fft_path):
     {"padding": 1, "padding_mode": "circular"}, {"out_channels": 5, "groups": 1}, {"out_channels": 6},
     {"stride": 2},
 ])
-def test_bake_equivalence(kwargs):
+def test_bake_equivalence(kwargs, device):
     """The baked convolution computes the paper's formula (padding, pooling and pointwise written out here)."""
-    layer = NIFFConv2d(3, dtype=torch.float64, **kwargs)
-    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    layer = NIFFConv2d(3, dtype=torch.float64, device=device, **kwargs)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, device=device)
     baked = layer.bake((7, 8))
     assert not any(isinstance(m, (NIFFConv2d,)) for m in baked.modules())
     torch.testing.assert_close(baked(x), _reference_layer(layer, x), rtol=1e-8, atol=1e-8)
     with pytest.raises(ValueError, match="baked .* for inputs of spatial size"):
-        baked(torch.randn(2, 3, 9, 8, dtype=torch.float64))
+        baked(torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device))
 
 
 def _reference_layer(layer, x):
@@ -401,11 +402,11 @@ def test_inference_under_torch_compile_matches_eager():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_double_backward_matches_the_reference(batch, fft_path):
+def test_double_backward_matches_the_reference(batch, fft_path, device):
     """Gradient-of-gradient (create_graph=True) through the layer equals it through the paper's formula."""
     torch.manual_seed(3)
-    layer = NIFFConv2d(3, dtype=torch.float64)
-    x = torch.randn(batch, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    layer = NIFFConv2d(3, dtype=torch.float64, device=device)
+    x = torch.randn(batch, 3, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
     results = []
     for forward in (layer, lambda t: _reference_niff(layer, t) + layer.bias.view(1, -1, 1, 1)):
         (grad,) = torch.autograd.grad(forward(x).square().sum(), x, create_graph=True)

@@ -46,17 +46,18 @@ def _s4d_naive(kernel: S4DKernel, length: int):
     a = torch.complex(-kernel.log_A_real.exp(), kernel.A_imag)
     dta = a * dt
     c = torch.view_as_complex(kernel.C) * (dta.exp() - 1) / a
-    return 2 * torch.einsum("hn,hnl->hl", c, (dta[..., None] * torch.arange(length, dtype=dt.dtype)).exp()).real
+    positions = torch.arange(length, dtype=dt.dtype, device=dt.device)
+    return 2 * torch.einsum("hn,hnl->hl", c, (dta[..., None] * positions).exp()).real
 
 
-def test_s4d_chunked_vandermonde_values_and_gradients():
+def test_s4d_chunked_vandermonde_values_and_gradients(device):
     """A kernel long enough to be computed in chunks of positions (about 4M powers at a time: 128 states x 32
     channels -> 1024 positions) gives the naive formula's kernel and gradients."""
-    kernel = S4DKernel(32, d_state=256)
+    kernel = S4DKernel(32, d_state=256, device=device)
     with torch.no_grad():
         kernel.log_A_real.uniform_(-3, 0)  # varied decays, so the chunks see different magnitudes
     length = 2500  # three chunks, the last one partial
-    grad = torch.randn(32, length)
+    grad = torch.randn(32, length, device=device)
     ours = kernel(length)
     params = list(kernel.parameters())
     got = torch.autograd.grad(ours, params, grad)
@@ -112,25 +113,25 @@ def test_sgconv_kernel_structure_and_normalisation():
     (S4DConv1d, {"d_state": 8}),
     (S4DConv1d, {"d_state": 8, "bidirectional": True, "kernel_size": 12}),
 ])
-def test_output_equals_direct_convolution(cls, kwargs):
-    layer = cls(3, dtype=torch.float64, **kwargs)
-    x = torch.randn(2, 3, 33, dtype=torch.float64)
+def test_output_equals_direct_convolution(cls, kwargs, device):
+    layer = cls(3, dtype=torch.float64, device=device, **kwargs)
+    x = torch.randn(2, 3, 33, dtype=torch.float64, device=device)
     causal, anti = layer.kernels(33)
     expected = _direct_conv(x, causal, anti) + layer.D[:, None] * x + layer.bias[:, None]
     torch.testing.assert_close(layer(x), expected)
 
 
 @pytest.mark.parametrize("cls,kwargs", [(SGConv1d, {"kernel_size": 64, "kernel_dim": 8}), (S4DConv1d, {})])
-def test_causal_by_perturbation(cls, kwargs):
-    layer = cls(4, dtype=torch.float64, **kwargs)
-    x = torch.randn(1, 4, 50, dtype=torch.float64)
+def test_causal_by_perturbation(cls, kwargs, device):
+    layer = cls(4, dtype=torch.float64, device=device, **kwargs)
+    x = torch.randn(1, 4, 50, dtype=torch.float64, device=device)
     x2 = x.clone()
     x2[..., 30] += 1.0
     y, y2 = layer(x), layer(x2)
     torch.testing.assert_close(y[..., :30], y2[..., :30], rtol=0, atol=1e-12)
     assert (y[..., 30:] - y2[..., 30:]).abs().max() > 1e-3
     # a bidirectional layer does look ahead
-    both = cls(4, bidirectional=True, dtype=torch.float64, **kwargs)
+    both = cls(4, bidirectional=True, dtype=torch.float64, device=device, **kwargs)
     assert (both(x)[..., :30] - both(x2)[..., :30]).abs().max() > 1e-6
 
 
@@ -176,9 +177,9 @@ def test_bake_and_construct_kernel(cls, kwargs):
         baked(torch.randn(2, 3, 25, dtype=torch.float64))
 
 
-def test_pointwise_mixing():
-    layer = S4DConv1d(3, 5, d_state=4, dtype=torch.float64)
-    x = torch.randn(2, 3, 16, dtype=torch.float64)
+def test_pointwise_mixing(device):
+    layer = S4DConv1d(3, 5, d_state=4, dtype=torch.float64, device=device)
+    x = torch.randn(2, 3, 16, dtype=torch.float64, device=device)
     causal, _ = layer.kernels(16)
     depthwise = _direct_conv(x, causal) + layer.D[:, None] * x
     expected = torch.einsum("oi,bil->bol", layer.pointwise, depthwise) + layer.bias[:, None]
@@ -245,11 +246,11 @@ def _two_sided(kernel: SGKernel, channels: int, size: int):
 
 
 @pytest.mark.parametrize("kernel_size", [7, (6, 9)])
-def test_sgconv2d_is_the_outer_product_kernel(kernel_size):
-    layer = SGConv2d(3, kernel_size=kernel_size, kernel_dim=2, dtype=torch.float64)
+def test_sgconv2d_is_the_outer_product_kernel(kernel_size, device):
+    layer = SGConv2d(3, kernel_size=kernel_size, kernel_dim=2, dtype=torch.float64, device=device)
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     box = torch.einsum("ci,cj->cij", _two_sided(layer.kernel_h, 3, kh), _two_sided(layer.kernel_w, 3, kw))
-    x = torch.randn(2, 3, 11, 10, dtype=torch.float64)
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64, device=device)
     # torch's "same" layout: (K - 1) // 2 zeros before, the rest after
     padded = F.pad(x, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
     expected = F.conv2d(padded, box.unsqueeze(1), groups=3) + layer.D.view(-1, 1, 1) * x + layer.bias.view(-1, 1, 1)

@@ -16,10 +16,10 @@ __all__ = ["main", "SUITES"]
 SUITES: dict[str, str] = {
     "conv": "direct vs FFT vs auto convolution over kernel sizes (seed 003)",
     "dcls": "DCLS layers and kernel construction against the official dcls package",
-    "flexconv": "continuous-kernel layers (CKConv, FlexConv) on long causal sequences",
+    "flexconv": "continuous and long-sequence kernels (CKConv, FlexConv, SGConv), long causal inputs",
     "niff": "NIFFConv2d against the FFT floor and the reference formulation",
     "fit": "FiT vs ViT inference time as the resolution grows (seed 003, section 2.2)",
-    "models": "whole models: RepLKNet-31B inference and ConvNeXt-T(-dcls) training steps, peak memory",
+    "models": "whole models: RepLKNet-31B inference and training, ConvNeXt-T(-dcls) training steps, peak memory",
 }
 
 
@@ -29,8 +29,10 @@ def _help() -> str:
              "reports ratios (a table, JSON in --out and, for some, a plot), so that numbers from different",
              "machines or loads are never compared directly.", "", "suites:"]
     lines += [f"  {name:<9} {text}" for name, text in SUITES.items()]
-    lines += ["", "Every suite takes --quick (a smoke run), --out DIR, --min-run-time S, --threads N and",
-              "--no-native; run `largekernel bench SUITE --help` for all of its options."]
+    lines += ["", "Every suite takes --quick (a smoke run), --out DIR, --min-run-time S, --threads N, --no-native",
+              "and --device cpu|cuda (timings synchronise CUDA; JSON records the device, dtype, GPU and CUDA",
+              "version), and --dtype float32|bfloat16|float16; run `largekernel bench SUITE --help` for all",
+              "of its options."]
     return "\n".join(lines)
 
 

@@ -47,6 +47,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from largekernel.functional._args import autocast_off
+
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
 INTERPOLATIONS = ("bilinear", "gaussian", "triangle", "bicubic")
@@ -224,8 +226,11 @@ def _separable_kernel(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ..
     """Whole-box profiles: per-dimension 1-D profiles combined by one batched matmul."""
     lead, count, m = weight.shape[:-1], weight.shape[-1], len(box)
     pairs = math.prod(lead)
-    kernel = _SeparableKernel.apply(weight.reshape(pairs, count), P.reshape(m, pairs, count),
-                                    SIG.reshape(m, pairs, count), box, interpolation)
+    # In the parameters' precision, as the scatter path is: under autocast the forward's matmul would return a
+    # half-precision kernel whose gradient the float32 backward cannot take; the convolution casts the kernel.
+    with autocast_off(weight.device.type):
+        kernel = _SeparableKernel.apply(weight.reshape(pairs, count), P.reshape(m, pairs, count),
+                                        SIG.reshape(m, pairs, count), box, interpolation)
     return kernel.view(*lead, *box)
 
 

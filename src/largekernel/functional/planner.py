@@ -12,8 +12,10 @@ the geometry it is given and decides nothing itself.
 
 The cost constants were fitted on the project's reference CPU (2-core Xeon,
 torch 2.13, docs/fft_conv.md); only ratios matter. On CUDA the rule is a separate,
-documented one (:func:`_cuda_seconds`): transforms cost what they read and write,
-cuDNN's direct path what it multiplies, at that device's throughputs.
+documented one (docs/cuda.md; :func:`_cuda_fft_seconds` and the CUDA branch of
+:func:`_direct_seconds`): transforms cost what they read and write, cuDNN's direct
+path what it multiplies, at that device's throughputs; it also decides overlap-save
+segments there.
 """
 
 from __future__ import annotations
@@ -340,6 +342,16 @@ def _geometry(grid, size, out, stride, kernel, dilation, shift, batch, cin, cout
 # ----------------------------------------------------------------------------- cost models
 
 
+def _cuda_fft_seconds(batch: int, cin: int, cout: int, cin_per_group: int, transform: int, buffer: int,
+                      needs_grad: bool) -> float:
+    """The FFT path on CUDA (a rule, not a fit): every transform pass reads and writes complex values of the
+    activation rows (``transform`` elements each) and the kernel buffer rows (``buffer`` each) at the device's
+    bandwidth, plus a launch overhead per pass."""
+    rows = batch * (cin + cout) * transform + cout * cin_per_group * buffer
+    passes = 6 if needs_grad else 3
+    return rows * 8 * passes / _CUDA_BANDWIDTH + _CUDA_CALL * (8 if needs_grad else 4)
+
+
 def _contracting_seconds(batch: int, cin: int, cout: int, cin_per_group: int, transform: int, buffer: int) -> float:
     """Forward + backward of the contracting FFT path with ``transform`` elements per activation row and a
     kernel buffer of ``buffer`` elements per (out, in) pair."""
@@ -371,12 +383,17 @@ def _segments(size, kernel, pads, args: ConvArgs, grid, batch, cin, cout, device
         return None
     per_group = cin // args.groups
 
+    def seconds(transform: int, buffer: int) -> float:
+        if device_type == "cuda":
+            return _cuda_fft_seconds(batch, cin, cout, per_group, transform, buffer, True)
+        return _contracting_seconds(batch, cin, cout, per_group, transform, buffer)
+
     def cost(choice) -> float:
         transform = math.prod(length * count for length, _, count in choice)
         buffer = math.prod(length for length, _, _ in choice)
-        return _contracting_seconds(batch, cin, cout, per_group, transform, buffer) + _COST_SEGMENTS
+        return seconds(transform, buffer) + (_CUDA_CALL if device_type == "cuda" else _COST_SEGMENTS)
 
-    whole = _contracting_seconds(batch, cin, cout, per_group, math.prod(grid), math.prod(grid))
+    whole = seconds(math.prod(grid), math.prod(grid))
     best = min(itertools.product(*dims), key=cost)
     if all(count == 1 for _, _, count in best):
         return None
@@ -413,9 +430,7 @@ def _fft_seconds(batch, cin, cout, geometry: FFTGeometry, segments, needs_grad: 
     transform = math.prod(geometry.grid) * count  # elements per activation row
     buffer = math.prod(geometry.grid)
     if device_type == "cuda":
-        rows = batch * (cin + cout) * transform + cout * (cin // geometry.groups) * buffer
-        passes = 6 if needs_grad else 3  # each transform pass reads and writes complex values
-        return rows * 8 * passes / _CUDA_BANDWIDTH + _CUDA_CALL * (8 if needs_grad else 4)
+        return _cuda_fft_seconds(batch, cin, cout, cin // geometry.groups, transform, buffer, needs_grad)
     extra = _COST_SEGMENTS if segments is not None else 0.0
     if geometry.contraction != "elementwise" or segments is not None:
         seconds = _contracting_seconds(batch, cin, cout, cin // geometry.groups, transform, buffer) + extra

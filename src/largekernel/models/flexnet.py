@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, STANDARDIZED, model_cfg, register_model
-from largekernel.models.layers import create_norm
+from largekernel.models.layers import create_norm, like_parameters
 from largekernel.nn.flexconv import CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d
 
 __all__ = ["FlexNet", "FlexBlock", "flexnet_tiny", "flexnet_small", "ckresnet_tiny", "ckresnet_small",
@@ -133,7 +133,7 @@ class FlexNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = self._new_head(num_classes)
+        self.head = like_parameters(self, self._new_head(num_classes))
 
     def forward_features(self, x: Tensor) -> Tensor:
         if x.dim() != self.dim + 2:

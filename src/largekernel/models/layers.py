@@ -41,6 +41,7 @@ __all__ = [
     "Classifier",
     "Stage",
     "StagedClassifier",
+    "like_parameters",
 ]
 
 # Families whose kernel is a plain dense tensor, built here from torch / largekernel.nn.Conv.
@@ -363,11 +364,13 @@ class Classifier(nn.Module):
         return set()
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head by a fresh ``num_classes``-way linear layer (0: identity, features out)."""
+        """Replace the head by a fresh ``num_classes``-way linear layer (0: identity, features out), on the
+        model's device and in its dtype."""
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = like_parameters(self, head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -438,3 +441,9 @@ def _check_positive(value, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
+
+def like_parameters(model: nn.Module, module: nn.Module) -> nn.Module:
+    """``module`` (a head made by ``reset_classifier``) on the device and in the floating dtype of ``model``'s
+    parameters, so that a model moved to a GPU or cast keeps working after its classifier is replaced."""
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return module if reference is None else module.to(reference.device, reference.dtype)

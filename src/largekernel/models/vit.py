@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, model_cfg, register_model
-from largekernel.models.layers import DropPath
+from largekernel.models.layers import DropPath, like_parameters
 from largekernel.nn.mixing import FourierMix
 
 __all__ = ["VisionTransformer", "vit_tiny", "vit_small", "fit_tiny", "fit_small"]
@@ -145,7 +145,7 @@ class VisionTransformer(nn.Module):
         if global_pool is not None and global_pool != self.global_pool:
             raise ValueError(f"global_pool is fixed at construction ({self.global_pool!r}), got {global_pool!r}")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = like_parameters(self, nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity())
 
     def _pos_embed(self, grid: tuple[int, int]) -> Tensor:
         if grid == self.grid:
