@@ -442,7 +442,9 @@ class _PackedProduct(torch.autograd.Function):
             if geometry.kernel is None:  # filter: (1/N) conj(X) G
                 grad_kernel = hermitian_part(sums, nd, 1 / math.prod(geometry.grid), conj=True)
             else:
-                buffer = torch.fft.ifftn(sums, dim=dims).real
+                # Re(ifftn(S)) is the inverse transform of S's Hermitian part: a real one, half the work
+                half = hermitian_part(sums, nd)[..., : geometry.grid[-1] // 2 + 1]
+                buffer = torch.fft.irfftn(half, s=geometry.grid, dim=dims)
                 grad_kernel = gather_kernel(buffer, geometry).view_as(kernel)
         if need_x:
             grad_x = grad_x.contiguous(memory_format=ctx.format)
