@@ -101,6 +101,19 @@ def test_compiled_backward_matches_eager():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("name", ["fft_depthwise", "niff", "s4d", "flexconv"])
+def test_compiled_layer_follows_input_size_changes(name):
+    """A new batch or spatial size recompiles (torch.compile then marks the sizes dynamic): plans, kernels sized
+    from the input and the product's operators are made for each size, and the outputs stay eager's."""
+    make, shape = FAMILIES[name]
+    layer = make()
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    for batch, grow in ((2, 0), (3, 4)):
+        x = torch.randn(batch, *shape[1:-1], shape[-1] + grow)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
 def test_flexconv_crop_is_kept_when_compiled():
     """While a graph is recorded FlexConv applies its whole grid with the samples outside the crop zeroed: the same
     kernel as the eager crop (a narrow mask: eager keeps the centre only), so the same output and gradients."""

@@ -23,6 +23,7 @@ Every FFT path of the library (seed 003; :mod:`~largekernel.functional.fft_conv`
 
 from __future__ import annotations
 
+import operator
 from functools import lru_cache
 
 import torch
@@ -62,11 +63,16 @@ _CONTRACTIONS = ("elementwise", "einsum", "bmm")
 
 
 def _encode(g: FFTGeometry) -> list[int]:
-    """The geometry as an operator argument (operators take no dataclasses): ints, the per-dim tuples in a row."""
+    """The geometry as an operator argument (operators take no dataclasses): ints, the per-dim tuples in a row.
+
+    With dynamic shapes (torch.compile's default once an input's size changes) the planner's values are symbolic;
+    ``operator.index`` makes each a Python int (the graph is specialised on it, one plan per input shape), where
+    ``int()`` would keep it symbolic."""
     nd = len(g.grid)
     kernel = (-1,) * nd if g.kernel is None else g.kernel
-    return [nd, *g.grid, *g.size, *g.out, *g.out_start, *g.stride, *kernel, *g.dilation, *g.shift, g.groups,
+    code = [nd, *g.grid, *g.size, *g.out, *g.out_start, *g.stride, *kernel, *g.dilation, *g.shift, g.groups,
             int(g.packed), g.channel_block, _CONTRACTIONS.index(g.contraction)]
+    return [operator.index(v) for v in code]
 
 
 def _decode(code: list[int]) -> FFTGeometry:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import operator
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -460,9 +461,11 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     """The plan of a validated call (``args`` from :func:`~largekernel.functional._args.conv_args`):
     ``backend="fft"`` / ``"direct"`` force the path, ``"auto"`` takes the one predicted faster."""
     nd = args.nd
-    batch = int(input.shape[0]) if args.batched else 1  # int(): traced shapes may be tensors
-    cin, cout = int(input.shape[-nd - 1]), int(weight.shape[0])
-    size, kernel = tuple(int(n) for n in input.shape[-nd:]), tuple(int(k) for k in weight.shape[2:])
+    # Python ints of the shapes: operator.index also of traced shapes (jit: tensors; torch.compile with dynamic
+    # shapes: symbols, which int() would keep; the graph is specialised on them, one plan per input shape)
+    batch = operator.index(input.shape[0]) if args.batched else 1
+    cin, cout = operator.index(input.shape[-nd - 1]), operator.index(weight.shape[0])
+    size, kernel = tuple(map(operator.index, input.shape[-nd:])), tuple(map(operator.index, weight.shape[2:]))
     options = (_option("packed"), _option("channel_block"), _option("segments"))
     # Transform lengths for ONNX Runtime's DFT when the plan is recorded into an ONNX graph.
     lengths_for = "onnx" if exporting_onnx() else input.device.type
