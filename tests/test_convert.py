@@ -218,25 +218,36 @@ def test_docs_examples_run():
         exec(compile(block, "docs/models.md", "exec"), {})
 
 
-def test_baked_model_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+def test_baked_model_exports_to_onnx(tmp_path, backend):
+    """A baked model exports to ONNX on either path: torch's convolutions, or (FFT) DFT nodes with the spectral
+    product in real arithmetic. ONNX Runtime and ONNX's own reference interpreter are the independent checks."""
     import numpy as np
     import onnx
+    import onnxruntime
     from onnx.reference import ReferenceEvaluator
 
     model = create_model("dwnet2d_tiny", num_classes=4).eval()
     largekernel.convert(model, "dcls", "blocks.0.dwconv", kernel_size=17, kernel_count=8)
     largekernel.convert(model, "niff", "blocks.1.dwconv")
-    x = torch.randn(1, 1, 8, 8)
+    x = torch.randn(2, 1, 8, 8)
     expected = model(x).detach().numpy()
-    largekernel.bake(model, input_size=(1, 1, 8, 8))
-    # Large baked kernels use the FFT path, whose complex ops ONNX lacks: move every conv to the direct path.
-    largekernel.convert(model, "conv", "*", backend="direct")
+    largekernel.bake(model, input_size=(2, 1, 8, 8))
+    largekernel.convert(model, "conv", "*", backend=backend)
     path = tmp_path / "model.onnx"
     torch.onnx.export(model, (x,), dynamo=True).save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
-    assert "Conv" in {node.op_type for node in proto.graph.node}
-    # ONNX's own reference interpreter is the independent check.
+    weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    spatial = [n for n in proto.graph.node if n.op_type == "Conv" and weights[n.input[1]][2:] != (1, 1)]
+    ops = {node.op_type for node in proto.graph.node}
+    if backend == "direct":
+        assert len(spatial) == 3 and "DFT" not in ops
+    else:  # every spatial convolution is a DFT product; only the pointwise (1x1) Conv nodes remain
+        assert not spatial and "DFT" in ops
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     (out,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 

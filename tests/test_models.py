@@ -31,9 +31,6 @@ _FULL = ["dwnet1d_tiny", "dwnet2d_tiny", "convnext_atto", "convnext_atto_dcls", 
 _BIG = ["convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls",
         "convnext_small_dcls", "convnext_base_dcls", "resnet50", "vit_small", "fit_small"]
 _REST = [n for n in _ALL if n not in _FULL and n not in _BIG]
-# FlexConv's dynamic cropping sizes the kernel from the learned mask width (a data-dependent
-# shape), which torch.compile cannot keep in one graph: these compile with graph breaks.
-_GRAPH_BREAKS = ("flexnet", "flextcn")
 
 
 def _setup(name: str) -> tuple[dict, tuple[int, ...]]:
@@ -206,7 +203,7 @@ def test_compile_matches_eager(name):
     with torch.no_grad():
         expected = model(x)
         torch.compiler.reset()
-        compiled = torch.compile(model, backend="eager", fullgraph=not name.startswith(_GRAPH_BREAKS))
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -221,7 +218,7 @@ def test_dwnet1d_every_family_trains_and_compiles(conv):
     model.eval()
     torch.compiler.reset()  # the same forward code objects recompile per model; stay under dynamo's limit
     with torch.no_grad():
-        compiled = torch.compile(model, backend="eager", fullgraph=conv != "flexconv")
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 

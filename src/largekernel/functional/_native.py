@@ -11,8 +11,9 @@ The C source is compiled once per machine with the system C compiler (``$CC``, e
 ``-O3 -march=native -fopenmp``) into the cache folder (``$LARGEKERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/largekernel`` or ``~/.cache/largekernel``) and loaded with :mod:`ctypes`.
 Without a compiler, with ``LARGEKERNEL_NATIVE=0`` (or :func:`native_kernels` ``(False)``), off
-the CPU, for other dtypes, while tracing or compiling (``torch.jit.trace``,
-``torch.compile``, ``torch.export``: they cannot see into a foreign call) and under a
+the CPU, for other dtypes, while tracing (``torch.jit.trace``, ``torch.compile``,
+``torch.export``: they cannot see into a foreign call; a compiled graph runs the FFT
+product as an opaque operator, which calls them) and under a
 dispatch mode (``torch.utils.flop_counter``: it counts torch operations), the callers run
 the same passes as torch operations; results agree to rounding. Each kernel's results do
 not depend on the thread count.

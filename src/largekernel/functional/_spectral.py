@@ -1,25 +1,28 @@
-"""Spectral products: the FFT path's one pair of autograd Functions.
+"""Spectral products: the FFT path's forward and backward, and the autograd Function around them.
 
-Every FFT convolution of the library goes through :func:`spectral_product`: the input is
+Every FFT convolution of the library goes through one spectral product
+(:func:`largekernel.functional._product.spectral_product` chooses how it runs): the input is
 transformed on the plan's grid, multiplied by a kernel spectrum (with the channel
 contraction or mixing of the call) and transformed back. The kernel is either a spatial
 kernel in torch conv layout, placed on the grid and transformed here (a
 cross-correlation, as ``torch.nn.functional.convNd``), or a *filter* given on the grid
-(NIFF's frequency-domain filters: a circular convolution). Two Functions implement it:
+(NIFF's frequency-domain filters: a circular convolution). Two implementations:
 
-* :class:`_RealProduct`: real transforms (``rfftn`` / ``irfftn``), any groups, stride
-  (decimation in the frequency domain), channel contraction as one real bmm per call
-  over frequency-major operands, an optional real channel mixing after the product
-  (NIFF's pointwise map), cache-sized channel blocks for elementwise products;
-* :class:`_PackedProduct`: channel pairs of a sample packed as one complex signal
+* on real transforms (``rfftn`` / ``irfftn``): any groups, stride (decimation in the
+  frequency domain), channel contraction as one real bmm per call over frequency-major
+  operands, an optional real channel mixing after the product (NIFF's pointwise map),
+  cache-sized channel blocks for elementwise products;
+* on channel pairs of a sample packed as one complex signal
   (:mod:`largekernel.functional._packed`), for elementwise products at stride 1.
 
-Both save what their gradients need from the forward (the input spectrum for the kernel
+Both keep what their gradients need from the forward (the input spectrum for the kernel
 gradient, the kernel spectrum for the input gradient), so the backward transforms only
-the output gradient. When a graph of the backward is asked for (``create_graph=True``:
-gradient penalties, MAML, Hessian-vector products) the gradients are computed from
-differentiable torch operations instead (:func:`reference_product`), so every order of
-derivative works.
+the output gradient. They are plain functions (:func:`product_forward`,
+:func:`product_backward`) that the autograd Function :class:`SpectralProduct` (eager) and
+the opaque operators ``torch.compile`` records both run. When a graph of the backward is
+asked for (``create_graph=True``: gradient penalties, MAML, Hessian-vector products) the
+gradients are computed from differentiable torch operations instead
+(:func:`reference_product`), so every order of derivative works.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from largekernel.functional._grid import (gather_kernel, hermitian_extension, he
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
 from largekernel.functional.planner import FFTGeometry
 
-__all__ = ["spectral_product", "reference_product", "pointwise"]
+__all__ = ["SpectralProduct", "product_forward", "product_backward", "reference_product", "pointwise"]
 
 
 def pointwise(spectrum: Tensor, weight: Tensor) -> Tensor:
@@ -240,225 +243,260 @@ def _graph_gradients(grad: Tensor, inputs: tuple, needs: tuple, geometry: FFTGeo
 
 
 # ----------------------------------------------------------------------------- real transforms
+# Forward and backward are plain functions of tensors and the geometry, so that the autograd Function below
+# (eager) and the opaque operator that torch.compile records (largekernel.functional._product) run the same code.
+# ``needs``: which gradients the forward keeps operands for, (input, kernel, mixing); the backward's ``needs``
+# add the bias and must agree with the forward's. ``saved``: the kept spectra, present ones only, in order.
 
 
-class _RealProduct(torch.autograd.Function):
-    """Forward and backward of the spectral product on real transforms (see the module docstring).
+def _real_forward(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
+                  needs: tuple[bool, bool, bool]) -> tuple[Tensor, list[Tensor]]:
+    """The product on real transforms; elementwise products without mixing run in cache-sized channel blocks
+    (``geometry.channel_block`` groups each). Returns the output and what the backward reuses."""
+    nd = len(geometry.grid)
+    dims = spatial_dims(nd)
+    batch = x.shape[0]
+    groups = geometry.groups
+    need_x, need_kernel, need_mixing = needs
+    layout = _memory_format(x)
+    if geometry.contraction == "bmm":
+        w_f = torch.fft.rfftn(place_kernel(kernel, geometry), dim=dims)  # (Cout, Cin/g, *half) complex
+        x_f = torch.fft.rfftn(x, s=geometry.grid, dim=dims)  # (B, Cin, *half) complex
+        y_f, x_block, w_major = _contract_forward(x_f, w_f, groups)
+        out = irfft_keep(y_f, geometry)  # (B, Cout, *out)
+        # the add (or copy) also makes the strided slice contiguous, like torch's conv output
+        out = out + bias.view(-1, *([1] * nd)) if bias is not None else out.contiguous()
+        saved = [w_major] if need_x else []
+        return out.contiguous(memory_format=layout), saved + ([x_block] if need_kernel else [])
+    m = _half_multiplier(kernel, geometry)  # (Cout, I, *half)
+    cout, i = m.shape[:2]
+    per = cout // groups
+    out_channels = cout if mixing is None else mixing.shape[0]
+    out = x.new_empty(batch, out_channels, *geometry.out)
+    specs = []
+    for block in _real_blocks(geometry, mixing):
+        ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
+        x_f = torch.fft.rfftn(x[:, ins], s=geometry.grid, dim=dims)  # (B, block inputs, *half) complex
+        y_f = _product(x_f, m[outs], block.stop - block.start)
+        if mixing is not None:
+            y_f = pointwise(y_f, mixing)  # (B, out, *half)
+            outs = slice(None)
+        write(out[:, outs], irfft_keep(y_f, geometry), None if bias is None else bias[outs])
+        if need_kernel or need_mixing:  # (else freed now: the next block reuses its memory)
+            specs.append(x_f)
+    return out.contiguous(memory_format=layout), ([m] if need_x or need_mixing else []) + specs
 
-    ``keep``: whether a kernel (or mixing) gradient will be wanted (the caller knows the grad mode): only
-    then are the input spectra kept. Elementwise products without mixing run in cache-sized channel
-    blocks (``geometry.channel_block`` groups each).
-    """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
-                keep: bool) -> Tensor:
-        nd = len(geometry.grid)
-        dims = spatial_dims(nd)
-        batch = x.shape[0]
-        groups = geometry.groups
-        need_kernel = ctx.needs_input_grad[1] and keep
-        need_mixing = mixing is not None and ctx.needs_input_grad[2] and keep
-        ctx.geometry, ctx.size, ctx.format = geometry, tuple(x.shape[2:]), _memory_format(x)
-        if geometry.contraction == "bmm":
-            w_f = torch.fft.rfftn(place_kernel(kernel, geometry), dim=dims)  # (Cout, Cin/g, *half) complex
-            x_f = torch.fft.rfftn(x, s=geometry.grid, dim=dims)  # (B, Cin, *half) complex
-            y_f, x_block, w_major = _contract_forward(x_f, w_f, groups)
-            out = irfft_keep(y_f, geometry)  # (B, Cout, *out)
-            # the add (or copy) also makes the strided slice contiguous, like torch's conv output
-            out = out + bias.view(-1, *([1] * nd)) if bias is not None else out.contiguous()
-            ctx.save_for_backward(x, kernel, mixing, bias, w_major if ctx.needs_input_grad[0] else None,
-                                  x_block if need_kernel else None)
-            return out.contiguous(memory_format=ctx.format)
-        m = _half_multiplier(kernel, geometry)  # (Cout, I, *half)
-        cout, i = m.shape[:2]
-        per = cout // groups
-        blocks = [slice(0, groups)] if mixing is not None else _blocks(groups, geometry.channel_block)
-        out_channels = cout if mixing is None else mixing.shape[0]
-        out = x.new_empty(batch, out_channels, *geometry.out)
-        specs = []
-        for block in blocks:
-            ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
-            x_f = torch.fft.rfftn(x[:, ins], s=geometry.grid, dim=dims)  # (B, block inputs, *half) complex
-            y_f = _product(x_f, m[outs], block.stop - block.start)
-            if mixing is not None:
-                y_f = pointwise(y_f, mixing)  # (B, out, *half)
-                outs = slice(None)
-            write(out[:, outs], irfft_keep(y_f, geometry), None if bias is None else bias[outs])
-            specs.append(x_f if (need_kernel or need_mixing) else None)
-        ctx.save_for_backward(x, kernel, mixing, bias, m if ctx.needs_input_grad[0] or need_mixing else None, *specs)
-        ctx.blocks = blocks
-        return out.contiguous(memory_format=ctx.format)
+def _real_blocks(geometry: FFTGeometry, mixing: Tensor | None) -> list[slice]:
+    """The channel blocks (of groups) of an elementwise product: one when a mixing follows (it needs them all)."""
+    return [slice(0, geometry.groups)] if mixing is not None else _blocks(geometry.groups, geometry.channel_block)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, kernel, mixing, bias, *spectra = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return (*_graph_gradients(grad, (x, kernel, mixing, bias), ctx.needs_input_grad[:4], ctx.geometry),
-                    None, None)
-        geometry: FFTGeometry = ctx.geometry
-        need_x, need_kernel, need_mixing, need_bias = ctx.needs_input_grad[:4]
-        nd = len(geometry.grid)
-        dims = spatial_dims(nd)
-        grad = grad.contiguous()
-        groups = geometry.groups
-        grad_x = grad_kernel = grad_mixing = grad_bias = None
-        if need_bias:
-            grad_bias = _bias_grad(grad)
-        if not (need_x or need_kernel or need_mixing):
-            return grad_x, grad_kernel, grad_mixing, grad_bias, None, None
-        if geometry.contraction == "bmm":
-            w_major, x_block = spectra
-            freq = _half(geometry.grid)
-            g = _g_planar(rfft_placed(grad, geometry), groups)  # (P*G, 2B, O)
-            if need_kernel:
-                cout, i = grad.shape[1], x_block.shape[4]
-                gw = _transpose(_contract_weight_grad(g, x_block)).view(cout, i, *freq)  # (Cout, I, *half)
-                grad_kernel = gather_kernel(torch.fft.irfftn(gw, s=geometry.grid, dim=dims), geometry)
-            if need_x:
-                gx_f = _contract_input_grad(g, w_major, groups, freq)  # (B, Cin, *half)
-                grad_x = irfft_keep(gx_f, geometry, ctx.size, (1,) * nd, (0,) * nd)
-                grad_x = grad_x.contiguous(memory_format=ctx.format)
-            return grad_x, grad_kernel, grad_mixing, grad_bias, None, None
-        m, *specs = spectra
-        batch = grad.shape[0]
-        cout, i = (kernel.shape[0], 1) if geometry.kernel is None else kernel.shape[:2]
-        per = cout // groups
+
+def _real_backward(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
+                   saved: list[Tensor], geometry: FFTGeometry, needs: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients ``(x, kernel, mixing, bias)`` of :func:`_real_forward` (None where not needed)."""
+    need_x, need_kernel, need_mixing, need_bias = needs
+    nd = len(geometry.grid)
+    dims = spatial_dims(nd)
+    grad = grad.contiguous()
+    groups = geometry.groups
+    size, layout = tuple(x.shape[2:]), _memory_format(x)
+    grad_x = grad_kernel = grad_mixing = grad_bias = None
+    if need_bias:
+        grad_bias = _bias_grad(grad)
+    if not (need_x or need_kernel or need_mixing):
+        return grad_x, grad_kernel, grad_mixing, grad_bias
+    if geometry.contraction == "bmm":
+        w_major = saved.pop(0) if need_x else None
+        x_block = saved.pop(0) if need_kernel else None
         freq = _half(geometry.grid)
-        if need_x:
-            grad_x = grad.new_empty(batch, groups * i, *ctx.size)
+        g = _g_planar(rfft_placed(grad, geometry), groups)  # (P*G, 2B, O)
         if need_kernel:
-            acc = torch.empty(cout, i, *freq, dtype=specs[0].dtype, device=grad.device)  # sum_b X conj(G)
-        for block, x_f in zip(ctx.blocks, specs):
-            ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
-            n = block.stop - block.start
-            if mixing is not None:
-                g_f = rfft_placed(grad, geometry)  # (B, out, *half)
-                if need_mixing:  # sum over b and frequencies of Re(conj(G) Z), the half bins weighted
-                    z = _product(x_f, m, groups)  # (B, in, *half)
-                    weights = torch.full((freq[-1],), 2.0, dtype=grad.dtype, device=grad.device)
-                    weights[0] = 1.0
-                    if geometry.grid[-1] % 2 == 0:
-                        weights[-1] = 1.0
-                    weights /= math.prod(geometry.grid)
-                    gz = torch.view_as_real(g_f * weights).reshape(batch, g_f.shape[1], -1)
-                    grad_mixing = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(batch, z.shape[1], -1))
-                g_f = pointwise(g_f, mixing.t())  # (B, in, *half)
-            else:
-                g_f = rfft_placed(grad[:, outs], geometry)  # (B, block outputs, *half)
-            if not (need_x or need_kernel):
-                continue
-            # Depthwise: sum_b x * conj(g) and g *= conj(m) in one native pass.
-            if i == per == 1 and native_spectral_grad(
-                    x_f if need_kernel else None, g_f, m[outs].view(n, *freq) if need_x else None,
-                    acc[outs].view(n, *freq) if need_kernel else None, conj_q=True, conj_w=True):
-                gx_f = g_f
-            else:
-                if need_kernel:  # first: the input-gradient product below may overwrite g_f
-                    acc[outs] = _weight_grad_product(x_f, g_f, n)
-                if need_x:
-                    gx_f = _input_grad_product(g_f, m[outs], n)  # (B, block inputs, *half)
+            cout, i = grad.shape[1], x_block.shape[4]
+            gw = _transpose(_contract_weight_grad(g, x_block)).view(cout, i, *freq)  # (Cout, I, *half)
+            grad_kernel = gather_kernel(torch.fft.irfftn(gw, s=geometry.grid, dim=dims), geometry)
+        if need_x:
+            gx_f = _contract_input_grad(g, w_major, groups, freq)  # (B, Cin, *half)
+            grad_x = irfft_keep(gx_f, geometry, size, (1,) * nd, (0,) * nd)
+            grad_x = grad_x.contiguous(memory_format=layout)
+        return grad_x, grad_kernel, grad_mixing, grad_bias
+    blocks = _real_blocks(geometry, mixing)
+    m = saved.pop(0) if need_x or need_mixing else None
+    specs = saved if need_kernel or need_mixing else [None] * len(blocks)
+    batch = grad.shape[0]
+    cout, i = (kernel.shape[0], 1) if geometry.kernel is None else kernel.shape[:2]
+    per = cout // groups
+    freq = _half(geometry.grid)
+    if need_x:
+        grad_x = grad.new_empty(batch, groups * i, *size)
+    if need_kernel:
+        acc = torch.empty(cout, i, *freq, dtype=specs[0].dtype, device=grad.device)  # sum_b X conj(G)
+    for block, x_f in zip(blocks, specs):
+        ins, outs = slice(block.start * i, block.stop * i), slice(block.start * per, block.stop * per)
+        n = block.stop - block.start
+        if mixing is not None:
+            g_f = rfft_placed(grad, geometry)  # (B, out, *half)
+            if need_mixing:  # sum over b and frequencies of Re(conj(G) Z), the half bins weighted
+                z = _product(x_f, m, groups)  # (B, in, *half)
+                weights = torch.full((freq[-1],), 2.0, dtype=grad.dtype, device=grad.device)
+                weights[0] = 1.0
+                if geometry.grid[-1] % 2 == 0:
+                    weights[-1] = 1.0
+                weights /= math.prod(geometry.grid)
+                gz = torch.view_as_real(g_f * weights).reshape(batch, g_f.shape[1], -1)
+                grad_mixing = torch.einsum("bom,bim->oi", gz, torch.view_as_real(z).reshape(batch, z.shape[1], -1))
+            g_f = pointwise(g_f, mixing.t())  # (B, in, *half)
+        else:
+            g_f = rfft_placed(grad[:, outs], geometry)  # (B, block outputs, *half)
+        if not (need_x or need_kernel):
+            continue
+        # Depthwise: sum_b x * conj(g) and g *= conj(m) in one native pass.
+        if i == per == 1 and native_spectral_grad(
+                x_f if need_kernel else None, g_f, m[outs].view(n, *freq) if need_x else None,
+                acc[outs].view(n, *freq) if need_kernel else None, conj_q=True, conj_w=True):
+            gx_f = g_f
+        else:
+            if need_kernel:  # first: the input-gradient product below may overwrite g_f
+                acc[outs] = _weight_grad_product(x_f, g_f, n)
             if need_x:
-                grad_x[:, ins] = irfft_keep(gx_f, geometry, ctx.size, (1,) * nd, (0,) * nd)
-        if need_kernel:
-            grad_kernel = _kernel_grad_from_half(acc, geometry)
+                gx_f = _input_grad_product(g_f, m[outs], n)  # (B, block inputs, *half)
         if need_x:
-            grad_x = grad_x.contiguous(memory_format=ctx.format)
-        return grad_x, grad_kernel, grad_mixing, grad_bias, None, None
+            grad_x[:, ins] = irfft_keep(gx_f, geometry, size, (1,) * nd, (0,) * nd)
+    if need_kernel:
+        grad_kernel = _kernel_grad_from_half(acc, geometry)
+    if need_x:
+        grad_x = grad_x.contiguous(memory_format=layout)
+    return grad_x, grad_kernel, grad_mixing, grad_bias
 
 
 # ----------------------------------------------------------------------------- packed channel pairs
 
 
-class _PackedProduct(torch.autograd.Function):
-    """:class:`_RealProduct` for elementwise products at stride 1 on channel pairs packed as complex signals
+def _packed_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FFTGeometry,
+                    need_kernel: bool) -> tuple[Tensor, list[Tensor]]:
+    """The product for elementwise products at stride 1 on channel pairs packed as complex signals
     (:mod:`largekernel.functional._packed`): channel ``p`` and ``h + p`` of each sample (``h = ceil(C/2)``),
-    in blocks of ``geometry.channel_block`` pairs; the kernel spectra on the full grid."""
+    in blocks of ``geometry.channel_block`` pairs; the kernel spectra on the full grid. Returns the output and
+    what the backward reuses: the kernel spectra ``(C, per, *grid)``, then (``need_kernel``) the packed input
+    spectra."""
+    nd = len(geometry.grid)
+    dims = spatial_dims(nd)
+    batch, channels = x.shape[:2]
+    if geometry.kernel is None:
+        m = kernel  # (Cout, *grid) filter
+    else:
+        m = torch.fft.fftn(place_kernel(kernel.flatten(0, 1), geometry), dim=dims).conj_physical_()
+    cout = m.shape[0]
+    per = cout // channels
+    pairs = (channels + 1) // 2
+    spectra = m.reshape(channels, per, *geometry.grid).contiguous()  # first members 0 .. pairs - 1, then partners
+    out = x.new_empty(batch, cout, *geometry.out)
+    out_pairs = out.view(batch, channels, per, *geometry.out)
+    bias_pairs = None if bias is None else bias.view(channels, per)
+    specs = []
+    for block in _blocks(pairs, geometry.channel_block):
+        second = slice(pairs + block.start, min(pairs + block.stop, channels))
+        z = torch.fft.fftn(pack_pairs(x[:, block], x[:, second], geometry.grid), dim=dims)  # (B, n, *grid)
+        y = torch.fft.ifftn(mirror_product(z, spectra[block], spectra[second]), dim=dims)  # (B, n, per, *grid)
+        unpack_pairs(y.flatten(1, 2), out_pairs[:, block].flatten(1, 2), out_pairs[:, second].flatten(1, 2),
+                     geometry.out_start, None if bias is None else bias_pairs[block].flatten(),
+                     None if bias is None else bias_pairs[second].flatten())
+        if need_kernel:  # (else freed now: the next block reuses its memory)
+            specs.append(z)
+    return out.contiguous(memory_format=_memory_format(x)), [spectra, *specs]
+
+
+def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | None, saved: list[Tensor],
+                     geometry: FFTGeometry, needs: tuple[bool, bool, bool]) -> tuple:
+    """Gradients ``(x, kernel, bias)`` of :func:`_packed_forward` (None where not needed)."""
+    need_x, need_kernel, need_bias = needs
+    spectra, *specs = saved
+    nd = len(geometry.grid)
+    dims = spatial_dims(nd)
+    batch, channels = x.shape[:2]
+    per = spectra.shape[1]
+    pairs = (channels + 1) // 2
+    blocks = _blocks(pairs, geometry.channel_block)
+    specs = specs if need_kernel else [None] * len(blocks)
+    grad = grad.contiguous()
+    grad_pairs = grad.view(batch, channels, per, *geometry.out)
+    grad_x = torch.empty(batch, channels, *x.shape[2:], dtype=grad.dtype, device=grad.device) if need_x else None
+    grad_bias = _bias_grad(grad) if need_bias else None
+    # X_c conj(G_c) (up to anti-Hermitian parts) of the first members, then of the second (pairs + p; the
+    # partner of an odd channel count's last channel is dropped)
+    sums = torch.empty(2 * pairs, per, *geometry.grid, dtype=spectra.dtype, device=grad.device) if need_kernel else None
+    if need_x or need_kernel:
+        for block, z in zip(blocks, specs):
+            second = slice(pairs + block.start, min(pairs + block.stop, channels))
+            g = pack_pairs(grad_pairs[:, block].flatten(1, 2), grad_pairs[:, second].flatten(1, 2), geometry.grid,
+                           geometry.out_start)
+            g = torch.fft.fftn(g, dim=dims).view(batch, -1, per, *geometry.grid)  # (B, n, per, *grid)
+            gx = mirror_grad(z, g, spectra[block], spectra[second], need_x, *(
+                (sums[block], sums[pairs + block.start: pairs + block.stop]) if need_kernel else ()))
+            if need_x:
+                unpack_pairs(torch.fft.ifftn(gx, dim=dims), grad_x[:, block], grad_x[:, second], (0,) * nd)
+    grad_kernel = None
+    if need_kernel:
+        sums = sums[:channels].view(channels * per, *geometry.grid)
+        if geometry.kernel is None:  # filter: (1/N) conj(X) G
+            grad_kernel = hermitian_part(sums, nd, 1 / math.prod(geometry.grid), conj=True)
+        else:
+            # Re(ifftn(S)) is the inverse transform of S's Hermitian part: a real one, half the work
+            half = hermitian_part(sums, nd)[..., : geometry.grid[-1] // 2 + 1]
+            buffer = torch.fft.irfftn(half, s=geometry.grid, dim=dims)
+            grad_kernel = gather_kernel(buffer, geometry).view_as(kernel)
+    if need_x:
+        grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+    return grad_x, grad_kernel, grad_bias
+
+
+# ----------------------------------------------------------------------------- one entry for both
+
+
+def product_forward(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
+                    needs: tuple[bool, bool, bool]) -> tuple[Tensor, list[Tensor]]:
+    """The spectral product (packed or on real transforms, as ``geometry`` says) and the tensors its backward
+    reuses; ``needs``: the gradients wanted, (input, kernel, mixing)."""
+    if geometry.packed and mixing is None:
+        return _packed_forward(x, kernel, bias, geometry, needs[1])
+    return _real_forward(x, kernel, mixing, bias, geometry, needs)
+
+
+def product_backward(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
+                     saved: list[Tensor], geometry: FFTGeometry, needs: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients ``(x, kernel, mixing, bias)`` of :func:`product_forward` from the output gradient, the inputs and
+    the ``saved`` tensors (``needs``: the forward's three, then the bias)."""
+    saved = list(saved)
+    if geometry.packed and mixing is None:
+        grad_x, grad_kernel, grad_bias = _packed_backward(grad, x, kernel, bias, saved, geometry,
+                                                          (needs[0], needs[1], needs[3]))
+        return grad_x, grad_kernel, None, grad_bias
+    return _real_backward(grad, x, kernel, mixing, bias, saved, geometry, needs)
+
+
+class SpectralProduct(torch.autograd.Function):
+    """:func:`product_forward` with :func:`product_backward` as its backward (the eager path).
+
+    ``keep``: whether a kernel (or mixing) gradient will be wanted (the caller knows the grad mode): only
+    then are the input spectra kept. With a graph of the backward asked for (``create_graph=True``), the
+    gradients come from :func:`reference_product` instead.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FFTGeometry, keep: bool) -> Tensor:
-        nd = len(geometry.grid)
-        dims = spatial_dims(nd)
-        batch, channels = x.shape[:2]
-        if geometry.kernel is None:
-            m = kernel  # (Cout, *grid) filter
-        else:
-            m = torch.fft.fftn(place_kernel(kernel.flatten(0, 1), geometry), dim=dims).conj_physical_()
-        cout = m.shape[0]
-        per = cout // channels
-        pairs = (channels + 1) // 2
-        spectra = m.reshape(channels, per, *geometry.grid).contiguous()  # first members 0 .. pairs - 1, then partners
-        out = x.new_empty(batch, cout, *geometry.out)
-        out_pairs = out.view(batch, channels, per, *geometry.out)
-        bias_pairs = None if bias is None else bias.view(channels, per)
-        need_kernel = ctx.needs_input_grad[1] and keep
-        specs = []
-        for block in _blocks(pairs, geometry.channel_block):
-            second = slice(pairs + block.start, min(pairs + block.stop, channels))
-            z = torch.fft.fftn(pack_pairs(x[:, block], x[:, second], geometry.grid), dim=dims)  # (B, n, *grid)
-            y = torch.fft.ifftn(mirror_product(z, spectra[block], spectra[second]), dim=dims)  # (B, n, per, *grid)
-            unpack_pairs(y.flatten(1, 2), out_pairs[:, block].flatten(1, 2), out_pairs[:, second].flatten(1, 2),
-                         geometry.out_start, None if bias is None else bias_pairs[block].flatten(),
-                         None if bias is None else bias_pairs[second].flatten())
-            specs.append(z if need_kernel else None)
-        ctx.save_for_backward(x, kernel, bias, spectra, *specs)
-        ctx.geometry, ctx.format = geometry, _memory_format(x)
-        return out.contiguous(memory_format=ctx.format)
+    def forward(ctx, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
+                keep: bool) -> Tensor:
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and keep,
+                 mixing is not None and ctx.needs_input_grad[2] and keep)
+        out, saved = product_forward(x, kernel, mixing, bias, geometry, needs)
+        ctx.save_for_backward(x, kernel, mixing, bias, *saved)
+        ctx.geometry, ctx.needs = geometry, needs
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, kernel, bias, spectra, *specs = ctx.saved_tensors
+        x, kernel, mixing, bias, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():
-            needs = (*ctx.needs_input_grad[:2], False, ctx.needs_input_grad[2])
-            grad_x, grad_kernel, _, grad_bias = _graph_gradients(grad, (x, kernel, None, bias), needs, ctx.geometry)
-            return grad_x, grad_kernel, grad_bias, None, None
-        geometry: FFTGeometry = ctx.geometry
-        need_x, need_kernel, need_bias = ctx.needs_input_grad[:3]
-        nd = len(geometry.grid)
-        dims = spatial_dims(nd)
-        batch, channels = x.shape[:2]
-        per = spectra.shape[1]
-        pairs = (channels + 1) // 2
-        grad = grad.contiguous()
-        grad_pairs = grad.view(batch, channels, per, *geometry.out)
-        grad_x = torch.empty(batch, channels, *x.shape[2:], dtype=grad.dtype, device=grad.device) if need_x else None
-        grad_bias = _bias_grad(grad) if need_bias else None
-        # X_c conj(G_c) (up to anti-Hermitian parts) of the first members, then of the second (pairs + p; the
-        # partner of an odd channel count's last channel is dropped)
-        sums = torch.empty(2 * pairs, per, *geometry.grid, dtype=spectra.dtype, device=grad.device) if need_kernel else None
-        if need_x or need_kernel:
-            for block, z in zip(_blocks(pairs, geometry.channel_block), specs):
-                second = slice(pairs + block.start, min(pairs + block.stop, channels))
-                g = pack_pairs(grad_pairs[:, block].flatten(1, 2), grad_pairs[:, second].flatten(1, 2), geometry.grid,
-                               geometry.out_start)
-                g = torch.fft.fftn(g, dim=dims).view(batch, -1, per, *geometry.grid)  # (B, n, per, *grid)
-                gx = mirror_grad(z, g, spectra[block], spectra[second], need_x, *(
-                    (sums[block], sums[pairs + block.start: pairs + block.stop]) if need_kernel else ()))
-                if need_x:
-                    unpack_pairs(torch.fft.ifftn(gx, dim=dims), grad_x[:, block], grad_x[:, second], (0,) * nd)
-        grad_kernel = None
-        if need_kernel:
-            sums = sums[:channels].view(channels * per, *geometry.grid)
-            if geometry.kernel is None:  # filter: (1/N) conj(X) G
-                grad_kernel = hermitian_part(sums, nd, 1 / math.prod(geometry.grid), conj=True)
-            else:
-                # Re(ifftn(S)) is the inverse transform of S's Hermitian part: a real one, half the work
-                half = hermitian_part(sums, nd)[..., : geometry.grid[-1] // 2 + 1]
-                buffer = torch.fft.irfftn(half, s=geometry.grid, dim=dims)
-                grad_kernel = gather_kernel(buffer, geometry).view_as(kernel)
-        if need_x:
-            grad_x = grad_x.contiguous(memory_format=ctx.format)
-        return grad_x, grad_kernel, grad_bias, None, None
-
-
-def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FFTGeometry,
-                     mixing: Tensor | None = None) -> Tensor:
-    """The FFT path's product for ``x`` ``(B, Cin, *geometry.size)``: a spatial ``kernel`` ``(Cout, Cin/g, *k)``
-    (cross-correlation) or, with ``geometry.kernel = None``, a Hermitian filter ``(Cout, *grid)`` complex
-    (circular convolution); optional real ``mixing`` ``(out, Cout)`` after it; ``bias`` per output channel.
-    Returns ``(B, out, *geometry.out)``."""
-    keep = torch.is_grad_enabled() and (kernel.requires_grad or (mixing is not None and mixing.requires_grad))
-    if geometry.packed and mixing is None:
-        return _PackedProduct.apply(x, kernel, bias, geometry, keep)
-    return _RealProduct.apply(x, kernel, mixing, bias, geometry, keep)
-
+            return (*_graph_gradients(grad, (x, kernel, mixing, bias), ctx.needs_input_grad[:4], ctx.geometry),
+                    None, None)
+        needs = (*ctx.needs, ctx.needs_input_grad[3])
+        return (*product_backward(grad, x, kernel, mixing, bias, saved, ctx.geometry, needs), None, None)

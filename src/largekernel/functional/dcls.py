@@ -206,7 +206,8 @@ class _SeparableKernel(torch.autograd.Function):
         grad_P, grad_width = torch.empty_like(width), torch.empty_like(width)
         for dim in range(m):
             row = m - 1 - dim
-            others = math.prod(sums[i] for i in range(m) if i != dim) if m > 1 else 1.0
+            # (of a list: torch.compile cannot pass a generator to math.prod)
+            others = math.prod([sums[i] for i in range(m) if i != dim]) if m > 1 else 1.0
             d_prof = d_profiles[dim] + (d_norm * others).unsqueeze(-1)  # (B, count, box[dim])
             prof, offset = profiles[dim], offsets[dim]
             if ctx.interpolation == "gaussian":

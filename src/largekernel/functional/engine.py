@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from largekernel.functional._args import ConvArgumentError, autocast_operands, conv_args, flat_pads
+from largekernel.functional._tracing import tracing
 from largekernel.functional.fft_conv import run_fft
 from largekernel.functional.planner import ConvPlan, make_plan
 
@@ -96,10 +97,6 @@ def auto_cache() -> dict[tuple, dict]:
 def clear_auto_cache() -> None:
     """Forget every timed ``backend="auto"`` decision."""
     _CACHE.clear()
-
-
-def _compiling() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def _direct(plan: ConvPlan, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -192,7 +189,7 @@ def _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, 
         raise ConvArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     args = conv_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
     plan = make_plan(args, input, weight, bias, backend)
-    if backend == "auto" and _CALIBRATION["enabled"] and not _compiling():
+    if backend == "auto" and _CALIBRATION["enabled"] and not tracing():
         plan = _timed(plan, input, weight, bias)
     return plan
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from largekernel.functional._args import PADDING_MODES, autocast_off, autocast_operands, conv_args, flat_pads
-from largekernel.functional._spectral import spectral_product
+from largekernel.functional._product import spectral_product
 from largekernel.functional.planner import ConvPlan, fast_fft_length, make_plan
 
 __all__ = ["fft_conv", "fast_fft_length", "run_fft", "PADDING_MODES"]
@@ -131,7 +131,7 @@ def _segmented(plan: ConvPlan, input: Tensor, weight: Tensor, bias: Tensor | Non
     y = spectral_product(x, weight, None, geometry)  # (B * segments, Cout, *valid)
     cout = y.shape[1]
     y = y.view(b, *counts, cout, *geometry.out)
-    y = y.permute(0, 1 + nd, *(j for i in range(nd) for j in (1 + i, 2 + nd + i)))  # (B, Cout, count1, valid1, ...)
+    y = y.permute(0, 1 + nd, *[j for i in range(nd) for j in (1 + i, 2 + nd + i)])  # (B, Cout, count1, valid1, ...)
     y = y.reshape(b, cout, *(c * v for c, v in zip(counts, geometry.out)))
     y = y[(..., *(slice(0, k) for k in plan.out))]  # (B, Cout, *out)
     return y + bias.view(-1, *([1] * nd)) if bias is not None else y.contiguous()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import operator
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,7 @@ from functools import lru_cache
 import torch
 
 from largekernel.functional._args import ConvArgs, conv_args
+from largekernel.functional._tracing import exporting_onnx, tracing
 
 __all__ = ["ConvPlan", "FFTGeometry", "plan_conv", "plan_filter", "planner_options", "fast_fft_length"]
 
@@ -52,13 +54,17 @@ def _cost_per_element(n: int, device_type: str) -> float:
     CPU (pocketfft / MKL, measured on the reference machine, see docs/fft_conv.md): powers
     of two are fastest, then even 7-smooth lengths; odd lengths and factors 11/13
     cost ~1.3-1.8x, 17-23 ~2.5x, larger primes ~4x. cuFFT has fast kernels for 2, 3, 5, 7 only and
-    falls back to Bluestein (~3 transforms of twice the size) otherwise.
+    falls back to Bluestein (~3 transforms of twice the size) otherwise. ``"onnx"`` (a graph recorded by
+    ``torch.onnx.export``): ONNX Runtime's CPU ``DFT`` is a radix-2 FFT for powers of two only; other lengths
+    run slower and lose float32 precision (4e-4 at length 1050), so powers of two win.
     """
     if n & (n - 1) == 0:  # powers of two: radix-4 passes, ~15% cheaper per element than other smooth lengths
         return 0.85
     largest = max(_factor(n))
     if device_type == "cuda":
         return 1.0 if largest <= 7 else 4.0
+    if device_type == "onnx":
+        return 8.0
     if largest <= 7:
         return 1.0 if n % 2 == 0 else 1.7
     if largest <= 13:
@@ -389,8 +395,9 @@ def _segments(size, kernel, pads, args: ConvArgs, grid, batch, cin, cout, device
         return _contracting_seconds(batch, cin, cout, per_group, transform, buffer)
 
     def cost(choice) -> float:
-        transform = math.prod(length * count for length, _, count in choice)
-        buffer = math.prod(length for length, _, _ in choice)
+        # (math.prod of lists, not generators, here and below: torch.compile evaluates the planner while tracing)
+        transform = math.prod([length * count for length, _, count in choice])
+        buffer = math.prod([length for length, _, _ in choice])
         return seconds(transform, buffer) + (_CUDA_CALL if device_type == "cuda" else _COST_SEGMENTS)
 
     whole = seconds(math.prod(grid), math.prod(grid))
@@ -426,7 +433,7 @@ def _direct_seconds(batch, cin, cout, groups, size, kernel, out, args: ConvArgs,
 
 def _fft_seconds(batch, cin, cout, geometry: FFTGeometry, segments, needs_grad: bool, device_type: str) -> float:
     """Rough seconds per call of the FFT path with this geometry (and overlap-save ``segments``)."""
-    count = 1 if segments is None else math.prod(c for _, c in segments)
+    count = 1 if segments is None else math.prod([c for _, c in segments])
     transform = math.prod(geometry.grid) * count  # elements per activation row
     buffer = math.prod(geometry.grid)
     if device_type == "cuda":
@@ -454,20 +461,28 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     """The plan of a validated call (``args`` from :func:`~largekernel.functional._args.conv_args`):
     ``backend="fft"`` / ``"direct"`` force the path, ``"auto"`` takes the one predicted faster."""
     nd = args.nd
-    batch = int(input.shape[0]) if args.batched else 1  # int(): traced shapes may be tensors
-    cin, cout = int(input.shape[-nd - 1]), int(weight.shape[0])
-    size, kernel = tuple(int(n) for n in input.shape[-nd:]), tuple(int(k) for k in weight.shape[2:])
+    # Python ints of the shapes: operator.index also of traced shapes (jit: tensors; torch.compile with dynamic
+    # shapes: symbols, which int() would keep; the graph is specialised on them, one plan per input shape)
+    batch = operator.index(input.shape[0]) if args.batched else 1
+    cin, cout = operator.index(input.shape[-nd - 1]), operator.index(weight.shape[0])
+    size, kernel = tuple(map(operator.index, input.shape[-nd:])), tuple(map(operator.index, weight.shape[2:]))
     options = (_option("packed"), _option("channel_block"), _option("segments"))
-    # A pure function of the call: its plans are kept (planning costs tens of microseconds in Python).
-    return _plan(args, batch, cin, cout, size, kernel, input.device.type, input.dtype,
-                 _needs_grad(input, weight, bias), backend, _threads(), options)
+    # Transform lengths for ONNX Runtime's DFT when the plan is recorded into an ONNX graph.
+    lengths_for = "onnx" if exporting_onnx() else input.device.type
+    # A pure function of the call: its plans are kept (planning costs tens of microseconds in Python). A recorded
+    # graph plans once, so torch.compile traces the planner itself (it would warn that it ignores the cache).
+    plan = _plan.__wrapped__ if tracing() else _plan
+    return plan(args, batch, cin, cout, size, kernel, input.device.type, input.dtype,
+                 _needs_grad(input, weight, bias), backend, _threads(), options, lengths_for)
 
 
 @lru_cache(maxsize=8192)
 def _plan(args: ConvArgs, batch: int, cin: int, cout: int, size: tuple[int, ...], kernel: tuple[int, ...],
-          device_type: str, dtype: torch.dtype, needs_grad: bool, backend: str, threads: int, options: tuple) -> ConvPlan:
+          device_type: str, dtype: torch.dtype, needs_grad: bool, backend: str, threads: int, options: tuple,
+          lengths_for: str) -> ConvPlan:
     """:func:`make_plan` on the call's values (``threads``, ``options``: what the cost model and the planner options
-    read, part of the key)."""
+    read, part of the key; ``lengths_for``: the device type, or ``"onnx"``, whose fast transform lengths the grid
+    takes)."""
     nd = args.nd
     out = args.output_size(size, kernel)
     # the FFT path computes half precision in float32
@@ -479,8 +494,8 @@ def _plan(args: ConvArgs, batch: int, cin: int, cout: int, size: tuple[int, ...]
         pre_pad, circular = True, False
         fft_size = tuple(n + lo + hi for n, (lo, hi) in zip(size, pads))
         pads = ((0, 0),) * nd
-    grid = _whole_grid(fft_size, kernel, pads, args, circular, device_type)
-    segments = None if circular else _segments(fft_size, kernel, pads, args, grid, batch, cin, cout, device_type)
+    grid = _whole_grid(fft_size, kernel, pads, args, circular, lengths_for)
+    segments = None if circular else _segments(fft_size, kernel, pads, args, grid, batch, cin, cout, lengths_for)
     if segments is None:
         geometry = _geometry(grid, fft_size, out, args.stride, kernel, args.dilation, [lo for lo, _ in pads],
                              batch, cin, cout, args.groups, device_type, itemsize)
@@ -488,7 +503,7 @@ def _plan(args: ConvArgs, batch: int, cin: int, cout: int, size: tuple[int, ...]
         length = tuple(c[0] for c in segments)
         valid = tuple(c[1] for c in segments)
         geometry = _geometry(length, length, valid, args.stride, kernel, args.dilation, (0,) * nd,
-                             batch * math.prod(c[2] for c in segments), cin, cout, args.groups, device_type,
+                             batch * math.prod([c[2] for c in segments]), cin, cout, args.groups, device_type,
                              itemsize)
         segments = tuple((v, c) for _, v, c in segments)
     direct = _direct_seconds(batch, cin, cout, args.groups, size, kernel, out, args, needs_grad, device_type)

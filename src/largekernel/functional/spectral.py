@@ -16,7 +16,8 @@ from torch import Tensor
 
 from largekernel.functional._args import ConvArgumentError, autocast_off
 from largekernel.functional._grid import spatial_dims
-from largekernel.functional._spectral import pointwise, spectral_product
+from largekernel.functional._product import spectral_product
+from largekernel.functional._spectral import pointwise
 from largekernel.functional.planner import plan_filter
 
 __all__ = ["spectral_filter", "to_spectrum", "to_spatial", "spectral_pointwise", "fourier_mix"]

@@ -25,6 +25,7 @@ training) overrides ``forward`` and keeps ``construct_kernel`` as the dense equi
 
 from __future__ import annotations
 
+import operator
 from typing import ClassVar, Sequence
 
 import torch
@@ -158,7 +159,8 @@ class KernelConvNd(nn.Module):
         if any(n == 0 for n in input.shape[-nd:]):
             raise ConvArgumentError(f"{type(self).__name__} expects a non-zero size in every spatial dim (as torch's "
                                     f"convolutions), got input of shape {tuple(input.shape)}")
-        return tuple(input.shape[-nd:])
+        # Python ints (under torch.compile with dynamic shapes too: kernels sized from the input are planned per size)
+        return tuple(map(operator.index, input.shape[-nd:]))
 
     def forward(self, input: Tensor) -> Tensor:
         kernel = self.construct_kernel(self._spatial_size(input))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
+from largekernel.functional._tracing import tracing
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
@@ -47,6 +48,25 @@ __all__ = [
 _REFERENCE_MASK_INIT = 0.075
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
+
+
+def _first_kept(mean, root, k: int, causal: bool):
+    """Index of the first of ``k`` grid samples over [-1, 1] that dynamic cropping keeps along one dimension
+    (see ``_FlexConvNd._crop``), from the mask's ``mean`` and half-width ``root`` along it: Python floats (an
+    int returned) or float64 tensors (a float64 tensor returned, for a recorded graph). One rule for both,
+    so that cropping and its zero window agree."""
+    if k <= 2:
+        return 0
+    step = 2.0 / (k - 1)
+    # |mean| + root = max(|mean - root|, |mean + root|) for root >= 0, to the bit
+    edge = mean - root + 1.0 if causal else 1.0 - (abs(mean) + root)
+    first = edge / step - 1e-6  # tolerance: a sample on the threshold's boundary is kept
+    last = k - 2 if causal else (k - 3) // 2 if k % 2 else k // 2 - 1
+    if isinstance(first, Tensor):
+        return torch.ceil(first).clamp(0, last)
+    return min(max(math.ceil(first), 0), last)
+
+
 def _grid_1d(size: int, causal: bool, device, dtype) -> Tensor:
     """``size`` equispaced relative positions over [-1, 1]; a single sample sits at the anchor (0, or +1 if causal)."""
     if size == 1:
@@ -501,29 +521,37 @@ class _FlexConvNd(_ContinuousConvNd):
         with ``|x| <= max(|mean - a|, |mean + a|)``: a centred crop keeps "same"
         alignment. At least 3 samples (2 on an even grid or a causal one) are kept
         so that the mask's parameters always receive a gradient.
+
+        While a graph is recorded (``torch.compile``, ``torch.export``) the crop size, a value of the mask's
+        parameters, cannot be a Python int of the graph: the whole grid is sampled instead and :meth:`_mask`
+        zeroes the samples outside the crop (:meth:`_crop_window`). The same output and gradients, at the cost
+        of applying the whole grid.
         """
-        if not self.dynamic_cropping:
+        if not self.dynamic_cropping or tracing():
             return axes
         roots = self.mask_roots().tolist()
         means = self.mask_mean.detach().tolist()
         cropped = []
         for x, a, mu in zip(axes, roots, means):
             k = x.numel()
-            if k <= 2:
-                cropped.append(x)
-                continue
-            step = 2.0 / (k - 1)
-            tol = 1e-6
-            if self.causal:
-                start = math.ceil((mu - a + 1.0) / step - tol)
-                start = min(max(start, 0), k - 2)
-                cropped.append(x[start:])
-                continue
-            reach = max(abs(mu - a), abs(mu + a))
-            start = math.ceil((1.0 - reach) / step - tol)  # first index with x >= -reach
-            start = min(max(start, 0), (k - 3) // 2 if k % 2 else k // 2 - 1)
-            cropped.append(x[start:k - start])
+            start = _first_kept(mu, a, k, self.causal)
+            cropped.append(x[start:] if self.causal else x[start:k - start])
         return cropped
+
+    def _crop_window(self, axes: list[Tensor]) -> Tensor:
+        """1 on the samples :meth:`_crop` keeps, 0 elsewhere, over the whole grid ``(*k)``, from tensor operations
+        only (no Python value of the parameters: what a recorded graph can hold)."""
+        roots = self.mask_roots().double()
+        means = self.mask_mean.detach().double()
+        window = None
+        for d, x in enumerate(axes):
+            k = x.numel()
+            index = torch.arange(k, device=x.device, dtype=torch.float64)
+            start = _first_kept(means[d], roots[d], k, self.causal)
+            keep = index >= start if self.causal else (index >= start) & (index <= k - 1 - start)
+            w = keep.to(x.dtype).view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
+            window = w if window is None else window * w
+        return window
 
     def _mask(self, axes: list[Tensor]) -> Tensor:
         """Separable anisotropic Gaussian ``prod_d exp(-1/2 ((x_d - mean_d) / width_d)^2)``, shape ``(*k)``."""
@@ -533,6 +561,8 @@ class _FlexConvNd(_ContinuousConvNd):
             g = torch.exp(-0.5 * (x - self.mask_mean[d]).square() / (self.mask_width[d].square() + _EPS))  # (k_d,)
             g = g.view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
             mask = g if mask is None else mask * g
+        if self.dynamic_cropping and tracing():
+            mask = mask * self._crop_window(axes)  # the crop as zeros: see _crop
         return mask
 
     def extra_repr(self) -> str:

@@ -99,9 +99,16 @@ class SGKernel(nn.Module):
             scale = 2 ** max(0, i - 1)
             k = k * self.multiplier ** (self.num_scales - 1 - i)  # (channels, kernel_dim)
             if scale > 1:
-                k = F.interpolate(k.unsqueeze(0), scale_factor=scale, mode=self.interpolation).squeeze(0)
+                # the upsampling as a product with its matrix (the same values): torch.compile's inductor (2.13)
+                # miscompiles the upsampling's backward fused with the decay and the norm (heap corruption)
+                k = k @ self._upsampling(scale, k)
             pieces.append(k)  # (channels, kernel_dim * scale)
         return torch.cat(pieces, dim=-1)[:, : self.span]  # (channels, span)
+
+    def _upsampling(self, scale: int, like: Tensor) -> Tensor:
+        """``(kernel_dim, kernel_dim * scale)``: row ``j`` is the upsampled unit vector ``e_j``."""
+        eye = torch.eye(self.kernel_dim, device=like.device, dtype=like.dtype).unsqueeze(0)
+        return F.interpolate(eye, scale_factor=scale, mode=self.interpolation)[0]
 
     def forward(self, length: int) -> Tensor:
         """The kernel's first ``min(length, span)`` taps: ``(channels, min(length, span))``."""

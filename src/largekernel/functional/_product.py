@@ -1,0 +1,189 @@
+"""The spectral product's entry point: which implementation runs, in eager mode or while a graph is recorded.
+
+Every FFT path of the library (seed 003; :mod:`~largekernel.functional.fft_conv`,
+:mod:`~largekernel.functional.spectral`) calls :func:`spectral_product`. The computation is
+:mod:`largekernel.functional._spectral`'s; how it is run depends on who is asking:
+
+* **eager** (and ``torch.jit.trace``): the autograd Function
+  :class:`~largekernel.functional._spectral.SpectralProduct`, native CPU kernels included;
+* **torch.compile**: the same forward and backward as two opaque operators,
+  ``largekernel::spectral_product`` and ``largekernel::spectral_product_backward``
+  (``torch.library.custom_op``). Inductor generates no code for complex tensors, and
+  tracing the many small steps of the product (channel blocks, packing, tiled transposes)
+  compiled for minutes and ran slower than eager (docs/deploy.md); as opaque calls they
+  cost the graph nothing to compile and run the eager code, native kernels included. Shapes
+  come from running the same code on fake tensors;
+* **torch.export**: traced through, so that an exported program holds torch operations
+  only and runs wherever ``torch.export`` programs run;
+* **torch.onnx.export**: ONNX has no operators for the complex products (``conj``, complex
+  multiply-add), so the product is recorded in real arithmetic on the real and imaginary
+  parts of ``rfftn`` (:func:`real_arithmetic_product`): ONNX ``DFT`` nodes and real
+  multiply-adds.
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from largekernel.functional._grid import place_kernel, spatial_dims
+from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
+                                              product_forward)
+from largekernel.functional._tracing import exporting_onnx, tracing
+from largekernel.functional.planner import FFTGeometry
+
+__all__ = ["spectral_product", "real_arithmetic_product"]
+
+
+def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FFTGeometry,
+                     mixing: Tensor | None = None) -> Tensor:
+    """The FFT path's product for ``x`` ``(B, Cin, *geometry.size)``: a spatial ``kernel`` ``(Cout, Cin/g, *k)``
+    (cross-correlation) or, with ``geometry.kernel = None``, a Hermitian filter ``(Cout, *grid)`` complex
+    (circular convolution); optional real ``mixing`` ``(out, Cout)`` after it; ``bias`` per output channel.
+    Returns ``(B, out, *geometry.out)``."""
+    keep = torch.is_grad_enabled() and (kernel.requires_grad or (mixing is not None and mixing.requires_grad))
+    if tracing():
+        if exporting_onnx():
+            return real_arithmetic_product(x, kernel, mixing, bias, geometry)
+        if _OPAQUE and not torch.compiler.is_exporting() and torch.compiler.is_compiling():
+            return _opaque_product(x, kernel, mixing, bias, geometry, keep)
+    return SpectralProduct.apply(x, kernel, mixing, bias, geometry, keep)
+
+
+# ----------------------------------------------------------------------------- torch.compile: opaque operators
+
+# torch.library.custom_op exists from torch 2.4; before it, torch.compile traces the autograd Function.
+_OPAQUE = hasattr(torch.library, "custom_op")
+
+
+_CONTRACTIONS = ("elementwise", "einsum", "bmm")
+
+
+def _encode(g: FFTGeometry) -> list[int]:
+    """The geometry as an operator argument (operators take no dataclasses): ints, the per-dim tuples in a row.
+
+    With dynamic shapes (torch.compile's default once an input's size changes) the planner's values are symbolic;
+    ``operator.index`` makes each a Python int (the graph is specialised on it, one plan per input shape), where
+    ``int()`` would keep it symbolic."""
+    nd = len(g.grid)
+    kernel = (-1,) * nd if g.kernel is None else g.kernel
+    code = [nd, *g.grid, *g.size, *g.out, *g.out_start, *g.stride, *kernel, *g.dilation, *g.shift, g.groups,
+            int(g.packed), g.channel_block, _CONTRACTIONS.index(g.contraction)]
+    return [operator.index(v) for v in code]
+
+
+def _decode(code: list[int]) -> FFTGeometry:
+    return _decoded(tuple(code))
+
+
+@lru_cache(maxsize=1024)
+def _decoded(code: tuple[int, ...]) -> FFTGeometry:
+    nd = code[0]
+    grid, size, out, out_start, stride, kernel, dilation, shift = (code[1 + j * nd:1 + (j + 1) * nd] for j in range(8))
+    groups, packed, block, contraction = code[1 + 8 * nd:]
+    return FFTGeometry(grid=grid, size=size, out=out, out_start=out_start, stride=stride,
+                       kernel=None if kernel[0] < 0 else kernel, dilation=dilation, shift=shift, groups=groups,
+                       packed=bool(packed), channel_block=block, contraction=_CONTRACTIONS[contraction])
+
+
+def _fresh(t: Tensor, inputs: tuple) -> Tensor:
+    """``t``, copied if it is a view of one of ``inputs`` (an operator's outputs must not alias its inputs)."""
+    return t.clone() if any(i is not None and torch._C._is_alias_of(t, i) for i in inputs) else t
+
+
+def _eager_dispatch():
+    """Dispatch as in eager mode inside an operator: a compiled graph calls its operators with the Conjugate and
+    Negative keys excluded (it records functional aten operations only), which silently turns the product's lazy
+    ``.conj()`` views into no-ops (wrong results, not errors); restore them."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.Conjugate, torch._C.DispatchKey.Negative, torch._C.DispatchKey.ZeroTensor):
+        exclude = exclude.remove(key)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+def _forward_impl(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: list[int],
+                  needs: list[bool]) -> list[Tensor]:
+    with _eager_dispatch():
+        out, saved = product_forward(x, kernel, mixing, bias, _decode(geometry), tuple(needs))
+    inputs = (x, kernel, mixing, bias)
+    return [_fresh(t, inputs) for t in (out, *saved)]
+
+
+def _backward_impl(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
+                   saved: list[Tensor], geometry: list[int], needs: list[bool]) -> list[Tensor]:
+    with _eager_dispatch():
+        grads = product_backward(grad, x, kernel, mixing, bias, saved, _decode(geometry), tuple(needs))
+    inputs = (grad, x, kernel, mixing, bias, *saved)
+    return [_fresh(g, inputs) for g in grads if g is not None]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, kernel, mixing, bias, geometry, needs = inputs
+    ctx.save_for_backward(x, kernel, mixing, bias, *output[1:])
+    ctx.geometry, ctx.needs = geometry, needs
+
+
+def _backward(ctx, grads):
+    x, kernel, mixing, bias, *saved = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a graph of the backward: differentiable operations
+        return (*_graph_gradients(grads[0], (x, kernel, mixing, bias), ctx.needs_input_grad[:4],
+                                  _decode(ctx.geometry)), None, None)
+    needs = [*ctx.needs, ctx.needs_input_grad[3]]
+    computed = iter(torch.ops.largekernel.spectral_product_backward(grads[0], x, kernel, mixing, bias, saved,
+                                                                     ctx.geometry, needs))
+    return (*(next(computed) if need else None for need in needs), None, None)
+
+
+if _OPAQUE:
+    _forward_op = torch.library.custom_op("largekernel::spectral_product", _forward_impl, mutates_args=())
+    _forward_op.register_fake(_forward_impl)  # the same code on fake tensors gives every shape and stride
+    _forward_op.register_autograd(_backward, setup_context=_setup_context)
+    _backward_op = torch.library.custom_op("largekernel::spectral_product_backward", _backward_impl,
+                                           mutates_args=())
+    _backward_op.register_fake(_backward_impl)
+
+
+def _opaque_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
+                    keep: bool) -> Tensor:
+    grad = torch.is_grad_enabled()
+    needs = [grad and x.requires_grad, grad and kernel.requires_grad and keep,
+             grad and mixing is not None and mixing.requires_grad and keep]
+    return torch.ops.largekernel.spectral_product(x, kernel, mixing, bias, _encode(geometry), needs)[0]
+
+
+# ----------------------------------------------------------------------------- ONNX: real arithmetic
+
+
+def real_arithmetic_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
+                            geometry: FFTGeometry) -> Tensor:
+    """What :func:`spectral_product` computes, with complex numbers only as the ``(..., 2)`` real and imaginary
+    parts of ``rfftn`` / ``irfftn`` (what ONNX's ``DFT`` takes): products as real multiply-adds."""
+    nd = len(geometry.grid)
+    dims = spatial_dims(nd)
+    half = geometry.grid[-1] // 2 + 1
+    x_f = torch.view_as_real(torch.fft.rfftn(x, s=geometry.grid, dim=dims))  # (B, Cin, *half, 2)
+    if geometry.kernel is None:  # a filter on the grid: a convolution, W X
+        w = torch.view_as_real(kernel[..., :half]).unsqueeze(1)  # (Cout, 1, *half, 2)
+        sign = 1.0
+    else:  # a kernel: a correlation, conj(W) X
+        w = torch.view_as_real(torch.fft.rfftn(place_kernel(kernel, geometry), dim=dims))  # (Cout, I, *half, 2)
+        sign = -1.0
+    b, groups = x.shape[0], geometry.groups
+    cout, i = w.shape[:2]
+    freq = x_f.shape[2:-1]
+    xr, xi = (x_f[..., c].reshape(b, groups, i, -1) for c in (0, 1))  # (B, G, I, P)
+    wr, wi = (w[..., c].reshape(groups, cout // groups, i, -1) for c in (0, 1))  # (G, O, I, P)
+    wi = sign * wi
+    re = torch.einsum("bgip,goip->bgop", xr, wr) - torch.einsum("bgip,goip->bgop", xi, wi)  # (B, G, O, P)
+    im = torch.einsum("bgip,goip->bgop", xi, wr) + torch.einsum("bgip,goip->bgop", xr, wi)
+    y = torch.stack((re, im), -1).reshape(b, cout, -1)  # (B, Cout, P * 2)
+    if mixing is not None:
+        y = torch.matmul(mixing, y)  # (B, out, P * 2)
+    y = torch.view_as_complex(y.reshape(b, -1, *freq, 2))  # (B, out, *half) complex
+    out = torch.fft.irfftn(y, s=geometry.grid, dim=dims)  # (B, out, *grid)
+    out = out[(..., *(slice(a, a + (k - 1) * s + 1, s) for a, k, s in zip(geometry.out_start, geometry.out,
+                                                                           geometry.stride)))]
+    return out.contiguous() if bias is None else out + bias.view(-1, *([1] * nd))

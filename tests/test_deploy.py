@@ -1,0 +1,154 @@
+"""Deployment paths of every family (docs/deploy.md): torch.compile and torch.export.
+
+(ONNX export of baked models, on the direct and the FFT path: tests/test_convert.py.)
+References are independent of the paths under test: the same module run eagerly (torch's
+own convolutions are checked against it elsewhere), torch's convolution with the expected
+crop. Layers are tiny; the one inductor compilation (every family in one module, its
+forward: inductor builds a C++ kernel per fused step, ~1 s each here) is this file's cost,
+~30 s cold on a 2-core CPU (inductor's cache makes later runs seconds); the backward graphs
+are checked as recorded (``aot_eager``), without code generation.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import largekernel
+import largekernel.nn as L
+
+# One small layer per family and its input shape. The FFT backend appears as the depthwise (channel pairs), dense (channel contraction)
+# and strided (real transforms) products.
+FAMILIES = {
+    "fft_depthwise": (lambda: L.Conv2d(4, 4, 9, padding=4, groups=4, backend="fft"), (2, 4, 12, 12)),
+    "fft_dense": (lambda: L.Conv2d(4, 4, 9, padding=4, backend="fft"), (2, 4, 12, 12)),
+    "fft_strided": (lambda: L.Conv2d(4, 4, 9, stride=2, padding=4, groups=2, backend="fft"), (2, 4, 12, 12)),
+    "dcls": (lambda: L.DclsConv2d(4, 4, 5, 9, padding=4, groups=4), (2, 4, 12, 12)),
+    "dcls_gaussian": (lambda: L.DclsConv2d(4, 4, 5, 9, padding=4, groups=4, interpolation="gaussian"),
+                      (2, 4, 12, 12)),
+    "ckconv": (lambda: L.CKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
+    "flexconv": (lambda: L.FlexConv2d(4, 4, 9, groups=4, mask_init=0.3), (2, 4, 12, 12)),
+    "niff": (lambda: L.NIFFConv2d(4, 4), (2, 4, 12, 12)),
+    "sgconv": (lambda: L.SGConv1d(4, kernel_size=40, kernel_dim=8), (2, 4, 40)),  # 4 scales, 3 upsampled
+    "s4d": (lambda: L.S4DConv1d(4, kernel_size=40), (2, 4, 40)),
+    "replknet": (lambda: L.RepLKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
+    "slak": (lambda: L.SLaKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
+    "unireplknet": (lambda: L.DilatedReparamConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
+    "fouriermix": (lambda: L.FourierMix(), (2, 10, 8)),
+}
+
+
+def _layer(name: str) -> tuple[nn.Module, torch.Tensor]:
+    make, shape = FAMILIES[name]
+    return make(), torch.randn(shape)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_has_no_graph_break(name):
+    layer, x = _layer(name)
+    torch.compiler.reset()
+    explained = torch._dynamo.explain(layer)(x.requires_grad_())
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+class _EveryFamily(nn.Module):
+    """Every 2-D family in a residual chain, then FNet mixing; the sequence families on a 1-D branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(FAMILIES[n][0]() for n in FAMILIES if len(FAMILIES[n][1]) == 4)
+        self.sequence = nn.ModuleList(FAMILIES[n][0]() for n in ("sgconv", "s4d"))
+        self.mix = L.FourierMix()
+
+    def forward(self, image, sequence):
+        for layer in self.layers:
+            y = layer(image)
+            image = y + image if y.shape == image.shape else y
+        for layer in self.sequence:
+            sequence = layer(sequence) + sequence
+        return self.mix(image).sum() + sequence.square().sum()
+
+
+def test_inductor_forward_matches_eager():
+    model = _EveryFamily().eval()
+    image, sequence = torch.randn(2, 4, 12, 12), torch.randn(2, 4, 40)
+    torch.compiler.reset()
+    with torch.no_grad():
+        out = torch.compile(copy.deepcopy(model), backend="inductor", fullgraph=True)(image, sequence)
+        torch.testing.assert_close(out, model(image, sequence), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_backward_matches_eager():
+    """The forward and backward graphs torch.compile records (AOTAutograd: what inductor compiles), run as
+    recorded, against eager autograd: the FFT product's opaque operators and their gradients included."""
+    model = _EveryFamily()
+    compiled = copy.deepcopy(model)
+    image, sequence = torch.randn(2, 4, 12, 12, requires_grad=True), torch.randn(2, 4, 40, requires_grad=True)
+    torch.compiler.reset()
+    out = torch.compile(compiled, backend="aot_eager", fullgraph=True)(image, sequence)
+    out.backward()
+    grads = (image.grad, sequence.grad)
+    image.grad = sequence.grad = None
+    expected = model(image, sequence)
+    expected.backward()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads, (image.grad, sequence.grad), rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(compiled.named_parameters(), model.parameters()):
+        # parameters whose gradient vanishes analytically (a bias before batch norm) compare at the others' scale
+        scale = max(q.grad.abs().max().item(), 1.0)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", ["fft_depthwise", "niff", "s4d", "flexconv"])
+def test_compiled_layer_follows_input_size_changes(name):
+    """A new batch or spatial size recompiles (torch.compile then marks the sizes dynamic): plans, kernels sized
+    from the input and the product's operators are made for each size, and the outputs stay eager's."""
+    make, shape = FAMILIES[name]
+    layer = make()
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    for batch, grow in ((2, 0), (3, 4)):
+        x = torch.randn(batch, *shape[1:-1], shape[-1] + grow)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+def test_flexconv_crop_is_kept_when_compiled():
+    """While a graph is recorded FlexConv applies its whole grid with the samples outside the crop zeroed: the same
+    kernel as the eager crop (a narrow mask: eager keeps the centre only), so the same output and gradients."""
+    layer = L.FlexConv2d(2, 2, 15, groups=2, mask_init=0.05)
+    x = torch.randn(1, 2, 16, 16)
+    kernel = layer.construct_kernel()
+    assert kernel.shape[-1] < 15  # the eager path crops
+    compiled = copy.deepcopy(layer)
+    out = torch.compile(compiled, backend="aot_eager", fullgraph=True)(x)
+    out.square().sum().backward()
+    expected = layer(x)
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    for p, q in zip(compiled.parameters(), layer.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    # the kernel the exported program applies: the eager crop, zero-padded to the whole grid
+    program = torch.export.export(layer, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
+    pad = (15 - kernel.shape[-1]) // 2
+    whole = torch.nn.functional.pad(kernel, (pad,) * 4)
+    torch.testing.assert_close(expected, torch.nn.functional.conv2d(x, whole, layer.bias, padding=7, groups=2),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_unbaked_and_baked(name):
+    layer, x = _layer(name)
+    layer.eval()
+    with torch.no_grad():
+        expected = layer(x)
+    program = torch.export.export(layer, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    if not isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
+        return
+    for native in (False, True):
+        baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=native)
+        program = torch.export.export(baked, (x,))
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
