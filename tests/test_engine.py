@@ -106,6 +106,27 @@ def test_causal_padding(device):
     torch.testing.assert_close(convolve(x2, w, padding=((8, 0),), groups=3, backend="fft")[..., :30], y[..., :30])
 
 
+@pytest.mark.parametrize("backend", ["auto", "direct", "fft"])
+@pytest.mark.parametrize("size, kernel, padding, stride, dilation", [
+    ((7, 7), (17, 17), (8, 8), 1, 1),            # ConvNeXt-dcls's last stage: 13x13 of the kernel reach the map
+    ((5, 9), (31, 13), ((15, 15), (2, 10)), 1, 1),  # one dim cropped, per-side padding
+    ((6, 6), (9, 9), (7, 3), 2, 1),              # strided
+    ((4, 4), (7, 7), (9, 9), 1, 2),              # dilated, padding wider than the kernel reaches
+])
+def test_kernel_wider_than_the_input(size, kernel, padding, stride, dilation, backend, device):
+    """Taps that only ever meet zero padding change nothing: outputs and gradients (zero for those taps) as
+    F.pad + torch's convolution."""
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 1, *kernel, dtype=torch.float64, device=device, requires_grad=True)
+    pads = [p if isinstance(p, tuple) else (p, p) for p in padding]
+    expected = F.conv2d(F.pad(x, [v for pair in reversed(pads) for v in pair]), w, None, stride, 0, dilation, 3)
+    got = convolve(x, w, None, stride, tuple(pads), dilation, 3, backend=backend)
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    for a, e in zip(torch.autograd.grad(got, (x, w), grad), torch.autograd.grad(expected, (x, w), grad)):
+        torch.testing.assert_close(a, e)
+
+
 def test_bad_per_side_padding():
     x, w = torch.randn(1, 2, 8), torch.randn(2, 2, 3)
     for padding, match in [(((1, 2, 3),), "pairs"), (((-1, 0),), "non-negative"), (((1, 0), (1, 0)), "padding")]:
