@@ -20,7 +20,6 @@ machine's load, so two processes may then take different paths and differ in rou
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import time
 from dataclasses import dataclass, replace
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from largekernel.functional._args import ConvArgs, ConvArgumentError, autocast_operands, conv_args, flat_pads
+from largekernel.functional._args import ConvArgumentError, autocast_operands, conv_args, flat_pads
 from largekernel.functional._tracing import tracing
 from largekernel.functional.fft_conv import run_fft
 from largekernel.functional.planner import ConvPlan, make_plan
@@ -185,42 +184,14 @@ def _timed(plan: ConvPlan, input: Tensor, weight: Tensor, bias: Tensor | None) -
                    fft_seconds=choice.fft_seconds)
 
 
-def _reachable(args: ConvArgs, input: Tensor, weight: Tensor) -> tuple[ConvArgs, Tensor]:
-    """The call without the kernel taps that only ever meet zero padding (a kernel wider than the input, as in
-    the last stages of large-kernel networks: a 17x17 kernel on a 7x7 map reaches 13x13 of it): the same output,
-    each removed tap's pad removed with it, so the planner sees the smaller kernel. Not while a graph is recorded:
-    an exported convolution keeps its weight as it is (no slice in front of it)."""
-    if args.padding_mode != "zeros" or tracing():
-        return args, weight
-    nd = args.nd
-    size = [operator.index(n) for n in input.shape[-nd:]]
-    kernel = [operator.index(k) for k in weight.shape[2:]]
-    out = args.output_size(size, kernel)
-    crops, pads = [], []
-    for n, k, o, (lo, hi), s, d in zip(size, kernel, out, args.pads, args.stride, args.dilation):
-        # tap t reads input index o' * s + t * d - lo for outputs o' in [0, o): some read lands in [0, n) iff
-        # lo - (o - 1) s <= t d <= n - 1 + lo; a tap is dropped only as far as its side's padding covers it
-        first = min(max(0, -(-(lo - (o - 1) * s) // d)), lo // d)
-        last = max(min(k - 1, (n - 1 + lo) // d), k - 1 - hi // d)
-        if o <= 0 or first > last:
-            return args, weight
-        crops.append(slice(first, last + 1))
-        pads.append((lo - first * d, hi - (k - 1 - last) * d))
-    if all(c.start == 0 and c.stop == k for c, k in zip(crops, kernel)):
-        return args, weight
-    return replace(args, pads=tuple(pads)), weight[(..., *crops)]
-
-
 def _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, backend):
-    """The plan for this call, and the weight it runs with (see :func:`_reachable`)."""
     if backend not in BACKENDS:
         raise ConvArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     args = conv_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
-    args, weight = _reachable(args, input, weight)
     plan = make_plan(args, input, weight, bias, backend)
     if backend == "auto" and _CALIBRATION["enabled"] and not tracing():
         plan = _timed(plan, input, weight, bias)
-    return plan, weight
+    return plan
 
 
 def choose_backend(
@@ -236,7 +207,7 @@ def choose_backend(
     """The path (``"direct"`` or ``"fft"``) that ``backend="auto"`` takes for this call (with calibration on,
     timing and caching it on first sight of the call shape)."""
     input, weight, bias = autocast_operands(input, weight, bias)
-    plan, _ = _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, "auto")
+    plan = _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, "auto")
     return "direct" if plan.path == "direct" else "fft"
 
 
@@ -268,8 +239,8 @@ def convolve(
         torch.Size([2, 8, 32, 32])
     """
     input, weight, bias = autocast_operands(input, weight, bias)
-    plan, weight = _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, backend)
-    return _run(plan, input, weight, bias)
+    return _run(_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, backend), input, weight,
+                bias)
 
 
 def execute(plan: ConvPlan, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
