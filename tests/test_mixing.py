@@ -15,7 +15,7 @@ def _dft_matrix(n):
     return torch.complex(torch.cos(angle), torch.sin(angle))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 6), (3, 7, 4), (1, 1, 1), (2, 3, 9, 8)])
+@pytest.mark.parametrize("shape", [(2, 5, 6), (3, 7, 4), (1, 1, 1), (2, 3, 9, 8), (2, 8, 7), (1, 2, 2), (3, 1, 5), (3, 5, 1)])
 def test_equals_real_part_of_two_dfts(shape):
     x = torch.randn(*shape, dtype=torch.float64)
     n, d = shape[-2:]
@@ -31,6 +31,41 @@ def test_custom_axes():
     torch.testing.assert_close(fourier_mix(x, 0, -1), expected)
 
 
+def test_hidden_axis_before_token_axis():
+    x = torch.randn(2, 6, 5, dtype=torch.float64)  # (batch, hidden, tokens)
+    expected = (_dft_matrix(6) @ x.to(torch.complex128) @ _dft_matrix(5).T).real
+    torch.testing.assert_close(FourierMix(token_dim=-1, hidden_dim=-2)(x), expected)
+
+
+def test_complex_and_half_precision_inputs():
+    x = torch.randn(2, 4, 6, dtype=torch.complex128)
+    expected = (_dft_matrix(4) @ x @ _dft_matrix(6).T).real
+    torch.testing.assert_close(fourier_mix(x), expected)
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    expected = (_dft_matrix(4) @ x.to(torch.complex128) @ _dft_matrix(6).T).real
+    for dtype in (torch.float16, torch.bfloat16):
+        y = fourier_mix(x.to(dtype))
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=5e-2)
+
+
+def test_second_derivatives():
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(FourierMix(), (x,))
+
+
+def test_a_sample_never_affects_another():
+    x = torch.randn(3, 6, 5, requires_grad=True)
+    clean = FourierMix()(x)
+    poisoned = x.detach().clone()
+    poisoned[1, 2, 3] = float("nan")
+    poisoned.requires_grad_(True)
+    y = FourierMix()(poisoned)
+    torch.testing.assert_close(y[[0, 2]], clean[[0, 2]])
+    y.square().sum().backward()  # the gradient depends on y: NaN in sample 1's only
+    assert torch.isfinite(poisoned.grad[[0, 2]]).all() and torch.isnan(poisoned.grad[1]).any()
+
+
 def test_has_no_parameters_and_keeps_dtype_and_gradients():
     mix = FourierMix()
     assert not list(mix.parameters())
@@ -44,3 +79,16 @@ def test_bad_inputs():
         FourierMix()(torch.randn(5))
     with pytest.raises(ValueError, match="must differ"):
         FourierMix(token_dim=-1, hidden_dim=-1)
+
+
+def test_exports_to_onnx(tmp_path):
+    """The exported graph (ONNX DFT nodes), run by ONNX Runtime, against the DFT matrices."""
+    import onnxruntime
+
+    x = torch.randn(2, 16, 8)
+    path = tmp_path / "mix.onnx"
+    torch.onnx.export(FourierMix().eval(), (x,), dynamo=True).save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    expected = (_dft_matrix(16) @ x.to(torch.complex128) @ _dft_matrix(8).T).real
+    torch.testing.assert_close(torch.from_numpy(out).double(), expected, rtol=1e-4, atol=1e-4)

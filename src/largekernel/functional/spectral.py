@@ -99,4 +99,29 @@ def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
     dtype = x.dtype
     if dtype in _LOW_PRECISION:
         x = x.float()
-    return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real.to(dtype)
+    if x.is_complex():
+        return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real
+    return _FourierMix.apply(x, token_dim, hidden_dim).to(dtype)
+
+
+def _real_part_of_fft2(x: Tensor, token_dim: int, hidden_dim: int) -> Tensor:
+    """``Re(fft2(x))`` of a real ``x`` from the one-sided transform (half the work of a complex one):
+    ``Re X[k1, D - k2] = Re X[-k1, k2]`` gives the hidden axis' other half."""
+    half = torch.fft.rfft2(x, dim=(token_dim, hidden_dim)).real  # hidden frequencies 0 .. D // 2
+    rest = half.narrow(hidden_dim, 1, (x.shape[hidden_dim] - 1) // 2)  # 1 .. (D - 1) // 2, for D - 1 .. D // 2 + 1
+    rest = rest.flip((token_dim, hidden_dim)).roll(1, token_dim)  # k1 -> -k1 (mod N), k2 -> D - k2
+    return torch.cat((half, rest), hidden_dim)
+
+
+class _FourierMix(torch.autograd.Function):
+    """``Re(F x)`` for real ``x``, ``F`` the 2-D DFT: ``Re F`` is a real symmetric matrix (the DFT matrix is
+    symmetric), so the backward is the same map applied to the gradient (and so is every higher derivative)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, token_dim: int, hidden_dim: int) -> Tensor:
+        ctx.dims = token_dim, hidden_dim
+        return _real_part_of_fft2(x, token_dim, hidden_dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _FourierMix.apply(grad, *ctx.dims), None, None
