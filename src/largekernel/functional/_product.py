@@ -32,7 +32,7 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward)
-from largekernel.functional._tracing import exporting_onnx, tracing
+from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, tracing
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "real_arithmetic_product"]
@@ -48,16 +48,12 @@ def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: F
     if tracing():
         if exporting_onnx():
             return real_arithmetic_product(x, kernel, mixing, bias, geometry)
-        if _OPAQUE and not torch.compiler.is_exporting() and torch.compiler.is_compiling():
+        if compiling():
             return _opaque_product(x, kernel, mixing, bias, geometry, keep)
     return SpectralProduct.apply(x, kernel, mixing, bias, geometry, keep)
 
 
 # ----------------------------------------------------------------------------- torch.compile: opaque operators
-
-# torch.library.custom_op exists from torch 2.4; before it, torch.compile traces the autograd Function.
-_OPAQUE = hasattr(torch.library, "custom_op")
-
 
 _CONTRACTIONS = ("elementwise", "einsum", "bmm")
 
@@ -137,7 +133,7 @@ def _backward(ctx, grads):
     return (*(next(computed) if need else None for need in needs), None, None)
 
 
-if _OPAQUE:
+if OPAQUE:
     _forward_op = torch.library.custom_op("largekernel::spectral_product", _forward_impl, mutates_args=())
     _forward_op.register_fake(_forward_impl)  # the same code on fake tensors gives every shape and stride
     _forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tracing", "exporting_onnx"]
+__all__ = ["tracing", "exporting_onnx", "compiling", "OPAQUE"]
+
+# torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
+OPAQUE = hasattr(torch.library, "custom_op")
 
 
 def tracing() -> bool:
@@ -22,3 +25,10 @@ def tracing() -> bool:
 def exporting_onnx() -> bool:
     """Whether ``torch.onnx.export`` is recording the graph (ONNX lacks operators of some torch paths)."""
     return torch.onnx.is_in_onnx_export()
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` records the graph (not an export): then the library's opaque operators
+    (``torch.library.custom_op``) stand for code that inductor would compile slowly or not at all."""
+    return (OPAQUE and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not exporting_onnx())

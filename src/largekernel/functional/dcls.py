@@ -25,7 +25,10 @@ Interpolations and their cost per (out, in) pair, with ``S = prod(box)``:
 - ``bilinear`` (reference ``version="v1"``): ``2^M`` taps per element, written
   by one scatter-add: O(count * 2^M) time and temporaries, plus the dense kernel.
 - ``bicubic`` (Keys, a = -0.5; the alternative the DCLS paper names as future
-  work): ``4^M`` taps per element, same scatter-add.
+  work): ``4^M`` taps per element, same scatter-add. Both lay the taps out
+  ``(T, ..., T, elements)``, so each pass runs along the elements; under
+  ``torch.compile`` both run as two opaque operators (the scatter and its
+  closed-form backward) instead of ~150 traced operations per layer.
 - ``gaussian`` (reference ``version="gauss"``, ``sigma = |SIG| + 0.27``) and
   ``triangle`` (a tent of learnable half-width ``|SIG| + 1``, reference
   ``version="max"``): the profile covers the whole box, but it is separable,
@@ -48,6 +51,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off
+from largekernel.functional._tracing import OPAQUE, compiling
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -60,7 +64,7 @@ _EPS = 1e-7  # the reference's normaliser guard; kept for bit-level agreement
 
 
 def _bilinear_taps(frac: Tensor) -> Tensor:
-    return torch.stack((1 - frac, frac), dim=-1)  # (..., 2) at floor, floor+1
+    return torch.stack((1 - frac, frac))  # (2, ...) at floor, floor+1
 
 
 def _bicubic_taps(frac: Tensor, a: float = -0.5) -> Tensor:
@@ -71,37 +75,25 @@ def _bicubic_taps(frac: Tensor, a: float = -0.5) -> Tensor:
     def far(x):  # 1 < |x| < 2
         return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-    return torch.stack((far(1 + frac), near(frac), near(1 - frac), far(2 - frac)), dim=-1)  # (..., 4)
+    return torch.stack((far(1 + frac), near(frac), near(1 - frac), far(2 - frac)))  # (4, ...)
 
 
-_TAPS = {"bilinear": (_bilinear_taps, 0), "bicubic": (_bicubic_taps, -1)}  # (weights, first tap offset)
+def _bilinear_slopes(frac: Tensor) -> Tensor:
+    return torch.stack((-torch.ones_like(frac), torch.ones_like(frac)))  # d taps / d frac
 
 
-def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
-    """Compact-support profiles: scatter-add each element's taps into the dense kernel."""
-    taps_fn, first = _TAPS[interpolation]
-    lead, count, m = weight.shape[:-1], weight.shape[-1], len(box)
-    pairs = math.prod(lead)
-    values = weight.reshape(pairs, count, 1)  # (B, count, 1)
-    index = torch.arange(pairs, device=weight.device).view(pairs, 1, 1).expand(pairs, count, 1)
-    norm = None
-    for dim, size in enumerate(box):
-        pos = P[m - 1 - dim].reshape(pairs, count) + size // 2  # (B, count) in box coordinates
-        base = pos.detach().floor()
-        taps = taps_fn(pos - base)  # (B, count, T)
-        cells = base.long().unsqueeze(-1) + torch.arange(first, first + taps.shape[-1], device=weight.device)
-        inside = (cells >= 0) & (cells < size)
-        taps = taps * inside
-        if interpolation == "bilinear":
-            norm = taps.sum(-1) if norm is None else norm * taps.sum(-1)  # (B, count)
-        values = (values.unsqueeze(-1) * taps.unsqueeze(-2)).flatten(-2)  # (B, count, T^(dim+1))
-        index = (index.unsqueeze(-1) * size + cells.clamp(0, size - 1).unsqueeze(-2)).flatten(-2)
-    if norm is not None:
-        values = values / (norm + _EPS).unsqueeze(-1)
-    flat = values.new_zeros(pairs * math.prod(box))
-    # Overlapping taps (two elements in one cell) must add: index_add accumulates.
-    flat = flat.index_add(0, index.reshape(-1), values.reshape(-1))
-    return flat.view(*lead, *box)
+def _bicubic_slopes(frac: Tensor, a: float = -0.5) -> Tensor:
+    def near(x):  # d/dx of _bicubic_taps' near
+        return (3 * (a + 2) * x - 2 * (a + 3)) * x
+
+    def far(x):
+        return (3 * a * x - 10 * a) * x + 8 * a
+
+    return torch.stack((far(1 + frac), near(frac), -near(1 - frac), -far(2 - frac)))
+
+
+# interpolation: (tap weights, their derivative in the fractional offset, first tap's offset from the floor)
+_TAPS = {"bilinear": (_bilinear_taps, _bilinear_slopes, 0), "bicubic": (_bicubic_taps, _bicubic_slopes, -1)}
 
 
 def _outer(profiles: list[Tensor]) -> Tensor:
@@ -110,6 +102,89 @@ def _outer(profiles: list[Tensor]) -> Tensor:
     for prof in profiles[1:]:
         rest = (rest.unsqueeze(-1) * prof.unsqueeze(-2)).flatten(-2)  # (B, count, prod so far)
     return rest
+
+
+def _scatter_taps(P: Tensor, box: tuple[int, ...], interpolation: str, slopes: bool = False):
+    """Per box dimension, for the ``N`` elements of ``P`` ``(M, *lead, count)``: the taps ``(T, N)`` (zero outside
+    the box; differentiable in ``P``), their derivative in the position (with ``slopes``, else None) and the cells
+    they fall on (clamped into the box). Taps first, elements last: every pass runs along the elements."""
+    taps_fn, slopes_fn, first = _TAPS[interpolation]
+    m = len(box)
+    for dim, size in enumerate(box):
+        pos = P[m - 1 - dim].reshape(-1) + size // 2  # (N) in box coordinates
+        base = pos.detach().floor()
+        taps = taps_fn(pos - base)  # (T, N)
+        cells = base.long() + torch.arange(first, first + taps.shape[0], device=P.device).unsqueeze(-1)
+        inside = (cells >= 0) & (cells < size)
+        yield taps * inside, slopes_fn(pos.detach() - base) * inside if slopes else None, cells.clamp(0, size - 1)
+
+
+def _flat_index(cells: list[Tensor], box: tuple[int, ...], count: int) -> Tensor:
+    """Index of every tap combination in the flat ``(pairs * prod(box))`` kernel: ``(T, ..., T, N)``, one tap axis
+    per box dimension (the first slowest), ``N = pairs * count`` elements."""
+    n = cells[0].shape[-1]
+    index = torch.arange(n, device=cells[0].device) // count  # the element's (out, in) pair
+    for cell, size in zip(cells, box):
+        index = index.unsqueeze(-2) * size + cell  # (..., T, N)
+    return index
+
+
+def _tap_products(taps: list[Tensor]) -> Tensor:
+    """``(T, ..., T, N)``: the product of one tap per box dimension, for every combination."""
+    out = taps[0]
+    for tap in taps[1:]:
+        out = out.unsqueeze(-2) * tap
+    return out
+
+
+def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """Compact-support profiles: scatter-add each element's taps into the dense kernel (differentiable torch
+    operations; :func:`_scatter_backward` is its gradient in closed form, for torch.compile)."""
+    lead, count = weight.shape[:-1], weight.shape[-1]
+    taps, _, cells = zip(*_scatter_taps(P, box, interpolation))
+    values = _tap_products(list(taps)) * weight.reshape(-1)  # (T, ..., T, N)
+    if interpolation == "bilinear":
+        values = values / (math.prod([t.sum(0) for t in taps]) + _EPS)
+    flat = values.new_zeros(math.prod(lead) * math.prod(box))
+    # Overlapping taps (two elements in one cell) must add: index_add accumulates.
+    flat = flat.index_add(0, _flat_index(list(cells), box, count).reshape(-1), values.reshape(-1))
+    return flat.view(*lead, *box)
+
+
+def _scatter_backward(grad: Tensor, weight: Tensor, P: Tensor, box: tuple[int, ...],
+                      interpolation: str) -> tuple[Tensor, Tensor]:
+    """The gradients of :func:`_scatter_kernel` in ``weight`` and ``P`` for the kernel's gradient ``grad``, in
+    closed form: a gather of ``grad`` at the taps, and per dimension its contraction with the other dimensions'
+    taps (times the taps' slopes for ``P``; the bilinear normaliser adds its own term)."""
+    m, count = len(box), weight.shape[-1]
+    taps, slopes, cells = zip(*_scatter_taps(P, box, interpolation, slopes=True))
+    g = grad.reshape(-1)[_flat_index(list(cells), box, count)]  # (T, ..., T, N): the gradient at every tap
+
+    def along(dim: int) -> Tensor:  # (T, N): g times the other dimensions' taps, summed over them
+        out = g
+        for other in range(m):
+            if other != dim:
+                out = out * taps[other].view(*[1] * other, -1, *[1] * (m - 1 - other), g.shape[-1])
+        axes = [j for j in range(m) if j != dim]
+        return out.sum(axes) if axes else out
+
+    alongs = [along(dim) for dim in range(m)]
+    spread = (alongs[0] * taps[0]).sum(0)  # (N): g times the tap products, summed
+    w = weight.reshape(-1)
+    if interpolation == "bilinear":
+        sums = [tap.sum(0) for tap in taps]
+        norm = math.prod(sums) + _EPS
+    else:
+        sums, norm = None, 1.0
+    scale = w / norm
+    grad_P = P.new_empty(m, w.shape[0])
+    for dim in range(m):
+        d_taps = scale * alongs[dim]  # (T, N)
+        if sums is not None:  # through norm = prod(sums) + eps
+            others = math.prod([sums[j] for j in range(m) if j != dim]) if m > 1 else 1.0
+            d_taps = d_taps - scale * spread / norm * others
+        grad_P[m - 1 - dim] = (d_taps * slopes[dim]).sum(0)
+    return (spread / norm).view(weight.shape), grad_P.view(P.shape)
 
 
 def _reference_separable(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
@@ -287,4 +362,48 @@ def construct_kernel(
     _check(weight, P, SIG, box, interpolation)
     if interpolation in WIDTH_INTERPOLATIONS:
         return _separable_kernel(weight, P, SIG, box, interpolation)
+    return _scatter_entry(weight, P, box, interpolation)
+
+
+def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """``torch.compile``: one opaque operator each way (below). Otherwise (eager, ``torch.export``, ONNX,
+    ``torch.jit.trace``) :func:`_scatter_kernel`'s torch operations, differentiated by autograd."""
+    if compiling():
+        return torch.ops.largekernel.dcls_scatter_kernel(weight, P, list(box), interpolation)
     return _scatter_kernel(weight, P, box, interpolation)
+
+
+# ----------------------------------------------------------------------------- torch.compile: opaque operators
+# Inductor's compile time grows with the graph's size (its Python passes, then one C++ build per kernel): the
+# scatter construction, traced, added about 150 operations per layer, 16 s of the 62 s a converted ConvNeXt-atto
+# took to compile (docs/deploy.md). As two operators it costs the graph one call each way and runs the eager code.
+
+
+def _scatter_op(weight: Tensor, P: Tensor, box: list[int], interpolation: str) -> Tensor:
+    return _scatter_kernel(weight, P, tuple(box), interpolation)
+
+
+def _scatter_op_backward(grad: Tensor, weight: Tensor, P: Tensor, box: list[int],
+                         interpolation: str) -> list[Tensor]:
+    return list(_scatter_backward(grad, weight, P, tuple(box), interpolation))
+
+
+def _scatter_setup(ctx, inputs, output) -> None:
+    weight, P, ctx.box, ctx.interpolation = inputs
+    ctx.save_for_backward(weight, P)
+
+
+def _scatter_autograd(ctx, grad: Tensor):
+    weight, P = ctx.saved_tensors
+    d_weight, d_P = torch.ops.largekernel.dcls_scatter_kernel_backward(grad, weight, P, ctx.box, ctx.interpolation)
+    return d_weight, d_P, None, None
+
+
+if OPAQUE:
+    _forward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel", _scatter_op, mutates_args=())
+    _forward_op.register_fake(lambda weight, P, box, interpolation: weight.new_empty(*weight.shape[:-1], *box))
+    _forward_op.register_autograd(_scatter_autograd, setup_context=_scatter_setup)
+    _backward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel_backward", _scatter_op_backward,
+                                           mutates_args=())
+    _backward_op.register_fake(lambda grad, weight, P, box, interpolation: [torch.empty_like(weight),
+                                                                             torch.empty_like(P)])
