@@ -6,7 +6,8 @@ own convolutions are checked against it elsewhere), torch's convolution with the
 crop. Layers are tiny; the one inductor compilation (every family in one module, its
 forward: inductor builds a C++ kernel per fused step, ~1 s each here) is this file's cost,
 ~30 s cold on a 2-core CPU (inductor's cache makes later runs seconds); the backward graphs
-are checked as recorded (``aot_eager``), without code generation.
+of every family are checked as recorded (``aot_eager``), and inductor's code for the forward
+and backward of the families whose gradients it generates in one training step.
 """
 
 import copy
@@ -80,14 +81,13 @@ def test_inductor_forward_matches_eager():
         torch.testing.assert_close(out, model(image, sequence), rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_backward_matches_eager():
-    """The forward and backward graphs torch.compile records (AOTAutograd: what inductor compiles), run as
-    recorded, against eager autograd: the FFT product's opaque operators and their gradients included."""
-    model = _EveryFamily()
+def _assert_training_step_matches_eager(model: nn.Module, backend: str) -> None:
+    """One compiled training step of ``model(image, sequence)`` (a scalar) against eager autograd: the loss, the
+    inputs' and every parameter's gradient."""
     compiled = copy.deepcopy(model)
     image, sequence = torch.randn(2, 4, 12, 12, requires_grad=True), torch.randn(2, 4, 40, requires_grad=True)
     torch.compiler.reset()
-    out = torch.compile(compiled, backend="aot_eager", fullgraph=True)(image, sequence)
+    out = torch.compile(compiled, backend=backend, fullgraph=True)(image, sequence)
     out.backward()
     grads = (image.grad, sequence.grad)
     image.grad = sequence.grad = None
@@ -99,6 +99,33 @@ def test_compiled_backward_matches_eager():
         # parameters whose gradient vanishes analytically (a bias before batch norm) compare at the others' scale
         scale = max(q.grad.abs().max().item(), 1.0)
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+
+def test_compiled_backward_matches_eager():
+    """The forward and backward graphs torch.compile records (AOTAutograd: what inductor compiles), run as
+    recorded, against eager autograd: the FFT product's opaque operators and their gradients included."""
+    _assert_training_step_matches_eager(_EveryFamily(), "aot_eager")
+
+
+def test_inductor_training_step_matches_eager():
+    """Inductor's generated code for the backward too (test_compiled_backward_matches_eager runs the recorded
+    graphs): the families whose backward inductor generates (DCLS's separable construction, SGConv's upsampling,
+    S4D's SSM kernel, FlexConv's mask) beside the opaque operators' backward (the FFT product, DCLS's scatter)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image = nn.ModuleList(FAMILIES[n][0]() for n in ("dcls", "dcls_gaussian", "flexconv"))
+            self.sequence = nn.ModuleList(FAMILIES[n][0]() for n in ("sgconv", "s4d"))
+
+        def forward(self, image, sequence):
+            for layer in self.image:
+                image = layer(image).relu() + image
+            for layer in self.sequence:
+                sequence = layer(sequence).tanh() + sequence
+            return image.square().mean() + sequence.square().mean()
+
+    _assert_training_step_matches_eager(Net(), "inductor")
 
 
 @pytest.mark.parametrize("name", ["fft_depthwise", "niff", "s4d", "flexconv"])
