@@ -96,7 +96,7 @@ def test_siren_init_bounds_and_omega():
 def test_mlp_activation_choice():
     x = torch.rand(9, 1) * 2 - 1
     relu = MLPKernel(1, 2, hidden_channels=4, num_layers=2, activation="relu")
-    lin, act = relu.body[0], relu.body[1]
+    lin = relu.body[0]
     expected = relu.output.weight @ torch.relu(lin(x)).t() + relu.output.bias[:, None]
     torch.testing.assert_close(relu(x), expected)
     assert isinstance(MLPKernel(1, 2, activation="gelu").body[1], torch.nn.GELU)

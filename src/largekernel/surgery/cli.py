@@ -41,7 +41,7 @@ def _parser() -> ArgumentParser:
     src.add_argument("--model", help="registered model name (largekernel.models.list_models())")
     src.add_argument("--checkpoint", help="checkpoint or run directory written by `largekernel train`")
     p.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"num_classes": 10}\'')
-    p.add_argument("--to", help="target family (largekernel.models.layers.conv_types())")
+    p.add_argument("--to", help=f"target family: {', '.join(conv_types())}")
     p.add_argument("--which", help="module-name pattern of the convolutions to replace (default: depthwise ones)")
     p.add_argument("--iso-params", action="store_true", help="match the original parameter count")
     p.add_argument("--layer-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"kernel_size": 17}\'')
