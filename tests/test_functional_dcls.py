@@ -205,3 +205,22 @@ def test_compiled_construction_matches_eager(interpolation, box):
     got = torch.autograd.grad(compiled(weight, P), (weight, P))
     expected = torch.autograd.grad(loss(weight, P), (weight, P))
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("frozen", ["weight", "P"])
+def test_compiled_construction_with_frozen_weights_or_positions(frozen):
+    """Frozen positions (or weights) under torch.compile (the opaque operator's backward still returns both
+    gradients): the trainable one's gradient is eager's."""
+    torch.manual_seed(3)
+    weight = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=frozen != "weight")
+    P = (torch.randn(2, 3, 2, 5, dtype=torch.float64) * 2).requires_grad_(frozen != "P")
+    direction = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+
+    def loss(w, p):
+        return (construct_kernel(w, p, dilated_kernel_size=(7, 7)) * direction).sum()
+
+    trainable = P if frozen == "weight" else weight
+    torch.compiler.reset()
+    (got,) = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(weight, P), trainable)
+    (expected,) = torch.autograd.grad(loss(weight, P), trainable)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
