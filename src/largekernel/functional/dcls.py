@@ -113,10 +113,11 @@ def _scatter_taps(P: Tensor, box: tuple[int, ...], interpolation: str, slopes: b
     for dim, size in enumerate(box):
         pos = P[m - 1 - dim].reshape(-1) + size // 2  # (N) in box coordinates
         base = pos.detach().floor()
-        taps = taps_fn(pos - base)  # (T, N)
+        frac = pos - base
+        taps = taps_fn(frac)  # (T, N)
         cells = base.long() + torch.arange(first, first + taps.shape[0], device=P.device).unsqueeze(-1)
         inside = (cells >= 0) & (cells < size)
-        yield taps * inside, slopes_fn(pos.detach() - base) * inside if slopes else None, cells.clamp(0, size - 1)
+        yield taps * inside, slopes_fn(frac.detach()) * inside if slopes else None, cells.clamp(0, size - 1)
 
 
 def _flat_index(cells: list[Tensor], box: tuple[int, ...], count: int) -> Tensor:
@@ -177,12 +178,12 @@ def _scatter_backward(grad: Tensor, weight: Tensor, P: Tensor, box: tuple[int, .
     else:
         sums, norm = None, 1.0
     scale = w / norm
+    through_norm = scale * spread / norm  # (N): minus d loss / d norm, norm = prod(sums) + eps
     grad_P = P.new_empty(m, w.shape[0])
     for dim in range(m):
         d_taps = scale * alongs[dim]  # (T, N)
-        if sums is not None:  # through norm = prod(sums) + eps
-            others = math.prod([sums[j] for j in range(m) if j != dim]) if m > 1 else 1.0
-            d_taps = d_taps - scale * spread / norm * others
+        if sums is not None:
+            d_taps = d_taps - through_norm * math.prod([sums[j] for j in range(m) if j != dim])
         grad_P[m - 1 - dim] = (d_taps * slopes[dim]).sum(0)
     return (spread / norm).view(weight.shape), grad_P.view(P.shape)
 

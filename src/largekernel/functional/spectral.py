@@ -89,8 +89,8 @@ def spectral_pointwise(spectrum: Tensor, weight: Tensor) -> Tensor:
 
 
 def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
-    """FNet's mixing ``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape and dtype as ``x``
-    (half precision is transformed in float32)."""
+    """FNet's mixing ``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape as ``x``, and its dtype for a
+    real ``x`` (half precision is transformed in float32); a complex ``x`` gives the real part's dtype."""
     if x.shape[token_dim] == 0 or x.shape[hidden_dim] == 0:
         raise ConvArgumentError(f"fourier_mix needs non-empty token (dim {token_dim}) and hidden (dim {hidden_dim}) "
                                 f"axes, got shape {tuple(x.shape)}")
