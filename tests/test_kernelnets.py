@@ -180,6 +180,22 @@ def test_factory_and_bad_input():
         MAGNetKernel(1, 2, num_layers=0)
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_magnet_filter_is_an_anisotropic_gabor(dim):
+    """MAGNet's filter l: exp(-1/2 sum_d (gamma_hd (x_d - mu_hd))^2) sin(W x + b), one width per unit and
+    dimension (FlexConv, Sec. 3), written out per point, unit and dimension."""
+    net = MAGNetKernel(dim, 3, hidden_channels=5, num_layers=2, dtype=torch.float64)
+    x = torch.rand(7, dim, dtype=torch.float64) * 2 - 1
+    for f in net.filters:
+        expected = torch.empty(7, 5, dtype=torch.float64)
+        for n in range(7):
+            for h in range(5):
+                exponent = sum((f.gamma[h, d] * (x[n, d] - f.mu[h, d])) ** 2 for d in range(dim))
+                pre = sum(f.linear.weight[h, d] * x[n, d] for d in range(dim)) + f.linear.bias[h]
+                expected[n, h] = torch.exp(-0.5 * exponent) * torch.sin(pre)
+        torch.testing.assert_close(f(x), expected)
+
+
 @pytest.mark.parametrize("name", ["fourier", "gabor", "magnet"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_batched_filters_equal_each_filter(name, bias):
