@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
+from largekernel.functional._tracing import exporting_onnx
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
@@ -123,12 +124,13 @@ class SGKernel(nn.Module):
 _VANDERMONDE_ELEMENTS = 1 << 22  # complex powers held at once (32 MiB in complex64)
 
 
-def _powers(dta: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+def _powers(dta_re: Tensor, dta_im: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
     """Real and imaginary parts of ``exp(dta * l)`` for ``start <= l < stop``, each ``(channels, N/2,
-    stop - start)``: as ``exp(Re) * (cos, sin)(Im)``, 4x faster than torch's complex ``exp`` here."""
-    steps = torch.arange(start, stop, device=dta.device, dtype=dta.real.dtype)
-    magnitude = (dta.real.unsqueeze(-1) * steps).exp()
-    phase = dta.imag.unsqueeze(-1) * steps
+    stop - start)``, from ``dta``'s real and imaginary parts: as ``exp(Re) * (cos, sin)(Im)``, 4x faster than
+    torch's complex ``exp`` here."""
+    steps = torch.arange(start, stop, device=dta_re.device, dtype=dta_re.dtype)
+    magnitude = (dta_re.unsqueeze(-1) * steps).exp()
+    phase = dta_im.unsqueeze(-1) * steps
     return magnitude * phase.cos(), magnitude * phase.sin()
 
 
@@ -149,7 +151,7 @@ class _Vandermonde(torch.autograd.Function):
         c_re, c_im = c.real.unsqueeze(1), c.imag.unsqueeze(1)  # (channels, 1, N/2)
         for start in range(0, length, chunk):
             stop = min(start + chunk, length)
-            v_re, v_im = _powers(dta, start, stop)
+            v_re, v_im = _powers(dta.real, dta.imag, start, stop)
             out[:, start:stop] = 2.0 * (torch.bmm(c_re, v_re) - torch.bmm(c_im, v_im)).squeeze(1)
         ctx.save_for_backward(c, dta)
         ctx.length, ctx.chunk = length, chunk
@@ -169,7 +171,7 @@ class _Vandermonde(torch.autograd.Function):
         sums = torch.zeros(2, 2, *c.shape, dtype=grad.dtype, device=grad.device)  # [l^0, l^1] x [re, im]
         for start in range(0, ctx.length, ctx.chunk):
             stop = min(start + ctx.chunk, ctx.length)
-            v_re, v_im = _powers(dta, start, stop)  # (channels, N/2, chunk)
+            v_re, v_im = _powers(dta.real, dta.imag, start, stop)  # (channels, N/2, chunk)
             g = grad[:, start:stop].unsqueeze(-1)  # (channels, chunk, 1)
             weights = {0: g} if need_c else {}
             if need_dta:
@@ -228,6 +230,8 @@ class S4DKernel(nn.Module):
     def forward(self, length: int) -> Tensor:
         # Complex arithmetic needs float32 at least (there is no complex bfloat16).
         real = torch.promote_types(self.log_dt.dtype, torch.float32)
+        if exporting_onnx():
+            return self._real_arithmetic(length, real)
         dt = self.log_dt.to(real).exp().unsqueeze(-1)  # (channels, 1)
         a = torch.complex(-self.log_A_real.to(real).exp(), self.A_imag.to(real))  # (channels, N/2)
         c = torch.view_as_complex(self.C.to(real))  # (channels, N/2)
@@ -235,6 +239,21 @@ class S4DKernel(nn.Module):
         c = c * (dta.exp() - 1.0) / a  # zero-order hold
         chunk = max(64, _VANDERMONDE_ELEMENTS // max(1, c.numel()))
         return _Vandermonde.apply(c, dta, length, chunk)  # (channels, length)
+
+    def _real_arithmetic(self, length: int, real: torch.dtype) -> Tensor:
+        """:meth:`forward`'s kernel with every complex number as its real and imaginary parts (what
+        ``torch.onnx.export`` records: ONNX has no complex numbers), all positions at once."""
+        dt = self.log_dt.to(real).exp().unsqueeze(-1)  # (channels, 1)
+        a_re, a_im = -self.log_A_real.to(real).exp(), self.A_imag.to(real)  # (channels, N/2)
+        c_re, c_im = self.C.to(real).unbind(-1)  # (channels, N/2)
+        d_re, d_im = a_re * dt, a_im * dt  # dt A
+        growth = d_re.exp()
+        e_re, e_im = growth * d_im.cos() - 1.0, growth * d_im.sin()  # exp(dt A) - 1
+        p_re, p_im = c_re * e_re - c_im * e_im, c_re * e_im + c_im * e_re  # C (exp(dt A) - 1)
+        norm = a_re.square() + a_im.square()
+        h_re, h_im = (p_re * a_re + p_im * a_im) / norm, (p_im * a_re - p_re * a_im) / norm  # ... / A
+        v_re, v_im = _powers(d_re, d_im, 0, length)  # (channels, N/2, length)
+        return 2.0 * (torch.bmm(h_re.unsqueeze(1), v_re) - torch.bmm(h_im.unsqueeze(1), v_im)).squeeze(1)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"
