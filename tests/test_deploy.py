@@ -1,6 +1,6 @@
-"""Deployment paths of every family (docs/deploy.md): torch.compile and torch.export.
+"""Deployment paths of every family (docs/deploy.md): torch.compile, torch.export and ONNX.
 
-(ONNX export of baked models, on the direct and the FFT path: tests/test_convert.py.)
+(ONNX export of baked whole models, on the direct and the FFT path: tests/test_convert.py.)
 References are independent of the paths under test: the same module run eagerly (torch's
 own convolutions are checked against it elsewhere), torch's convolution with the expected
 crop. Layers are tiny; the one inductor compilation (every family in one module, its
@@ -179,3 +179,25 @@ def test_export_unbaked_and_baked(name):
         baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=native)
         program = torch.export.export(baked, (x,))
         torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_onnx_export_unbaked_and_baked(name, tmp_path):
+    """``torch.onnx.export`` records complex-free graphs (the spectral product and S4D's kernel in real arithmetic,
+    FourierMix's one-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path."""
+    import onnxruntime
+
+    layer, x = _layer(name)
+    layer.eval()
+    with torch.no_grad():
+        expected = layer(x)
+    candidates = {"unbaked": layer}
+    if isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
+        candidates["baked"] = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape))
+    for kind, module in candidates.items():
+        path = tmp_path / f"{kind}.onnx"
+        torch.onnx.export(module, (x,), dynamo=True).save(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        error = (torch.from_numpy(out) - expected).abs().max() / expected.abs().max()
+        assert out.shape == expected.shape and error < 1e-5, (name, kind, out.shape, error.item())
