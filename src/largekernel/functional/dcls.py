@@ -138,28 +138,36 @@ def _tap_products(taps: list[Tensor]) -> Tensor:
     return out
 
 
-def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+def _scatter_parts(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str, slopes: bool = False):
     """Compact-support profiles: scatter-add each element's taps into the dense kernel (differentiable torch
-    operations; :func:`_scatter_backward` is its gradient in closed form, for torch.compile)."""
+    operations). Returns the kernel and what :func:`_scatter_backward` reuses: per box dimension the taps and
+    (with ``slopes``) their slopes, ``(T, N)``, and the flat index of every tap combination ``(T, ..., T, N)``."""
     lead, count = weight.shape[:-1], weight.shape[-1]
-    taps, _, cells = zip(*_scatter_taps(P, box, interpolation))
+    taps, slope, cells = zip(*_scatter_taps(P, box, interpolation, slopes))
+    index = _flat_index(list(cells), box, count)
     values = _tap_products(list(taps)) * weight.reshape(-1)  # (T, ..., T, N)
     if interpolation == "bilinear":
         values = values / (math.prod([t.sum(0) for t in taps]) + _EPS)
     flat = values.new_zeros(math.prod(lead) * math.prod(box))
     # Overlapping taps (two elements in one cell) must add: index_add accumulates.
-    flat = flat.index_add(0, _flat_index(list(cells), box, count).reshape(-1), values.reshape(-1))
-    return flat.view(*lead, *box)
+    flat = flat.index_add(0, index.reshape(-1), values.reshape(-1))
+    return flat.view(*lead, *box), list(taps), list(slope), index
 
 
-def _scatter_backward(grad: Tensor, weight: Tensor, P: Tensor, box: tuple[int, ...],
-                      interpolation: str) -> tuple[Tensor, Tensor]:
+def _scatter_kernel(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolation: str) -> Tensor:
+    """The dense kernel of :func:`_scatter_parts` (:func:`_scatter_backward` is its gradient in closed form, for
+    torch.compile)."""
+    return _scatter_parts(weight, P, box, interpolation)[0]
+
+
+def _scatter_backward(grad: Tensor, weight: Tensor, P: Tensor, taps: list[Tensor], slopes: list[Tensor],
+                      index: Tensor, interpolation: str) -> tuple[Tensor, Tensor]:
     """The gradients of :func:`_scatter_kernel` in ``weight`` and ``P`` for the kernel's gradient ``grad``, in
-    closed form: a gather of ``grad`` at the taps, and per dimension its contraction with the other dimensions'
-    taps (times the taps' slopes for ``P``; the bilinear normaliser adds its own term)."""
-    m, count = len(box), weight.shape[-1]
-    taps, slopes, cells = zip(*_scatter_taps(P, box, interpolation, slopes=True))
-    g = grad.reshape(-1)[_flat_index(list(cells), box, count)]  # (T, ..., T, N): the gradient at every tap
+    closed form, from the forward's taps, slopes and index (:func:`_scatter_parts` with ``slopes``): a gather of
+    ``grad`` at the taps, and per dimension its contraction with the other dimensions' taps (times the taps'
+    slopes for ``P``; the bilinear normaliser adds its own term)."""
+    m = len(taps)
+    g = grad.reshape(-1)[index]  # (T, ..., T, N): the gradient at every tap
 
     def along(dim: int) -> Tensor:  # (T, N): g times the other dimensions' taps, summed over them
         out = g
@@ -370,7 +378,7 @@ def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolatio
     """``torch.compile``: one opaque operator each way (below). Otherwise (eager, ``torch.export``, ONNX,
     ``torch.jit.trace``) :func:`_scatter_kernel`'s torch operations, differentiated by autograd."""
     if compiling():
-        return torch.ops.largekernel.dcls_scatter_kernel(weight, P, list(box), interpolation)
+        return torch.ops.largekernel.dcls_scatter_kernel(weight, P, list(box), interpolation)[0]
     return _scatter_kernel(weight, P, box, interpolation)
 
 
@@ -378,33 +386,40 @@ def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolatio
 # Inductor's compile time grows with the graph's size (its Python passes, then one C++ build per kernel): the
 # scatter construction, traced, added about 150 operations per layer, 16 s of the 62 s a converted ConvNeXt-atto
 # took to compile (docs/deploy.md). As two operators it costs the graph one call each way and runs the eager code.
+# The forward also returns the taps, their slopes and the flat index, which the closed-form backward would
+# otherwise compute again (about half its time).
 
 
-def _scatter_op(weight: Tensor, P: Tensor, box: list[int], interpolation: str) -> Tensor:
-    return _scatter_kernel(weight, P, tuple(box), interpolation)
+def _scatter_op(weight: Tensor, P: Tensor, box: list[int], interpolation: str) -> list[Tensor]:
+    """The kernel, then what its backward reuses instead of computing again: the flat index, and per box dimension
+    the taps and their slopes."""
+    kernel, taps, slopes, index = _scatter_parts(weight, P, tuple(box), interpolation, slopes=True)
+    return [kernel, index, *taps, *slopes]
 
 
-def _scatter_op_backward(grad: Tensor, weight: Tensor, P: Tensor, box: list[int],
-                         interpolation: str) -> list[Tensor]:
-    return list(_scatter_backward(grad, weight, P, tuple(box), interpolation))
+def _scatter_op_backward(grad: Tensor, weight: Tensor, P: Tensor, index: Tensor, taps: list[Tensor],
+                         slopes: list[Tensor], interpolation: str) -> list[Tensor]:
+    return list(_scatter_backward(grad, weight, P, taps, slopes, index, interpolation))
 
 
 def _scatter_setup(ctx, inputs, output) -> None:
-    weight, P, ctx.box, ctx.interpolation = inputs
-    ctx.save_for_backward(weight, P)
+    weight, P, _, ctx.interpolation = inputs
+    ctx.save_for_backward(weight, P, *output[1:])
 
 
-def _scatter_autograd(ctx, grad: Tensor):
-    weight, P = ctx.saved_tensors
-    d_weight, d_P = torch.ops.largekernel.dcls_scatter_kernel_backward(grad, weight, P, ctx.box, ctx.interpolation)
+def _scatter_autograd(ctx, grads: list[Tensor]):
+    weight, P, index, *parts = ctx.saved_tensors
+    m = len(parts) // 2
+    d_weight, d_P = torch.ops.largekernel.dcls_scatter_kernel_backward(grads[0], weight, P, index, parts[:m],
+                                                                       parts[m:], ctx.interpolation)
     return d_weight, d_P, None, None
 
 
 if OPAQUE:
     _forward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel", _scatter_op, mutates_args=())
-    _forward_op.register_fake(lambda weight, P, box, interpolation: weight.new_empty(*weight.shape[:-1], *box))
+    _forward_op.register_fake(_scatter_op)  # the same code on fake tensors gives every output's shape
     _forward_op.register_autograd(_scatter_autograd, setup_context=_scatter_setup)
     _backward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel_backward", _scatter_op_backward,
                                            mutates_args=())
-    _backward_op.register_fake(lambda grad, weight, P, box, interpolation: [torch.empty_like(weight),
-                                                                             torch.empty_like(P)])
+    _backward_op.register_fake(lambda grad, weight, P, index, taps, slopes, interpolation: [
+        torch.empty_like(weight), torch.empty_like(P)])
