@@ -56,6 +56,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def run_onnx(tmp_path):
+    """``run(module, x, name)``: ``module`` exported by ``torch.onnx.export(..., dynamo=True)`` to ``name``.onnx and
+    run on ``x`` by ONNX Runtime (CPU); its output as a tensor."""
+    import onnxruntime
+
+    def run(module: torch.nn.Module, x: torch.Tensor, name: str = "model") -> torch.Tensor:
+        path = tmp_path / f"{name}.onnx"
+        torch.onnx.export(module, (x,), dynamo=True).save(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        return torch.from_numpy(out)
+
+    return run
+
+
 FFT_PATHS = ["packed", "packed-blocks", "packed-torch", "real", "real-blocks", "real-torch"]
 
 

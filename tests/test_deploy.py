@@ -182,11 +182,9 @@ def test_export_unbaked_and_baked(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_onnx_export_unbaked_and_baked(name, tmp_path):
+def test_onnx_export_unbaked_and_baked(name, run_onnx):
     """``torch.onnx.export`` records complex-free graphs (the spectral product and S4D's kernel in real arithmetic,
     FourierMix's one-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path."""
-    import onnxruntime
-
     layer, x = _layer(name)
     layer.eval()
     with torch.no_grad():
@@ -195,9 +193,6 @@ def test_onnx_export_unbaked_and_baked(name, tmp_path):
     if isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
         candidates["baked"] = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape))
     for kind, module in candidates.items():
-        path = tmp_path / f"{kind}.onnx"
-        torch.onnx.export(module, (x,), dynamo=True).save(str(path))
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        error = (torch.from_numpy(out) - expected).abs().max() / expected.abs().max()
+        out = run_onnx(module, x, kind)
+        error = (out - expected).abs().max() / expected.abs().max()
         assert out.shape == expected.shape and error < 1e-5, (name, kind, out.shape, error.item())

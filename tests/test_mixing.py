@@ -81,14 +81,9 @@ def test_bad_inputs():
         FourierMix(token_dim=-1, hidden_dim=-1)
 
 
-def test_exports_to_onnx(tmp_path):
+def test_exports_to_onnx(run_onnx):
     """The exported graph (ONNX DFT nodes), run by ONNX Runtime, against the DFT matrices."""
-    import onnxruntime
-
     x = torch.randn(2, 16, 8)
-    path = tmp_path / "mix.onnx"
-    torch.onnx.export(FourierMix().eval(), (x,), dynamo=True).save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    out = run_onnx(FourierMix().eval(), x)
     expected = (_dft_matrix(16) @ x.to(torch.complex128) @ _dft_matrix(8).T).real
-    torch.testing.assert_close(torch.from_numpy(out).double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)

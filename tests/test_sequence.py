@@ -122,22 +122,17 @@ def test_output_equals_direct_convolution(cls, kwargs, device):
 
 
 @pytest.mark.parametrize("kwargs", [{"d_state": 8}, {"d_state": 8, "bidirectional": True, "kernel_size": 12}])
-def test_s4d_exports_to_onnx_unbaked(tmp_path, kwargs):
+def test_s4d_exports_to_onnx_unbaked(run_onnx, kwargs):
     """ONNX has no complex numbers: the exported SSM kernel is recorded in real arithmetic. ONNX Runtime's output
     against the convolution by loops over taps with the kernels from the Vandermonde formula (tested above)."""
-    import onnxruntime
-
     layer = S4DConv1d(3, **kwargs).eval()
     x = torch.randn(2, 3, 33)
-    path = tmp_path / "s4d.onnx"
-    torch.onnx.export(layer, (x,), dynamo=True).save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    out = run_onnx(layer, x)
     with torch.no_grad():
         causal, anti = layer.kernels(33)
         expected = _direct_conv(x.double(), causal.double(), None if anti is None else anti.double())
         expected += layer.D.double()[:, None] * x.double() + layer.bias.double()[:, None]
-    torch.testing.assert_close(torch.from_numpy(out).double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls,kwargs", [(SGConv1d, {"kernel_size": 64, "kernel_dim": 8}), (S4DConv1d, {})])

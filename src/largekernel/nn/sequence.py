@@ -230,22 +230,22 @@ class S4DKernel(nn.Module):
     def forward(self, length: int) -> Tensor:
         # Complex arithmetic needs float32 at least (there is no complex bfloat16).
         real = torch.promote_types(self.log_dt.dtype, torch.float32)
-        if exporting_onnx():
-            return self._real_arithmetic(length, real)
         dt = self.log_dt.to(real).exp().unsqueeze(-1)  # (channels, 1)
-        a = torch.complex(-self.log_A_real.to(real).exp(), self.A_imag.to(real))  # (channels, N/2)
+        a_re, a_im = -self.log_A_real.to(real).exp(), self.A_imag.to(real)  # (channels, N/2)
+        if exporting_onnx():
+            return self._real_arithmetic(length, dt, a_re, a_im, self.C.to(real))
+        a = torch.complex(a_re, a_im)
         c = torch.view_as_complex(self.C.to(real))  # (channels, N/2)
         dta = a * dt
         c = c * (dta.exp() - 1.0) / a  # zero-order hold
         chunk = max(64, _VANDERMONDE_ELEMENTS // max(1, c.numel()))
         return _Vandermonde.apply(c, dta, length, chunk)  # (channels, length)
 
-    def _real_arithmetic(self, length: int, real: torch.dtype) -> Tensor:
+    @staticmethod
+    def _real_arithmetic(length: int, dt: Tensor, a_re: Tensor, a_im: Tensor, C: Tensor) -> Tensor:
         """:meth:`forward`'s kernel with every complex number as its real and imaginary parts (what
         ``torch.onnx.export`` records: ONNX has no complex numbers), all positions at once."""
-        dt = self.log_dt.to(real).exp().unsqueeze(-1)  # (channels, 1)
-        a_re, a_im = -self.log_A_real.to(real).exp(), self.A_imag.to(real)  # (channels, N/2)
-        c_re, c_im = self.C.to(real).unbind(-1)  # (channels, N/2)
+        c_re, c_im = C.unbind(-1)  # (channels, N/2)
         d_re, d_im = a_re * dt, a_im * dt  # dt A
         growth = d_re.exp()
         e_re, e_im = growth * d_im.cos() - 1.0, growth * d_im.sin()  # exp(dt A) - 1
