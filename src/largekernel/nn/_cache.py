@@ -23,18 +23,21 @@ def tensor_state(module: nn.Module) -> tuple:
                  for t in itertools.chain(module.parameters(), module.buffers()))
 
 
-def reuse_without_autograd(module: nn.Module, slot: str, key: Hashable, compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key`` is unchanged.
+def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hashable],
+                           compute: Callable[[], Tensor]) -> Tensor:
+    """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key()`` is unchanged.
 
     Only without autograd and outside ``torch.compile`` (which traces ``compute`` into its
     graph instead: the version counters it would compare are data it cannot guard on). With
-    autograd the slot is emptied, so nothing stays alive for training.
+    autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
+    the result may be reused, so that a compiled graph does not trace what it reads.
     """
     if torch.compiler.is_compiling():
         return compute()
     if torch.is_grad_enabled():
         module.__dict__[slot] = None
         return compute()
+    key = key()
     cached = module.__dict__.get(slot)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -245,7 +245,7 @@ class _NIFFConvNd(KernelConvNd):
     def _full_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         """``W_sym`` on the full grid, ``(filters, *grid)`` complex, FFT order; at inference reused while the grid
         and the parameters are unchanged."""
-        return reuse_without_autograd(self, "_filter_cache", (grid, device, dtype, tensor_state(self)),
+        return reuse_without_autograd(self, "_filter_cache", lambda: (grid, device, dtype, tensor_state(self)),
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
