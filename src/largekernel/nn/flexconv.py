@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
-from largekernel.functional._tracing import tracing
+from largekernel.functional._tracing import compiling, tracing
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
@@ -262,23 +262,45 @@ class _ContinuousConvNd(KernelConvNd):
     def _sample(self) -> Tensor:
         """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
         axes = self._crop(self._axes())
+        net = self.kernel_net
+        if _compiled_once_features is not None and compiling() and _called_as_written(net):
+            # Under torch.compile the net's features are one nested compile region: compiled once for all the
+            # layers that share a grid and a kernel net's shape (whatever their channels), not once per layer.
+            features_and_scale = _compiled_once_features(self, axes)
+            return net.project(features_and_scale[0], tuple(x.numel() for x in axes), *features_and_scale[1:])
+        coords, scale = self._coordinates(axes)
+        if scale is None:
+            return net(coords)  # (C_k, *k)
+        if isinstance(net, _KernelNet):
+            return net(coords, scale)  # (C_k, *k); scaled before the output layer
+        return net(coords) * scale  # (C_k, *k)
+
+    def _coordinates(self, axes: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The grid's coordinates ``(*k, nd)`` and the factor on each of its samples ``(*k)`` (the mask and the
+        sampling-rate normalisation), None where there is none."""
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*k, nd)
         scale = self._mask(axes)  # (*k) or None
         norm = self.sampling_rate_norm()
         if norm != 1.0:
             scale = coords.new_full(coords.shape[:-1], norm) if scale is None else scale * norm
+        return coords, scale
+
+    def _features(self, axes: list[Tensor]) -> tuple[Tensor, ...]:
+        """The kernel net's :meth:`~largekernel.nn.kernelnets._KernelNet.features` on the grid ``axes``, scaled
+        by :meth:`_coordinates`' factor, ``(N, hidden)``, then that factor ``(N,)`` if there is one."""
+        coords, scale = self._coordinates(axes)
         if scale is None:
-            return self.kernel_net(coords)  # (C_k, *k)
-        if isinstance(self.kernel_net, _KernelNet):
-            return self.kernel_net(coords, scale)  # (C_k, *k); scaled before the output layer
-        return self.kernel_net(coords) * scale  # (C_k, *k)
+            return (self.kernel_net.features(coords.reshape(-1, self._nd)),)
+        scale = scale.reshape(-1)  # (N,)
+        return self.kernel_net.features(coords.reshape(-1, self._nd), scale), scale
 
     def _sampled(self) -> Tensor:
         """:meth:`_sample`; without autograd (inference, evaluation) reused while nothing it depends on changes
         (grids, mask settings, parameters and buffers), so a layer in eval mode samples its kernel net once
         instead of at every call."""
-        key = (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
-               getattr(self, "dynamic_cropping", None), tensor_state(self))
+        def key():
+            return (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
+                    getattr(self, "dynamic_cropping", None), tensor_state(self))
         return reuse_without_autograd(self, "_kernel_cache", key, self._sample)
 
     def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
@@ -448,6 +470,25 @@ class _ContinuousConvNd(KernelConvNd):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+# torch.compile's hierarchical compilation: the region is traced and compiled once per distinct set of guards
+# (grid, kernel net shape, mask settings) and reused by every layer that shares them. Without it, inductor
+# generated and built each layer's fused loops anew, about 4 s of compile time per layer. From torch 2.14: on
+# 2.13 a region reused under an eager backend (``torch.compile(backend="eager")``) fails in its backward
+# ("fake_mode should be enabled for HOPs"), fixed in 2.14. The limit on distinct sets is torch's safeguard
+# against guards that fail on every call; a model's own variety of layers must never reach it.
+_region = getattr(torch.compiler, "nested_compile_region", None) if torch.__version__ >= "2.14" else None
+_compiled_once_features = (None if _region is None
+                           else _region(_ContinuousConvNd._features, max_reuse_entries=100_000))
+
+
+def _called_as_written(net: nn.Module) -> bool:
+    """Whether calling ``net(coords, scale)`` is its ``features`` then ``project``: one of the named kernel nets,
+    ``forward`` not overridden, no hooks (the compiled region calls the two directly)."""
+    return (isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
+            and not (net._forward_hooks or net._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                     or nn.modules.module._global_forward_pre_hooks))
 
 
 class _FlexConvNd(_ContinuousConvNd):

@@ -25,6 +25,7 @@ layout. Layers are linear maps over the last (coordinate) axis, so sampling cost
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,20 +74,31 @@ class _KernelNet(nn.Module):
         grid = coords.shape[:-1]
         if scale is not None and scale.shape != grid:
             raise ValueError(f"scale must have the grid's shape {tuple(grid)}, got {tuple(scale.shape)}")
-        h = self._hidden(coords.reshape(-1, self.dim))  # (N, hidden)
+        flat = None if scale is None else scale.reshape(-1)  # (N,)
+        return self.project(self.features(coords.reshape(-1, self.dim), flat), grid, flat)
+
+    def features(self, coords: Tensor, scale: Tensor | None = None) -> Tensor:
+        """What the output layer maps, at points ``coords`` ``(N, dim)``: the last hidden features
+        ``(N, hidden_channels)``, times ``scale`` ``(N,)`` per point when given.
+
+        The part of the net that does not depend on ``out_features``: under ``torch.compile``, FlexConv's
+        layers compile it once per grid and kernel net, whatever their channels (:meth:`project` follows)."""
+        h = self._hidden(coords)  # (N, hidden)
+        return h if scale is None else h * scale.unsqueeze(1)
+
+    def project(self, features: Tensor, grid: Sequence[int], scale: Tensor | None = None) -> Tensor:
+        """The output layer on :meth:`features` computed with the same ``scale`` (which scales the bias too),
+        laid out as the kernel: ``(out_features, *grid)``."""
         weight, bias = self.output.weight, self.output.bias
-        if scale is not None:
-            s = scale.reshape(-1, 1)  # (N, 1)
-            h = h * s  # (N, hidden)
-            if bias is not None:
-                # The bias becomes one more input feature, s itself: (W | b) @ (h s | s)^T in one GEMM.
-                h = torch.cat([h, s], dim=1)  # (N, hidden + 1)
-                weight, bias = torch.cat([weight, bias.unsqueeze(1)], dim=1), None  # (out, hidden + 1)
+        if scale is not None and bias is not None:
+            # The bias becomes one more input feature, s itself: (W | b) @ (h s | s)^T in one GEMM.
+            features = torch.cat([features, scale.unsqueeze(1)], dim=1)  # (N, hidden + 1)
+            weight, bias = torch.cat([weight, bias.unsqueeze(1)], dim=1), None  # (out, hidden + 1)
         # W @ h^T writes the kernel channels-first directly: no transpose copy of the (large) output.
         if bias is None:
-            out = weight @ h.t()  # (out_features, N)
+            out = weight @ features.t()  # (out_features, N)
         else:
-            out = torch.addmm(bias.unsqueeze(1), weight, h.t())  # (out_features, N)
+            out = torch.addmm(bias.unsqueeze(1), weight, features.t())  # (out_features, N)
         return out.view(self.out_features, *grid)
 
     def _hidden(self, coords: Tensor) -> Tensor:

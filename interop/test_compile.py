@@ -1,0 +1,88 @@
+"""torch.compile of the continuous-kernel layers on torch >= 2.14, where a kernel net's features are one nested
+compile region: compiled once for every layer that shares a grid and a kernel net's shape, whatever the layers'
+channels (docs/deploy.md). Compiled training steps must equal eager ones under every backend, hooks on a
+kernel net must still run, and the region must be reused across widths."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import largekernel.nn as L
+
+
+class _ChannelsFirstMLP(nn.Module):
+    """A kernel net of the user's own: coordinates ``(*grid, 2)`` to a kernel ``(C, *grid)``."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 16), nn.GELU(), nn.Linear(16, channels))
+
+    def forward(self, coords):
+        return self.body(coords).movedim(-1, 0)
+
+
+def _model():
+    torch.manual_seed(0)
+    hooked = L.FlexConv2d(12, 12, 9, groups=12)
+    hooked.kernel_net.register_forward_hook(lambda module, args, out: 2.0 * out)
+    return nn.Sequential(
+        L.FlexConv2d(4, 8, 9, groups=4),
+        L.FlexConv2d(8, 8, 9, groups=8, mask_init=0.2),  # another crop of the same grid
+        L.FlexConv2d(8, 12, 9, groups=4),
+        L.CKConv2d(12, 12, 9, groups=12, kernel_net="magnet"),  # no mask
+        L.FlexConv2d(12, 12, 9, groups=12, kernel_net_kwargs={"bias": False}),
+        hooked,
+        L.CKConv2d(12, 4, 7, kernel_net=_ChannelsFirstMLP(4 * 12)),
+    )
+
+
+def _training_step(model, x):
+    model.zero_grad()
+    out = model(x)
+    out.square().mean().backward()
+    return [out.detach()] + [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
+def test_compiled_training_step_matches_eager(backend):
+    model = _model()
+    x = torch.randn(2, 4, 12, 12)
+    expected = _training_step(model, x)
+    torch.compiler.reset()
+    got = _training_step(torch.compile(model, backend=backend, fullgraph=True), x)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
+
+
+def test_a_hook_on_the_kernel_net_still_runs_when_compiled():
+    layer = L.FlexConv2d(3, 3, 9, groups=3)
+    x = torch.randn(1, 3, 10, 10)
+    plain = layer(x)
+    layer.kernel_net.register_forward_hook(lambda module, args, out: -out)
+    torch.compiler.reset()
+    # The hook negates the kernel, so the output (no bias yet: zero-initialised) changes sign.
+    torch.testing.assert_close(torch.compile(layer, backend="aot_eager", fullgraph=True)(x), -plain)
+
+
+def test_layers_of_every_width_reuse_one_compiled_region():
+    torch.manual_seed(0)
+    widths = [4, 8, 16, 32]
+    model = nn.Sequential(*[L.FlexConv2d(4, w, 9, groups=4) if i == 0 else L.FlexConv2d(widths[i - 1], w, 9,
+                                                                                            groups=4)
+                            for i, w in enumerate(widths)])
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    torch._logging.set_logs(hierarchical_compile=True)  # (re)configures torch's loggers: add the handler after
+    torch_logger = logging.getLogger("torch._dynamo")  # where torch stops propagating dynamo's records
+    torch_logger.addHandler(handler)
+    try:
+        torch.compiler.reset()
+        torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 10, 10)).sum().backward()
+    finally:
+        torch._logging.set_logs()
+        torch_logger.removeHandler(handler)
+    hits = [m for m in messages if "subgraph_reuse: cache hit" in m]
+    assert len(hits) == len(widths) - 1, messages
