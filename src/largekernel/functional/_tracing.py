@@ -8,9 +8,11 @@ the foreign call. One definition, used wherever that choice is made.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-__all__ = ["tracing", "exporting_onnx", "compiling", "OPAQUE"]
+__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "OPAQUE"]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
 OPAQUE = hasattr(torch.library, "custom_op")
@@ -32,3 +34,20 @@ def compiling() -> bool:
     (``torch.library.custom_op``) stand for code that inductor would compile slowly or not at all."""
     return (OPAQUE and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
             and not exporting_onnx())
+
+
+def compiled_once(fn: Callable) -> Callable | None:
+    """``fn`` as a ``torch.compiler.nested_compile_region`` (torch's hierarchical compilation), or None before
+    torch 2.14. Call it only where :func:`compiling`: torch.compile then traces and compiles ``fn`` once per
+    distinct set of guards (its arguments' shapes, the attributes it reads) and reuses that code at every call
+    that matches, instead of inlining each call into the graph, where inductor generates every copy anew
+    (and fuses independent copies together, so that no two come out the same).
+
+    Not on torch 2.13: there a region reused under an eager backend (``torch.compile(backend="eager")``)
+    fails in its backward ("fake_mode should be enabled for HOPs"); 2.14 fixed it. The limit on distinct
+    sets is torch's safeguard against guards that fail at every call; a model's variety of layers must not
+    reach it."""
+    region = getattr(torch.compiler, "nested_compile_region", None)
+    if region is None or torch.__version__ < "2.14":
+        return None
+    return region(fn, max_reuse_entries=100_000)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
-from largekernel.functional._tracing import compiling, tracing
+from largekernel.functional._tracing import compiled_once, compiling, tracing
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
@@ -472,15 +472,9 @@ class _ContinuousConvNd(KernelConvNd):
         return s
 
 
-# torch.compile's hierarchical compilation: the region is traced and compiled once per distinct set of guards
-# (grid, kernel net shape, mask settings) and reused by every layer that shares them. Without it, inductor
-# generated and built each layer's fused loops anew, about 4 s of compile time per layer. From torch 2.14: on
-# 2.13 a region reused under an eager backend (``torch.compile(backend="eager")``) fails in its backward
-# ("fake_mode should be enabled for HOPs"), fixed in 2.14. The limit on distinct sets is torch's safeguard
-# against guards that fail on every call; a model's own variety of layers must never reach it.
-_region = getattr(torch.compiler, "nested_compile_region", None) if torch.__version__ >= "2.14" else None
-_compiled_once_features = (None if _region is None
-                           else _region(_ContinuousConvNd._features, max_reuse_entries=100_000))
+# Compiled once for all the layers that share a grid, a kernel net's shape and mask settings (about 4 s of
+# inductor's time per layer when every layer's copy was generated anew; docs/deploy.md).
+_compiled_once_features = compiled_once(_ContinuousConvNd._features)
 
 
 def _called_as_written(net: nn.Module) -> bool:
