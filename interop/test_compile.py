@@ -1,7 +1,7 @@
-"""torch.compile of the continuous-kernel layers on torch >= 2.14, where a kernel net's features are one nested
-compile region: compiled once for every layer that shares a grid and a kernel net's shape, whatever the layers'
-channels (docs/deploy.md). Compiled training steps must equal eager ones under every backend, hooks on a
-kernel net must still run, and the region must be reused across widths."""
+"""torch.compile of the layers whose kernel comes from a network, on torch >= 2.14, where the network's part
+before its output layer is one nested compile region: compiled once for every layer that shares a grid and the
+network's shape, whatever the layers' channels (docs/deploy.md). Compiled training steps must equal eager ones
+under every backend, hooks on a kernel net must still run, and the region must be reused across widths."""
 
 import logging
 
@@ -23,7 +23,7 @@ class _ChannelsFirstMLP(nn.Module):
         return self.body(coords).movedim(-1, 0)
 
 
-def _model():
+def _continuous():
     torch.manual_seed(0)
     hooked = L.FlexConv2d(12, 12, 9, groups=12)
     hooked.kernel_net.register_forward_hook(lambda module, args, out: 2.0 * out)
@@ -38,6 +38,12 @@ def _model():
     )
 
 
+def _niff():
+    torch.manual_seed(0)
+    return nn.Sequential(L.NIFFConv2d(4, 8), nn.GELU(), L.NIFFConv2d(8, 8, padding=2), L.NIFFConv2d(8, 12),
+                         L.NIFFConv2d(12, 4, hidden_channels=(8,)))
+
+
 def _training_step(model, x):
     model.zero_grad()
     out = model(x)
@@ -45,9 +51,10 @@ def _training_step(model, x):
     return [out.detach()] + [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("make", [_continuous, _niff], ids=["flexconv-ckconv", "niff"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
-def test_compiled_training_step_matches_eager(backend):
-    model = _model()
+def test_compiled_training_step_matches_eager(backend, make):
+    model = make()
     x = torch.randn(2, 4, 12, 12)
     expected = _training_step(model, x)
     torch.compiler.reset()
@@ -66,12 +73,12 @@ def test_a_hook_on_the_kernel_net_still_runs_when_compiled():
     torch.testing.assert_close(torch.compile(layer, backend="aot_eager", fullgraph=True)(x), -plain)
 
 
-def test_layers_of_every_width_reuse_one_compiled_region():
+@pytest.mark.parametrize("layer", [lambda n, w: L.FlexConv2d(n, w, 9, groups=4), lambda n, w: L.NIFFConv2d(n, w)],
+                         ids=["flexconv", "niff"])
+def test_layers_of_every_width_reuse_one_compiled_region(layer):
     torch.manual_seed(0)
     widths = [4, 8, 16, 32]
-    model = nn.Sequential(*[L.FlexConv2d(4, w, 9, groups=4) if i == 0 else L.FlexConv2d(widths[i - 1], w, 9,
-                                                                                            groups=4)
-                            for i, w in enumerate(widths)])
+    model = nn.Sequential(*[layer(n, w) for n, w in zip([4, *widths], widths)])
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -80,7 +87,7 @@ def test_layers_of_every_width_reuse_one_compiled_region():
     torch_logger.addHandler(handler)
     try:
         torch.compiler.reset()
-        torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 10, 10)).sum().backward()
+        torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 9, 9)).sum().backward()
     finally:
         torch._logging.set_logs()
         torch_logger.removeHandler(handler)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
+from largekernel.functional._tracing import compiled_once, compiling
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
@@ -72,6 +73,17 @@ def _frequencies(n: int) -> Tensor:
     """Integer frequencies of an ``n``-point FFT in FFT order (Nyquist negative, as the reference's grid)."""
     k = torch.arange(n, dtype=torch.float64)
     return torch.where(k < n - n // 2, k, k - n)
+
+
+def _grid_coordinates(grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
+    """Frequency coordinates of the full grid in FFT order, ``(ndim, points)`` (channels first, last axis first),
+    and for every point the index of its mirror ``-k`` (modulo the grid: the Nyquist bin of an even axis is its
+    own mirror)."""
+    k = torch.stack(torch.meshgrid(*[_frequencies(n) for n in grid], indexing="ij")[::-1])  # (nd, *grid)
+    index = torch.arange(math.prod(grid)).view(grid)
+    axes = tuple(range(len(grid)))
+    mirror = index.flip(axes).roll((1,) * len(grid), axes)  # index of (-j) mod n along every axis
+    return k.reshape(len(grid), -1).to(device, dtype), mirror.flatten().to(device)
 
 
 def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -226,16 +238,10 @@ class _NIFFConvNd(KernelConvNd):
         return tuple(n + 2 * p for n, p in zip(size, self.padding))
 
     def _coordinates(self, grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
-        """Frequency coordinates of the full grid in FFT order, ``(ndim, points)`` (channels first, last axis
-        first), and for every point the index of its mirror ``-k`` (modulo the grid: the Nyquist bin of an even
-        axis is its own mirror)."""
+        """:func:`_grid_coordinates`, kept per grid, device and dtype."""
         key = (grid, device, dtype)
         if key not in self._coords:
-            k = torch.stack(torch.meshgrid(*[_frequencies(n) for n in grid], indexing="ij")[::-1])  # (nd, *grid)
-            index = torch.arange(math.prod(grid)).view(grid)
-            axes = tuple(range(len(grid)))
-            mirror = index.flip(axes).roll((1,) * len(grid), axes)  # index of (-j) mod n along every axis
-            self._coords[key] = (k.reshape(len(grid), -1).to(device, dtype), mirror.flatten().to(device))
+            self._coords[key] = _grid_coordinates(grid, device, dtype)
         return self._coords[key]
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
@@ -249,7 +255,33 @@ class _NIFFConvNd(KernelConvNd):
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        coords, mirror = self._coordinates(grid, device, dtype)  # (nd, points), (points,)
+        if _compiled_once_columns is not None and compiling():
+            # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
+            # whatever their filters (the output layers below differ).
+            columns = _compiled_once_columns(self, grid)  # (inputs, points, 2)
+        else:
+            columns = self._columns(*self._coordinates(grid, device, dtype))
+        # Both output layers as one GEMM whose (filters, 2 * points) result is the complex filter's memory
+        # (re/im interleaved): the columns put their inputs in the even (real) or odd (imaginary) columns, plus
+        # two rows of ones for the biases. The imaginary bias cancels; written out, it stays in the graph with its
+        # (zero) gradient, as in the reference, so that optimizers and DDP see every parameter used.
+        out_re, out_im = self.mlp_real[-1], self.mlp_imag[-1]
+        zero = 0.5 * (out_im.bias - out_im.bias)
+        weight = torch.cat([out_re.weight, out_im.weight, out_re.bias.unsqueeze(1), zero.unsqueeze(1)], dim=1)
+        out = torch.mm(weight, columns.view(columns.shape[0], -1))  # (filters, 2 * points)
+        if out.dtype in _LOW_PRECISION:
+            out = out.float()  # no complex bfloat16; complex32 has few kernels
+        return torch.view_as_complex(out.view(self.filters, *grid, 2))  # (filters, *grid) complex
+
+    def _columns_on_grid(self, grid: tuple[int, ...]) -> Tensor:
+        """:meth:`_columns` on ``grid``'s coordinates, computed here (the compiled region: no cached tensors
+        of the layer's own among its inputs), in the parameters' device and dtype."""
+        ref = self.mlp_real[0].weight
+        return self._columns(*_grid_coordinates(grid, ref.device, ref.dtype))
+
+    def _columns(self, coords: Tensor, mirror: Tensor) -> Tensor:
+        """The output layers' input, ``(hidden_re + hidden_im + 2, points, 2)``: the last hidden features of
+        both nets, symmetrised, in the real (even) and imaginary (odd) place, then the biases' two rows."""
         # Channels-first 1x1 layers, as the reference applies them, up to the last hidden layer.
         h_re = self.mlp_real.hidden_columns(coords)  # (hidden, points)
         h_im = self.mlp_imag.hidden_columns(coords)
@@ -258,22 +290,11 @@ class _NIFFConvNd(KernelConvNd):
         # (index_select: its backward is an index_add, 2-3.5x faster here than advanced indexing's index_put.)
         even = 0.5 * (h_re + torch.index_select(h_re, 1, mirror))  # (hidden_re, points)
         odd = 0.5 * (h_im - torch.index_select(h_im, 1, mirror))  # (hidden_im, points)
-        # Both output layers as one GEMM whose (filters, 2 * points) result is the complex filter's memory
-        # (re/im interleaved): the inputs go in the even (real) or odd (imaginary) columns, plus two rows of
-        # ones for the biases. The imaginary bias cancels; written out, it stays in the graph with its (zero)
-        # gradient, as in the reference, so that optimizers and DDP see every parameter used.
-        out_re, out_im = self.mlp_real[-1], self.mlp_imag[-1]
-        zero = 0.5 * (out_im.bias - out_im.bias)
-        weight = torch.cat([out_re.weight, out_im.weight, out_re.bias.unsqueeze(1), zero.unsqueeze(1)], dim=1)
         ones = torch.ones_like(coords[:1])  # (1, points)
-        columns = torch.cat([torch.stack([even, torch.zeros_like(even)], dim=-1),
-                             torch.stack([torch.zeros_like(odd), odd], dim=-1),
-                             torch.stack([ones, torch.zeros_like(ones)], dim=-1),
-                             torch.stack([torch.zeros_like(ones), ones], dim=-1)])  # (inputs, points, 2)
-        out = torch.mm(weight, columns.view(columns.shape[0], -1))  # (filters, 2 * points)
-        if out.dtype in _LOW_PRECISION:
-            out = out.float()  # no complex bfloat16; complex32 has few kernels
-        return torch.view_as_complex(out.view(self.filters, *grid, 2))  # (filters, *grid) complex
+        return torch.cat([torch.stack([even, torch.zeros_like(even)], dim=-1),
+                          torch.stack([torch.zeros_like(odd), odd], dim=-1),
+                          torch.stack([ones, torch.zeros_like(ones)], dim=-1),
+                          torch.stack([torch.zeros_like(ones), ones], dim=-1)])  # (inputs, points, 2)
 
     def filter(self, size: Sequence[int]) -> Tensor:
         """The learned complex filter ``W(k)`` on the full grid for input ``size``, in FFT order (DC first).
@@ -498,6 +519,10 @@ _DOC = """{n}-D NIFF convolution (Grabinski et al., TMLR 2024): a depthwise filt
         - Output: ``(N, C_out, {dims_out})`` with ``{out_formula}``: the input size,
           pooled by ``stride`` (floor).
     """
+
+
+# Compiled once for all the layers that share a grid and hidden widths (docs/deploy.md).
+_compiled_once_columns = compiled_once(_NIFFConvNd._columns_on_grid)
 
 
 class NIFFConv1d(_NIFFConvNd):
