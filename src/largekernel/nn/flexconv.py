@@ -263,7 +263,7 @@ class _ContinuousConvNd(KernelConvNd):
         """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
         axes = self._crop(self._axes())
         net = self.kernel_net
-        if _compiled_once_features is not None and compiling() and _called_as_written(net):
+        if _compiled_once_features is not None and compiling() and _static_settings() and _called_as_written(net):
             # Under torch.compile the net's features are one nested compile region: compiled once for all the
             # layers that share a grid and a kernel net's shape (whatever their channels), not once per layer.
             features_and_scale = _compiled_once_features(self, axes)
@@ -475,6 +475,14 @@ class _ContinuousConvNd(KernelConvNd):
 # Compiled once for all the layers that share a grid, a kernel net's shape and mask settings (about 4 s of
 # inductor's time per layer when every layer's copy was generated anew; docs/deploy.md).
 _compiled_once_features = compiled_once(_ContinuousConvNd._features)
+
+
+def _static_settings() -> bool:
+    """Whether the graph being compiled holds the layers' float settings (``mask_threshold``, ``_EPS``) as
+    constants: not under ``torch.compile(dynamic=True)``, where they become symbolic inputs, which torch 2.14
+    cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"); the layers are then
+    traced as written."""
+    return getattr(torch._dynamo.config, "assume_static_by_default", True)
 
 
 def _called_as_written(net: nn.Module) -> bool:
