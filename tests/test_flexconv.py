@@ -211,6 +211,26 @@ def test_default_mask_width_is_the_reference_value_widened_on_coarse_grids():
     assert FlexConv1d(1, 1, kernel_size=40, causal=True, mask_init=0.2).mask_width.tolist() == pytest.approx([0.2])
 
 
+@pytest.mark.parametrize("make, nd", [(lambda: FlexConv2d(4, 4, groups=4), 2),
+                                      (lambda: FlexConv1d(3, 2, causal=True), 1),
+                                      (lambda: CKConv2d(2, 3), 2)], ids=["flexconv2d", "flexconv1d-causal", "ckconv2d"])
+def test_a_lazy_layer_first_called_compiled_initialises_as_eager(make, nd):
+    # The first input sets the grid and the initialisation scaled by the applied samples (after cropping),
+    # inside the recorded graph here: the same parameters and output as a twin's first eager call.
+    torch.manual_seed(0)
+    compiled_layer = make()
+    torch.manual_seed(0)
+    eager_layer = make()
+    x = torch.randn(2, compiled_layer.in_channels, *([13] * nd))
+    torch.compiler.reset()
+    got = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)(x)
+    expected = eager_layer(x)
+    assert compiled_layer.kernel_size == eager_layer.kernel_size
+    for (name, p), q in zip(compiled_layer.named_parameters(), eager_layer.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    torch.testing.assert_close(got, expected)
+
+
 def test_gradients_flow_to_mask_parameters_and_gradcheck():
     torch.manual_seed(0)
     layer = FlexConv2d(2, 2, kernel_size=7, mask_init=0.3, kernel_net_kwargs={"hidden_channels": 4}).double()

@@ -167,12 +167,18 @@ class _ContinuousConvNd(KernelConvNd):
         output = getattr(self.kernel_net, "output", None)
         if not self.chang_init or not isinstance(output, nn.Linear):
             return
-        fan_in = math.prod(self.effective_kernel_size())
+        fan_in = self._kept_samples()
         if not self.separable:
-            fan_in *= self.in_channels // self.groups
-        output.weight.mul_(math.sqrt(1.0 / fan_in))
+            fan_in = fan_in * (self.in_channels // self.groups)
+        # A count held in a tensor (see _kept_samples) gives the same float64 square root, then the same product.
+        scale = math.sqrt(1.0 / fan_in) if isinstance(fan_in, int) else torch.sqrt(1.0 / fan_in)
+        output.weight.mul_(scale)
         if output.bias is not None:
-            output.bias.mul_(math.sqrt(1.0 / fan_in))
+            output.bias.mul_(scale)
+
+    def _kept_samples(self) -> int | Tensor:
+        """How many kernel samples the layer applies now (after cropping)."""
+        return math.prod(self.effective_kernel_size())
 
     def get_extra_state(self) -> Tensor:
         """The grid sizes as a tensor, ``(2, nd)`` int64: the current grid then the base one, ``-1`` while
@@ -595,6 +601,14 @@ class _FlexConvNd(_ContinuousConvNd):
             w = keep.to(x.dtype).view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
             window = w if window is None else window * w
         return window
+
+    def _kept_samples(self) -> int | Tensor:
+        """How many kernel samples the layer applies now: while a graph is recorded (a lazy layer's first call
+        under ``torch.compile``), counted by :meth:`_crop_window` in a float64 0-dim tensor, since the crop is a
+        value of the mask's parameters there (:meth:`_crop` returns the whole grid)."""
+        if self.dynamic_cropping and tracing():
+            return self._crop_window(self._axes()).double().sum()
+        return super()._kept_samples()
 
     def _mask(self, axes: list[Tensor]) -> Tensor:
         """Separable anisotropic Gaussian ``prod_d exp(-1/2 ((x_d - mean_d) / width_d)^2)``, shape ``(*k)``."""
