@@ -269,7 +269,7 @@ class _ContinuousConvNd(KernelConvNd):
         """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
         axes = self._crop(self._axes())
         net = self.kernel_net
-        if _compiled_once_features is not None and compiling() and _static_settings() and _called_as_written(net):
+        if _region_applies(net):
             # Under torch.compile the net's features are one nested compile region: compiled once for all the
             # layers that share a grid and a kernel net's shape (whatever their channels), not once per layer.
             features_and_scale = _compiled_once_features(self, axes)
@@ -483,18 +483,19 @@ class _ContinuousConvNd(KernelConvNd):
 _compiled_once_features = compiled_once(_ContinuousConvNd._features)
 
 
-def _static_settings() -> bool:
-    """Whether the graph being compiled holds the layers' float settings (``mask_threshold``, ``_EPS``) as
-    constants: not under ``torch.compile(dynamic=True)``, where they become symbolic inputs, which torch 2.14
-    cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"); the layers are then
-    traced as written."""
-    return getattr(torch._dynamo.config, "assume_static_by_default", True)
+def _region_applies(net: nn.Module) -> bool:
+    """Whether :meth:`_ContinuousConvNd._sample` calls the compiled region: while torch.compile records (torch
+    >= 2.14, see :func:`compiled_once`), with the layers' float settings (``mask_threshold``, ``_EPS``) held as
+    constants, and for a kernel net called as written.
 
-
-def _called_as_written(net: nn.Module) -> bool:
-    """Whether calling ``net(coords, scale)`` is its ``features`` then ``project``: one of the named kernel nets,
-    ``forward`` not overridden, no hooks (the compiled region calls the two directly)."""
-    return (isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
+    Not under ``torch.compile(dynamic=True)``, where those settings become symbolic inputs, which torch 2.14
+    cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"). Not for a kernel net
+    of the user's own, one whose ``forward`` is overridden, or one with hooks: the region calls the named nets'
+    ``features`` and ``project`` directly, which is what their ``forward`` does. The layers are then traced as
+    written."""
+    return (_compiled_once_features is not None and compiling()
+            and getattr(torch._dynamo.config, "assume_static_by_default", True)
+            and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
             and not (net._forward_hooks or net._forward_pre_hooks or nn.modules.module._global_forward_hooks
                      or nn.modules.module._global_forward_pre_hooks))
 
