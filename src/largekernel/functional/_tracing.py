@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "OPAQUE"]
+__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "OPAQUE"]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
 OPAQUE = hasattr(torch.library, "custom_op")
@@ -37,17 +37,42 @@ def compiling() -> bool:
 
 
 def compiled_once(fn: Callable) -> Callable | None:
-    """``fn`` as a ``torch.compiler.nested_compile_region`` (torch's hierarchical compilation), or None before
-    torch 2.14. Call it only where :func:`compiling`: torch.compile then traces and compiles ``fn`` once per
-    distinct set of guards (its arguments' shapes, the attributes it reads) and reuses that code at every call
-    that matches, instead of inlining each call into the graph, where inductor generates every copy anew
-    (and fuses independent copies together, so that no two come out the same).
+    """``fn`` as a ``torch.compiler.nested_compile_region`` (torch's hierarchical compilation), or None where
+    torch lacks it. Call it only where :func:`region_applies`: torch.compile then traces and compiles ``fn`` once
+    per distinct set of guards (its arguments' shapes, the attributes it reads) and reuses that code at every call
+    that matches, instead of inlining each call into the graph, where inductor generates every copy anew (and
+    fuses independent copies together, so that no two come out the same).
 
-    Not on torch 2.13: there a region reused under an eager backend (``torch.compile(backend="eager")``)
-    fails in its backward ("fake_mode should be enabled for HOPs"); 2.14 fixed it. The limit on distinct
-    sets is torch's safeguard against guards that fail at every call; a model's variety of layers must not
-    reach it."""
+    The limit on distinct sets is torch's safeguard against guards that fail at every call; a model's variety of
+    layers must not reach it."""
     region = getattr(torch.compiler, "nested_compile_region", None)
-    if region is None or torch.__version__ < "2.14":
-        return None
-    return region(fn, max_reuse_entries=100_000)
+    return None if region is None else region(fn, max_reuse_entries=100_000)
+
+
+_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def region_applies() -> bool:
+    """Whether a :func:`compiled_once` region may be called here: while :func:`compiling`, on torch >= 2.14; on
+    torch 2.13 only under the backends that compile the backward ahead of time, inductor and aot_eager. There, a
+    reused region fails in its backward under ``torch.compile(backend="eager")`` and eager-like backends
+    ("fake_mode should be enabled for HOPs"); torch 2.14 fixed it. Not before 2.13 (not checked)."""
+    return compiling() and (_TORCH >= (2, 14) or (_TORCH == (2, 13) and _backward_compiled_ahead()))
+
+
+def _backward_compiled_ahead() -> bool:
+    """Whether the backend of the graph Dynamo is recording is inductor or aot_eager (torch 2.13's names for it;
+    False if they are not there). Called while Dynamo traces: it runs in Python, its result a constant of the
+    graph."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        backend = InstructionTranslator.current_tx().output.compiler_fn
+        name = getattr(backend, "compiler_name", None) or getattr(backend, "__name__", None)
+    except Exception:  # another torch's internals: no region, as before 2.14
+        return False
+    return name in ("inductor", "aot_eager")
+
+
+# torch.compiler.assume_constant_result's mark, set without importing Dynamo (seconds) with the library.
+_backward_compiled_ahead._dynamo_marked_constant = True

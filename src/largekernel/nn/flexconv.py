@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
-from largekernel.functional._tracing import compiled_once, compiling, tracing
+from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
@@ -484,16 +484,17 @@ _compiled_once_features = compiled_once(_ContinuousConvNd._features)
 
 
 def _region_applies(net: nn.Module) -> bool:
-    """Whether :meth:`_ContinuousConvNd._sample` calls the compiled region: while torch.compile records (torch
-    >= 2.14, see :func:`compiled_once`), with the layers' float settings (``mask_threshold``, ``_EPS``) held as
-    constants, and for a kernel net called as written.
+    """Whether :meth:`_ContinuousConvNd._sample` calls the compiled region: where
+    :func:`~largekernel.functional._tracing.region_applies` (torch.compile recording, on a torch and backend that
+    take regions), with the layers' float settings (``mask_threshold``, ``_EPS``) held as constants, and for a
+    kernel net called as written.
 
     Not under ``torch.compile(dynamic=True)``, where those settings become symbolic inputs, which torch 2.14
     cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"). Not for a kernel net
     of the user's own, one whose ``forward`` is overridden, or one with hooks: the region calls the named nets'
     ``features`` and ``project`` directly, which is what their ``forward`` does. The layers are then traced as
     written."""
-    return (_compiled_once_features is not None and compiling()
+    return (_compiled_once_features is not None and region_applies()
             and getattr(torch._dynamo.config, "assume_static_by_default", True)
             and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
             and not (net._forward_hooks or net._forward_pre_hooks or nn.modules.module._global_forward_hooks

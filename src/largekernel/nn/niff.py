@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
-from largekernel.functional._tracing import compiled_once, compiling
+from largekernel.functional._tracing import compiled_once, region_applies
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
@@ -255,7 +255,7 @@ class _NIFFConvNd(KernelConvNd):
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        if _compiled_once_columns is not None and compiling():
+        if _compiled_once_columns is not None and region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
             columns = _compiled_once_columns(self, grid)  # (inputs, points, 2)

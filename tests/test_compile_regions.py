@@ -1,7 +1,8 @@
-"""torch.compile of the layers whose kernel comes from a network, on torch >= 2.14, where the network's part
-before its output layer is one nested compile region: compiled once for every layer that shares a grid and the
-network's shape, whatever the layers' channels (docs/deploy.md). Compiled training steps must equal eager ones
-under every backend, hooks on a kernel net must still run, and the region must be reused across widths."""
+"""torch.compile of the layers whose kernel comes from a network: the network's part before its output layer is
+one nested compile region, compiled once for every layer that shares a grid and the network's shape, whatever the
+layers' channels (docs/deploy.md); on torch 2.13 only under inductor and aot_eager. Compiled training steps must
+equal eager ones under every backend, hooks on a kernel net must still run, and the region must be reused across
+widths. CI runs this file on torch 2.13 (the main suite) and on torch 2.14 (the interop venv)."""
 
 import logging
 
