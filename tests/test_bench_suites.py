@@ -2,6 +2,7 @@
 every available device; `--device cuda` without a GPU is a one-line usage error."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -56,6 +57,17 @@ def test_dcls_batch_size_and_dtype(tmp_path, device):
     argv = ["--quick", "--batch", "1", "--channels", "4", "--size", "20", "--dtype", "bfloat16", "--device", device,
             "--out", str(tmp_path), *_FAST]
     assert dcls.main(argv) == 0
+    # The suite quiets the official package's warnings while it builds its references, not the caller's process.
+    # (A handler of the test's own: pytest's caplog would lift a logging.disable while it records.)
+    records, logger = [], logging.getLogger("largekernel.tests.after_bench")
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("still logged after the suite")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["still logged after the suite"]
     payload = _payload(tmp_path, "dcls")
     _check_machine(payload, device, "bfloat16")
     assert payload["batch"] == 1 and len(payload["rows"]) == 8

@@ -1,7 +1,6 @@
 """DCLS layers against the official ``dcls`` package, torch's own convolutions and formulas."""
 
 import io
-import logging
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ from torch import nn
 from largekernel import nn as lknn
 from largekernel.nn import Dcls2_1d, Dcls3_1d, Dcls3_2d, DclsConv1d, DclsConv2d, DclsConv3d
 
-logging.disable(logging.WARNING)  # the reference package logs about its CUDA kernel on import
-from DCLS.construct import modules as ref_modules  # noqa: E402
+from DCLS.construct import modules as ref_modules
 
 _OURS = {1: DclsConv1d, 2: DclsConv2d, 3: DclsConv3d}
 _REF = {1: ref_modules.Dcls1d, 2: ref_modules.Dcls2d, 3: ref_modules.Dcls3d}

@@ -1,7 +1,6 @@
 """DCLS kernel construction against the official ``dcls`` package and formulas written here."""
 
 import itertools
-import logging
 import math
 
 import pytest
@@ -11,8 +10,7 @@ from hypothesis import strategies as st
 
 from largekernel.functional.dcls import construct_kernel
 
-logging.disable(logging.WARNING)  # the reference package logs about its CUDA kernel on import
-from DCLS.construct.modules import Dcls1d, Dcls2d, Dcls3d, Dcls3_1d  # noqa: E402
+from DCLS.construct.modules import Dcls1d, Dcls2d, Dcls3d, Dcls3_1d
 
 _REF = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
 _VERSION = {"bilinear": "v1", "gaussian": "gauss", "triangle": "max"}

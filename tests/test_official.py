@@ -8,7 +8,6 @@ here with ``torch.nn.functional`` (and, for the DCLS convolutions, the official 
 package with ``version="v0"``, as ConvNeXt-dcls uses it).
 """
 
-import logging
 
 import pytest
 import torch
@@ -214,7 +213,6 @@ def _official_dwconv(x, sd, p, dcls: bool):
     c = x.shape[1]
     if not dcls:
         return F.conv2d(x, sd[f"{p}.weight"], sd[f"{p}.bias"], padding=3, groups=c)
-    logging.disable(logging.WARNING)  # the package logs about its CUDA-only kernel at construction
     from DCLS.construct.modules import Dcls2d
 
     layer = Dcls2d(c, c, kernel_count=_COUNT, dilated_kernel_size=_BOX, padding=_BOX // 2, groups=c,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -27,9 +28,25 @@ from torch.utils import benchmark
 from largekernel._argparse import ArgumentParser
 from largekernel.functional import native_kernels
 
-__all__ = ["DTYPES", "suite_parser", "parse_suite_args", "median_time", "time_or_reason", "milliseconds", "ratio",
+__all__ = ["quiet_dcls_package", "DTYPES", "suite_parser", "parse_suite_args", "median_time", "time_or_reason", "milliseconds", "ratio",
            "cuda_peak_bytes", "autocast", "float32_exact", "machine_info", "target", "print_targets", "format_table",
            "write_json", "plot_series"]
+
+
+def _not_from_dcls_package(record: logging.LogRecord) -> bool:
+    return "DCLS" not in Path(record.pathname).parts
+
+
+@contextlib.contextmanager
+def quiet_dcls_package() -> Iterator[None]:
+    """The official ``dcls`` package logs warnings on the root logger about its CUDA-only kernel whenever a layer
+    is built: dropped while a suite builds its references. Only those records, only meanwhile (``logging.disable``
+    would silence the caller's whole process)."""
+    logging.root.addFilter(_not_from_dcls_package)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(_not_from_dcls_package)
 
 #: ``--dtype`` choices.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

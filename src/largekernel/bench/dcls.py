@@ -10,14 +10,13 @@ same device; ``--dtype bfloat16`` / ``float16`` runs both under autocast.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from largekernel.bench._harness import (autocast, format_table, machine_info, median_time, milliseconds,
-                                        parse_suite_args, print_targets, ratio, suite_parser, target, time_or_reason,
-                                        write_json)
+                                        parse_suite_args, print_targets, quiet_dcls_package, ratio, suite_parser,
+                                        target, time_or_reason, write_json)
 
 __all__ = ["main"]
 
@@ -25,11 +24,11 @@ _VERSION = {"bilinear": "v1", "gaussian": "gauss"}
 
 
 def _reference_layer(interpolation: str, channels: int, count: int, box: int):
-    logging.disable(logging.WARNING)  # the reference logs about its CUDA-only kernel at construction
     from DCLS.construct.modules import Dcls2d
 
-    return Dcls2d(channels, channels, count, dilated_kernel_size=box, padding=box // 2, groups=channels,
-                  version=_VERSION[interpolation], use_implicit_gemm=False)
+    with quiet_dcls_package():
+        return Dcls2d(channels, channels, count, dilated_kernel_size=box, padding=box // 2, groups=channels,
+                      version=_VERSION[interpolation], use_implicit_gemm=False)
 
 
 def _fwd_bwd(layer, x, precision):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import logging
 import os
 import re
 import statistics
@@ -48,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from largekernel.bench._harness import (DTYPES, autocast, cuda_peak_bytes, float32_exact, format_table, machine_info,
-                                        median_time, parse_suite_args, suite_parser, write_json)
+                                        median_time, parse_suite_args, quiet_dcls_package, suite_parser, write_json)
 
 __all__ = ["main"]
 
@@ -128,8 +127,7 @@ def _official_dcls_copy(model):
     except ImportError:
         return None
     official = copy.deepcopy(model)
-    logging.disable(logging.WARNING)  # the package logs about its CUDA-only kernel at construction
-    try:
+    with quiet_dcls_package():
         for stage in official.stages:
             for block in stage.blocks:
                 ours = block.conv_dw
@@ -138,8 +136,6 @@ def _official_dcls_copy(model):
                              version="v1", use_implicit_gemm=False)
                 ref.weight, ref.bias, ref.P = ours.weight, ours.bias, ours.P
                 block.conv_dw = ref
-    finally:
-        logging.disable(logging.NOTSET)
     return official
 
 
