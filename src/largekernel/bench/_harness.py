@@ -28,9 +28,9 @@ from torch.utils import benchmark
 from largekernel._argparse import ArgumentParser
 from largekernel.functional import native_kernels
 
-__all__ = ["quiet_dcls_package", "DTYPES", "suite_parser", "parse_suite_args", "median_time", "time_or_reason", "milliseconds", "ratio",
+__all__ = ["DTYPES", "suite_parser", "parse_suite_args", "median_time", "time_or_reason", "milliseconds", "ratio",
            "cuda_peak_bytes", "autocast", "float32_exact", "machine_info", "target", "print_targets", "format_table",
-           "write_json", "plot_series"]
+           "write_json", "plot_series", "quiet_dcls_package"]
 
 
 def _not_from_dcls_package(record: logging.LogRecord) -> bool:
@@ -47,6 +47,7 @@ def quiet_dcls_package() -> Iterator[None]:
         yield
     finally:
         logging.root.removeFilter(_not_from_dcls_package)
+
 
 #: ``--dtype`` choices.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
