@@ -36,6 +36,12 @@ def compiling() -> bool:
             and not exporting_onnx())
 
 
+# torch's hierarchical compilation (torch.compiler.nested_compile_region), and the torch version that decides where
+# it may be used (region_applies).
+_REGIONS = hasattr(torch.compiler, "nested_compile_region")
+_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
 def compiled_once(fn: Callable) -> Callable | None:
     """``fn`` as a ``torch.compiler.nested_compile_region`` (torch's hierarchical compilation), or None where
     torch lacks it. Call it only where :func:`region_applies`: torch.compile then traces and compiles ``fn`` once
@@ -45,19 +51,16 @@ def compiled_once(fn: Callable) -> Callable | None:
 
     The limit on distinct sets is torch's safeguard against guards that fail at every call; a model's variety of
     layers must not reach it."""
-    region = getattr(torch.compiler, "nested_compile_region", None)
-    return None if region is None else region(fn, max_reuse_entries=100_000)
-
-
-_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return torch.compiler.nested_compile_region(fn, max_reuse_entries=100_000) if _REGIONS else None
 
 
 def region_applies() -> bool:
-    """Whether a :func:`compiled_once` region may be called here: while :func:`compiling`, on torch >= 2.14; on
-    torch 2.13 only under the backends that compile the backward ahead of time, inductor and aot_eager. There, a
-    reused region fails in its backward under ``torch.compile(backend="eager")`` and eager-like backends
-    ("fake_mode should be enabled for HOPs"); torch 2.14 fixed it. Not before 2.13 (not checked)."""
-    return compiling() and (_TORCH >= (2, 14) or (_TORCH == (2, 13) and _backward_compiled_ahead()))
+    """Whether a :func:`compiled_once` region may be called here (never where torch lacks regions): while
+    :func:`compiling`, on torch >= 2.14; on torch 2.13 only under the backends that compile the backward ahead
+    of time, inductor and aot_eager. There, a reused region fails in its backward under
+    ``torch.compile(backend="eager")`` and eager-like backends ("fake_mode should be enabled for HOPs"); torch
+    2.14 fixed it. Not before 2.13 (not checked)."""
+    return _REGIONS and compiling() and (_TORCH >= (2, 14) or (_TORCH == (2, 13) and _backward_compiled_ahead()))
 
 
 def _backward_compiled_ahead() -> bool:

@@ -494,7 +494,7 @@ def _region_applies(net: nn.Module) -> bool:
     of the user's own, one whose ``forward`` is overridden, or one with hooks: the region calls the named nets'
     ``features`` and ``project`` directly, which is what their ``forward`` does. The layers are then traced as
     written."""
-    return (_compiled_once_features is not None and region_applies()
+    return (region_applies()
             and getattr(torch._dynamo.config, "assume_static_by_default", True)
             and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
             and not (net._forward_hooks or net._forward_pre_hooks or nn.modules.module._global_forward_hooks

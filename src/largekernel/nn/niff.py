@@ -255,7 +255,7 @@ class _NIFFConvNd(KernelConvNd):
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        if _compiled_once_columns is not None and region_applies():
+        if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
             columns = _compiled_once_columns(self, grid)  # (inputs, points, 2)
