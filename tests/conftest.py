@@ -64,16 +64,18 @@ def one_thread():
 
 @pytest.fixture
 def run_onnx(tmp_path):
-    """``run(module, x, name)``: ``module`` exported by ``torch.onnx.export(..., dynamo=True)`` to ``name``.onnx and
-    run on ``x`` by ONNX Runtime (CPU); its output as a tensor."""
+    """``run(module, *inputs, name="model")``: ``module`` exported by ``torch.onnx.export(..., dynamo=True)`` to
+    ``name``.onnx on the first input, with its batch dimension dynamic (as a served model is), and run by ONNX
+    Runtime (CPU) on each input (their batches may differ); the output as a tensor, one per input."""
     import onnxruntime
 
-    def run(module: torch.nn.Module, x: torch.Tensor, name: str = "model") -> torch.Tensor:
+    def run(module: torch.nn.Module, *inputs: torch.Tensor, name: str = "model"):
         path = tmp_path / f"{name}.onnx"
-        torch.onnx.export(module, (x,), dynamo=True).save(str(path))
+        torch.onnx.export(module, inputs[:1], dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        return torch.from_numpy(out)
+        outs = [torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]) for x in inputs]
+        return outs[0] if len(outs) == 1 else outs
 
     return run
 

@@ -153,8 +153,10 @@ def test_bake_is_equivalent_and_exports(to, kwargs):
     spatial = [m for m in model.modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
     assert spatial and all(type(m).__module__ in ("torch.nn.modules.conv", "largekernel.nn.conv") for m in spatial)
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    program = torch.export.export(model, (x,))
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    other = torch.randn(3, 1, 8, 8)  # the exported batch is dynamic
+    torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
 
 
 def test_bake_single_layer_and_input_size_errors():
@@ -232,10 +234,12 @@ def test_baked_model_exports_to_onnx(tmp_path, backend):
     largekernel.convert(model, "niff", "blocks.1.dwconv")
     x = torch.randn(2, 1, 8, 8)
     expected = model(x).detach().numpy()
+    other = torch.randn(5, 1, 8, 8)  # the exported batch is dynamic, as a served model's
+    expected_other = model(other).detach().numpy()
     largekernel.bake(model, input_size=(2, 1, 8, 8))
     largekernel.convert(model, "conv", "*", backend=backend)
     path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (x,), dynamo=True).save(str(path))
+    torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
@@ -248,6 +252,8 @@ def test_baked_model_exports_to_onnx(tmp_path, backend):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    (out,) = session.run(None, {session.get_inputs()[0].name: other.numpy()})
+    np.testing.assert_allclose(out, expected_other, rtol=1e-4, atol=1e-5)
     (out,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 

@@ -141,6 +141,26 @@ def test_compiled_layer_follows_input_size_changes(name):
         torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_compiled_layer_keeps_the_batch_dynamic(name):
+    """``torch.compile(dynamic=True)``: one graph serves every batch size (a last, smaller batch does not recompile
+    the layer), its outputs eager's. torch gives the backend one graph per compilation: counted here."""
+    make, shape = FAMILIES[name]
+    layer = make()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend=counting, dynamic=True, fullgraph=True)
+    for batch in (2, 3, 5):
+        x = torch.randn(batch, *shape[1:])
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+    assert len(graphs) == 1
+
+
 def test_flexconv_crop_is_kept_when_compiled():
     """While a graph is recorded FlexConv applies its whole grid with the samples outside the crop zeroed: the same
     kernel as the eager crop (a narrow mask: eager keeps the centre only), so the same output and gradients."""
@@ -167,24 +187,29 @@ def test_flexconv_crop_is_kept_when_compiled():
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_export_unbaked_and_baked(name):
+    """``torch.export`` with the batch dimension dynamic (a served model's): one program for every batch size, as
+    the layer runs eagerly (the planner costs its paths on the example's batch without fixing the graph to it)."""
     layer, x = _layer(name)
     layer.eval()
+    inputs = (x, torch.randn(1, *x.shape[1:]), torch.randn(5, *x.shape[1:]))
     with torch.no_grad():
-        expected = layer(x)
-    program = torch.export.export(layer, (x,))
-    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
-    if not isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
-        return
-    for native in (False, True):
-        baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=native)
-        program = torch.export.export(baked, (x,))
-        torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-5)
+        expected = [layer(v) for v in inputs]
+    batch = ({0: torch.export.Dim("batch")},)
+    candidates = [torch.export.export(layer, (x,), dynamic_shapes=batch)]
+    if isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
+        for native in (False, True):
+            baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=native)
+            candidates.append(torch.export.export(baked, (x,), dynamic_shapes=batch))
+    for program in candidates:
+        for v, e in zip(inputs, expected):
+            torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_onnx_export_unbaked_and_baked(name, run_onnx):
     """``torch.onnx.export`` records complex-free graphs (the spectral product and S4D's kernel in real arithmetic,
-    FourierMix's one-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path."""
+    FourierMix's one-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path, exported
+    with a dynamic batch and run on two batch sizes."""
     layer, x = _layer(name)
     layer.eval()
     with torch.no_grad():
@@ -192,7 +217,10 @@ def test_onnx_export_unbaked_and_baked(name, run_onnx):
     candidates = {"unbaked": layer}
     if isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
         candidates["baked"] = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape))
+    other = torch.randn(3, *x.shape[1:])  # the exported batch is dynamic
+    with torch.no_grad():
+        expected_other = layer(other)
     for kind, module in candidates.items():
-        out = run_onnx(module, x, kind)
-        error = (out - expected).abs().max() / expected.abs().max()
-        assert out.shape == expected.shape and error < 1e-5, (name, kind, out.shape, error.item())
+        for out, want in zip(run_onnx(module, x, other, name=kind), (expected, expected_other)):
+            error = (out - want).abs().max() / want.abs().max()
+            assert out.shape == want.shape and error < 1e-5, (name, kind, out.shape, error.item())

@@ -8,11 +8,12 @@ the foreign call. One definition, used wherever that choice is made.
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
 
-__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "OPAQUE"]
+__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "size_hint", "OPAQUE"]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
 OPAQUE = hasattr(torch.library, "custom_op")
@@ -22,6 +23,22 @@ def tracing() -> bool:
     """Whether a graph is being recorded: ``torch.compile`` (dynamo), ``torch.export`` (strict or not),
     ``torch.onnx.export`` or ``torch.jit.trace`` / ``script``."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def size_hint(size) -> int:
+    """``size`` (a tensor's size) as a Python int for a choice that changes speed, never results (a cost model's
+    path, a block size). A symbolic size of a recorded graph (``torch.compile`` with dynamic shapes,
+    ``torch.export`` with a ``Dim``) gives the value of the example it was recorded with, without the guard that
+    ``int()`` adds: the graph then stays general in that size instead of being specialised to the example (which
+    ``torch.export`` refuses and ``torch.compile`` pays with a recompilation per size)."""
+    # (Dynamo shows a symbolic size to the code it traces as an int, and answers optimization_hint itself.)
+    if torch.compiler.is_compiling() or isinstance(size, torch.SymInt):
+        try:
+            from torch.fx.experimental.symbolic_shapes import optimization_hint  # 0.5 s to import: only here
+        except ImportError:  # an older torch: the size, guarded
+            return operator.index(size)
+        return optimization_hint(size)
+    return operator.index(size)
 
 
 def exporting_onnx() -> bool:

@@ -31,7 +31,7 @@ from functools import lru_cache
 import torch
 
 from largekernel.functional._args import ConvArgs, conv_args
-from largekernel.functional._tracing import exporting_onnx, tracing
+from largekernel.functional._tracing import exporting_onnx, size_hint, tracing
 
 __all__ = ["ConvPlan", "FFTGeometry", "plan_conv", "plan_filter", "planner_options", "fast_fft_length"]
 
@@ -462,8 +462,9 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     ``backend="fft"`` / ``"direct"`` force the path, ``"auto"`` takes the one predicted faster."""
     nd = args.nd
     # Python ints of the shapes: operator.index also of traced shapes (jit: tensors; torch.compile with dynamic
-    # shapes: symbols, which int() would keep; the graph is specialised on them, one plan per input shape)
-    batch = operator.index(input.shape[0]) if args.batched else 1
+    # shapes: symbols, which int() would keep; the graph is specialised on them, one plan per input shape). The
+    # batch only weighs the paths' costs: a symbolic batch stays symbolic (its example's value is costed).
+    batch = size_hint(input.shape[0]) if args.batched else 1
     cin, cout = operator.index(input.shape[-nd - 1]), operator.index(weight.shape[0])
     size, kernel = tuple(map(operator.index, input.shape[-nd:])), tuple(map(operator.index, weight.shape[2:]))
     options = (_option("packed"), _option("channel_block"), _option("segments"))
@@ -539,10 +540,10 @@ def plan_filter(batch: int, channels: int, filters: int, grid, size, out_start, 
     """The geometry of a spectral filter call (:func:`~largekernel.functional.spectral_filter`): a depthwise
     circular convolution of ``(batch, channels, *size)`` by ``filters`` (a multiple of ``channels``) filters given
     on ``grid``, cropped to ``out_start + out_size``; ``mixing``: a channel map follows (no packing: it mixes
-    the pairs)."""
+    the pairs). The batch only weighs costs (a symbolic one stays symbolic)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     geometry = _geometry(tuple(grid), tuple(size), tuple(out_size), (1,) * len(grid), None, (1,) * len(grid),
-                         (0,) * len(grid), batch, channels, filters, channels, device_type, itemsize)
+                         (0,) * len(grid), size_hint(batch), channels, filters, channels, device_type, itemsize)
     if mixing:
         geometry = _replace(geometry, packed=False, channel_block=channels)
     return _replace(geometry, out_start=tuple(out_start))

@@ -238,7 +238,10 @@ class _NIFFConvNd(KernelConvNd):
         return tuple(n + 2 * p for n, p in zip(size, self.padding))
 
     def _coordinates(self, grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
-        """:func:`_grid_coordinates`, kept per grid, device and dtype."""
+        """:func:`_grid_coordinates`, kept per grid, device and dtype; while a graph is recorded, computed in it
+        (a dict filled during torch.compile's trace fails its guard at the next call: a second compilation)."""
+        if torch.compiler.is_compiling():
+            return _grid_coordinates(grid, device, dtype)
         key = (grid, device, dtype)
         if key not in self._coords:
             self._coords[key] = _grid_coordinates(grid, device, dtype)
