@@ -89,6 +89,32 @@ def test_fft_and_dense_round_trip_keep_the_output(spec):
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("spec,to", [("timm/convnext_atto", "dcls"), ("timm/efficientnet_b0", "flexconv"),
+                                     ("torchvision/resnet18", "fft")])
+def test_converted_model_exports_with_a_dynamic_batch(spec, to, tmp_path):
+    """A converted model as deployed: ``torch.export`` unbaked and baked, and ONNX (ONNX Runtime) of the baked
+    model, each one program for every batch size, against the model run eagerly at two batch sizes."""
+    import onnxruntime
+
+    model = _create(spec).eval()
+    largekernel.convert(model, to, _WHICH.get(spec))
+    inputs = (torch.randn(_INPUT), torch.randn(5, *_INPUT[1:]))
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+    batch = ({0: torch.export.Dim("batch")},)
+    baked = largekernel.bake(copy.deepcopy(model))
+    for module in (model, baked):
+        program = torch.export.export(module, inputs[:1], dynamic_shapes=batch)
+        for x, e in zip(inputs, expected):
+            torch.testing.assert_close(program.module()(x), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(baked, inputs[:1], dynamo=True, dynamic_shapes=batch).save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x, e in zip(inputs, expected):
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+
+
 def test_resnet_default_conversion_says_it_replaced_nothing():
     for model in (timm.create_model("resnet18", num_classes=10), torchvision.models.resnet18(num_classes=10)):
         with pytest.warns(UserWarning, match="replaced nothing"):

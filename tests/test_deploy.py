@@ -205,6 +205,28 @@ def test_export_unbaked_and_baked(name):
             torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("nd,channels,groups,options", [
+    (2, 16, 1, {}),  # a channel contraction (batched matrix products over the frequencies)
+    (1, 8, 8, {"segments": True}),  # overlap-save segments
+    (3, 4, 4, {"packed": False}),  # real transforms, per channel
+])
+def test_fft_paths_export_with_a_dynamic_batch(nd, channels, groups, options):
+    """The FFT path's products under ``torch.export`` with a dynamic batch, against torch's convolution at other
+    batch sizes."""
+    from largekernel.functional import planner_options
+
+    layer = (L.Conv1d, L.Conv2d, L.Conv3d)[nd - 1](channels, channels, 5, padding=2, groups=groups, backend="fft")
+    size = {1: (64,), 2: (12, 12), 3: (6, 6, 6)}[nd]
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nd - 1]
+    with planner_options(**options):
+        program = torch.export.export(layer, (torch.randn(2, channels, *size),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    for batch in (1, 3):
+        x = torch.randn(batch, channels, *size)
+        torch.testing.assert_close(program.module()(x), conv(x, layer.weight, layer.bias, padding=2, groups=groups),
+                                   rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_onnx_export_unbaked_and_baked(name, run_onnx):
     """``torch.onnx.export`` records complex-free graphs (the spectral product and S4D's kernel in real arithmetic,

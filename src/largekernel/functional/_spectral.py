@@ -36,6 +36,7 @@ from largekernel.functional._native import spectral_grad as native_spectral_grad
 from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
                                           place_kernel, rfft_placed, spatial_dims, write)
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
+from largekernel.functional._tracing import tracing
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["SpectralProduct", "product_forward", "product_backward", "reference_product", "pointwise"]
@@ -91,9 +92,10 @@ _TILE = 64
 
 def _transpose(matrix: Tensor) -> Tensor:
     """``(R, C) -> (C, R)`` contiguous, copied in row tiles (a plain strided copy is not cache-blocked;
-    this is ~1.3x faster on the spectra here)."""
+    this is ~1.3x faster on the spectra here). While a graph is recorded, one transposed copy: the loop would
+    be unrolled into the graph and fix its row count (the batch's multiple) there."""
     rows = matrix.shape[0]
-    if matrix.device.type != "cpu":
+    if matrix.device.type != "cpu" or tracing():
         return matrix.T.contiguous()
     out = matrix.new_empty(matrix.shape[::-1])
     step = max(_TILE, -(-rows // 256))  # at most 256 copies
