@@ -64,15 +64,18 @@ def one_thread():
 
 @pytest.fixture
 def run_onnx(tmp_path):
-    """``run(module, *inputs, name="model")``: ``module`` exported by ``torch.onnx.export(..., dynamo=True)`` to
-    ``name``.onnx on the first input, with its batch dimension dynamic (as a served model is), and run by ONNX
-    Runtime (CPU) on each input (their batches may differ); the output as a tensor, one per input."""
+    """``run(module, *inputs, name="model", spatial=False)``: ``module`` exported by ``torch.onnx.export(...,
+    dynamo=True)`` to ``name``.onnx on the first input, with its batch dimension dynamic (as a served model is)
+    and, with ``spatial``, its spatial dimensions too (up to the first input's sizes), and run by ONNX Runtime
+    (CPU) on each input (their batches and sizes may differ); the output as a tensor, one per input."""
     import onnxruntime
 
-    def run(module: torch.nn.Module, *inputs: torch.Tensor, name: str = "model"):
+    def run(module: torch.nn.Module, *inputs: torch.Tensor, name: str = "model", spatial: bool = False):
         path = tmp_path / f"{name}.onnx"
-        torch.onnx.export(module, inputs[:1], dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
+        dims = {0: torch.export.Dim("batch")}
+        if spatial:
+            dims.update({i: torch.export.Dim(f"size{i}", max=n) for i, n in enumerate(inputs[0].shape) if i >= 2})
+        torch.onnx.export(module, inputs[:1], dynamo=True, dynamic_shapes=(dims,)).save(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outs = [torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]) for x in inputs]
         return outs[0] if len(outs) == 1 else outs

@@ -159,6 +159,34 @@ def test_bake_is_equivalent_and_exports(to, kwargs):
     torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("to,kwargs", [("dcls", dict(kernel_size=9, kernel_count=6)), ("flexconv", {}),
+                                       ("fft", {})])
+def test_converted_model_exports_with_dynamic_sizes(to, kwargs, tmp_path):
+    """A converted model, unbaked through ``torch.export`` and baked through ONNX Runtime, with the batch and the
+    image size dynamic (up to the example's, for which the FFT grids are planned): one program serves smaller
+    images of any shape, as the model does eagerly."""
+    import onnxruntime
+
+    model = create_model("dwnet2d_tiny", num_classes=5).eval()
+    largekernel.convert(model, to, **kwargs)
+    x = torch.randn(2, 1, 16, 16)
+    dims = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=8, max=16),
+             3: torch.export.Dim("width", min=8, max=16)},)
+    others = [torch.randn(3, 1, 12, 16), torch.randn(1, 1, 16, 9), torch.randn(2, 1, 10, 13)]
+    with torch.no_grad():
+        expected = [model(v) for v in others]
+    program = torch.export.export(model, (x,), dynamic_shapes=dims)
+    for v, e in zip(others, expected):
+        torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
+    largekernel.bake(model)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dims).save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for v, e in zip(others, expected):
+        (out,) = session.run(None, {session.get_inputs()[0].name: v.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), e, rtol=1e-4, atol=1e-5)
+
+
 def test_bake_single_layer_and_input_size_errors():
     layer = DclsConv2d(4, 4, 5, 7, padding=3, groups=4)
     baked = largekernel.bake(layer)

@@ -39,6 +39,11 @@ FAMILIES = {
     "fouriermix": (lambda: L.FourierMix(), (2, 10, 8)),
 }
 
+#: Families whose kernel is sized from the input: a recorded graph fixes their spatial size.
+SIZED_FROM_INPUT = ("niff", "sgconv", "s4d")
+#: The others: one recorded graph serves every spatial size up to its example's.
+SIZE_FREE = [name for name in FAMILIES if name not in SIZED_FROM_INPUT]
+
 
 def _layer(name: str) -> tuple[nn.Module, torch.Tensor]:
     make, shape = FAMILIES[name]
@@ -161,6 +166,36 @@ def test_compiled_layer_keeps_the_batch_dynamic(name):
     assert len(graphs) == 1
 
 
+def _smaller_inputs(x: torch.Tensor, batches=(3, 2, 4)) -> list[torch.Tensor]:
+    """Inputs like ``x`` with other batch sizes and every spatial size at most ``x``'s, each dim cut in turn."""
+    cuts = [(2, 0, 1), (0, 3, 0), (3, 1, 2)]
+    return [torch.randn(b, x.shape[1], *(n - c for n, c in zip(x.shape[2:], cut))) for b, cut in zip(batches, cuts)]
+
+
+@pytest.mark.parametrize("name", SIZE_FREE)
+def test_compiled_layer_keeps_spatial_sizes_dynamic(name):
+    """``torch.compile(dynamic=True)``: one graph serves every input up to the first one's spatial size (the FFT
+    grid is planned for it), and a larger input is served too (the FFT paths compile once more, for it). The
+    example's sizes are all different: torch gives equal sizes one symbol."""
+    make, shape = FAMILIES[name]
+    layer = make().eval()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(2, shape[1], *(n - d for d, n in enumerate(shape[2:])))  # e.g. 12 x 11
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend=counting, dynamic=True, fullgraph=True)
+    with torch.no_grad():
+        for v in (x, *_smaller_inputs(x)):
+            torch.testing.assert_close(compiled(v), layer(v), rtol=1e-4, atol=1e-5)
+        assert len(graphs) == 1
+        larger = torch.randn(2, shape[1], *(n + 5 for n in shape[2:]))
+        torch.testing.assert_close(compiled(larger), layer(larger), rtol=1e-4, atol=1e-5)
+
+
 def test_flexconv_crop_is_kept_when_compiled():
     """While a graph is recorded FlexConv applies its whole grid with the samples outside the crop zeroed: the same
     kernel as the eager crop (a narrow mask: eager keeps the centre only), so the same output and gradients."""
@@ -205,44 +240,109 @@ def test_export_unbaked_and_baked(name):
             torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("nd,channels,groups,options", [
-    (2, 16, 1, {}),  # a channel contraction (batched matrix products over the frequencies)
-    (1, 8, 8, {"segments": True}),  # overlap-save segments
-    (3, 4, 4, {"packed": False}),  # real transforms, per channel
+def _dynamic_sizes(x: torch.Tensor, bounded: bool = True) -> tuple[dict, ...]:
+    """``dynamic_shapes`` for ``x``: the batch and every spatial dim dynamic, the spatial ones from about half
+    ``x``'s (outputs of a size 1 would be fixed, as with torch's own convolutions) up to (``bounded``) ``x``'s."""
+    spatial = {i: torch.export.Dim(f"size{i}", min=n // 2 + 1, max=n if bounded else None)
+               for i, n in enumerate(x.shape) if i >= 2}
+    return ({0: torch.export.Dim("batch"), **spatial},)
+
+
+@pytest.mark.parametrize("name", SIZE_FREE)
+def test_export_serves_every_spatial_size_up_to_the_example(name):
+    """``torch.export`` with the batch and the spatial sizes dynamic, each spatial size up to the example's (the
+    FFT grid is planned for it): one program for all those inputs, unbaked and baked, outputs eager's."""
+    layer, x = _layer(name)
+    layer.eval()
+    inputs = _smaller_inputs(x)
+    with torch.no_grad():
+        expected = [layer(v) for v in inputs]
+    candidates = [torch.export.export(layer, (x,), dynamic_shapes=_dynamic_sizes(x))]
+    if isinstance(layer, L.KernelConvNd):
+        for native in (False, True):
+            baked = largekernel.bake(copy.deepcopy(layer), native=native)
+            candidates.append(torch.export.export(baked, (x,), dynamic_shapes=_dynamic_sizes(x)))
+    for program in candidates:
+        for v, e in zip(inputs, expected):
+            torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SIZED_FROM_INPUT)
+def test_export_refuses_dynamic_sizes_for_kernels_sized_from_the_input(name):
+    """A kernel sized from the input fixes the spatial size: ``torch.export`` says so for a dynamic one (the batch
+    stays dynamic, above)."""
+    layer, x = _layer(name)
+    with pytest.raises(Exception, match="specialized"):
+        torch.export.export(layer.eval(), (x,), dynamic_shapes=_dynamic_sizes(x))
+
+
+def test_fft_path_export_names_the_largest_size_its_grid_serves():
+    """The FFT path's grid is planned for the example: an unbounded spatial dimension is refused with the bound to
+    give (torch.export's suggestion), the direct path takes it as torch's convolution does."""
+    x = torch.randn(2, 4, 32, 32)
+    fft = L.Conv2d(4, 4, 7, padding=3, groups=4, backend="fft").eval()
+    with pytest.raises(Exception, match=r"max=\d+"):
+        torch.export.export(fft, (x,), dynamic_shapes=_dynamic_sizes(x, bounded=False))
+    direct = L.Conv2d(4, 4, 7, padding=3, groups=4, backend="direct").eval()
+    program = torch.export.export(direct, (x,), dynamic_shapes=_dynamic_sizes(x, bounded=False))
+    v = torch.randn(3, 4, 40, 21)
+    torch.testing.assert_close(program.module()(v), torch.nn.functional.conv2d(v, direct.weight, direct.bias,
+                                                                               padding=3, groups=4))
+
+
+@pytest.mark.parametrize("nd,channels,groups,kwargs,options", [
+    (2, 16, 1, dict(padding=2), {}),  # a channel contraction (batched matrix products over the frequencies)
+    (1, 8, 8, dict(padding=2), {"segments": True}),  # overlap-save segments where the length is fixed
+    (3, 4, 4, dict(padding=2), {"packed": False}),  # real transforms, per channel
+    (2, 8, 8, dict(padding=2), {"channel_block": 1}),  # packed channel pairs, one pair per block
+    (2, 8, 4, dict(stride=2, padding=1), {}),  # decimation in the frequency domain
+    (2, 4, 4, dict(dilation=3, padding=(6, 5)), {}),
+    (2, 4, 4, dict(padding="valid"), {}),
+    (2, 4, 4, dict(padding=2, padding_mode="reflect"), {}),  # padding materialised first
+    (1, 4, 2, dict(padding=((4, 0),)), {}),  # causal
 ])
-def test_fft_paths_export_with_a_dynamic_batch(nd, channels, groups, options):
-    """The FFT path's products under ``torch.export`` with a dynamic batch, against torch's convolution at other
-    batch sizes."""
+def test_fft_paths_export_with_dynamic_sizes(nd, channels, groups, kwargs, options):
+    """The FFT path's products under ``torch.export`` with a dynamic batch and spatial sizes up to the example's,
+    against torch's convolution (after ``F.pad``) at other batch and spatial sizes."""
     from largekernel.functional import planner_options
 
-    layer = (L.Conv1d, L.Conv2d, L.Conv3d)[nd - 1](channels, channels, 5, padding=2, groups=groups, backend="fft")
-    size = {1: (64,), 2: (12, 12), 3: (6, 6, 6)}[nd]
+    layer = (L.Conv1d, L.Conv2d, L.Conv3d)[nd - 1](channels, channels, 5, groups=groups, backend="fft", **kwargs)
+    size = {1: (64,), 2: (13, 12), 3: (8, 7, 9)}[nd]
     conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nd - 1]
+    padding = kwargs.get("padding", 0)
+    if isinstance(padding, str):
+        pads = [0] * (2 * nd)
+    elif isinstance(padding[0] if isinstance(padding, tuple) else padding, tuple):
+        pads = [p for lo_hi in reversed(padding) for p in lo_hi]
+    else:
+        per_dim = padding if isinstance(padding, tuple) else (padding,) * nd
+        pads = [p for q in reversed(per_dim) for p in (q, q)]
+    mode = {"zeros": "constant"}.get(kwargs.get("padding_mode", "zeros"), kwargs.get("padding_mode"))
+    x = torch.randn(2, channels, *size)
     with planner_options(**options):
-        program = torch.export.export(layer, (torch.randn(2, channels, *size),),
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
-    for batch in (1, 3):
-        x = torch.randn(batch, channels, *size)
-        torch.testing.assert_close(program.module()(x), conv(x, layer.weight, layer.bias, padding=2, groups=groups),
-                                   rtol=1e-4, atol=1e-5)
+        program = torch.export.export(layer, (x,), dynamic_shapes=_dynamic_sizes(x))
+    for v in (*_smaller_inputs(x), torch.randn(1, *x.shape[1:])):
+        expected = conv(torch.nn.functional.pad(v, pads, mode=mode), layer.weight, layer.bias, kwargs.get("stride", 1),
+                        0, kwargs.get("dilation", 1), groups)
+        torch.testing.assert_close(program.module()(v), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_onnx_export_unbaked_and_baked(name, run_onnx):
     """``torch.onnx.export`` records complex-free graphs (the spectral product and S4D's kernel in real arithmetic,
-    FourierMix's one-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path, exported
-    with a dynamic batch and run on two batch sizes."""
+    FourierMix's two-sided transform): ONNX Runtime runs every family, unbaked and baked to the FFT path, exported
+    with a dynamic batch and run on two batch sizes; where the kernel is not sized from the input, with dynamic
+    spatial sizes too, run on smaller inputs."""
     layer, x = _layer(name)
     layer.eval()
+    spatial = name in SIZE_FREE
+    inputs = [x, torch.randn(3, *x.shape[1:]), *(_smaller_inputs(x)[::2] if spatial else [])]
     with torch.no_grad():
-        expected = layer(x)
+        expected = [layer(v) for v in inputs]
     candidates = {"unbaked": layer}
     if isinstance(layer, L.KernelConvNd):  # FourierMix has no kernel to bake
         candidates["baked"] = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape))
-    other = torch.randn(3, *x.shape[1:])  # the exported batch is dynamic
-    with torch.no_grad():
-        expected_other = layer(other)
     for kind, module in candidates.items():
-        for out, want in zip(run_onnx(module, x, other, name=kind), (expected, expected_other)):
+        for out, want in zip(run_onnx(module, *inputs, name=kind, spatial=spatial), expected):
             error = (out - want).abs().max() / want.abs().max()
             assert out.shape == want.shape and error < 1e-5, (name, kind, out.shape, error.item())

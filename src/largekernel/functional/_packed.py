@@ -29,6 +29,7 @@ Each step runs as one native pass where the C kernels are available
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from largekernel.functional._native import mirror_grad as native_mirror_grad
@@ -37,6 +38,7 @@ from largekernel.functional._native import pack_pairs as native_pack_pairs
 from largekernel.functional._native import unpack_pairs as native_unpack_pairs
 from largekernel.functional._native import available as native_available
 from largekernel.functional._grid import mirror, spatial_dims, write
+from largekernel.functional._tracing import symbolic
 
 __all__ = ["pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad"]
 
@@ -49,6 +51,11 @@ def pack_pairs(first: Tensor, second: Tensor, grid: tuple[int, ...], start: tupl
     n2 = second.shape[1]
     size = tuple(first.shape[-nd:])
     start = (0,) * nd if start is None else tuple(start)
+    if symbolic(size):  # a recorded graph's sizes: zero padding (slice copies would compare them to the grid)
+        pads = [p for a, k, g in zip(reversed(start), reversed(size), reversed(grid)) for p in (a, g - a - k)]
+        if n2 < n:
+            second = F.pad(second, [0, 0] * nd + [0, n - n2])
+        return torch.complex(F.pad(first, pads), F.pad(second, pads))
     if size == tuple(grid) and n2 == n and not native_available(first):
         return torch.complex(first, second)
     complex_dtype = torch.complex64 if first.dtype == torch.float32 else torch.complex128

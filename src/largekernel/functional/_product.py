@@ -61,17 +61,18 @@ _CONTRACTIONS = ("elementwise", "einsum", "bmm")
 def _encode(g: FFTGeometry) -> list[int]:
     """The geometry as an operator argument (operators take no dataclasses): ints, the per-dim tuples in a row.
 
-    With dynamic shapes (torch.compile's default once an input's size changes) the planner's values are symbolic;
-    ``operator.index`` makes each a Python int (the graph is specialised on it, one plan per input shape), where
-    ``int()`` would keep it symbolic."""
+    With dynamic shapes the input and output extents (``size``, ``out``) are the graph's symbolic sizes, which the
+    operator takes as they are (its schema's ``SymInt[]``); everything else is the plan's Python ints."""
     nd = len(g.grid)
     kernel = (-1,) * nd if g.kernel is None else g.kernel
-    code = [nd, *g.grid, *g.size, *g.out, *g.out_start, *g.stride, *kernel, *g.dilation, *g.shift, g.groups,
-            int(g.packed), g.channel_block, _CONTRACTIONS.index(g.contraction)]
-    return [operator.index(v) for v in code]
+    fixed = [operator.index(v) for v in (*g.out_start, *g.stride, *kernel, *g.dilation, *g.shift, g.groups,
+                                           int(g.packed), g.channel_block, _CONTRACTIONS.index(g.contraction))]
+    return [nd, *map(operator.index, g.grid), *g.size, *g.out, *fixed]
 
 
 def _decode(code: list[int]) -> FFTGeometry:
+    if any(isinstance(v, torch.SymInt) for v in code):  # shapes of fake tensors: symbols are not hashable
+        return _decoded.__wrapped__(tuple(code))
     return _decoded(tuple(code))
 
 

@@ -374,6 +374,13 @@ def _real_backward(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | Non
 # ----------------------------------------------------------------------------- packed channel pairs
 
 
+def _outputs(t: Tensor, channels: slice, per: int) -> Tensor:
+    """The ``per`` outputs of each of ``channels`` (a slice of input channels) in ``t`` ``(B, C * per, ...)``: a
+    slice of dim 1 (a flattened ``(C, per)`` view would make torch.export compare symbolic sizes it cannot
+    decide)."""
+    return t[:, channels.start * per:channels.stop * per]
+
+
 def _packed_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FFTGeometry,
                     need_kernel: bool) -> tuple[Tensor, list[Tensor]]:
     """The product for elementwise products at stride 1 on channel pairs packed as complex signals
@@ -393,14 +400,13 @@ def _packed_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FF
     pairs = (channels + 1) // 2
     spectra = m.reshape(channels, per, *geometry.grid).contiguous()  # first members 0 .. pairs - 1, then partners
     out = x.new_empty(batch, cout, *geometry.out)
-    out_pairs = out.view(batch, channels, per, *geometry.out)
     bias_pairs = None if bias is None else bias.view(channels, per)
     specs = []
     for block in _blocks(pairs, geometry.channel_block):
         second = slice(pairs + block.start, min(pairs + block.stop, channels))
         z = torch.fft.fftn(pack_pairs(x[:, block], x[:, second], geometry.grid), dim=dims)  # (B, n, *grid)
         y = torch.fft.ifftn(mirror_product(z, spectra[block], spectra[second]), dim=dims)  # (B, n, per, *grid)
-        unpack_pairs(y.flatten(1, 2), out_pairs[:, block].flatten(1, 2), out_pairs[:, second].flatten(1, 2),
+        unpack_pairs(y.flatten(1, 2), _outputs(out, block, per), _outputs(out, second, per),
                      geometry.out_start, None if bias is None else bias_pairs[block].flatten(),
                      None if bias is None else bias_pairs[second].flatten())
         if need_kernel:  # (else freed now: the next block reuses its memory)
@@ -421,7 +427,6 @@ def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | Non
     blocks = _blocks(pairs, geometry.channel_block)
     specs = specs if need_kernel else [None] * len(blocks)
     grad = grad.contiguous()
-    grad_pairs = grad.view(batch, channels, per, *geometry.out)
     grad_x = torch.empty(batch, channels, *x.shape[2:], dtype=grad.dtype, device=grad.device) if need_x else None
     grad_bias = _bias_grad(grad) if need_bias else None
     # X_c conj(G_c) (up to anti-Hermitian parts) of the first members, then of the second (pairs + p; the
@@ -430,8 +435,7 @@ def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | Non
     if need_x or need_kernel:
         for block, z in zip(blocks, specs):
             second = slice(pairs + block.start, min(pairs + block.stop, channels))
-            g = pack_pairs(grad_pairs[:, block].flatten(1, 2), grad_pairs[:, second].flatten(1, 2), geometry.grid,
-                           geometry.out_start)
+            g = pack_pairs(_outputs(grad, block, per), _outputs(grad, second, per), geometry.grid, geometry.out_start)
             g = torch.fft.fftn(g, dim=dims).view(batch, -1, per, *geometry.grid)  # (B, n, per, *grid)
             gx = mirror_grad(z, g, spectra[block], spectra[second], need_x, *(
                 (sums[block], sums[pairs + block.start: pairs + block.stop]) if need_kernel else ()))

@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "size_hint", "OPAQUE"]
+__all__ = [
+    "tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "size_hint", "symbolic", "OPAQUE",
+]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
 OPAQUE = hasattr(torch.library, "custom_op")
@@ -39,6 +41,13 @@ def size_hint(size) -> int:
             return operator.index(size)
         return optimization_hint(size)
     return operator.index(size)
+
+
+def symbolic(sizes) -> bool:
+    """Whether some of ``sizes`` are symbols of a recorded graph (``torch.export``, fake tensors), on which a
+    comparison adds a guard: a shortcut taken where sizes match would fix them. (Code that Dynamo traces sees
+    its symbols as ints.)"""
+    return any(isinstance(n, torch.SymInt) for n in sizes)
 
 
 def exporting_onnx() -> bool:

@@ -25,13 +25,13 @@ import itertools
 import math
 import operator
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
 
 from largekernel.functional._args import ConvArgs, conv_args
-from largekernel.functional._tracing import exporting_onnx, size_hint, tracing
+from largekernel.functional._tracing import exporting_onnx, size_hint, symbolic, tracing
 
 __all__ = ["ConvPlan", "FFTGeometry", "plan_conv", "plan_filter", "planner_options", "fast_fft_length"]
 
@@ -461,20 +461,57 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     """The plan of a validated call (``args`` from :func:`~largekernel.functional._args.conv_args`):
     ``backend="fft"`` / ``"direct"`` force the path, ``"auto"`` takes the one predicted faster."""
     nd = args.nd
-    # Python ints of the shapes: operator.index also of traced shapes (jit: tensors; torch.compile with dynamic
-    # shapes: symbols, which int() would keep; the graph is specialised on them, one plan per input shape). The
-    # batch only weighs the paths' costs: a symbolic batch stays symbolic (its example's value is costed).
+    # Python ints of the shapes (operator.index: jit traces sizes as tensors). Channels and kernel taps are fixed in
+    # a graph (the weight's shape). The batch and the spatial sizes only weigh the paths' costs and size the FFT
+    # grid: in a recorded graph with dynamic shapes they are read as their example's values without a guard
+    # (size_hint), and the plan is then bound to the graph's own sizes (_bind_sizes).
     batch = size_hint(input.shape[0]) if args.batched else 1
     cin, cout = operator.index(input.shape[-nd - 1]), operator.index(weight.shape[0])
-    size, kernel = tuple(map(operator.index, input.shape[-nd:])), tuple(map(operator.index, weight.shape[2:]))
-    options = (_option("packed"), _option("channel_block"), _option("segments"))
+    kernel = tuple(map(operator.index, weight.shape[2:]))
     # Transform lengths for ONNX Runtime's DFT when the plan is recorded into an ONNX graph.
     lengths_for = "onnx" if exporting_onnx() else input.device.type
-    # A pure function of the call: its plans are kept (planning costs tens of microseconds in Python). A recorded
-    # graph plans once, so torch.compile traces the planner itself (it would warn that it ignores the cache).
-    plan = _plan.__wrapped__ if tracing() else _plan
-    return plan(args, batch, cin, cout, size, kernel, input.device.type, input.dtype,
-                 _needs_grad(input, weight, bias), backend, _threads(), options, lengths_for)
+    options = (_option("packed"), _option("channel_block"), _option("segments"))
+    call = (input.device.type, input.dtype, _needs_grad(input, weight, bias), backend, _threads())
+    if not tracing():  # a pure function of the call: its plans are kept (planning costs tens of microseconds)
+        return _plan(args, batch, cin, cout, tuple(map(operator.index, input.shape[-nd:])), kernel, *call, options,
+                     lengths_for)
+    # A recorded graph plans once (torch.compile traces the planner itself; it would warn that it ignores a cache).
+    # Overlap-save segments come in a count that follows the length: none for a symbolic length (torch.export shows
+    # it as a SymInt; Dynamo shows ints, and _bind_sizes fixes the length of a segmented plan instead).
+    sizes = tuple(input.shape[-nd:])
+    if symbolic(sizes):
+        options = (*options[:2], False)
+    plan = _plan.__wrapped__(args, batch, cin, cout, tuple(map(size_hint, sizes)), kernel, *call, options,
+                             lengths_for)
+    return _bind_sizes(plan, args, sizes)
+
+
+def _bind_sizes(plan: ConvPlan, args: ConvArgs, sizes: tuple) -> ConvPlan:
+    """A plan made from the example sizes of a recorded graph, for the graph's own (possibly symbolic) ``sizes``.
+
+    The direct path reads no size. The FFT path keeps the example's grid: its output and input extents follow
+    ``sizes``, and a guard keeps every size whose circular correlation fits that grid without wrapping onto a kept
+    output, i.e. every size up to about the example's (``torch.compile`` compiles again for a larger one;
+    ``torch.export`` asks for a dimension bounded by it). Where the grid is the input itself (circular padding on
+    one period) or overlap-save segments split it, the sizes are fixed to the example's."""
+    if plan.path == "direct":
+        return plan
+    if (args.padding_mode == "circular" and not plan.pre_pad) or plan.segments is not None:
+        tuple(map(operator.index, sizes))  # the guard: these sizes exactly
+        return plan
+    nd = args.nd
+    fft_size = tuple(n + lo + hi for n, (lo, hi) in zip(sizes, args.pads)) if plan.pre_pad else sizes
+    pads = ((0, 0),) * nd if plan.pre_pad else args.pads
+    for n, k, (lo, hi), s, d, length in zip(fft_size, plan.kernel, pads, args.stride, args.dilation,
+                                             plan.geometry.grid):
+        extent = d * (k - 1) + 1
+        last = (n + lo + hi - extent) // s * s  # where the last kept output's window starts (before the shift)
+        if not (n + lo <= length and last + extent - lo <= length and last + 1 <= length):
+            # (unreachable for the example the grid was made for; for a symbolic size, the test is the guard)
+            raise AssertionError(f"input size {n} does not fit the FFT grid {length} planned for it")
+    out = args.output_size(sizes, plan.kernel)
+    geometry = replace(plan.geometry, size=tuple(fft_size), out=tuple(out))
+    return replace(plan, size=tuple(sizes), out=tuple(out), geometry=geometry)
 
 
 @lru_cache(maxsize=8192)
@@ -545,11 +582,5 @@ def plan_filter(batch: int, channels: int, filters: int, grid, size, out_start, 
     geometry = _geometry(tuple(grid), tuple(size), tuple(out_size), (1,) * len(grid), None, (1,) * len(grid),
                          (0,) * len(grid), size_hint(batch), channels, filters, channels, device_type, itemsize)
     if mixing:
-        geometry = _replace(geometry, packed=False, channel_block=channels)
-    return _replace(geometry, out_start=tuple(out_start))
-
-
-def _replace(geometry: FFTGeometry, **changes) -> FFTGeometry:
-    from dataclasses import replace
-
-    return replace(geometry, **changes)
+        geometry = replace(geometry, packed=False, channel_block=channels)
+    return replace(geometry, out_start=tuple(out_start))

@@ -18,6 +18,7 @@ from largekernel.functional._args import ConvArgumentError, autocast_off
 from largekernel.functional._grid import spatial_dims
 from largekernel.functional._product import spectral_product
 from largekernel.functional._spectral import pointwise
+from largekernel.functional._tracing import compiling, tracing
 from largekernel.functional.planner import plan_filter
 
 __all__ = ["spectral_filter", "to_spectrum", "to_spatial", "spectral_pointwise", "fourier_mix"]
@@ -107,6 +108,10 @@ def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
 def _real_part_of_fft2(x: Tensor, token_dim: int, hidden_dim: int) -> Tensor:
     """``Re(fft2(x))`` of a real ``x`` from the one-sided transform (half the work of a complex one):
     ``Re X[k1, D - k2] = Re X[-k1, k2]`` gives the hidden axis' other half."""
+    if tracing() and not compiling():
+        # An exported program: the two-sided transform. With a symbolic D, the half's bounds below are a guard that
+        # torch's shape solver cannot prove, and it would fix D's parity.
+        return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real
     half = torch.fft.rfft2(x, dim=(token_dim, hidden_dim)).real  # hidden frequencies 0 .. D // 2
     rest = half.narrow(hidden_dim, 1, (x.shape[hidden_dim] - 1) // 2)  # 1 .. (D - 1) // 2, for D - 1 .. D // 2 + 1
     rest = rest.flip((token_dim, hidden_dim)).roll(1, token_dim)  # k1 -> -k1 (mod N), k2 -> D - k2

@@ -159,8 +159,11 @@ class KernelConvNd(nn.Module):
         if any(n == 0 for n in input.shape[-nd:]):
             raise ConvArgumentError(f"{type(self).__name__} expects a non-zero size in every spatial dim (as torch's "
                                     f"convolutions), got input of shape {tuple(input.shape)}")
-        # Python ints (under torch.compile with dynamic shapes too: kernels sized from the input are planned per size)
-        return tuple(map(operator.index, input.shape[-nd:]))
+        # A kernel sized from the input needs Python ints (a recorded graph is then specialised on the size: one
+        # graph per size); other kernels ignore the size, which stays as the graph has it (symbolic with dynamic
+        # shapes; the engine reads it without fixing it).
+        sizes = tuple(input.shape[-nd:])
+        return tuple(map(operator.index, sizes)) if self.input_dependent else sizes
 
     def forward(self, input: Tensor) -> Tensor:
         kernel = self.construct_kernel(self._spatial_size(input))

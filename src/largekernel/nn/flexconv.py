@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from typing import Iterator, Sequence
 
 import torch
@@ -217,7 +218,8 @@ class _ContinuousConvNd(KernelConvNd):
 
     def _materialize(self, spatial: Sequence[int]) -> None:
         """Lazy kernel size: the whole input (causal: its length) or the smallest odd size covering it."""
-        sizes = tuple(int(n) if self.causal else int(n) | 1 for n in spatial)
+        spatial = tuple(map(operator.index, spatial))  # Python ints (a symbolic size is fixed here: module state)
+        sizes = tuple(n if self.causal else n | 1 for n in spatial)
         self._kernel_size = self._base_kernel_size = sizes
         self._init_for_grid()
 
