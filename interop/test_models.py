@@ -91,27 +91,30 @@ def test_fft_and_dense_round_trip_keep_the_output(spec):
 
 @pytest.mark.parametrize("spec,to", [("timm/convnext_atto", "dcls"), ("timm/efficientnet_b0", "flexconv"),
                                      ("torchvision/resnet18", "fft")])
-def test_converted_model_exports_with_a_dynamic_batch(spec, to, tmp_path):
+def test_converted_model_exports_with_dynamic_sizes(spec, to, tmp_path):
     """A converted model as deployed: ``torch.export`` unbaked and baked, and ONNX (ONNX Runtime) of the baked
-    model, each one program for every batch size, against the model run eagerly at two batch sizes."""
+    model, each one program for every batch size and every image size up to the example's (for which the FFT
+    grids are planned), against the model run eagerly on other batches and image shapes."""
     import onnxruntime
 
     model = _create(spec).eval()
     largekernel.convert(model, to, _WHICH.get(spec))
-    inputs = (torch.randn(_INPUT), torch.randn(5, *_INPUT[1:]))
+    x = torch.randn(2, 3, 96, 96)
+    inputs = (torch.randn(3, 3, 64, 80), torch.randn(1, 3, 96, 72))
     with torch.no_grad():
-        expected = [model(x) for x in inputs]
-    batch = ({0: torch.export.Dim("batch")},)
+        expected = [model(v) for v in inputs]
+    sizes = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=64, max=96),
+              3: torch.export.Dim("width", min=64, max=96)},)
     baked = largekernel.bake(copy.deepcopy(model))
     for module in (model, baked):
-        program = torch.export.export(module, inputs[:1], dynamic_shapes=batch)
-        for x, e in zip(inputs, expected):
-            torch.testing.assert_close(program.module()(x), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+        program = torch.export.export(module, (x,), dynamic_shapes=sizes)
+        for v, e in zip(inputs, expected):
+            torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
     path = tmp_path / "model.onnx"
-    torch.onnx.export(baked, inputs[:1], dynamo=True, dynamic_shapes=batch).save(str(path))
+    torch.onnx.export(baked, (x,), dynamo=True, dynamic_shapes=sizes).save(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for x, e in zip(inputs, expected):
-        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for v, e in zip(inputs, expected):
+        (out,) = session.run(None, {session.get_inputs()[0].name: v.numpy()})
         torch.testing.assert_close(torch.from_numpy(out), e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
 
 
