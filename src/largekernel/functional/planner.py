@@ -286,13 +286,17 @@ def _whole_grid(size, kernel, pads, args: ConvArgs, circular: bool, device_type:
     at offset 0, the kernel shifted by the padding before; ``circular``: one period."""
     if circular:
         return tuple(size)
-    lengths = []
-    for n, k, (lo, hi), s, d in zip(size, kernel, pads, args.stride, args.dilation):
-        extent = d * (k - 1) + 1
-        keep = (n + lo + hi - extent) // s + 1
-        minimum = max(n + lo, (keep - 1) * s + extent - lo, (keep - 1) * s + 1)
-        lengths.append(fast_fft_length(minimum, device_type, s))
-    return tuple(lengths)
+    return tuple(fast_fft_length(max(_reach(n, k, lo, hi, s, d)), device_type, s)
+                 for n, k, (lo, hi), s, d in zip(size, kernel, pads, args.stride, args.dilation))
+
+
+def _reach(n, k, lo, hi, s, d) -> tuple:
+    """What a grid must hold in one dim, each at most its length: the input (at 0) and its padding before (a
+    shift of the kernel), and the last kept output's window, by its end and by its first sample. ``n`` may be
+    a symbolic size (then each is a symbolic expression)."""
+    extent = d * (k - 1) + 1
+    last = (n + lo + hi - extent) // s * s  # where the last kept output's window starts (before the shift)
+    return n + lo, last + extent - lo, last + 1
 
 
 def _contraction(batch: int, per: int, cin_per_group: int) -> str:
@@ -504,9 +508,7 @@ def _bind_sizes(plan: ConvPlan, args: ConvArgs, sizes: tuple) -> ConvPlan:
     pads = ((0, 0),) * nd if plan.pre_pad else args.pads
     for n, k, (lo, hi), s, d, length in zip(fft_size, plan.kernel, pads, args.stride, args.dilation,
                                              plan.geometry.grid):
-        extent = d * (k - 1) + 1
-        last = (n + lo + hi - extent) // s * s  # where the last kept output's window starts (before the shift)
-        if not (n + lo <= length and last + extent - lo <= length and last + 1 <= length):
+        if not all(reach <= length for reach in _reach(n, k, lo, hi, s, d)):
             # (unreachable for the example the grid was made for; for a symbolic size, the test is the guard)
             raise AssertionError(f"input size {n} does not fit the FFT grid {length} planned for it")
     out = args.output_size(sizes, plan.kernel)
