@@ -33,6 +33,7 @@ FAMILIES = {
     "niff": (lambda: L.NIFFConv2d(4, 4), (2, 4, 12, 12)),
     "sgconv": (lambda: L.SGConv1d(4, kernel_size=40, kernel_dim=8), (2, 4, 40)),  # 4 scales, 3 upsampled
     "s4d": (lambda: L.S4DConv1d(4, kernel_size=40), (2, 4, 40)),
+    "sgconv2d": (lambda: L.SGConv2d(4, 4, 9, kernel_dim=4), (2, 4, 12, 12)),  # a fixed box: sizes stay dynamic
     "replknet": (lambda: L.RepLKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
     "slak": (lambda: L.SLaKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
     "unireplknet": (lambda: L.DilatedReparamConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
