@@ -32,7 +32,7 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward)
-from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, tracing
+from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, symbolic, tracing
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "real_arithmetic_product"]
@@ -71,7 +71,7 @@ def _encode(g: FFTGeometry) -> list[int]:
 
 
 def _decode(code: list[int]) -> FFTGeometry:
-    if any(isinstance(v, torch.SymInt) for v in code):  # shapes of fake tensors: symbols are not hashable
+    if symbolic(code):  # shapes of fake tensors: symbols are not hashable
         return _decoded.__wrapped__(tuple(code))
     return _decoded(tuple(code))
 

@@ -290,6 +290,14 @@ def _whole_grid(size, kernel, pads, args: ConvArgs, circular: bool, device_type:
                  for n, k, (lo, hi), s, d in zip(size, kernel, pads, args.stride, args.dilation))
 
 
+def _transformed(size, args: ConvArgs, pre_pad: bool) -> tuple[tuple, tuple]:
+    """The input extent the transforms see and the padding left to them: with ``pre_pad`` (padding materialised
+    first), the padded input and no padding."""
+    if not pre_pad:
+        return tuple(size), args.pads
+    return tuple(n + lo + hi for n, (lo, hi) in zip(size, args.pads)), ((0, 0),) * args.nd
+
+
 def _reach(n, k, lo, hi, s, d) -> tuple:
     """What a grid must hold in one dim, each at most its length: the input (at 0) and its padding before (a
     shift of the kernel), and the last kept output's window, by its end and by its first sample. ``n`` may be
@@ -503,16 +511,14 @@ def _bind_sizes(plan: ConvPlan, args: ConvArgs, sizes: tuple) -> ConvPlan:
     if (args.padding_mode == "circular" and not plan.pre_pad) or plan.segments is not None:
         tuple(map(operator.index, sizes))  # the guard: these sizes exactly
         return plan
-    nd = args.nd
-    fft_size = tuple(n + lo + hi for n, (lo, hi) in zip(sizes, args.pads)) if plan.pre_pad else sizes
-    pads = ((0, 0),) * nd if plan.pre_pad else args.pads
+    fft_size, pads = _transformed(sizes, args, plan.pre_pad)
     for n, k, (lo, hi), s, d, length in zip(fft_size, plan.kernel, pads, args.stride, args.dilation,
                                              plan.geometry.grid):
         if not all(reach <= length for reach in _reach(n, k, lo, hi, s, d)):
             # (unreachable for the example the grid was made for; for a symbolic size, the test is the guard)
             raise AssertionError(f"input size {n} does not fit the FFT grid {length} planned for it")
     out = args.output_size(sizes, plan.kernel)
-    geometry = replace(plan.geometry, size=tuple(fft_size), out=tuple(out))
+    geometry = replace(plan.geometry, size=fft_size, out=tuple(out))
     return replace(plan, size=tuple(sizes), out=tuple(out), geometry=geometry)
 
 
@@ -528,12 +534,10 @@ def _plan(args: ConvArgs, batch: int, cin: int, cout: int, size: tuple[int, ...]
     # the FFT path computes half precision in float32
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     itemsize = torch.empty((), dtype=compute).element_size()
-    pads, fft_size, pre_pad = args.pads, size, False
     circular = args.padding_mode == "circular"
-    if args.padding_mode in ("reflect", "replicate") or (circular and _circular_wraps(size, kernel, args)):
-        pre_pad, circular = True, False
-        fft_size = tuple(n + lo + hi for n, (lo, hi) in zip(size, pads))
-        pads = ((0, 0),) * nd
+    pre_pad = args.padding_mode in ("reflect", "replicate") or (circular and _circular_wraps(size, kernel, args))
+    circular = circular and not pre_pad
+    fft_size, pads = _transformed(size, args, pre_pad)
     grid = _whole_grid(fft_size, kernel, pads, args, circular, lengths_for)
     segments = None if circular else _segments(fft_size, kernel, pads, args, grid, batch, cin, cout, lengths_for)
     if segments is None:
