@@ -121,6 +121,10 @@ def _setup_context(ctx, inputs, output) -> None:
     x, kernel, mixing, bias, geometry, needs = inputs
     ctx.save_for_backward(x, kernel, mixing, bias, *output[1:])
     ctx.geometry, ctx.needs = geometry, needs
+    # The saved tensors are outputs for autograd's sake only: no gradient flows into them, and none is made of
+    # zeros for them (a zero-filled complex buffer per block at every backward otherwise).
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grads):
