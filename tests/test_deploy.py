@@ -291,18 +291,19 @@ def test_fft_path_export_names_the_largest_size_its_grid_serves():
                                                                                padding=3, groups=4))
 
 
-@pytest.mark.parametrize("nd,channels,groups,kwargs,options", [
-    (2, 16, 1, dict(padding=2), {}),  # a channel contraction (batched matrix products over the frequencies)
-    (1, 8, 8, dict(padding=2), {"segments": True}),  # overlap-save segments where the length is fixed
-    (3, 4, 4, dict(padding=2), {"packed": False}),  # real transforms, per channel
-    (2, 8, 8, dict(padding=2), {"channel_block": 1}),  # packed channel pairs, one pair per block
-    (2, 8, 4, dict(stride=2, padding=1), {}),  # decimation in the frequency domain
-    (2, 4, 4, dict(dilation=3, padding=(6, 5)), {}),
-    (2, 4, 4, dict(padding="valid"), {}),
-    (2, 4, 4, dict(padding=2, padding_mode="reflect"), {}),  # padding materialised first
-    (1, 4, 2, dict(padding=((4, 0),)), {}),  # causal
+# pads: the same padding as F.pad's list (last dim first), for the reference
+@pytest.mark.parametrize("nd,channels,groups,kwargs,pads,options", [
+    (2, 16, 1, dict(padding=2), [2] * 4, {}),  # a channel contraction (batched matrix products over the frequencies)
+    (1, 8, 8, dict(padding=2), [2] * 2, {"segments": True}),  # overlap-save segments where the length is fixed
+    (3, 4, 4, dict(padding=2), [2] * 6, {"packed": False}),  # real transforms, per channel
+    (2, 8, 8, dict(padding=2), [2] * 4, {"channel_block": 1}),  # packed channel pairs, one pair per block
+    (2, 8, 4, dict(stride=2, padding=1), [1] * 4, {}),  # decimation in the frequency domain
+    (2, 4, 4, dict(dilation=3, padding=(6, 5)), [5, 5, 6, 6], {}),
+    (2, 4, 4, dict(padding="valid"), [0] * 4, {}),
+    (2, 4, 4, dict(padding=2, padding_mode="reflect"), [2] * 4, {}),  # padding materialised first
+    (1, 4, 2, dict(padding=((4, 0),)), [4, 0], {}),  # causal
 ])
-def test_fft_paths_export_with_dynamic_sizes(nd, channels, groups, kwargs, options):
+def test_fft_paths_export_with_dynamic_sizes(nd, channels, groups, kwargs, pads, options):
     """The FFT path's products under ``torch.export`` with a dynamic batch and spatial sizes up to the example's,
     against torch's convolution (after ``F.pad``) at other batch and spatial sizes."""
     from largekernel.functional import planner_options
@@ -310,14 +311,6 @@ def test_fft_paths_export_with_dynamic_sizes(nd, channels, groups, kwargs, optio
     layer = (L.Conv1d, L.Conv2d, L.Conv3d)[nd - 1](channels, channels, 5, groups=groups, backend="fft", **kwargs)
     size = {1: (64,), 2: (13, 12), 3: (8, 7, 9)}[nd]
     conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nd - 1]
-    padding = kwargs.get("padding", 0)
-    if isinstance(padding, str):
-        pads = [0] * (2 * nd)
-    elif isinstance(padding[0] if isinstance(padding, tuple) else padding, tuple):
-        pads = [p for lo_hi in reversed(padding) for p in lo_hi]
-    else:
-        per_dim = padding if isinstance(padding, tuple) else (padding,) * nd
-        pads = [p for q in reversed(per_dim) for p in (q, q)]
     mode = {"zeros": "constant"}.get(kwargs.get("padding_mode", "zeros"), kwargs.get("padding_mode"))
     x = torch.randn(2, channels, *size)
     with planner_options(**options):
