@@ -1,7 +1,10 @@
 """CKConv / FlexConv layers against torch's conv, the mask and cropping formulas, causality, cross-resolution,
 anti-aliasing and the regularisers."""
 
+import copy
+import gc
 import math
+import os
 
 import numpy as np
 import pytest
@@ -229,6 +232,98 @@ def test_a_lazy_layer_first_called_compiled_initialises_as_eager(make, nd):
     for (name, p), q in zip(compiled_layer.named_parameters(), eager_layer.parameters(), strict=True):
         assert torch.equal(p, q), name
     torch.testing.assert_close(got, expected)
+
+
+# Under torch.compile a cropping FlexConv whose grid has 16 samples or more along a dimension runs eagerly as one
+# operator (crop included): the compiled output and gradients are eager's bit for bit, and torch's conv with the cropped kernel (the written-out reference) agrees.
+COMPILED = {
+    "1d-causal": (lambda: FlexConv1d(3, 4, 33, causal=True, mask_init=0.2), (2, 3, 40), "inductor"),
+    "2d-depthwise": (lambda: FlexConv2d(4, 4, 17, groups=4, mask_init=0.15), (2, 4, 14, 14), "inductor"),
+    "2d-padding-stride": (lambda: FlexConv2d(3, 5, 17, padding=2, stride=2, mask_init=0.2), (2, 3, 16, 15),
+                          "aot_eager"),
+    "2d-separable": (lambda: FlexConv2d(3, 6, 17, separable=True, mask_init=0.2), (2, 3, 12, 12), "aot_eager"),
+    "3d-valid": (lambda: FlexConv3d(2, 2, (16, 3, 3), padding="valid", mask_init=0.3), (1, 2, 18, 5, 5), "aot_eager"),
+    "unbatched": (lambda: FlexConv2d(3, 3, 17, mask_init=0.2), (3, 12, 12), "aot_eager"),
+}
+
+
+@pytest.mark.parametrize("name,channels_last", [(n, False) for n in COMPILED] + [("2d-depthwise", True),
+                                                                                   ("2d-separable", True)])
+def test_a_compiled_cropping_layer_equals_eager_bit_for_bit(name, channels_last):
+    make, shape, backend = COMPILED[name]
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grid = layer.kernel_size
+    assert layer.effective_kernel_size() != grid  # the crop is in effect
+    params = list(layer.parameters())
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    for _ in range(2):  # the second call runs the compiled code as it is: nothing recorded
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, *params])
+    expected = layer(x)
+    assert torch.equal(out, expected) and out.stride() == expected.stride()
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *params])
+    assert all(torch.equal(got, want) for got, want in zip(grads, expected_grads, strict=True))
+    assert grads[0].stride() == expected_grads[0].stride()  # the input's layout kept
+    with torch.no_grad():
+        kernel = layer.construct_kernel()  # cropped
+        if layer.padding != "same":  # explicit padding is the whole grid's: the crop centred in zeros
+            kernel = F.pad(kernel, [p for g, k in zip(reversed(grid), reversed(kernel.shape[2:]))
+                                    for p in ((g - k) // 2,) * 2])
+        batched = x if x.dim() == len(grid) + 2 else x.unsqueeze(0)
+        reference = _reference(layer, batched, kernel).reshape(expected.shape)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
+    # A second backward through the same graph (retain_graph) runs the forward again: the same gradients. Two
+    # layers through one compiled function each get their own result (the code is guarded per layer).
+    torch.manual_seed(0)
+    layer = FlexConv2d(4, 4, 17, groups=4, mask_init=0.3)
+    other = copy.deepcopy(layer)
+    with torch.no_grad():
+        other.mask_width.fill_(0.15)
+        other.bias.fill_(1.0)
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    torch.compiler.reset()
+    apply = torch.compile(lambda module, t: module(t), backend="aot_eager", fullgraph=True)
+    loss = apply(layer, x).square().sum()
+    first = torch.autograd.grad(loss, [x, *layer.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *layer.parameters()])
+    expected = torch.autograd.grad(layer(x).square().sum(), [x, *layer.parameters()])
+    for a, b, c in zip(first, second, expected, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    assert torch.equal(apply(other, x), other(x)) and not torch.equal(other(x), layer(x))
+    assert torch.equal(apply(layer, x), layer(x))
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory read from Linux's /proc")
+def test_compiled_forwards_without_a_backward_free_what_they_recorded():
+    # The operator keeps each call's eager autograd graph (and a copy of its input, 8 MB here) for the backward;
+    # a forward whose backward never runs must free it with the output. Kept, 60 calls would hold 480 MB or more.
+    torch.manual_seed(0)
+    layer = FlexConv2d(4, 4, 17, groups=4, mask_init=0.2)
+    x = torch.randn(8, 4, 256, 256, requires_grad=True)
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        compiled(x)
+    gc.collect()
+    before = _resident_bytes()
+    for _ in range(60):
+        compiled(x).sum()
+    gc.collect()
+    assert _resident_bytes() - before < 160 * 2**20
 
 
 def test_gradients_flow_to_mask_parameters_and_gradcheck():

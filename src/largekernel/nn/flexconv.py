@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.engine import convolve
+from largekernel.nn import _eager_op as eager_op
 from largekernel.nn._base import KernelConvNd, centre_kernel
+from largekernel.nn._eager_op import EagerInCompile
 from largekernel.nn._cache import reuse_without_autograd, tensor_state
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.nn.marks import mark
@@ -47,6 +49,11 @@ __all__ = [
 
 # FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
 _REFERENCE_MASK_INIT = 0.075
+# Under torch.compile a cropping layer whose grid has this many samples along some dimension runs eagerly as one
+# operator (crop included); a smaller grid is traced whole, since applying it costs less than the operator's
+# per-call cost (about 1 ms a training step): converted ConvNeXt-atto, 7x7 grids, steps at 0.74x eager traced and
+# 1.22x through the operator (docs/deploy.md).
+_EAGER_MIN_GRID = 16
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
 
@@ -418,15 +425,26 @@ class _ContinuousConvNd(KernelConvNd):
         return tuple((p - (g - k) // 2, p - (g - k) // 2)
                      for p, g, k in zip(padding, self._require_kernel_size(), kernel_size))
 
-    def _convolve(self, input: Tensor, kernel: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        """``kernel`` applied with :meth:`kernel_padding`; negative padding crops the input first."""
-        pads = self.kernel_padding(kernel.shape[2:])
+    def _check_fits(self, input: Tensor) -> None:
+        """Explicit padding: the whole grid must fit the padded input (the output follows the grid)."""
         if self.padding != "same" and not self.causal:
             padding = (0,) * self._nd if self.padding == "valid" else self.padding
             sizes = input.shape[-self._nd:]
             if any(n + 2 * p < g for n, p, g in zip(sizes, padding, self._require_kernel_size())):
                 raise ConvArgumentError(f"{type(self).__name__}'s kernel grid {self._kernel_size} must fit the padded "
                                         f"input (padding={self.padding!r}), got input of shape {tuple(input.shape)}")
+
+    def _compiled_output_shape(self, input: Tensor) -> tuple[int, ...]:
+        """The output's shape for ``input``, from the whole grid (cropping does not change it)."""
+        grid = self._require_kernel_size()
+        spatial = tuple((n + lo + hi - g) // s + 1 for n, (lo, hi), g, s
+                        in zip(input.shape[-self._nd:], self.kernel_padding(grid), grid, self.stride))
+        return (*input.shape[:-self._nd - 1], self.out_channels, *spatial)
+
+    def _convolve(self, input: Tensor, kernel: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+        """``kernel`` applied with :meth:`kernel_padding`; negative padding crops the input first."""
+        pads = self.kernel_padding(kernel.shape[2:])
+        self._check_fits(input)
         crop = [(max(0, -lo), max(0, -hi)) for lo, hi in pads]
         if any(lo or hi for lo, hi in crop):
             input = input[(..., *(slice(lo, n - hi) for (lo, hi), n in zip(crop, input.shape[-self._nd:])))]
@@ -503,8 +521,11 @@ def _region_applies(net: nn.Module) -> bool:
                      or nn.modules.module._global_forward_pre_hooks))
 
 
-class _FlexConvNd(_ContinuousConvNd):
-    """CKConv plus FlexConv's learnable Gaussian mask and dynamic cropping."""
+class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
+    """CKConv plus FlexConv's learnable Gaussian mask and dynamic cropping.
+
+    Under ``torch.compile`` a cropping layer runs eagerly as one operator (:mod:`largekernel.nn._eager_op`), so
+    that the crop, a value of its mask's parameters, sizes the kernel there too."""
 
     _default_kernel_net = "magnet"
 
@@ -529,6 +550,7 @@ class _FlexConvNd(_ContinuousConvNd):
             self.mask_mean = mark(nn.Parameter(mean), kind="mask", lr_scale=mask_lr_scale)
         else:
             self.register_buffer("mask_mean", mean)
+        self._register_eager_key()
         self.reset_parameters()
 
     def _kernel_net_defaults(self, name: str) -> dict:
@@ -575,10 +597,11 @@ class _FlexConvNd(_ContinuousConvNd):
         alignment. At least 3 samples (2 on an even grid or a causal one) are kept
         so that the mask's parameters always receive a gradient.
 
-        While a graph is recorded (``torch.compile``, ``torch.export``) the crop size, a value of the mask's
-        parameters, cannot be a Python int of the graph: the whole grid is sampled instead and :meth:`_mask`
-        zeroes the samples outside the crop (:meth:`_crop_window`). The same output and gradients, at the cost
-        of applying the whole grid.
+        While a graph is recorded the crop size, a value of the mask's parameters, cannot be a Python int of the
+        graph. ``torch.compile`` therefore calls the layer as one operator that runs it eagerly, crop included
+        (:meth:`forward`, :mod:`largekernel.nn._eager_op`). Where the graph must hold torch operations only
+        (``torch.export``, ONNX) the whole grid is sampled instead and :meth:`_mask` zeroes the samples outside
+        the crop (:meth:`_crop_window`): the same output and gradients, at the cost of applying the whole grid.
         """
         if not self.dynamic_cropping or tracing():
             return axes
@@ -625,6 +648,15 @@ class _FlexConvNd(_ContinuousConvNd):
         if self.dynamic_cropping and tracing():
             mask = mask * self._crop_window(axes)  # the crop as zeros: see _crop
         return mask
+
+    def forward(self, input: Tensor) -> Tensor:
+        # (Not a lazy layer's first call: the graph that records it sets the grid only once it has run.)
+        if (self.dynamic_cropping and self._kernel_size is not None and max(self._kernel_size) >= _EAGER_MIN_GRID
+                and eager_op.applies(input)):
+            self._spatial_size(input)
+            self._check_fits(input)
+            return eager_op.run(self, input, self._compiled_output_shape(input))
+        return super().forward(input)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
