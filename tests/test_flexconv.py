@@ -234,20 +234,22 @@ def test_a_lazy_layer_first_called_compiled_initialises_as_eager(make, nd):
     torch.testing.assert_close(got, expected)
 
 
-# Under torch.compile a cropping FlexConv whose grid has 16 samples or more along a dimension runs eagerly as one
-# operator (crop included): the compiled output and gradients are eager's bit for bit, and torch's conv with the cropped kernel (the written-out reference) agrees.
+# Under torch.compile a cropping FlexConv whose kernel net gives 2**15 values or more on its whole grid (samples x
+# kernel channels) runs eagerly as one operator (crop included): the compiled output and gradients are eager's bit
+# for bit, and torch's conv with the cropped kernel (the written-out reference) agrees.
 COMPILED = {
-    "1d-causal": (lambda: FlexConv1d(3, 4, 33, causal=True, mask_init=0.2), (2, 3, 40), "inductor"),
-    "2d-depthwise": (lambda: FlexConv2d(4, 4, 17, groups=4, mask_init=0.15), (2, 4, 14, 14), "inductor"),
-    "2d-padding-stride": (lambda: FlexConv2d(3, 5, 17, padding=2, stride=2, mask_init=0.2), (2, 3, 16, 15),
+    "1d-causal": (lambda: FlexConv1d(16, 16, 129, causal=True, mask_init=0.05), (2, 16, 140), "inductor"),
+    "2d-dense": (lambda: FlexConv2d(8, 16, 17, mask_init=0.15), (2, 8, 14, 14), "inductor"),
+    "2d-padding-stride": (lambda: FlexConv2d(12, 12, 17, padding=2, stride=2, mask_init=0.2), (2, 12, 16, 15),
                           "aot_eager"),
-    "2d-separable": (lambda: FlexConv2d(3, 6, 17, separable=True, mask_init=0.2), (2, 3, 12, 12), "aot_eager"),
-    "3d-valid": (lambda: FlexConv3d(2, 2, (16, 3, 3), padding="valid", mask_init=0.3), (1, 2, 18, 5, 5), "aot_eager"),
-    "unbatched": (lambda: FlexConv2d(3, 3, 17, mask_init=0.2), (3, 12, 12), "aot_eager"),
+    "2d-separable": (lambda: FlexConv2d(120, 8, 17, separable=True, mask_init=0.2), (2, 120, 12, 12), "aot_eager"),
+    "3d-valid": (lambda: FlexConv3d(16, 16, (16, 3, 3), padding="valid", mask_init=0.3), (1, 16, 18, 5, 5),
+                 "aot_eager"),
+    "unbatched": (lambda: FlexConv2d(12, 12, 17, mask_init=0.2), (12, 12, 12), "aot_eager"),
 }
 
 
-@pytest.mark.parametrize("name,channels_last", [(n, False) for n in COMPILED] + [("2d-depthwise", True),
+@pytest.mark.parametrize("name,channels_last", [(n, False) for n in COMPILED] + [("2d-dense", True),
                                                                                    ("2d-separable", True)])
 def test_a_compiled_cropping_layer_equals_eager_bit_for_bit(name, channels_last):
     make, shape, backend = COMPILED[name]
@@ -284,12 +286,12 @@ def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
     # A second backward through the same graph (retain_graph) runs the forward again: the same gradients. Two
     # layers through one compiled function each get their own result (the code is guarded per layer).
     torch.manual_seed(0)
-    layer = FlexConv2d(4, 4, 17, groups=4, mask_init=0.3)
+    layer = FlexConv2d(12, 12, 17, mask_init=0.3)
     other = copy.deepcopy(layer)
     with torch.no_grad():
         other.mask_width.fill_(0.15)
         other.bias.fill_(1.0)
-    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    x = torch.randn(2, 12, 12, 12, requires_grad=True)
     torch.compiler.reset()
     apply = torch.compile(lambda module, t: module(t), backend="aot_eager", fullgraph=True)
     loss = apply(layer, x).square().sum()
@@ -312,8 +314,8 @@ def test_compiled_forwards_without_a_backward_free_what_they_recorded():
     # The operator keeps each call's eager autograd graph (and a copy of its input, 8 MB here) for the backward;
     # a forward whose backward never runs must free it with the output. Kept, 60 calls would hold 480 MB or more.
     torch.manual_seed(0)
-    layer = FlexConv2d(4, 4, 17, groups=4, mask_init=0.2)
-    x = torch.randn(8, 4, 256, 256, requires_grad=True)
+    layer = FlexConv1d(16, 16, 129, mask_init=0.05)
+    x = torch.randn(4, 16, 32768, requires_grad=True)
     torch.compiler.reset()
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     for _ in range(3):

@@ -49,11 +49,13 @@ __all__ = [
 
 # FlexConv's mask initialisation (std on the [-1, 1] grid) for CIFAR-size 33-point grids.
 _REFERENCE_MASK_INIT = 0.075
-# Under torch.compile a cropping layer whose grid has this many samples along some dimension runs eagerly as one
-# operator (crop included); a smaller grid is traced whole, since applying it costs less than the operator's
-# per-call cost (about 1 ms a training step): converted ConvNeXt-atto, 7x7 grids, steps at 0.74x eager traced and
-# 1.22x through the operator (docs/deploy.md).
-_EAGER_MIN_GRID = 16
+# Under torch.compile a cropping layer runs eagerly as one operator (crop included) where its kernel net's output on
+# the whole grid, samples times kernel channels, reaches this size; a smaller one is traced whole, since applying the
+# whole grid costs less there than the operator (about 0.25 ms a call, and its eager code is not fused).
+# Chains of 6 layers, training steps, compiled/eager through the operator against traced (docs/deploy.md):
+# 2-D 63x63 grid x 16 channels 1.17 against 2.00; 1-D 1023 x 32, 1.33 against 1.11; 2-D 17x17 x 32, 1.30
+# against 1.02; a converted ConvNeXt-atto (7x7 grids) 1.22 against 0.74.
+_EAGER_MIN_VOLUME = 2**15
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
 
@@ -124,7 +126,7 @@ class _ContinuousConvNd(KernelConvNd):
             self._kernel_size = self._base_kernel_size = ntuple(kernel_size, nd, "kernel_size", minimum=1)
 
         # Separable: one depthwise continuous kernel per input channel, then a 1x1 channel mixer.
-        kernel_channels = in_channels if separable else out_channels * (in_channels // groups)
+        kernel_channels = self._kernel_channels()
         if kernel_net is None:
             kernel_net = self._default_kernel_net
         if isinstance(kernel_net, nn.Module):
@@ -434,6 +436,10 @@ class _ContinuousConvNd(KernelConvNd):
                 raise ConvArgumentError(f"{type(self).__name__}'s kernel grid {self._kernel_size} must fit the padded "
                                         f"input (padding={self.padding!r}), got input of shape {tuple(input.shape)}")
 
+    def _kernel_channels(self) -> int:
+        """Values the kernel net gives per grid sample: one depthwise kernel per input channel if separable."""
+        return self.in_channels if self.separable else self.out_channels * (self.in_channels // self.groups)
+
     def _compiled_output_shape(self, input: Tensor) -> tuple[int, ...]:
         """The output's shape for ``input``, from the whole grid (cropping does not change it)."""
         grid = self._require_kernel_size()
@@ -651,8 +657,8 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
 
     def forward(self, input: Tensor) -> Tensor:
         # (Not a lazy layer's first call: the graph that records it sets the grid only once it has run.)
-        if (self.dynamic_cropping and self._kernel_size is not None and max(self._kernel_size) >= _EAGER_MIN_GRID
-                and eager_op.applies(input)):
+        if self.dynamic_cropping and self._kernel_size is not None and eager_op.applies(input) \
+                and math.prod(self._kernel_size) * self._kernel_channels() >= _EAGER_MIN_VOLUME:
             self._spatial_size(input)
             self._check_fits(input)
             return eager_op.run(self, input, self._compiled_output_shape(input))
