@@ -15,7 +15,12 @@ backward. ``largekernel::eager_layer_backward`` takes the graph by its ticket an
 graph lives as long as its ticket: a forward whose backward never runs frees it with the
 ticket. A ticket whose graph was already used (a second backward through
 ``retain_graph=True``) has the forward recomputed. The result is eager's, bit for bit: the
-same operations run.
+same operations run. The recorded graph keeps its own copy of the input, and the operator
+returns a copy of the output: the compiled graph may reuse either's memory once the
+operator has run, which would change what the recorded graph saved.
+
+The layer decides where the operator pays (FlexConv: where its kernel net's output on the
+whole grid is large, ``flexconv._EAGER_MIN_VOLUME``); it costs about 0.25 ms a call.
 
 Only ``torch.compile`` sees these operators (:func:`applies`); eager mode calls the layer as
 it is. The layer reaches the operator through a key, an int attribute of the layer, which
@@ -39,7 +44,8 @@ __all__ = ["EagerInCompile", "applies", "run"]
 
 _LAYERS: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
-# ticket -> (the eager output, the leaves its gradients are taken for): the graphs of forwards awaiting their backward
+# ticket -> (the input's copy, (the eager output, the leaves its gradients are taken for)), the pair None once a
+# backward has used it: what each recorded forward keeps for its backward
 _GRAPHS: dict[int, tuple[Tensor, list[Tensor]]] = {}
 _TICKETS = itertools.count(1)
 _LAYOUTS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
@@ -176,9 +182,10 @@ if OPAQUE:
         if grad is None or not any(ctx.needs):
             return None, [None] * (len(ctx.needs) - 1), None, None, None
         ticket, *tensors = ctx.saved_tensors
-        grads = iter(torch.ops.largekernel.eager_layer_backward(grad, ticket, tensors, ctx.key, ctx.needs,
-                                                                         ctx.shape, ctx.layout))
-        return (next(grads) if ctx.needs[0] else None), [next(grads) if n else None for n in ctx.needs[1:]], None, None, None
+        grads = iter(torch.ops.largekernel.eager_layer_backward(grad, ticket, tensors, ctx.key, ctx.needs, ctx.shape,
+                                                                ctx.layout))
+        input_grad = next(grads) if ctx.needs[0] else None
+        return input_grad, [next(grads) if n else None for n in ctx.needs[1:]], None, None, None
 
     _forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
