@@ -284,7 +284,8 @@ def test_a_compiled_cropping_layer_equals_eager_bit_for_bit(name, channels_last)
 
 def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
     # A second backward through the same graph (retain_graph) runs the forward again: the same gradients. Two
-    # layers through one compiled function each get their own result (the code is guarded per layer).
+    # layers through one compiled function each get their own result (the code is guarded per layer). Inference
+    # (no_grad) gives eager's output too.
     torch.manual_seed(0)
     layer = FlexConv2d(12, 12, 17, mask_init=0.3)
     other = copy.deepcopy(layer)
@@ -302,6 +303,8 @@ def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
         assert torch.equal(a, c) and torch.equal(b, c)
     assert torch.equal(apply(other, x), other(x)) and not torch.equal(other(x), layer(x))
     assert torch.equal(apply(layer, x), layer(x))
+    with torch.no_grad():  # inference: the operator runs the layer without recording anything
+        assert torch.equal(apply(layer.eval(), x), layer(x))
 
 
 def _resident_bytes() -> int:
