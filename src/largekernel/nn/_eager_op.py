@@ -14,13 +14,20 @@ keeps it under a ticket, a 0-dim tensor it returns, which the compiled graph sav
 backward. ``largekernel::eager_layer_backward`` takes the graph by its ticket and runs it. The
 graph lives as long as its ticket: a forward whose backward never runs frees it with the
 ticket. A ticket whose graph was already used (a second backward through
-``retain_graph=True``) has the forward recomputed. The result is eager's, bit for bit: the
-same operations run. The recorded graph keeps its own copy of the input, and the operator
-returns a copy of the output: the compiled graph may reuse either's memory once the
-operator has run, which would change what the recorded graph saved.
+``retain_graph=True``) has the forward recomputed. The backward operator takes the forward's
+input too, which the compiled graph keeps for it (or recomputes). The result is eager's, bit
+for bit: the same operations run.
+
+The compiled graph may reuse the memory of the operator's input and output once the operator
+has run, which would change what the recorded graph saved. So the recorded graph does not
+hold the input (``saved_tensors_hooks``): where it saves the input, the backward operator's
+input is given back in its place, and a view of the input's memory it saves is a copy. Where
+it saved any of its output's memory, the operator returns a copy. FlexConv's graphs make no
+copy: they save the input itself or nothing of it, and none of their output.
 
 The layer decides where the operator pays (FlexConv: where its kernel net's output on the
-whole grid is large, ``flexconv._EAGER_MIN_VOLUME``); it costs about 0.25 ms a call.
+whole grid is large, ``flexconv._EAGER_MIN_VOLUME``): a compiled call costs more than an eager
+one (docs/deploy.md measures it), and the layer's eager code is not fused with its neighbours.
 
 Only ``torch.compile`` sees these operators (:func:`applies`); eager mode calls the layer as
 it is. The layer reaches the operator through a key, an int attribute of the layer, which
@@ -44,11 +51,10 @@ __all__ = ["EagerInCompile", "applies", "run"]
 
 _LAYERS: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
-# ticket -> (the input's copy, (the eager output, the leaves its gradients are taken for)), the pair None once a
-# backward has used it: what each recorded forward keeps for its backward
-_GRAPHS: dict[int, tuple[Tensor, list[Tensor]]] = {}
+# ticket -> (the eager output, the leaves its gradients are taken for, what stands for the input in the saved
+# tensors), None once a backward has used it: what each recorded forward keeps for its backward
+_GRAPHS: dict[int, "tuple[Tensor, list[Tensor], _Input] | None"] = {}
 _TICKETS = itertools.count(1)
-_LAYOUTS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 
 
 class EagerInCompile:
@@ -88,7 +94,8 @@ def _call(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Seq
     differentiate."""
     names, own = _tensors(layer)
     x = input.detach().requires_grad_(needs[0])
-    if all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
+    if all(a is b for a, b in zip(tensors, own)) and all(n == b.requires_grad for b, n in zip(own, needs[1:])) \
+            or all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
         # The layer's own tensors (what a compiled model passes): called as it is, differentiated for them
         return layer(x), [t for t, n in zip((x, *own), needs) if n]
     leaves = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs[1:])]
@@ -105,6 +112,47 @@ def _autograd_on():
 def _recorded(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
     with _autograd_on(), torch.enable_grad():
         return _call(layer, input, tensors, needs)
+
+
+class _Input:
+    """Saved by a recorded graph in place of the operator's input: its backward is given the input again (the
+    compiled graph keeps it for the backward, or recomputes it), which stands in for it."""
+
+    __slots__ = ("shape", "stride", "tensor")
+
+    def __init__(self, input: Tensor):
+        self.shape, self.stride, self.tensor = input.shape, input.stride(), None
+
+    def give(self, input: Tensor) -> None:
+        """The backward's input, laid out as the forward's."""
+        if input.stride() != self.stride:
+            input = torch.empty_strided(self.shape, self.stride, dtype=input.dtype, device=input.device).copy_(input)
+        self.tensor = input
+
+
+def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
+    """:func:`_recorded`, with the recorded graph kept apart from the memory the compiled graph owns, which it
+    may reuse once the operator has run: where the recorded graph saves the input, it saves an :class:`_Input`
+    in its place; what it saves of the input's memory otherwise (a view of it) is a copy. Also returns that
+    :class:`_Input` and whether the graph saved any of its output's memory (the caller then returns a copy)."""
+    ours, given = input.untyped_storage().data_ptr(), _Input(input)
+    saved: set[int] = set()
+
+    def pack(t: Tensor) -> Tensor | _Input:
+        storage = t.untyped_storage().data_ptr()
+        if storage == ours:
+            if t.shape == input.shape and t.stride() == input.stride() and t.storage_offset() == input.storage_offset():
+                return given
+            return t.detach().clone()
+        saved.add(storage)
+        return t.detach()  # (t itself, where it is its node's output, would hold the node in a reference cycle)
+
+    def unpack(t: Tensor | _Input) -> Tensor:
+        return t.tensor if t is given else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out, leaves = _recorded(layer, input, tensors, needs)
+    return out, leaves, given, out.untyped_storage().data_ptr() in saved
 
 
 def _layer(key: int) -> nn.Module:
@@ -125,16 +173,13 @@ if OPAQUE:
             with torch.no_grad():
                 out, _ = _call(layer, input, tensors, needs)
             return out.contiguous(memory_format=layout), torch.zeros((), dtype=torch.int64)
-        # The recorded graph keeps its own copy of the input: the compiled graph may reuse the input's memory
-        # once the operator has run (it recomputes cheap inputs for its backward instead of saving them)
-        input = input.detach().clone()
-        out, leaves = _recorded(layer, input, tensors, needs)
+        out, leaves, given, saves_out = _recorded_apart(layer, input, tensors, needs)
         ticket = next(_TICKETS)
-        _GRAPHS[ticket] = (input, (out, leaves))
+        _GRAPHS[ticket] = (out, leaves, given)
         held = torch.full((), ticket, dtype=torch.int64)
         weakref.finalize(held, _GRAPHS.pop, ticket, None)  # the graph goes with its ticket
-        # A copy: the compiled graph may reuse the output's memory too, which the recorded graph may have saved
-        return out.detach().clone(memory_format=layout), held
+        out = out.detach()
+        return (out.clone(memory_format=layout) if saves_out else out.contiguous(memory_format=layout)), held
 
     @_forward.register_fake
     def _(input, tensors, key, needs, shape):
@@ -142,22 +187,23 @@ if OPAQUE:
         return out, input.new_empty((), dtype=torch.int64, device="cpu")
 
     @torch.library.custom_op("largekernel::eager_layer_backward", mutates_args=())
-    def _backward(grad: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, needs: list[bool],
-                  shape: list[int], layout: int) -> list[Tensor]:
-        input, recorded = _GRAPHS[int(ticket)]
+    def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int,
+                  needs: list[bool]) -> list[Tensor]:
+        recorded = _GRAPHS[int(ticket)]
         if recorded is None:  # used already (a second backward, retain_graph=True): the forward again
-            recorded = _recorded(_layer(key), input, tensors, needs)
+            out, leaves = _recorded(_layer(key), input, tensors, needs)
         else:
-            _GRAPHS[int(ticket)] = (input, None)
-        out, leaves = recorded
+            _GRAPHS[int(ticket)] = None
+            out, leaves, given = recorded
+            given.give(input)
         with _autograd_on():
             grads = torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)
         # An operator returns fresh tensors, laid out as its fake: none aliasing an input or another output
-        taken = {t.untyped_storage().data_ptr() for t in (grad, *tensors)}
+        taken = {t.untyped_storage().data_ptr() for t in (grad, input, *tensors)}
         fresh = []
         for g, t in zip(grads, (t for t, n in zip((None, *tensors), needs) if n)):
-            if t is None:  # the input's gradient
-                g = g.contiguous(memory_format=_LAYOUTS[layout])
+            if t is None:  # the input's gradient: dense, in the input's memory format
+                g = g.contiguous(memory_format=_memory_format(input))
             elif g.stride() != t.stride():
                 g = torch.empty_like(t).copy_(g)
             storage = g.untyped_storage().data_ptr()
@@ -166,24 +212,22 @@ if OPAQUE:
         return fresh
 
     @_backward.register_fake
-    def _(grad, ticket, tensors, key, needs, shape, layout):
-        input = grad.new_empty(shape).contiguous(memory_format=_LAYOUTS[layout])
-        return [torch.empty_like(t) for t, n in zip((input, *tensors), needs) if n]
+    def _(grad, input, ticket, tensors, key, needs):
+        dense = input.new_empty(input.shape).contiguous(memory_format=_memory_format(input))
+        return [torch.empty_like(t) for t, n in zip((dense, *tensors), needs) if n]
 
     def _setup_context(ctx, inputs, output):
         input, tensors, key, needs, _ = inputs
         ctx.key, ctx.needs = key, needs
-        ctx.save_for_backward(output[1], *tensors)
-        ctx.shape, ctx.layout = list(input.shape), _LAYOUTS.index(_memory_format(input))
+        ctx.save_for_backward(input, output[1], *tensors)
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
 
     def _backward_formula(ctx, grad, _):
         if grad is None or not any(ctx.needs):
             return None, [None] * (len(ctx.needs) - 1), None, None, None
-        ticket, *tensors = ctx.saved_tensors
-        grads = iter(torch.ops.largekernel.eager_layer_backward(grad, ticket, tensors, ctx.key, ctx.needs, ctx.shape,
-                                                                ctx.layout))
+        input, ticket, *tensors = ctx.saved_tensors
+        grads = iter(torch.ops.largekernel.eager_layer_backward(grad, input, ticket, tensors, ctx.key, ctx.needs))
         input_grad = next(grads) if ctx.needs[0] else None
         return input_grad, [next(grads) if n else None for n in ctx.needs[1:]], None, None, None
 
