@@ -1,6 +1,7 @@
 """torch.compile of the layers whose kernel comes from a network: the network's part before its output layer is
 one nested compile region, compiled once for every layer that shares a grid and the network's shape, whatever the
-layers' channels (docs/deploy.md; a FlexConv that crops runs eagerly as one operator instead); on torch 2.13 only under inductor and aot_eager. Compiled training steps must
+layers' channels (docs/deploy.md; a cropping FlexConv with a large kernel net output runs eagerly as one operator
+instead); on torch 2.13 only under inductor and aot_eager. Compiled training steps must
 equal eager ones under every backend, hooks on a kernel net must still run, and the region must be reused across
 widths. CI runs this file on torch 2.13 (the main suite) and on torch 2.14 (the interop venv)."""
 
@@ -88,7 +89,8 @@ def test_a_hook_on_the_kernel_net_still_runs_when_compiled():
     torch.testing.assert_close(torch.compile(layer, backend="aot_eager", fullgraph=True)(x), -plain)
 
 
-# (A cropping FlexConv runs eagerly as one operator under torch.compile: no region; without cropping it has one.)
+# (Uncropped: a cropping FlexConv whose kernel net gives 2**15 values or more runs eagerly as one operator, without
+# a region.)
 @pytest.mark.parametrize("layer", [lambda n, w: L.FlexConv2d(n, w, 9, groups=4, dynamic_cropping=False),
                                    lambda n, w: L.NIFFConv2d(n, w)], ids=["flexconv-uncropped", "niff"])
 def test_layers_of_every_width_reuse_one_compiled_region(layer):

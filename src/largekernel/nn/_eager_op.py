@@ -84,8 +84,8 @@ def _tensors(layer: nn.Module) -> tuple[list[str], list[Tensor]]:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
-    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-            and a.dtype == b.dtype and a.device == b.device)
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype and a.device == b.device)
 
 
 def _call(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
@@ -94,8 +94,7 @@ def _call(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Seq
     differentiate."""
     names, own = _tensors(layer)
     x = input.detach().requires_grad_(needs[0])
-    if all(a is b for a, b in zip(tensors, own)) and all(n == b.requires_grad for b, n in zip(own, needs[1:])) \
-            or all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
+    if all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
         # The layer's own tensors (what a compiled model passes): called as it is, differentiated for them
         return layer(x), [t for t, n in zip((x, *own), needs) if n]
     leaves = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs[1:])]

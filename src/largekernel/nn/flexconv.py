@@ -51,7 +51,7 @@ __all__ = [
 _REFERENCE_MASK_INIT = 0.075
 # Under torch.compile a cropping layer runs eagerly as one operator (crop included) where its kernel net's output on
 # the whole grid, samples times kernel channels, reaches this size; a smaller one is traced whole, since applying the
-# whole grid costs less there than the operator (about 0.25 ms a call, and its eager code is not fused).
+# whole grid costs less there than the operator (a compiled call's fixed cost, and its eager code is not fused).
 # Chains of 6 layers, training steps, compiled/eager through the operator against traced (docs/deploy.md):
 # 2-D 63x63 grid x 16 channels 1.17 against 2.00; 1-D 1023 x 32, 1.33 against 1.11; 2-D 17x17 x 32, 1.30
 # against 1.02; a converted ConvNeXt-atto (7x7 grids) 1.22 against 0.74.
