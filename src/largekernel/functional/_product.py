@@ -8,7 +8,7 @@ Every FFT path of the library (seed 003; :mod:`~largekernel.functional.fft_conv`
   :class:`~largekernel.functional._spectral.SpectralProduct`, native CPU kernels included;
 * **torch.compile**: the same forward and backward as two opaque operators,
   ``largekernel::spectral_product`` and ``largekernel::spectral_product_backward``
-  (``torch.library.custom_op``). Inductor generates no code for complex tensors, and
+  (``torch.library.custom_op``; each name tagged with the library's source, ``_tracing.op_name``). Inductor generates no code for complex tensors, and
   tracing the many small steps of the product (channel blocks, packing, tiled transposes)
   compiled for minutes and ran slower than eager (docs/deploy.md); as opaque calls they
   cost the graph nothing to compile and run the eager code, native kernels included. Shapes
@@ -32,7 +32,7 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward)
-from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, symbolic, tracing
+from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic, tracing
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "real_arithmetic_product"]
@@ -133,18 +133,18 @@ def _backward(ctx, grads):
         return (*_graph_gradients(grads[0], (x, kernel, mixing, bias), ctx.needs_input_grad[:4],
                                   _decode(ctx.geometry)), None, None)
     needs = [*ctx.needs, ctx.needs_input_grad[3]]
-    computed = iter(torch.ops.largekernel.spectral_product_backward(grads[0], x, kernel, mixing, bias, saved,
-                                                                     ctx.geometry, needs))
+    computed = iter(_BACKWARD_OP(grads[0], x, kernel, mixing, bias, saved, ctx.geometry, needs))
     return (*(next(computed) if need else None for need in needs), None, None)
 
 
 if OPAQUE:
-    _forward_op = torch.library.custom_op("largekernel::spectral_product", _forward_impl, mutates_args=())
+    _forward_op = torch.library.custom_op(op_name("spectral_product"), _forward_impl, mutates_args=())
     _forward_op.register_fake(_forward_impl)  # the same code on fake tensors gives every shape and stride
     _forward_op.register_autograd(_backward, setup_context=_setup_context)
-    _backward_op = torch.library.custom_op("largekernel::spectral_product_backward", _backward_impl,
+    _backward_op = torch.library.custom_op(op_name("spectral_product_backward"), _backward_impl,
                                            mutates_args=())
     _backward_op.register_fake(_backward_impl)
+    _FORWARD_OP, _BACKWARD_OP = library_op("spectral_product"), library_op("spectral_product_backward")
 
 
 def _opaque_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
@@ -152,7 +152,7 @@ def _opaque_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tens
     grad = torch.is_grad_enabled()
     needs = [grad and x.requires_grad, grad and kernel.requires_grad and keep,
              grad and mixing is not None and mixing.requires_grad and keep]
-    return torch.ops.largekernel.spectral_product(x, kernel, mixing, bias, _encode(geometry), needs)[0]
+    return _FORWARD_OP(x, kernel, mixing, bias, _encode(geometry), needs)[0]
 
 
 # ----------------------------------------------------------------------------- ONNX: real arithmetic

@@ -8,13 +8,18 @@ the foreign call. One definition, used wherever that choice is made.
 
 from __future__ import annotations
 
+import hashlib
 import operator
+import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 __all__ = [
     "tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "size_hint", "symbolic", "OPAQUE",
+    "op_name", "library_op",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
@@ -53,6 +58,38 @@ def symbolic(sizes) -> bool:
 def exporting_onnx() -> bool:
     """Whether ``torch.onnx.export`` is recording the graph (ONNX lacks operators of some torch paths)."""
     return torch.onnx.is_in_onnx_export()
+
+
+def op_name(name: str) -> str:
+    """The qualified name under which the library registers its operator ``name``
+    (``torch.library.custom_op``): ``largekernel::<name>_<tag>``, the tag a hash of the library's source.
+
+    torch's caches of compiled graphs (AOTAutograd's and inductor's, kept on disk across runs) key a graph on its
+    operators' names and schemas, not on the Python that defines an operator's autograd formula and output
+    shapes. Under a name of its own the operator would let a warm cache written by another version of the library
+    hand this one a backward graph built for other code (which fails, or computes the other version's gradients);
+    named by the source, a changed library makes new cache entries and the same library finds its own."""
+    return f"largekernel::{name}_{_source_tag()}"
+
+
+def library_op(name: str):
+    """The operator registered under :func:`op_name` ``(name)``, to call: ``torch.ops.largekernel.<name>_<tag>``."""
+    return getattr(torch.ops.largekernel, op_name(name).split("::")[1])
+
+
+@lru_cache(maxsize=None)
+def _source_tag() -> str:
+    """Eight hex digits of a hash of every Python file of the installed library (about 10 ms, once); its version
+    where the files cannot be read (a zipped install)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=4)
+    try:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    except OSError:
+        from largekernel import __version__
+        return "v" + re.sub(r"\W", "_", __version__)
+    return digest.hexdigest()
 
 
 def compiling() -> bool:

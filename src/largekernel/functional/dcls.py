@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off
-from largekernel.functional._tracing import OPAQUE, compiling
+from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -378,7 +378,7 @@ def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolatio
     """``torch.compile``: one opaque operator each way (below). Otherwise (eager, ``torch.export``, ONNX,
     ``torch.jit.trace``) :func:`_scatter_kernel`'s torch operations, differentiated by autograd."""
     if compiling():
-        return torch.ops.largekernel.dcls_scatter_kernel(weight, P, list(box), interpolation)[0]
+        return _FORWARD_OP(weight, P, list(box), interpolation)[0]
     return _scatter_kernel(weight, P, box, interpolation)
 
 
@@ -410,16 +410,16 @@ def _scatter_setup(ctx, inputs, output) -> None:
 def _scatter_autograd(ctx, grads: list[Tensor]):
     weight, P, index, *parts = ctx.saved_tensors
     m = len(parts) // 2
-    d_weight, d_P = torch.ops.largekernel.dcls_scatter_kernel_backward(grads[0], weight, P, index, parts[:m],
-                                                                       parts[m:], ctx.interpolation)
+    d_weight, d_P = _BACKWARD_OP(grads[0], weight, P, index, parts[:m], parts[m:], ctx.interpolation)
     return d_weight, d_P, None, None
 
 
 if OPAQUE:
-    _forward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel", _scatter_op, mutates_args=())
+    _forward_op = torch.library.custom_op(op_name("dcls_scatter_kernel"), _scatter_op, mutates_args=())
     _forward_op.register_fake(_scatter_op)  # the same code on fake tensors gives every output's shape
     _forward_op.register_autograd(_scatter_autograd, setup_context=_scatter_setup)
-    _backward_op = torch.library.custom_op("largekernel::dcls_scatter_kernel_backward", _scatter_op_backward,
+    _backward_op = torch.library.custom_op(op_name("dcls_scatter_kernel_backward"), _scatter_op_backward,
                                            mutates_args=())
     _backward_op.register_fake(lambda grad, weight, P, index, taps, slopes, interpolation: [
         torch.empty_like(weight), torch.empty_like(P)])
+    _FORWARD_OP, _BACKWARD_OP = library_op("dcls_scatter_kernel"), library_op("dcls_scatter_kernel_backward")

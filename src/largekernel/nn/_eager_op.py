@@ -6,7 +6,9 @@ grid, zero outside the crop (``_FlexConvNd._crop``), and costs what the whole gr
 4x eager on ``bench flexconv``'s 1-D case, where both the kernel net and the convolution
 shrink with the crop. Under ``torch.compile`` (not ``torch.export``, whose programs must
 hold torch operations only) such a layer is called instead as the operator
-``largekernel::eager_layer``, which runs the layer's own eager forward, cropping included.
+``largekernel::eager_layer`` (its name tagged with the library's source,
+:func:`~largekernel.functional._tracing.op_name`), which runs the layer's own eager
+forward, cropping included.
 
 The backward does not recompute that forward. The operator records the eager autograd graph
 of its call (with autograd switched back on inside it: an operator runs below autograd) and
@@ -45,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from largekernel.functional._spectral import _memory_format
-from largekernel.functional._tracing import OPAQUE, compiling
+from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
 
 __all__ = ["EagerInCompile", "applies", "run"]
 
@@ -163,7 +165,7 @@ def _layer(key: int) -> nn.Module:
 
 
 if OPAQUE:
-    @torch.library.custom_op("largekernel::eager_layer", mutates_args=())
+    @torch.library.custom_op(op_name("eager_layer"), mutates_args=())
     def _forward(input: Tensor, tensors: list[Tensor], key: int, needs: list[bool],
                  shape: list[int]) -> tuple[Tensor, Tensor]:
         layer = _layer(key)
@@ -185,7 +187,7 @@ if OPAQUE:
         out = input.new_empty(shape).contiguous(memory_format=_memory_format(input))
         return out, input.new_empty((), dtype=torch.int64, device="cpu")
 
-    @torch.library.custom_op("largekernel::eager_layer_backward", mutates_args=())
+    @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
     def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int,
                   needs: list[bool]) -> list[Tensor]:
         recorded = _GRAPHS[int(ticket)]
@@ -226,11 +228,12 @@ if OPAQUE:
         if grad is None or not any(ctx.needs):
             return None, [None] * (len(ctx.needs) - 1), None, None, None
         input, ticket, *tensors = ctx.saved_tensors
-        grads = iter(torch.ops.largekernel.eager_layer_backward(grad, input, ticket, tensors, ctx.key, ctx.needs))
+        grads = iter(_BACKWARD_OP(grad, input, ticket, tensors, ctx.key, ctx.needs))
         input_grad = next(grads) if ctx.needs[0] else None
         return input_grad, [next(grads) if n else None for n in ctx.needs[1:]], None, None, None
 
     _forward.register_autograd(_backward_formula, setup_context=_setup_context)
+    _FORWARD_OP, _BACKWARD_OP = library_op("eager_layer"), library_op("eager_layer_backward")
 
 
 def run(layer: nn.Module, input: Tensor, shape: Sequence[int]) -> Tensor:
@@ -240,4 +243,4 @@ def run(layer: nn.Module, input: Tensor, shape: Sequence[int]) -> Tensor:
     _, tensors = _tensors(layer)
     grad = torch.is_grad_enabled()
     needs = [grad and input.requires_grad] + [grad and t.requires_grad for t in tensors]
-    return torch.ops.largekernel.eager_layer(input, tensors, layer._eager_key, needs, list(shape))[0]
+    return _FORWARD_OP(input, tensors, layer._eager_key, needs, list(shape))[0]
