@@ -1,6 +1,7 @@
 """CKConv / FlexConv layers against torch's conv, the mask and cropping formulas, causality, cross-resolution,
 anti-aliasing and the regularisers."""
 
+import collections
 import copy
 import gc
 import math
@@ -305,6 +306,37 @@ def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
     assert torch.equal(apply(layer, x), layer(x))
     with torch.no_grad():  # inference: the operator runs the layer without recording anything
         assert torch.equal(apply(layer.eval(), x), layer(x))
+
+
+def test_compiled_cropping_layer_under_the_users_saved_tensor_hooks():
+    # The user's saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks; here a pair that saves copies, as
+    # offloading hooks do) around a compiled step: the same output and gradients as eager under the same hooks,
+    # and the hooks see every tensor eager saves (by shape and dtype), the operator's recorded graph's included.
+    torch.manual_seed(0)
+    layer = FlexConv2d(8, 16, 17, mask_init=0.15)
+    x = torch.randn(2, 8, 14, 14, requires_grad=True)
+    params = [x, *layer.parameters()]
+
+    def step(fn):
+        seen = collections.Counter()
+
+        def pack(t):
+            seen[(tuple(t.shape), t.dtype)] += 1
+            return t.clone()
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn(x)
+            grads = torch.autograd.grad(out.square().sum(), params)
+        return out, grads, seen
+
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    step(compiled)
+    out, grads, seen = step(compiled)
+    expected, expected_grads, eager_seen = step(layer)
+    assert torch.equal(out, expected)
+    assert all(torch.equal(got, want) for got, want in zip(grads, expected_grads, strict=True))
+    assert sum(eager_seen.values()) > 10 and not eager_seen - seen, eager_seen - seen
 
 
 def test_compiled_chain_of_cropping_layers_equals_eager():

@@ -16,7 +16,8 @@ keeps it under a ticket, a 0-dim tensor it returns, which the compiled graph sav
 backward. ``largekernel::eager_layer_backward`` takes the graph by its ticket and runs it. The
 graph lives as long as its ticket: a forward whose backward never runs frees it with the
 ticket. A ticket whose graph was already used (a second backward through
-``retain_graph=True``) has the forward recomputed. The backward operator takes the forward's
+``retain_graph=True``), or freed (the caller's saved-tensor hooks saved a copy of the ticket,
+and the ticket itself died), has the forward recomputed. The backward operator takes the forward's
 input too, which the compiled graph keeps for it (or recomputes). The result is eager's, bit
 for bit: the same operations run.
 
@@ -25,7 +26,9 @@ has run, which would change what the recorded graph saved. So the recorded graph
 hold the input (``saved_tensors_hooks``): where it saves the input, the backward operator's
 input is given back in its place, and a view of the input's memory it saves is a copy. Where
 it saved any of its output's memory, the operator returns a copy. FlexConv's graphs make no
-copy: they save the input itself or nothing of it, and none of their output.
+copy: they save the input itself or nothing of it, and none of their output. What the
+recorded graph saves goes through the caller's own saved-tensor hooks too, if any are set
+(``torch.autograd.graph.save_on_cpu``, say), as in eager.
 
 The layer decides where the operator pays (FlexConv: where its kernel net's output on the
 whole grid is large, ``flexconv._EAGER_MIN_VOLUME``): a compiled call costs more than an eager
@@ -131,6 +134,13 @@ class _Input:
         self.tensor = input
 
 
+def _outer_hooks():
+    """The innermost pair of saved-tensor hooks set around this call (``torch.autograd.graph.saved_tensors_hooks``),
+    or None (none set, or a torch that does not say)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return None if top is None else top(False)
+
+
 def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
     """:func:`_recorded`, with the recorded graph kept apart from the memory the compiled graph owns, which it
     may reuse once the operator has run: where the recorded graph saves the input, it saves an :class:`_Input`
@@ -138,18 +148,25 @@ def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], 
     :class:`_Input` and whether the graph saved any of its output's memory (the caller then returns a copy)."""
     ours, given = input.untyped_storage().data_ptr(), _Input(input)
     saved: set[int] = set()
+    # The caller's saved-tensor hooks (torch.autograd.graph.save_on_cpu, say), which the compiled graph's own
+    # saved tensors go through: the recorded graph's go through them too, as they would in eager.
+    outer_pack, outer_unpack = _outer_hooks() or (None, None)
 
-    def pack(t: Tensor) -> Tensor | _Input:
+    def pack(t: Tensor):
         storage = t.untyped_storage().data_ptr()
         if storage == ours:
             if t.shape == input.shape and t.stride() == input.stride() and t.storage_offset() == input.storage_offset():
                 return given
-            return t.detach().clone()
-        saved.add(storage)
-        return t.detach()  # (t itself, where it is its node's output, would hold the node in a reference cycle)
+            t = t.detach().clone()
+        else:
+            saved.add(storage)
+            t = t.detach()  # (t itself, where it is its node's output, would hold the node in a reference cycle)
+        return t if outer_pack is None else outer_pack(t)
 
-    def unpack(t: Tensor | _Input) -> Tensor:
-        return t.tensor if t is given else t
+    def unpack(t) -> Tensor:
+        if t is given:
+            return given.tensor
+        return t if outer_unpack is None else outer_unpack(t)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out, leaves = _recorded(layer, input, tensors, needs)
@@ -190,8 +207,10 @@ if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
     def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int,
                   needs: list[bool]) -> list[Tensor]:
-        recorded = _GRAPHS[int(ticket)]
-        if recorded is None:  # used already (a second backward, retain_graph=True): the forward again
+        recorded = _GRAPHS.get(int(ticket))
+        if recorded is None:
+            # Used already (a second backward, retain_graph=True), or freed with the forward's ticket where the
+            # caller's saved-tensor hooks saved a copy of it: the forward again
             out, leaves = _recorded(_layer(key), input, tensors, needs)
         else:
             _GRAPHS[int(ticket)] = None
