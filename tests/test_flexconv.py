@@ -339,6 +339,25 @@ def test_compiled_cropping_layer_under_the_users_saved_tensor_hooks():
     assert sum(eager_seen.values()) > 10 and not eager_seen - seen, eager_seen - seen
 
 
+def test_compiled_cropping_layer_where_saved_tensor_hooks_are_disabled():
+    # torch.autograd.graph.disable_saved_tensors_hooks (set by torch.func.vmap, say) forbids setting hooks; eager
+    # runs under it, and so must the compiled step: eager's output and gradients bit for bit.
+    torch.manual_seed(0)
+    layer = FlexConv2d(8, 16, 17, mask_init=0.15)
+    x = torch.randn(2, 8, 14, 14, requires_grad=True)
+    params = [x, *layer.parameters()]
+    torch.compiler.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    compiled(x)
+    with torch.autograd.graph.disable_saved_tensors_hooks("no saved-tensor hooks here"):
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), params)
+        expected = layer(x)
+        expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    assert torch.equal(out, expected)
+    assert all(torch.equal(got, want) for got, want in zip(grads, expected_grads, strict=True))
+
+
 def test_compiled_chain_of_cropping_layers_equals_eager():
     # Inside one inductor graph: each operator layer's input is an intermediate of the graph (memory inductor may
     # reuse once the operator has run), which the 2-D layers' recorded backward needs (their convolution saves

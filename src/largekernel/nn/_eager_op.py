@@ -28,7 +28,8 @@ input is given back in its place, and a view of the input's memory it saves is a
 it saved any of its output's memory, the operator returns a copy. FlexConv's graphs make no
 copy: they save the input itself or nothing of it, and none of their output. What the
 recorded graph saves goes through the caller's own saved-tensor hooks too, if any are set
-(``torch.autograd.graph.save_on_cpu``, say), as in eager.
+(``torch.autograd.graph.save_on_cpu``, say), as in eager. Where the caller has disabled
+saved-tensor hooks, the graph is recorded on a copy of the input and the output is copied.
 
 The layer decides where the operator pays (FlexConv: where its kernel net's output on the
 whole grid is large, ``flexconv._EAGER_MIN_VOLUME``): a compiled call costs more than an eager
@@ -141,11 +142,24 @@ def _outer_hooks():
     return None if top is None else top(False)
 
 
+def _hooks_enabled() -> bool:
+    """Whether saved-tensor hooks may be set here (True where torch does not say)."""
+    enabled = getattr(torch._C._autograd, "_saved_tensors_hooks_is_enabled", None)
+    return True if enabled is None else enabled()
+
+
 def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
     """:func:`_recorded`, with the recorded graph kept apart from the memory the compiled graph owns, which it
     may reuse once the operator has run: where the recorded graph saves the input, it saves an :class:`_Input`
     in its place; what it saves of the input's memory otherwise (a view of it) is a copy. Also returns that
-    :class:`_Input` and whether the graph saved any of its output's memory (the caller then returns a copy)."""
+    :class:`_Input` and whether the graph saved any of its output's memory (the caller then returns a copy).
+
+    Where the caller has disabled saved-tensor hooks (``torch.autograd.graph.disable_saved_tensors_hooks``, as
+    ``torch.func.vmap`` does), none can be set: the graph is recorded on a copy of the input instead, and the
+    output is copied, the :class:`_Input` then None."""
+    if not _hooks_enabled():
+        out, leaves = _recorded(layer, input.detach().clone(), tensors, needs)
+        return out, leaves, None, True
     ours, given = input.untyped_storage().data_ptr(), _Input(input)
     saved: set[int] = set()
     # The caller's saved-tensor hooks (torch.autograd.graph.save_on_cpu, say), which the compiled graph's own
@@ -215,7 +229,8 @@ if OPAQUE:
         else:
             _GRAPHS[int(ticket)] = None
             out, leaves, given = recorded
-            given.give(input)
+            if given is not None:
+                given.give(input)
         with _autograd_on():
             grads = torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)
         # An operator returns fresh tensors, laid out as its fake: none aliasing an input or another output
