@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from largekernel.nn.flexconv import (CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d,
                                      antialiasing_loss, continuous_layers, kernel_norm_loss, mask_extent_loss,
@@ -311,7 +312,8 @@ def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
 def test_compiled_cropping_layer_under_the_users_saved_tensor_hooks():
     # The user's saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks; here a pair that saves copies, as
     # offloading hooks do) around a compiled step: the same output and gradients as eager under the same hooks,
-    # and the hooks see every tensor eager saves (by shape and dtype), the operator's recorded graph's included.
+    # and the hooks see every tensor eager saves (by shape and dtype), the operator's recorded graph's included;
+    # and checkpointing the compiled layer.
     torch.manual_seed(0)
     layer = FlexConv2d(8, 16, 17, mask_init=0.15)
     x = torch.randn(2, 8, 14, 14, requires_grad=True)
@@ -337,6 +339,10 @@ def test_compiled_cropping_layer_under_the_users_saved_tensor_hooks():
     assert torch.equal(out, expected)
     assert all(torch.equal(got, want) for got, want in zip(grads, expected_grads, strict=True))
     assert sum(eager_seen.values()) > 10 and not eager_seen - seen, eager_seen - seen
+    # torch.utils.checkpoint (non-reentrant) works by such hooks: it drops what is saved and recomputes it
+    checkpointed = checkpoint(compiled, x, use_reentrant=False)
+    grads = torch.autograd.grad(checkpointed.square().sum(), params)
+    assert all(torch.equal(got, want) for got, want in zip(grads, expected_grads, strict=True))
 
 
 def test_compiled_cropping_layer_where_saved_tensor_hooks_are_disabled():
