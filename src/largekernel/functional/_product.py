@@ -10,7 +10,8 @@ Every FFT path of the library (seed 003; :mod:`~largekernel.functional.fft_conv`
   ``largekernel::spectral_product`` and ``largekernel::spectral_product_backward``
   (``torch.library.custom_op``; each name tagged with the library's source,
   ``_tracing.op_name``). Inductor generates no code for complex tensors, and tracing the
-  many small steps of the product (channel blocks, packing, tiled transposes) compiled for minutes and ran slower than eager (docs/deploy.md); as opaque calls they
+  many small steps of the product (channel blocks, packing, tiled transposes) compiled for
+  minutes and ran slower than eager (docs/deploy.md); as opaque calls they
   cost the graph nothing to compile and run the eager code, native kernels included. Shapes
   come from running the same code on fake tensors;
 * **torch.export**: traced through, so that an exported program holds torch operations
