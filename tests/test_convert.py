@@ -343,6 +343,20 @@ def test_converting_nothing_says_why():
         _, report = largekernel.convert(model, "dcls", report=True)
     assert not report.replaced and report.not_selected == 17  # stem + 16 block convs
     assert "no convolution was selected" in str(report)
+    # A pattern or callable that selects nothing is named as given, not as the default
+    with pytest.warns(UserWarning, match=r"which='head\.\*' selected none of the model's 17 spatial") as caught:
+        largekernel.convert(model, "dcls", "head.*")
+    assert "which=None" not in str(caught[0].message)
+
+    def nothing(name, module):
+        return False
+
+    with pytest.warns(UserWarning, match=r"which=nothing selected none of the model's 17 spatial"):
+        largekernel.convert(model, "dcls", nothing)
+    # A model without torch convolutions (CKConv layers only): nothing any which could select
+    with pytest.warns(UserWarning, match="the model has no spatial convolution that convert\\(\\) replaces") as caught:
+        _, none = largekernel.convert(create_model("ckcnn_tiny"), "fft", "*", report=True)
+    assert "which=None" not in str(caught[0].message) and "no spatial convolution" in str(none)
     _, report = largekernel.convert(model, "dcls", "stages.*", report=True, kernel_count=4)
     assert len(report.replaced) == 16 and not report.skipped
 

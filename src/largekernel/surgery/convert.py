@@ -60,6 +60,8 @@ class ConvertReport:
     params_after: int = 0
     # Spatial convolutions of the model that ``which`` did not select (the default selects depthwise ones).
     not_selected: int = 0
+    # ``which`` as the call gave it (None: the default), for the message when nothing was selected.
+    which: str | Callable[[str, nn.Module], bool] | None = None
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.replaced)} layer(s) to {self.to!r}: parameters {self.params_before:,} -> "
@@ -70,13 +72,23 @@ class ConvertReport:
             lines.append(f"skipped {len(self.skipped)} selected layer(s):")
             lines += [f"  {s.name}: {s.reason}" for s in self.skipped]
         if not self.replaced and not self.skipped:
-            lines.append(_NOTHING_SELECTED.format(n=self.not_selected))
+            lines.append(_nothing_selected(self.which, self.not_selected))
         return "\n".join(lines)
 
 
-_NOTHING_SELECTED = ("no convolution was selected: which=None selects the depthwise spatial convolutions "
-                     "(groups == in_channels == out_channels, kernel > 1) and the model has none; it has {n} other "
-                     "spatial convolution(s), which='*' selects them all, or pass a name pattern or a callable")
+def _nothing_selected(which, not_selected: int) -> str:
+    """Why ``which`` selected no convolution, and what would: the model's ``not_selected`` spatial convolutions."""
+    if not_selected == 0:
+        return ("no convolution was selected: the model has no spatial convolution that convert() replaces "
+                "(torch.nn.Conv1d/2d/3d or a subclass, kernel > 1)")
+    if which is None:
+        return ("no convolution was selected: which=None selects the depthwise spatial convolutions "
+                f"(groups == in_channels == out_channels, kernel > 1) and the model has none; it has {not_selected} "
+                "other spatial convolution(s), which='*' selects them all, or pass a name pattern or a callable")
+    given = f"which={which!r}" if isinstance(which, str) else f"which={getattr(which, '__name__', which)!s}"
+    return (f"no convolution was selected: {given} selected none of the model's {not_selected} spatial "
+            "convolution(s) (a pattern matches qualified module names, e.g. 'stages.2.*'; which='*' selects them "
+            "all)")
 
 
 def _ratio(after: int, before: int) -> str:
@@ -372,7 +384,7 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
         if knob in layer_kwargs or knob in layer_kwargs.get("kernel_net_kwargs", {}):
             raise ValueError(f"iso_params=True chooses {knob} itself; do not pass {knob}")
     match = _predicate(which)
-    result = ConvertReport(to=to, params_before=_num_params(model))
+    result = ConvertReport(to=to, params_before=_num_params(model), which=which)
     refs = list(_references(model))
     targets = [(parent, attr, name, child) for parent, attr, name, child in refs if match(name, child)]
     result.not_selected = len({id(c) for _, _, _, c in refs if _is_spatial(c)} - {id(c) for *_, c in targets})
@@ -439,7 +451,7 @@ def convert(model: nn.Module, to: str, which: str | Callable[[str, nn.Module], b
             f"{s.name}: {s.reason}" for s in result.skipped[:3]) + (" ..." if len(result.skipped) > 3 else "") +
             " (report=True lists them all)", stacklevel=2)
     elif not result.replaced:
-        warnings.warn(f"convert(to={to!r}) replaced nothing: " + _NOTHING_SELECTED.format(n=result.not_selected),
+        warnings.warn(f"convert(to={to!r}) replaced nothing: " + _nothing_selected(which, result.not_selected),
                       stacklevel=2)
     return (model, result) if report else model
 
