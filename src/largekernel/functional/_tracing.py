@@ -74,7 +74,7 @@ def op_name(name: str) -> str:
 
 def library_op(name: str):
     """The operator registered under :func:`op_name` ``(name)``, to call: ``torch.ops.largekernel.<name>_<tag>``."""
-    return getattr(torch.ops.largekernel, op_name(name).split("::")[1])
+    return getattr(torch.ops.largekernel, f"{name}_{_source_tag()}")
 
 
 @lru_cache(maxsize=None)
