@@ -413,3 +413,46 @@ def test_double_backward_matches_the_reference(batch, fft_path, device):
         results.append(torch.autograd.grad(grad.square().sum(), (x, *layer.parameters())))
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected)
+
+
+def test_compiled_training_graphs_compute_no_complex_tensor():
+    """Under torch.compile the filter reaches the FFT product as real and imaginary parts: inductor generates no
+    code for complex tensors (and warns of any it would compute), so in the forward and backward graphs that
+    AOTAutograd hands the compiler, complex values only pass between the library's operators (the spectra its
+    forward keeps for its backward), which run eagerly. The compiled step still equals eager."""
+    import operator
+
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def library(node):  # a call of a largekernel:: operator, or an item of its result
+        if node.op != "call_function":
+            return False
+        if node.target is operator.getitem:
+            return library(node.args[0])
+        return str(node.target).startswith("largekernel.")
+
+    computed = []
+
+    def inspect(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            values = torch.utils._pytree.tree_leaves(node.meta.get("val"))
+            if not any(isinstance(v, torch.Tensor) and v.is_complex() for v in values):
+                continue
+            if not (node.op == "placeholder" or library(node)) \
+                    or not all(library(user) or user.op == "output" for user in node.users):
+                computed.append(node.format_node())
+        return make_boxed_func(graph_module.forward)
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(NIFFConv2d(4, 8), torch.nn.GELU(), NIFFConv2d(8, 8, padding=2, padding_mode="reflect"))
+    x = torch.randn(2, 4, 10, 10, requires_grad=True)
+    results = []
+    torch.compiler.reset()
+    for model in (layer, torch.compile(layer, backend=aot_autograd(fw_compiler=inspect, bw_compiler=inspect),
+                                       fullgraph=True)):
+        y = model(x)
+        results.append([y, *torch.autograd.grad(y.square().sum(), (x, *layer.parameters()))])
+    assert not computed, computed
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)

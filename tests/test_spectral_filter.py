@@ -63,10 +63,49 @@ def test_filter_gradient_is_the_spectrum_of_a_real_kernel_gradient(fft_path):
     torch.testing.assert_close(grad, mirrored.conj())
 
 
+@pytest.mark.parametrize("size, grid, per, mix", [((9,), (16,), 1, False), ((5, 6), (9, 12), 2, False),
+                                                   ((6, 6), (10, 10), 1, True), ((3, 4, 5), (5, 6, 7), 1, False)])
+@pytest.mark.parametrize("layout", ["complex", "contiguous", "strided"])
+def test_gradients_of_every_order_match_the_formula(size, grid, per, mix, layout, fft_path):
+    """First derivatives taken with ``create_graph=True`` and second derivatives match the formula's, for a complex
+    filter and for one given as real and imaginary parts (a real ``(filters, *grid, 2)`` tensor, the complex filter
+    ``parts[..., 0] + i parts[..., 1]``; its gradient comes as parts too)."""
+    channels = 4
+    x = torch.randn(2, channels, *size, dtype=torch.float64, requires_grad=True)
+    spectrum = _hermitian_filter(channels * per, grid).detach()
+    if layout == "complex":
+        parts = filter = spectrum.requires_grad_()
+    elif layout == "contiguous":
+        parts = torch.view_as_real(spectrum).clone().requires_grad_()
+        filter = parts
+    else:  # (re, im) pairs apart in memory: a transposed (2, filters, *grid) tensor
+        parts = torch.view_as_real(spectrum).movedim(-1, 0).contiguous().requires_grad_()
+        filter = parts.movedim(0, -1)
+    mixing = torch.randn(3, channels * per, dtype=torch.float64, requires_grad=True) if mix else None
+    bias = torch.randn(3 if mix else channels * per, dtype=torch.float64, requires_grad=True)
+    got = spectral_filter(x, filter, mixing=mixing, bias=bias)
+    complex_filter = filter if filter.is_complex() else torch.complex(filter[..., 0], filter[..., 1])
+    expected = _reference(x, complex_filter, mixing, bias, grid, (0,) * len(grid), size)
+    torch.testing.assert_close(got, expected)
+    inputs = [t for t in (x, parts, mixing, bias) if t is not None]
+    grads = [torch.autograd.grad(y.square().sum(), inputs, create_graph=True) for y in (got, expected)]
+    for g, e in zip(*grads):
+        torch.testing.assert_close(g, e)
+    second = [torch.autograd.grad(sum(g.abs().square().sum() for g in gs), inputs) for gs in grads]
+    for g, e in zip(*second):
+        torch.testing.assert_close(g, e)
+
+
 def test_bad_arguments_name_what_is_wrong():
     x = torch.randn(2, 4, 8, 8)
     with pytest.raises(ConvArgumentError, match="complex"):
         spectral_filter(x, torch.randn(4, 8, 8))
+    with pytest.raises(ConvArgumentError, match=r"filter must be complex .* \(filters, \*grid, 2\)"):
+        spectral_filter(x, torch.randn(4, 8, 8, 3))
+    with pytest.raises(ConvArgumentError, match="filter must be complex"):
+        spectral_filter(x, torch.ones(4, 8, 8, 2, dtype=torch.int64))
+    with pytest.raises(ConvArgumentError, match="2 spatial dims to match filter"):
+        spectral_filter(torch.randn(2, 4, 8), torch.randn(4, 8, 8, 2))
     with pytest.raises(ConvArgumentError, match="multiple"):
         spectral_filter(x, torch.randn(6, 8, 8, dtype=torch.complex64))
     with pytest.raises(ConvArgumentError, match="fit"):

@@ -43,8 +43,9 @@ def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: F
                      mixing: Tensor | None = None) -> Tensor:
     """The FFT path's product for ``x`` ``(B, Cin, *geometry.size)``: a spatial ``kernel`` ``(Cout, Cin/g, *k)``
     (cross-correlation) or, with ``geometry.kernel = None``, a Hermitian filter ``(Cout, *grid)`` complex
-    (circular convolution); optional real ``mixing`` ``(out, Cout)`` after it; ``bias`` per output channel.
-    Returns ``(B, out, *geometry.out)``."""
+    (circular convolution), or its real and imaginary parts ``(Cout, *grid, 2)`` (its gradient then comes as parts
+    too, and a compiled graph computes no complex tensor); optional real ``mixing`` ``(out, Cout)`` after it;
+    ``bias`` per output channel. Returns ``(B, out, *geometry.out)``."""
     keep = torch.is_grad_enabled() and (kernel.requires_grad or (mixing is not None and mixing.requires_grad))
     if tracing():
         if exporting_onnx():
@@ -168,7 +169,8 @@ def real_arithmetic_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bi
     half = geometry.grid[-1] // 2 + 1
     x_f = torch.view_as_real(torch.fft.rfftn(x, s=geometry.grid, dim=dims))  # (B, Cin, *half, 2)
     if geometry.kernel is None:  # a filter on the grid: a convolution, W X
-        w = torch.view_as_real(kernel[..., :half]).unsqueeze(1)  # (Cout, 1, *half, 2)
+        parts = kernel[..., :half, :] if not kernel.is_complex() else torch.view_as_real(kernel[..., :half])
+        w = parts.unsqueeze(1)  # (Cout, 1, *half, 2)
         sign = 1.0
     else:  # a kernel: a correlation, conj(W) X
         w = torch.view_as_real(torch.fft.rfftn(place_kernel(kernel, geometry), dim=dims))  # (Cout, I, *half, 2)

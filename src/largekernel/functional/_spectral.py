@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._native import spectral_grad as native_spectral_grad
-from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
+from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep, mirror,
                                           place_kernel, rfft_placed, spatial_dims, write)
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
 from largekernel.functional._tracing import tracing
@@ -197,6 +197,19 @@ def _weight_grad_product(x_f: Tensor, g_f: Tensor, groups: int) -> Tensor:
     return w_f.reshape(cout, i, *g_f.shape[2:])
 
 
+def filter_spectrum(kernel: Tensor, geometry: FFTGeometry) -> Tensor:
+    """A filter (``geometry.kernel`` None) as the complex ``(Cout, *grid)`` it stands for: it may come as its real
+    and imaginary parts ``(Cout, *grid, 2)`` (``torch.view_as_real``'s layout), as NIFF passes it, so that a
+    compiled graph holds no complex tensor (inductor generates no code for them, and warns of each graph that
+    has one). A view where the parts' layout allows one (a compiled graph may hand them over in a layout of its
+    choice), else a copy; a spatial kernel or a complex filter is returned as it is."""
+    if geometry.kernel is None and not kernel.is_complex():
+        if kernel.stride(-1) != 1 or kernel.storage_offset() % 2 or any(s % 2 for s in kernel.stride()[:-1]):
+            kernel = kernel.clone(memory_format=torch.contiguous_format)
+        return torch.view_as_complex(kernel)
+    return kernel
+
+
 def _half_multiplier(kernel: Tensor, geometry: FFTGeometry) -> Tensor:
     """The multiplier on the half spectrum, ``(Cout, I, *half)``: ``conj(rfftn(placed kernel))`` (a correlation) or
     the filter's half (a convolution)."""
@@ -220,7 +233,12 @@ def reference_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Te
     nd = len(geometry.grid)
     x_f = torch.fft.rfftn(x, s=geometry.grid, dim=spatial_dims(nd))  # (B, Cin, *half)
     if geometry.kernel is None:
-        m = kernel[..., : geometry.grid[-1] // 2 + 1].unsqueeze(1)
+        # The filter's Hermitian part (the filter itself, as documented): its half determines the product, and
+        # through it the filter's gradient is the Hermitian one of the first-order backward (without it the half
+        # would take the whole gradient, twice its bins' share, and the mirrored bins none).
+        w = filter_spectrum(kernel, geometry)
+        w = 0.5 * (w + mirror(w, spatial_dims(nd)).conj())
+        m = w[..., : geometry.grid[-1] // 2 + 1].unsqueeze(1)
     else:
         m = torch.fft.rfftn(place_kernel(kernel, geometry), dim=spatial_dims(nd)).conj()
     b = x.shape[0]
@@ -462,7 +480,9 @@ def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | Non
 def product_forward(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: FFTGeometry,
                     needs: tuple[bool, bool, bool]) -> tuple[Tensor, list[Tensor]]:
     """The spectral product (packed or on real transforms, as ``geometry`` says) and the tensors its backward
-    reuses; ``needs``: the gradients wanted, (input, kernel, mixing)."""
+    reuses; ``needs``: the gradients wanted, (input, kernel, mixing). A filter may come as its parts
+    (:func:`filter_spectrum`)."""
+    kernel = filter_spectrum(kernel, geometry)
     if geometry.packed and mixing is None:
         return _packed_forward(x, kernel, bias, geometry, needs[1])
     return _real_forward(x, kernel, mixing, bias, geometry, needs)
@@ -471,13 +491,20 @@ def product_forward(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tens
 def product_backward(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
                      saved: list[Tensor], geometry: FFTGeometry, needs: tuple[bool, bool, bool, bool]) -> tuple:
     """Gradients ``(x, kernel, mixing, bias)`` of :func:`product_forward` from the output gradient, the inputs and
-    the ``saved`` tensors (``needs``: the forward's three, then the bias)."""
+    the ``saved`` tensors (``needs``: the forward's three, then the bias). A filter given as its parts
+    (:func:`filter_spectrum`) has its gradient as parts too."""
     saved = list(saved)
+    spectrum = filter_spectrum(kernel, geometry)
     if geometry.packed and mixing is None:
-        grad_x, grad_kernel, grad_bias = _packed_backward(grad, x, kernel, bias, saved, geometry,
+        grad_x, grad_kernel, grad_bias = _packed_backward(grad, x, spectrum, bias, saved, geometry,
                                                           (needs[0], needs[1], needs[3]))
-        return grad_x, grad_kernel, None, grad_bias
-    return _real_backward(grad, x, kernel, mixing, bias, saved, geometry, needs)
+        grad_mixing = None
+    else:
+        grad_x, grad_kernel, grad_mixing, grad_bias = _real_backward(grad, x, spectrum, mixing, bias, saved,
+                                                                     geometry, needs)
+    if grad_kernel is not None and spectrum is not kernel:
+        grad_kernel = torch.view_as_real(grad_kernel)
+    return grad_x, grad_kernel, grad_mixing, grad_bias
 
 
 class SpectralProduct(torch.autograd.Function):

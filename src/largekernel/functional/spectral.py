@@ -31,20 +31,28 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
     """Circular convolution of ``input`` by filters given on the frequency grid.
 
     ``filter``: ``(C * m, *grid)`` complex in FFT order (DC first), the spectra of real kernels
-    (Hermitian: ``W[-k] = conj(W[k])``); channel ``c`` of ``input`` ``(B, C, *size)`` (``size <= grid``,
+    (Hermitian: ``W[-k] = conj(W[k])``), or their real and imaginary parts as a real ``(C * m, *grid, 2)`` tensor
+    (``torch.view_as_real``'s layout: what keeps a ``torch.compile`` graph free of complex tensors, for which
+    inductor generates no code); channel ``c`` of ``input`` ``(B, C, *size)`` (``size <= grid``,
     zero-filled to the grid) is filtered by filters ``c * m .. c * m + m - 1``. Then an optional real
     ``mixing`` ``(out, C * m)`` across channels, then ``bias`` per output channel. The result is the region
     ``out_start : out_start + out_size`` of the grid (default: the input's own region):
     ``Re(ifftn(W * fftn(x)))`` there, with gradients of every order for input, filter, mixing and bias.
     """
-    nd = filter.dim() - 1
+    parts = isinstance(filter, Tensor) and not filter.is_complex()
+    if not isinstance(filter, Tensor) or (parts and not (filter.is_floating_point() and filter.dim() >= 3
+                                                         and filter.shape[-1] == 2)):
+        raise ConvArgumentError(f"filter must be complex (a spectrum) or its real and imaginary parts, a floating "
+                                f"point (filters, *grid, 2) tensor, got "
+                                f"{getattr(filter, 'dtype', type(filter).__name__)} of shape "
+                                f"{tuple(getattr(filter, 'shape', ()))}")
+    nd = filter.dim() - 1 - parts
     if not isinstance(input, Tensor) or input.dim() != nd + 2:
         raise ConvArgumentError(f"input must be a (batch, channels, *spatial) tensor with {nd} spatial dims to match "
-                                f"filter (filters, *grid), got {getattr(input, 'shape', type(input).__name__)}")
-    if not filter.is_complex():
-        raise ConvArgumentError(f"filter must be complex (a spectrum), got dtype {filter.dtype}")
+                                f"filter (filters, *grid{', 2' if parts else ''}), got "
+                                f"{getattr(input, 'shape', type(input).__name__)}")
     batch, channels = input.shape[:2]
-    grid, size = tuple(filter.shape[1:]), tuple(input.shape[2:])
+    grid, size = tuple(filter.shape[1:nd + 1]), tuple(input.shape[2:])
     if filter.shape[0] % channels:
         raise ConvArgumentError(f"filter must hold a multiple of the input's {channels} channels, got "
                                 f"{filter.shape[0]} filters")
@@ -62,7 +70,10 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
     with autocast_off(input.device.type):
         x = input.float() if dtype in _LOW_PRECISION else input
         real = x.dtype
-        filter = filter.to(torch.complex64 if real == torch.float32 else torch.complex128)
+        filter = filter.to(real if parts else torch.complex64 if real == torch.float32 else torch.complex128)
+        if parts and (not filter.is_contiguous() or (not tracing() and filter.storage_offset() % 2)):
+            # seen as complex below: pairs in place (Dynamo cannot read an offset; a graph's filter is its own)
+            filter = filter.clone(memory_format=torch.contiguous_format)
         mixing = None if mixing is None else mixing.to(real)
         bias = None if bias is None else bias.to(real)
         geometry = plan_filter(batch, channels, filter.shape[0], grid, size, out_start, out_size,

@@ -249,11 +249,13 @@ class _NIFFConvNd(KernelConvNd):
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         """``W_sym`` on the rfft half spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex (a view)."""
-        return self._full_filter(grid, device, dtype)[..., : grid[-1] // 2 + 1]
+        return torch.view_as_complex(self._filter_parts(grid, device, dtype))[..., : grid[-1] // 2 + 1]
 
-    def _full_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """``W_sym`` on the full grid, ``(filters, *grid)`` complex, FFT order; at inference reused while the grid
-        and the parameters are unchanged."""
+    def _filter_parts(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        """``W_sym`` on the full grid, FFT order, as its real and imaginary parts ``(filters, *grid, 2)``: what
+        :func:`~largekernel.functional.spectral_filter` takes, so that no complex tensor enters a compiled graph
+        (inductor generates no code for them, and warns); at inference reused while the grid and the parameters
+        are unchanged."""
         return reuse_without_autograd(self, "_filter_cache", lambda: (grid, device, dtype, tensor_state(self)),
                                       lambda: self._compute_filter(grid, device, dtype))
 
@@ -274,7 +276,7 @@ class _NIFFConvNd(KernelConvNd):
         out = torch.mm(weight, columns.view(columns.shape[0], -1))  # (filters, 2 * points)
         if out.dtype in _LOW_PRECISION:
             out = out.float()  # no complex bfloat16; complex32 has few kernels
-        return torch.view_as_complex(out.view(self.filters, *grid, 2))  # (filters, *grid) complex
+        return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
 
     def _columns_on_grid(self, grid: tuple[int, ...]) -> Tensor:
         """:meth:`_columns` on ``grid``'s coordinates, computed here (the compiled region: no cached tensors
@@ -332,7 +334,7 @@ class _NIFFConvNd(KernelConvNd):
             # same circular convolution shifted.
             x = F.pad(x, [q for p in reversed(self.padding) for q in (p, p)], mode=self.padding_mode)
             start = self.padding
-        w = self._full_filter(grid, input.device, param_dtype)  # (filters, *grid) complex
+        w = self._filter_parts(grid, input.device, param_dtype)  # (filters, *grid, 2): real, imaginary
         y = spectral_filter(x, w, mixing=self.pointwise, bias=self.bias, out_start=start, out_size=size)
         if any(s != 1 for s in self.stride):
             # The paper strides by pooling after the frequency-domain filter.
