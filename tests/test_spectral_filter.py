@@ -65,7 +65,7 @@ def test_filter_gradient_is_the_spectrum_of_a_real_kernel_gradient(fft_path):
 
 @pytest.mark.parametrize("size, grid, per, mix", [((9,), (16,), 1, False), ((5, 6), (9, 12), 2, False),
                                                    ((6, 6), (10, 10), 1, True), ((3, 4, 5), (5, 6, 7), 1, False)])
-@pytest.mark.parametrize("layout", ["complex", "contiguous", "strided"])
+@pytest.mark.parametrize("layout", ["complex", "contiguous", "strided", "odd-offset"])
 def test_gradients_of_every_order_match_the_formula(size, grid, per, mix, layout, fft_path):
     """First derivatives taken with ``create_graph=True`` and second derivatives match the formula's, for a complex
     filter and for one given as real and imaginary parts (a real ``(filters, *grid, 2)`` tensor, the complex filter
@@ -78,9 +78,14 @@ def test_gradients_of_every_order_match_the_formula(size, grid, per, mix, layout
     elif layout == "contiguous":
         parts = torch.view_as_real(spectrum).clone().requires_grad_()
         filter = parts
-    else:  # (re, im) pairs apart in memory: a transposed (2, filters, *grid) tensor
+    elif layout == "strided":  # (re, im) pairs apart in memory: a transposed (2, filters, *grid) tensor
         parts = torch.view_as_real(spectrum).movedim(-1, 0).contiguous().requires_grad_()
         filter = parts.movedim(0, -1)
+    else:  # contiguous, but each pair starts at an odd offset (no complex view of it exists)
+        parts = torch.view_as_real(spectrum).clone().requires_grad_()
+        storage = torch.cat([torch.zeros(1, dtype=parts.dtype), parts.flatten()])
+        filter = storage[1:].view(parts.shape)
+        assert filter.storage_offset() == 1
     mixing = torch.randn(3, channels * per, dtype=torch.float64, requires_grad=True) if mix else None
     bias = torch.randn(3 if mix else channels * per, dtype=torch.float64, requires_grad=True)
     got = spectral_filter(x, filter, mixing=mixing, bias=bias)

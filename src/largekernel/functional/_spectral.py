@@ -201,10 +201,13 @@ def filter_spectrum(kernel: Tensor, geometry: FFTGeometry) -> Tensor:
     """A filter (``geometry.kernel`` None) as the complex ``(Cout, *grid)`` it stands for: it may come as its real
     and imaginary parts ``(Cout, *grid, 2)`` (``torch.view_as_real``'s layout), as NIFF passes it, so that a
     compiled graph holds no complex tensor (inductor generates no code for them, and warns of each graph that
-    has one). A view where the parts' layout allows one (a compiled graph may hand them over in a layout of its
-    choice), else a copy; a spatial kernel or a complex filter is returned as it is."""
+    has one). A view where the parts' layout allows one (pairs in place: a compiled graph may hand them over in a
+    layout of its choice, a caller a strided tensor), else a copy; a spatial kernel or a complex filter is returned
+    as it is."""
     if geometry.kernel is None and not kernel.is_complex():
-        if kernel.stride(-1) != 1 or kernel.storage_offset() % 2 or any(s % 2 for s in kernel.stride()[:-1]):
+        # (Dynamo, tracing torch.export(strict=True), cannot read a storage offset; there the parts are the graph's)
+        odd_offset = not torch.compiler.is_dynamo_compiling() and kernel.storage_offset() % 2
+        if kernel.stride(-1) != 1 or odd_offset or any(s % 2 for s in kernel.stride()[:-1]):
             kernel = kernel.clone(memory_format=torch.contiguous_format)
         return torch.view_as_complex(kernel)
     return kernel
@@ -236,7 +239,9 @@ def reference_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Te
         # The filter's Hermitian part (the filter itself, as documented): its half determines the product, and
         # through it the filter's gradient is the Hermitian one of the first-order backward (without it the half
         # would take the whole gradient, twice its bins' share, and the mirrored bins none).
-        w = filter_spectrum(kernel, geometry)
+        # (Parts as torch.complex, not a complex view: a view's double backward fails on gradients that arrive
+        # at an odd storage offset.)
+        w = kernel if kernel.is_complex() else torch.complex(kernel[..., 0], kernel[..., 1])
         w = 0.5 * (w + mirror(w, spatial_dims(nd)).conj())
         m = w[..., : geometry.grid[-1] // 2 + 1].unsqueeze(1)
     else:

@@ -71,9 +71,6 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
         x = input.float() if dtype in _LOW_PRECISION else input
         real = x.dtype
         filter = filter.to(real if parts else torch.complex64 if real == torch.float32 else torch.complex128)
-        if parts and (not filter.is_contiguous() or (not tracing() and filter.storage_offset() % 2)):
-            # seen as complex below: pairs in place (Dynamo cannot read an offset; a graph's filter is its own)
-            filter = filter.clone(memory_format=torch.contiguous_format)
         mixing = None if mixing is None else mixing.to(real)
         bias = None if bias is None else bias.to(real)
         geometry = plan_filter(batch, channels, filter.shape[0], grid, size, out_start, out_size,
