@@ -93,6 +93,16 @@ def test_inference_cache_follows_replaced_and_loaded_parameters():
         torch.testing.assert_close(layer(x), _reference_niff(other, x))
 
 
+def test_activations_replaced_in_one_net_follow_the_reference():
+    # The two nets apply their hidden layers together; an activation of the user's own in either net still runs
+    # on that net's features only.
+    layer = NIFFConv2d(3, bias=False, preset="big", dtype=torch.float64)
+    layer.mlp_imag[1] = torch.nn.Tanh()
+    layer.mlp_real[3] = torch.nn.GELU()
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _reference_niff(layer, x), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"preset": "big"}, {"hidden_channels": ()}, {"hidden_channels": (5,)},
                                     {"mode": "linear"}, {"out_channels": 3, "groups": 1},
                                     {"padding": 2, "padding_mode": "reflect"}, {"padding": (1, 2)}])

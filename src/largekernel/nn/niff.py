@@ -104,9 +104,8 @@ def _spectral_bias(spec: Tensor, bias: Tensor | None, grid: tuple[int, ...]) -> 
 class _FrequencyNet(nn.Sequential):
     """Coordinate network ``ndim -> hidden... -> channels`` of 1x1 layers (Linear per point) with SiLU between.
 
-    Called as a module on ``(points, ndim)``; :meth:`hidden_columns` applies all but the
-    output layer channels first, ``(ndim, points) -> (hidden[-1], points)`` (``ndim`` rows
-    when there is no hidden layer).
+    Called as a module on ``(points, ndim)``; a layer's two nets (real and imaginary part)
+    apply all but their output layers together, channels first (:func:`_hidden_pair`).
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, device=None, dtype=None):
@@ -118,13 +117,23 @@ class _FrequencyNet(nn.Sequential):
             layers.append(nn.Linear(a, b, device=device, dtype=dtype))
         super().__init__(*layers)
 
-    def hidden_columns(self, h: Tensor) -> Tensor:
-        for layer in list(self)[:-1]:
-            if isinstance(layer, nn.Linear):
-                h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h)  # (out, points)
-            else:
-                h = layer(h)
-        return h
+
+def _hidden_pair(real: _FrequencyNet, imag: _FrequencyNet, coords: Tensor) -> Tensor:
+    """Both nets' layers up to their last hidden one on ``coords`` ``(ndim, points)``, channels first (1x1 layers,
+    as the reference applies them): ``(2, hidden[-1], points)``, the real net's features first (``ndim`` rows when
+    there is no hidden layer). The nets have the same widths: each layer of both is one batched product of their
+    stacked weights, and each activation one call on both, so that a compiled graph holds one kernel per step
+    where it would hold two (half the C++ kernels inductor builds for the pair and their backward, docs/deploy.md)."""
+    h = coords.unsqueeze(0).expand(2, -1, -1)  # (2, ndim, points)
+    for a, b in zip(list(real)[:-1], list(imag)[:-1]):
+        if isinstance(a, nn.Linear):
+            bias = torch.stack([a.bias, b.bias]).unsqueeze(-1)  # (2, out, 1)
+            h = torch.baddbmm(bias, torch.stack([a.weight, b.weight]), h)  # (2, out, points)
+        elif type(a) is nn.SiLU and type(b) is nn.SiLU:
+            h = F.silu(h)
+        else:  # activations of the user's own: each on its net's half
+            h = torch.stack([a(h[0]), b(h[1])])
+    return h
 
 
 class _NIFFConvNd(KernelConvNd):
@@ -287,9 +296,7 @@ class _NIFFConvNd(KernelConvNd):
     def _columns(self, coords: Tensor, mirror: Tensor) -> Tensor:
         """The output layers' input, ``(hidden_re + hidden_im + 2, points, 2)``: the last hidden features of
         both nets, symmetrised, in the real (even) and imaginary (odd) place, then the biases' two rows."""
-        # Channels-first 1x1 layers, as the reference applies them, up to the last hidden layer.
-        h_re = self.mlp_real.hidden_columns(coords)  # (hidden, points)
-        h_im = self.mlp_imag.hidden_columns(coords)
+        h_re, h_im = _hidden_pair(self.mlp_real, self.mlp_imag, coords)  # (hidden, points) each
         # W_sym(k) = (W(k) + conj(W(-k))) / 2. The output layer is affine, so symmetrise its (narrow) input
         # instead of its (filters, points) output: no wide temporaries. -k is a permutation of the grid.
         # (index_select: its backward is an index_add, 2-3.5x faster here than advanced indexing's index_put.)
