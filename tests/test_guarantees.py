@@ -1,6 +1,8 @@
 """torch's guarantees, checked on every family and path: batch independence, double backward, autocast, memory
 format. References: the unperturbed run (bit for bit), torch's own convolution, float64 runs."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,109 @@ def test_a_sample_never_changes_another(backend, packed, name, batch, victim, va
     assert torch.equal(g[others], clean_g[others]), f"{name}: another sample's input gradient changed"
 
 
+# ----------------------------------------------------------------------------- torch.func and forward-mode AD
+
+def _transform_layers() -> dict:
+    """Every family, each on the path that its own autograd Functions take (the FFT product, DCLS's separable
+    construction, S4D's Vandermonde kernel, FNet's mixing), and the reparameterised ones with torch's batch-norm
+    remedy for torch.func (``replace_all_batch_norm_modules_``: their batch norms, like torch's, update running
+    statistics in place while training)."""
+    torch.manual_seed(0)
+    layers = {
+        "Conv2d-fft-depthwise": (lnn.Conv2d(4, 4, 9, padding=4, groups=4, backend="fft"), (3, 4, 12, 12)),
+        "Conv2d-fft-strided": (lnn.Conv2d(4, 6, 9, stride=2, padding=3, groups=2, backend="fft"), (3, 4, 12, 12)),
+        "Conv1d-fft-circular": (lnn.Conv1d(4, 4, 15, padding=7, padding_mode="circular", backend="fft"), (3, 4, 20)),
+        "Conv3d-fft": (lnn.Conv3d(2, 2, 5, padding=2, backend="fft"), (3, 2, 6, 6, 6)),
+        "DclsConv2d-bilinear": (lnn.DclsConv2d(4, 4, 5, 9, padding=4, groups=4, backend="fft"), (3, 4, 12, 12)),
+        "DclsConv2d-gaussian": (lnn.DclsConv2d(4, 4, 5, 9, padding=4, groups=4, interpolation="gaussian"),
+                                (3, 4, 12, 12)),
+        "CKConv2d": (lnn.CKConv2d(4, 4, 9, groups=4, backend="fft"), (3, 4, 12, 12)),
+        "FlexConv2d": (lnn.FlexConv2d(4, 4, 9, mask_init=0.3, backend="fft"), (3, 4, 12, 12)),
+        "NIFFConv2d": (lnn.NIFFConv2d(4, 4), (3, 4, 12, 12)),
+        "SGConv1d": (lnn.SGConv1d(4, kernel_size=40, kernel_dim=8), (3, 4, 40)),
+        "S4DConv1d": (lnn.S4DConv1d(4, kernel_size=40, d_state=8), (3, 4, 40)),
+        "SGConv2d": (lnn.SGConv2d(4, 4, 9, kernel_dim=4), (3, 4, 12, 12)),
+        "RepLKConv2d": (lnn.RepLKConv2d(4, 4, 13, groups=4, backend="fft"), (3, 4, 14, 14)),
+        "SLaKConv2d": (lnn.SLaKConv2d(4, 4, 13, groups=4, backend="fft"), (3, 4, 14, 14)),
+        "DilatedReparamConv2d": (lnn.DilatedReparamConv2d(4, 4, 9, groups=4, backend="fft"), (3, 4, 12, 12)),
+        "FourierMix": (lnn.FourierMix(), (3, 10, 8)),
+    }
+    for layer, _ in layers.values():
+        torch.func.replace_all_batch_norm_modules_(layer)
+    return layers
+
+
+def _close(got, expected, name):
+    for key, e in expected.items():
+        torch.testing.assert_close(got[key], e, rtol=1e-4, atol=1e-5 * max(e.abs().max().item(), 1.0),
+                                   msg=lambda m: f"{name}, {key}: {m}")
+
+
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_per_sample_gradients_by_vmap_and_grad(name):
+    """``vmap(grad(...))`` over a batch (the per-sample gradients of DP-SGD and influence functions, with
+    ``functional_call``): each sample's gradients in every parameter and its input equal a separate autograd
+    backward on that sample alone; ``vmap`` of the forward equals the calls on each sample."""
+    layer, shape = _transform_layers()[name]
+    x = torch.randn(shape)
+    weights = torch.randn_like(layer(x[:1])[0])  # a fixed linear loss, so that every gradient is non-trivial
+    params = {n: p.detach() for n, p in layer.named_parameters()}
+
+    def loss(params, sample):
+        return (torch.func.functional_call(layer, params, (sample.unsqueeze(0),))[0] * weights).sum()
+
+    grads, input_grads = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(params, x)
+    for i in range(shape[0]):
+        sample = x[i:i + 1].clone().requires_grad_()
+        expected = torch.autograd.grad((layer(sample)[0] * weights).sum(), [sample, *layer.parameters()])
+        _close({"input": input_grads[i], **{n: g[i] for n, g in grads.items()}},
+               {"input": expected[0][0], **dict(zip(params, expected[1:]))}, f"{name}, sample {i}")
+    batched = torch.func.vmap(lambda sample: layer(sample.unsqueeze(0))[0])(x)
+    _close({"output": batched}, {"output": torch.cat([layer(x[i:i + 1]) for i in range(shape[0])]).detach()}, name)
+
+
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_forward_mode_derivatives(name):
+    """Jacobian-vector products in the input and every parameter at once, by ``torch.func.jvp`` and by
+    ``torch.autograd.forward_ad``'s dual tensors, equal ``torch.autograd.functional.jvp`` (reverse mode twice:
+    no forward-mode formula involved)."""
+    layer, shape = _transform_layers()[name]
+    names = [n for n, _ in layer.named_parameters()]
+    primals = (torch.randn(shape), *(p.detach() for p in layer.parameters()))
+    tangents = tuple(torch.randn_like(t) for t in primals)
+
+    def call(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    _, expected = torch.autograd.functional.jvp(call, primals, tangents)
+    _, by_func = torch.func.jvp(call, primals, tangents)
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(p, t) for p, t in zip(primals, tangents)]
+        by_duals = torch.autograd.forward_ad.unpack_dual(call(*duals)).tangent
+    _close({"torch.func.jvp": by_func, "dual tensors": by_duals},
+           {"torch.func.jvp": expected, "dual tensors": expected}, name)
+
+
+@pytest.mark.parametrize("name", [n for n, (layer, _) in _transform_layers().items() if list(layer.parameters())])
+def test_an_ensemble_by_vmap_over_stacked_parameters(name):
+    """Three independently initialised layers stacked (``torch.func.stack_module_state``) and run by one ``vmap``
+    equal each layer's own call; FlexConv's members crop their kernels to masks of three sizes."""
+    make = lambda seed: (torch.manual_seed(seed), _transform_layers()[name][0])[1]  # noqa: E731
+    members = [make(seed) for seed in range(3)]
+    x = torch.randn(_transform_layers()[name][1])
+    if name == "FlexConv2d":
+        with torch.no_grad():
+            for member, width in zip(members, (0.15, 0.3, 1.0)):
+                member.mask_width.fill_(width)
+        assert len({m.effective_kernel_size() for m in members}) == 3
+    params, buffers = torch.func.stack_module_state(members)
+    template = copy.deepcopy(members[0]).to("meta")
+    with torch.no_grad():
+        stacked = torch.func.vmap(lambda p, b: torch.func.functional_call(template, (p, b), (x,)),
+                                  randomness="same")(params, buffers)
+        _close({i: stacked[i] for i in range(3)}, {i: m(x) for i, m in enumerate(members)}, name)
+
+
 # ----------------------------------------------------------------------------- double backward
 
 
@@ -120,6 +225,47 @@ def test_every_family_is_twice_differentiable(name):
         return torch.func.functional_call(layer, {n: p for (n, _), p in zip(named, params)}, (x,))
 
     assert gradgradcheck(call, (x, *(p for _, p in named)), fast_mode=True)
+
+
+@pytest.mark.parametrize("name", list(_family_layers()))
+def test_gradients_taken_with_create_graph_are_the_gradients(name):
+    """First derivatives taken with ``create_graph=True`` (the step before a gradient penalty or a MAML update),
+    in the input and every parameter, against central finite differences of the loss along a random direction.
+    (A backward that recomputes its forward to build the graph must not count twice a path from one of its
+    inputs through another: S4D's coefficients are computed from its poles.)"""
+    layer, shape = _family_layers()[name]
+    layer = layer.double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    tensors = [x, *(p for p in layer.parameters() if p.requires_grad)]
+    weights = torch.randn_like(layer(x)).detach()
+    grads = torch.autograd.grad((layer(x) * weights).sum(), tensors, create_graph=True)
+    eps = 1e-6
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        direction = torch.randn_like(t)
+        with torch.no_grad():
+            losses = []
+            for sign in (1, -1):
+                t.add_(sign * eps * direction)
+                losses.append((layer(x) * weights).sum())
+                t.sub_(sign * eps * direction)
+        numeric = (losses[0] - losses[1]) / (2 * eps)
+        assert abs((g * direction).sum().item() - numeric.item()) <= 1e-6 * max(1.0, abs(numeric.item())), \
+            f"{name}: tensor {i}"
+
+
+def test_a_kernel_made_from_the_input_differentiates_twice_like_torch():
+    """A kernel computed from the input itself (an input-conditioned filter) on the FFT path: the input gradient
+    taken with ``create_graph=True`` and a gradient penalty's second derivatives equal torch's convolution's."""
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    base = torch.randn(3, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for conv in (lambda x, w: fft_conv(x, w, padding=2), lambda x, w: F.conv2d(x, w, padding=2)):
+        xi = x.clone().requires_grad_()
+        out = conv(xi, base * xi.mean(dim=(0, 2, 3)).view(1, 3, 1, 1))
+        (gx,) = torch.autograd.grad(out.square().sum(), xi, create_graph=True)
+        results.append((gx.detach(), *torch.autograd.grad(gx.square().sum(), [xi, base])))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)
 
 
 def test_gradient_penalty_matches_the_direct_path(device):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ConvArgumentError", "ConvArgs", "PADDING_MODES", "conv_args", "ntuple", "per_side_padding",
-           "autocast_operands", "autocast_off", "flat_pads"]
+           "autocast_operands", "autocast_off", "flat_pads", "own_nodes"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 
@@ -112,6 +112,18 @@ def autocast_off(device_type: str):
     if device_type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def own_nodes(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Each tensor as a view of itself, a node of its own in the autograd graph (None stays None).
+
+    A backward that builds a graph of itself (``create_graph=True``) recomputes its Function's forward and asks
+    ``torch.autograd.grad`` for the gradient of each input. Asked for the saved inputs themselves, autograd gives
+    the total derivative, and where one input is computed from another (S4D's coefficients from its poles, a
+    kernel made from the input) the earlier input's gradient includes the path through the later one, which the
+    engine then adds a second time. Asked for these views, each gradient is the partial one the Function owes,
+    and it stays differentiable in the inputs through them."""
+    return tuple(None if t is None else t.view_as(t) for t in tensors)
 
 
 @dataclass(frozen=True)

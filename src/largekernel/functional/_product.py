@@ -6,6 +6,9 @@ Every FFT path of the library (seed 003; :mod:`~largekernel.functional.fft_conv`
 
 * **eager** (and ``torch.jit.trace``): the autograd Function
   :class:`~largekernel.functional._spectral.SpectralProduct`, native CPU kernels included;
+* **torch.func** transforms (``grad``, ``vmap``, ``jvp``...) and forward-mode AD: the product's reference, plain
+  differentiable torch operations (:func:`~largekernel.functional._spectral.reference_product`), which torch can
+  batch and differentiate forwards (the Function could not);
 * **torch.compile**: the same forward and backward as two opaque operators,
   ``largekernel::spectral_product`` and ``largekernel::spectral_product_backward``
   (``torch.library.custom_op``; each name tagged with the library's source,
@@ -32,8 +35,9 @@ from torch import Tensor
 
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
-                                              product_forward)
-from largekernel.functional._tracing import OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic, tracing
+                                              product_forward, reference_product)
+from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic, tracing,
+                                             transformed)
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "real_arithmetic_product"]
@@ -52,6 +56,8 @@ def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: F
             return real_arithmetic_product(x, kernel, mixing, bias, geometry)
         if compiling():
             return _opaque_product(x, kernel, mixing, bias, geometry, keep)
+    elif transformed(x, kernel, mixing, bias):
+        return reference_product(x, kernel, mixing, bias, geometry)
     return SpectralProduct.apply(x, kernel, mixing, bias, geometry, keep)
 
 

@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from largekernel.functional._args import own_nodes
 from largekernel.functional._native import spectral_grad as native_spectral_grad
 from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep, mirror,
                                           place_kernel, rfft_placed, spatial_dims, write)
@@ -260,8 +261,9 @@ def reference_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Te
 def _graph_gradients(grad: Tensor, inputs: tuple, needs: tuple, geometry: FFTGeometry) -> tuple:
     """The gradients for ``inputs`` ``(x, kernel, mixing, bias)`` where ``needs`` says so, as a differentiable
     function of ``grad`` and the inputs (the backward with ``create_graph=True``)."""
-    wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
     with torch.enable_grad():
+        inputs = own_nodes(*inputs)
+        wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
         y = reference_product(*inputs, geometry)
         grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=True, allow_unused=True))
     return tuple(next(grads) if need and t is not None else None for t, need in zip(inputs, needs))

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
-    "tracing", "exporting_onnx", "compiling", "compiled_once", "region_applies", "size_hint", "symbolic", "OPAQUE",
+    "tracing", "exporting_onnx", "compiling", "transformed", "compiled_once", "region_applies", "size_hint", "symbolic", "OPAQUE",
     "op_name", "library_op",
 ]
 
@@ -30,6 +31,19 @@ def tracing() -> bool:
     """Whether a graph is being recorded: ``torch.compile`` (dynamo), ``torch.export`` (strict or not),
     ``torch.onnx.export`` or ``torch.jit.trace`` / ``script``."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def transformed(*tensors: torch.Tensor | None) -> bool:
+    """Whether torch.func's transforms (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``...) run this call, or
+    forward-mode AD does (a dual tensor of ``torch.autograd.forward_ad`` among ``tensors``). The library's autograd
+    Functions (analytic backwards, native kernels) define neither a batching rule nor a ``jvp``, and torch refuses
+    them there; their callers take the Function's reference instead, the differentiable torch operations that its
+    double backward differentiates. Call it only outside :func:`tracing` (Dynamo does not trace the check)."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if getattr(_forward_ad, "_current_level", 0) < 0:  # no dual level entered (-1), so no dual tensor
+        return False
+    return any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def size_hint(size) -> int:

@@ -50,8 +50,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from largekernel.functional._args import autocast_off
-from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
+from largekernel.functional._args import autocast_off, own_nodes
+from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name, tracing, transformed
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -261,10 +261,10 @@ class _SeparableKernel(torch.autograd.Function):
         box, m = ctx.box, len(ctx.box)
         weight, P, SIG, width, norm, scale, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a differentiable function of grad and the inputs
-            inputs = (weight, P, SIG)
-            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]
             with torch.enable_grad():
-                kernel = _reference_separable(weight, P, SIG, box, ctx.interpolation)
+                inputs = own_nodes(weight, P, SIG)
+                wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]
+                kernel = _reference_separable(*inputs, box, ctx.interpolation)
                 grads = iter(torch.autograd.grad(kernel, wanted, grad, create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
         sums, profiles, offsets = saved[:m], saved[m:2 * m], saved[2 * m:]
@@ -313,9 +313,12 @@ def _separable_kernel(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ..
     pairs = math.prod(lead)
     # In the parameters' precision, as the scatter path is: under autocast the forward's matmul would return a
     # half-precision kernel whose gradient the float32 backward cannot take; the convolution casts the kernel.
+    # (torch.func's transforms and forward-mode AD: the reference's operations, which torch batches and
+    # differentiates forwards; the Function defines neither.)
+    construct = _reference_separable if not tracing() and transformed(weight, P, SIG) else _SeparableKernel.apply
     with autocast_off(weight.device.type):
-        kernel = _SeparableKernel.apply(weight.reshape(pairs, count), P.reshape(m, pairs, count),
-                                        SIG.reshape(m, pairs, count), box, interpolation)
+        kernel = construct(weight.reshape(pairs, count), P.reshape(m, pairs, count), SIG.reshape(m, pairs, count),
+                           box, interpolation)
     return kernel.view(*lead, *box)
 
 

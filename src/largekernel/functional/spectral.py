@@ -18,7 +18,7 @@ from largekernel.functional._args import ConvArgumentError, autocast_off
 from largekernel.functional._grid import spatial_dims
 from largekernel.functional._product import spectral_product
 from largekernel.functional._spectral import pointwise
-from largekernel.functional._tracing import compiling, tracing
+from largekernel.functional._tracing import compiling, tracing, transformed
 from largekernel.functional.planner import plan_filter
 
 __all__ = ["spectral_filter", "to_spectrum", "to_spatial", "spectral_pointwise", "fourier_mix"]
@@ -110,6 +110,8 @@ def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
         x = x.float()
     if x.is_complex():
         return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real
+    if not tracing() and transformed(x):  # torch.func, forward-mode AD: the Function's operations, differentiated
+        return _real_part_of_fft2(x, token_dim, hidden_dim).to(dtype)
     return _FourierMix.apply(x, token_dim, hidden_dim).to(dtype)
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
-from largekernel.functional._tracing import compiled_once, region_applies, tracing
+from largekernel.functional._tracing import compiled_once, region_applies, tracing, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn import _eager_op as eager_op
 from largekernel.nn._base import KernelConvNd, centre_kernel
@@ -606,10 +606,12 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         While a graph is recorded the crop size, a value of the mask's parameters, cannot be a Python int of the
         graph. ``torch.compile`` therefore calls the layer as one operator that runs it eagerly, crop included
         (:meth:`forward`, :mod:`largekernel.nn._eager_op`). Where the graph must hold torch operations only
-        (``torch.export``, ONNX) the whole grid is sampled instead and :meth:`_mask` zeroes the samples outside
-        the crop (:meth:`_crop_window`): the same output and gradients, at the cost of applying the whole grid.
+        (``torch.export``, ONNX), and under torch.func's transforms (``vmap`` over stacked parameters has a crop
+        size per member, not one int), the whole grid is sampled instead and :meth:`_mask` zeroes the samples
+        outside the crop (:meth:`_crop_window`): the same output and gradients, at the cost of applying the whole
+        grid.
         """
-        if not self.dynamic_cropping or tracing():
+        if not self._cropping():
             return axes
         roots = self.mask_roots().tolist()
         means = self.mask_mean.detach().tolist()
@@ -619,6 +621,13 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
             start = _first_kept(mu, a, k, self.causal)
             cropped.append(x[start:] if self.causal else x[start:k - start])
         return cropped
+
+    def _cropping(self) -> bool:
+        """Whether :meth:`_crop` crops the grid: with ``dynamic_cropping``, where the crop size may be read as a
+        Python value. Not while a graph is recorded, nor under torch.func's transforms (``vmap`` over stacked
+        parameters cannot read one value of a batch of masks; the whole grid with the crop as zeros gives every
+        member its own)."""
+        return self.dynamic_cropping and not (tracing() or transformed())
 
     def _crop_window(self, axes: list[Tensor]) -> Tensor:
         """1 on the samples :meth:`_crop` keeps, 0 elsewhere, over the whole grid ``(*k)``, from tensor operations
@@ -639,7 +648,7 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         """How many kernel samples the layer applies now: while a graph is recorded (a lazy layer's first call
         under ``torch.compile``), counted by :meth:`_crop_window` in a float64 0-dim tensor, since the crop is a
         value of the mask's parameters there (:meth:`_crop` returns the whole grid)."""
-        if self.dynamic_cropping and tracing():
+        if self.dynamic_cropping and not self._cropping():
             return self._crop_window(self._axes()).double().sum()
         return super()._kept_samples()
 
@@ -651,7 +660,7 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
             g = torch.exp(-0.5 * (x - self.mask_mean[d]).square() / (self.mask_width[d].square() + _EPS))  # (k_d,)
             g = g.view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
             mask = g if mask is None else mask * g
-        if self.dynamic_cropping and tracing():
+        if self.dynamic_cropping and not self._cropping():
             mask = mask * self._crop_window(axes)  # the crop as zeros: see _crop
         return mask
 

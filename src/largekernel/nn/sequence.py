@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional._args import ConvArgumentError, ntuple
-from largekernel.functional._tracing import exporting_onnx
+from largekernel.functional._args import ConvArgumentError, ntuple, own_nodes
+from largekernel.functional._tracing import exporting_onnx, tracing, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
@@ -134,6 +134,13 @@ def _powers(dta_re: Tensor, dta_im: Tensor, start: int, stop: int) -> tuple[Tens
     return magnitude * phase.cos(), magnitude * phase.sin()
 
 
+def _vandermonde(c: Tensor, dta: Tensor, length: int) -> Tensor:
+    """:class:`_Vandermonde`'s kernel with every power materialised, ``(channels, N/2, length)`` at once (the
+    reference's einsum): differentiable to every order, by every transform."""
+    steps = torch.arange(length, device=dta.device, dtype=dta.real.dtype)
+    return 2.0 * torch.einsum("hn,hnl->hl", c, (dta.unsqueeze(-1) * steps).exp()).real
+
+
 class _Vandermonde(torch.autograd.Function):
     """``K[h, l] = 2 Re(sum_n c[h, n] exp(dta[h, n] l))`` for ``l < length``, computed over chunks of
     positions: memory ``O(channels * N * chunk)`` instead of the ``O(channels * N * length)`` of
@@ -162,10 +169,10 @@ class _Vandermonde(torch.autograd.Function):
         c, dta = ctx.saved_tensors
         need_c, need_dta = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the materialised product instead
-            wanted = [t for t, need in ((c, need_c), (dta, need_dta)) if need]
             with torch.enable_grad():
-                steps = torch.arange(ctx.length, device=dta.device, dtype=dta.real.dtype)
-                kernel = 2.0 * torch.einsum("hn,hnl->hl", c, (dta.unsqueeze(-1) * steps).exp()).real
+                c, dta = own_nodes(c, dta)  # c is computed from dta: ask for each one's own share
+                wanted = [t for t, need in ((c, need_c), (dta, need_dta)) if need]
+                kernel = _vandermonde(c, dta, ctx.length)
                 grads = iter(torch.autograd.grad(kernel, wanted, grad, create_graph=True))
             return (next(grads) if need_c else None, next(grads) if need_dta else None, None, None)
         sums = torch.zeros(2, 2, *c.shape, dtype=grad.dtype, device=grad.device)  # [l^0, l^1] x [re, im]
@@ -238,6 +245,8 @@ class S4DKernel(nn.Module):
         c = torch.view_as_complex(self.C.to(real))  # (channels, N/2)
         dta = a * dt
         c = c * (dta.exp() - 1.0) / a  # zero-order hold
+        if not tracing() and transformed(c, dta):  # torch.func, forward-mode AD: every power at once, differentiated
+            return _vandermonde(c, dta, length)
         chunk = max(64, _VANDERMONDE_ELEMENTS // max(1, c.numel()))
         return _Vandermonde.apply(c, dta, length, chunk)  # (channels, length)
 
