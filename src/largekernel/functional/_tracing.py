@@ -19,8 +19,8 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
-    "tracing", "exporting_onnx", "compiling", "transformed", "compiled_once", "region_applies", "size_hint", "symbolic", "OPAQUE",
-    "op_name", "library_op",
+    "tracing", "exporting_onnx", "compiling", "transformed", "compiled_once", "region_applies", "size_hint",
+    "symbolic", "OPAQUE", "op_name", "library_op",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
@@ -35,15 +35,16 @@ def tracing() -> bool:
 
 def transformed(*tensors: torch.Tensor | None) -> bool:
     """Whether torch.func's transforms (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``...) run this call, or
-    forward-mode AD does (a dual tensor of ``torch.autograd.forward_ad`` among ``tensors``). The library's autograd
-    Functions (analytic backwards, native kernels) define neither a batching rule nor a ``jvp``, and torch refuses
-    them there; their callers take the Function's reference instead, the differentiable torch operations that its
+    forward-mode AD does (a dual tensor of ``torch.autograd.forward_ad`` among ``tensors``; with no ``tensors``,
+    whether a dual level is entered at all, where a result may carry tangents). The library's autograd Functions
+    (analytic backwards, native kernels) define neither a batching rule nor a ``jvp``, and torch refuses them
+    there; their callers take the Function's reference instead, the differentiable torch operations that its
     double backward differentiates. Call it only outside :func:`tracing` (Dynamo does not trace the check)."""
     if torch._C._are_functorch_transforms_active():
         return True
     if getattr(_forward_ad, "_current_level", 0) < 0:  # no dual level entered (-1), so no dual tensor
         return False
-    return any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    return not tensors or any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def size_hint(size) -> int:

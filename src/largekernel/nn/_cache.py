@@ -29,13 +29,13 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
                            compute: Callable[[], Tensor]) -> Tensor:
     """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key()`` is unchanged.
 
-    Only without autograd and outside ``torch.compile`` (which traces ``compute`` into its
-    graph instead: the version counters it would compare are data it cannot guard on) and torch.func's transforms
-    (whose wrapped tensors must not outlive them). With
-    autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
+    Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
+    version counters it would compare are data it cannot guard on) and outside torch.func's transforms and
+    forward-mode AD (a result there may hold the transform's tensors or tangents, which must not outlive it).
+    With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
     the result may be reused, so that a compiled graph does not trace what it reads.
     """
-    if torch.compiler.is_compiling() or transformed():  # (torch.func: a result may hold the transform's tensors)
+    if torch.compiler.is_compiling() or transformed():
         return compute()
     if torch.is_grad_enabled():
         module.__dict__[slot] = None
