@@ -157,6 +157,24 @@ def test_forward_mode_derivatives(name):
            {"torch.func.jvp": expected, "dual tensors": expected}, name)
 
 
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_gradcheck_with_batched_and_forward_mode_checks(name):
+    """torch's own gradcheck in float64, in the input and every parameter, with its batched-gradient check
+    (``is_grads_batched``: what ``jacobian(vectorize=True)`` runs), its forward-mode check and its batched
+    forward-mode check (``vmap`` over tangents), against finite differences."""
+    layer, shape = _transform_layers()[name]
+    layer = layer.double()
+    names = [n for n, _ in layer.named_parameters()]
+    inputs = (torch.randn(1, *shape[1:], dtype=torch.float64, requires_grad=True),
+              *(p.detach().clone().requires_grad_() for p in layer.parameters()))
+
+    def call(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(call, inputs, fast_mode=True, check_batched_grad=True, check_forward_ad=True,
+                                    check_batched_forward_grad=True)
+
+
 @pytest.mark.parametrize("name", [n for n, (layer, _) in _transform_layers().items() if list(layer.parameters())])
 def test_an_ensemble_by_vmap_over_stacked_parameters(name):
     """Three independently initialised layers stacked (``torch.func.stack_module_state``) and run by one ``vmap``

@@ -136,7 +136,9 @@ def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     mirrored = q > n // 2
     source = torch.where(mirrored, n - q, q).flatten()
     picked = spectrum.index_select(-1, source).unflatten(-1, (s, m // 2 + 1))  # (..., s, m//2+1)
-    swapped = mirror(picked.movedim(-2, 0), range(-nd, -1)).conj().movedim(0, -2)
+    # (conj_physical, not the lazy conj view, which torch.where resolves anyway: forward-mode AD of a conj view
+    # under vmap fails an assertion in torch)
+    swapped = mirror(picked.movedim(-2, 0), range(-nd, -1)).conj_physical().movedim(0, -2)
     return torch.where(mirrored, swapped, picked).sum(-2)  # (..., m//2+1)
 
 
@@ -147,7 +149,7 @@ def _tile_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     r = torch.arange(n // 2 + 1, device=spectrum.device) % m
     mirrored = r > m // 2
     picked = spectrum.index_select(-1, torch.where(mirrored, m - r, r))  # (..., n//2+1)
-    return torch.where(mirrored, mirror(picked, range(-nd, -1)).conj(), picked)
+    return torch.where(mirrored, mirror(picked, range(-nd, -1)).conj_physical(), picked)  # (as in _fold_last)
 
 
 def irfft_keep(spectrum: Tensor, geometry: FFTGeometry, keep: tuple[int, ...] | None = None,

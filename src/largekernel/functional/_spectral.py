@@ -37,7 +37,7 @@ from largekernel.functional._native import spectral_grad as native_spectral_grad
 from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep, mirror,
                                           place_kernel, rfft_placed, spatial_dims, write)
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
-from largekernel.functional._tracing import tracing
+from largekernel.functional._tracing import batched, tracing
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["SpectralProduct", "product_forward", "product_backward", "reference_product", "pointwise"]
@@ -243,10 +243,11 @@ def reference_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Te
         # (Parts as torch.complex, not a complex view: a view's double backward fails on gradients that arrive
         # at an odd storage offset.)
         w = kernel if kernel.is_complex() else torch.complex(kernel[..., 0], kernel[..., 1])
-        w = 0.5 * (w + mirror(w, spatial_dims(nd)).conj())
+        w = 0.5 * (w + mirror(w, spatial_dims(nd)).conj_physical())
         m = w[..., : geometry.grid[-1] // 2 + 1].unsqueeze(1)
     else:
-        m = torch.fft.rfftn(place_kernel(kernel, geometry), dim=spatial_dims(nd)).conj()
+        # (conj_physical, not the lazy conj view: forward-mode AD of a view under vmap fails an assertion in torch)
+        m = torch.fft.rfftn(place_kernel(kernel, geometry), dim=spatial_dims(nd)).conj_physical()
     b = x.shape[0]
     groups = geometry.groups
     cout, i = m.shape[:2]
@@ -518,8 +519,9 @@ class SpectralProduct(torch.autograd.Function):
     """:func:`product_forward` with :func:`product_backward` as its backward (the eager path).
 
     ``keep``: whether a kernel (or mixing) gradient will be wanted (the caller knows the grad mode): only
-    then are the input spectra kept. With a graph of the backward asked for (``create_graph=True``), the
-    gradients come from :func:`reference_product` instead.
+    then are the input spectra kept. With a graph of the backward asked for (``create_graph=True``), or batched
+    gradients (``is_grads_batched=True``: the native kernels batch nothing), the gradients come from
+    :func:`reference_product` instead.
     """
 
     @staticmethod
@@ -535,7 +537,7 @@ class SpectralProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, kernel, mixing, bias, *saved = ctx.saved_tensors
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or batched(grad):  # a graph of the backward, or batched gradients
             return (*_graph_gradients(grad, (x, kernel, mixing, bias), ctx.needs_input_grad[:4], ctx.geometry),
                     None, None)
         needs = (*ctx.needs, ctx.needs_input_grad[3])

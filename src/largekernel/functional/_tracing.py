@@ -19,7 +19,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
-    "tracing", "exporting_onnx", "compiling", "transformed", "compiled_once", "region_applies", "size_hint",
+    "tracing", "exporting_onnx", "compiling", "transformed", "batched", "compiled_once", "region_applies", "size_hint",
     "symbolic", "OPAQUE", "op_name", "library_op",
 ]
 
@@ -45,6 +45,15 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     if getattr(_forward_ad, "_current_level", 0) < 0:  # no dual level entered (-1), so no dual tensor
         return False
     return not tensors or any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def batched(grad: torch.Tensor) -> bool:
+    """Whether ``grad`` is a batch of gradients that autograd's own batching runs a backward on at once
+    (``torch.autograd.grad(..., is_grads_batched=True)``, behind ``torch.autograd.functional.jacobian(
+    vectorize=True)`` and gradcheck's ``check_batched_grad``; its batched tensors do not count as torch.func's).
+    Read from the names of ``grad``'s dispatch keys (torch gives no other way): where torch names them otherwise,
+    False, and a backward that cannot be batched fails with torch's error, as before."""
+    return "Batched" in str(torch._C._dispatch_keys(grad))
 
 
 def size_hint(size) -> int:

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off, own_nodes
-from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name, tracing, transformed
+from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, tracing, transformed
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -260,7 +260,9 @@ class _SeparableKernel(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         box, m = ctx.box, len(ctx.box)
         weight, P, SIG, width, norm, scale, *saved = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable function of grad and the inputs
+        # create_graph=True, or batched gradients (the rows written below are not batched): a differentiable
+        # function of grad and the inputs
+        if torch.is_grad_enabled() or batched(grad):
             with torch.enable_grad():
                 inputs = own_nodes(weight, P, SIG)
                 wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple, own_nodes
-from largekernel.functional._tracing import exporting_onnx, tracing, transformed
+from largekernel.functional._tracing import batched, exporting_onnx, tracing, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
@@ -168,7 +168,9 @@ class _Vandermonde(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         c, dta = ctx.saved_tensors
         need_c, need_dta = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the materialised product instead
+        # create_graph=True, or batched gradients (its sums below are not batched): differentiate the
+        # materialised product instead
+        if torch.is_grad_enabled() or batched(grad):
             with torch.enable_grad():
                 c, dta = own_nodes(c, dta)  # c is computed from dta: ask for each one's own share
                 wanted = [t for t, need in ((c, need_c), (dta, need_dta)) if need]
