@@ -2,6 +2,7 @@
 format. References: the unperturbed run (bit for bit), torch's own convolution, float64 runs."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -116,7 +117,8 @@ def _close(got, expected, name):
 def test_per_sample_gradients_by_vmap_and_grad(name):
     """``vmap(grad(...))`` over a batch (the per-sample gradients of DP-SGD and influence functions, with
     ``functional_call``): each sample's gradients in every parameter and its input equal a separate autograd
-    backward on that sample alone; ``vmap`` of the forward equals the calls on each sample."""
+    backward on that sample alone, every operation batched by a rule of torch's; ``vmap`` of the forward equals
+    the calls on each sample."""
     layer, shape = _transform_layers()[name]
     x = torch.randn(shape)
     weights = torch.randn_like(layer(x[:1])[0])  # a fixed linear loss, so that every gradient is non-trivial
@@ -125,7 +127,11 @@ def test_per_sample_gradients_by_vmap_and_grad(name):
     def loss(params, sample):
         return (torch.func.functional_call(layer, params, (sample.unsqueeze(0),))[0] * weights).sum()
 
-    grads, input_grads = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(params, x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads, input_grads = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(params, x)
+    # every operation batched by a rule, none run sample by sample (torch warns of "a performance drop" then)
+    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
     for i in range(shape[0]):
         sample = x[i:i + 1].clone().requires_grad_()
         expected = torch.autograd.grad((layer(sample)[0] * weights).sum(), [sample, *layer.parameters()])

@@ -23,8 +23,8 @@ from torch import Tensor
 from largekernel.functional._native import hermitian as native_hermitian
 from largekernel.functional.planner import FFTGeometry
 
-__all__ = ["spatial_dims", "place_kernel", "gather_kernel", "mirror", "hermitian_part", "hermitian_extension",
-           "irfft_keep", "rfft_placed", "place_output", "crop", "write"]
+__all__ = ["spatial_dims", "place_kernel", "gather_kernel", "mirror", "conjugate", "hermitian_part",
+           "hermitian_extension", "irfft_keep", "rfft_placed", "place_output", "crop", "write"]
 
 
 def spatial_dims(nd: int) -> tuple[int, ...]:
@@ -128,6 +128,14 @@ def hermitian_extension(half: Tensor, grid: tuple[int, ...]) -> Tensor:
     return torch.cat([half, other], dim=-1)
 
 
+def conjugate(z: Tensor) -> Tensor:
+    """The complex conjugate of ``z`` as a tensor of its own, from operations that torch.func batches and
+    differentiates forwards under ``vmap``: there the lazy ``conj()`` view fails an assertion in torch
+    ("!this_view_meta->has_fw_view()") and ``conj_physical`` has no batching rule (a slow loop, and a warning).
+    Where the result is read once (``torch.where``, a product) the view would have been resolved anyway."""
+    return torch.complex(z.real, z.imag.neg())
+
+
 def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     """Half spectrum (last dim n//2+1) of a real signal of last-dim length n -> half spectrum of its
     every-s-th sample (m//2+1, m = n/s), up to the factor 1/s: ``Z[f] = sum_a Y[f + a*m]``."""
@@ -136,9 +144,7 @@ def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     mirrored = q > n // 2
     source = torch.where(mirrored, n - q, q).flatten()
     picked = spectrum.index_select(-1, source).unflatten(-1, (s, m // 2 + 1))  # (..., s, m//2+1)
-    # (conj_physical, not the lazy conj view, which torch.where resolves anyway: forward-mode AD of a conj view
-    # under vmap fails an assertion in torch)
-    swapped = mirror(picked.movedim(-2, 0), range(-nd, -1)).conj_physical().movedim(0, -2)
+    swapped = conjugate(mirror(picked.movedim(-2, 0), range(-nd, -1))).movedim(0, -2)
     return torch.where(mirrored, swapped, picked).sum(-2)  # (..., m//2+1)
 
 
@@ -149,7 +155,7 @@ def _tile_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     r = torch.arange(n // 2 + 1, device=spectrum.device) % m
     mirrored = r > m // 2
     picked = spectrum.index_select(-1, torch.where(mirrored, m - r, r))  # (..., n//2+1)
-    return torch.where(mirrored, mirror(picked, range(-nd, -1)).conj_physical(), picked)  # (as in _fold_last)
+    return torch.where(mirrored, conjugate(mirror(picked, range(-nd, -1))), picked)
 
 
 def irfft_keep(spectrum: Tensor, geometry: FFTGeometry, keep: tuple[int, ...] | None = None,

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from largekernel.functional._args import own_nodes
 from largekernel.functional._native import spectral_grad as native_spectral_grad
-from largekernel.functional._grid import (gather_kernel, hermitian_extension, hermitian_part, irfft_keep, mirror,
-                                          place_kernel, rfft_placed, spatial_dims, write)
+from largekernel.functional._grid import (conjugate, gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
+                                          mirror, place_kernel, rfft_placed, spatial_dims, write)
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
 from largekernel.functional._tracing import batched, tracing
 from largekernel.functional.planner import FFTGeometry
@@ -243,11 +243,10 @@ def reference_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Te
         # (Parts as torch.complex, not a complex view: a view's double backward fails on gradients that arrive
         # at an odd storage offset.)
         w = kernel if kernel.is_complex() else torch.complex(kernel[..., 0], kernel[..., 1])
-        w = 0.5 * (w + mirror(w, spatial_dims(nd)).conj_physical())
+        w = 0.5 * (w + conjugate(mirror(w, spatial_dims(nd))))
         m = w[..., : geometry.grid[-1] // 2 + 1].unsqueeze(1)
     else:
-        # (conj_physical, not the lazy conj view: forward-mode AD of a view under vmap fails an assertion in torch)
-        m = torch.fft.rfftn(place_kernel(kernel, geometry), dim=spatial_dims(nd)).conj_physical()
+        m = conjugate(torch.fft.rfftn(place_kernel(kernel, geometry), dim=spatial_dims(nd)))
     b = x.shape[0]
     groups = geometry.groups
     cout, i = m.shape[:2]
