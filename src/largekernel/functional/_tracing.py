@@ -39,7 +39,10 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     whether a dual level is entered at all, where a result may carry tangents). The library's autograd Functions
     (analytic backwards, native kernels) define neither a batching rule nor a ``jvp``, and torch refuses them
     there; their callers take the Function's reference instead, the differentiable torch operations that its
-    double backward differentiates. Call it only outside :func:`tracing` (Dynamo does not trace the check)."""
+    double backward differentiates. False while a graph is recorded (:func:`tracing`), which takes its own routes
+    (and where Dynamo would not trace the check)."""
+    if tracing():
+        return False
     if torch._C._are_functorch_transforms_active():
         return True
     if getattr(_forward_ad, "_current_level", 0) < 0:  # no dual level entered (-1), so no dual tensor

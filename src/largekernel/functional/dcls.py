@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off, own_nodes
-from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, tracing, transformed
+from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, transformed
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -317,7 +317,7 @@ def _separable_kernel(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int, ..
     # half-precision kernel whose gradient the float32 backward cannot take; the convolution casts the kernel.
     # (torch.func's transforms and forward-mode AD: the reference's operations, which torch batches and
     # differentiates forwards; the Function defines neither.)
-    construct = _reference_separable if not tracing() and transformed(weight, P, SIG) else _SeparableKernel.apply
+    construct = _reference_separable if transformed(weight, P, SIG) else _SeparableKernel.apply
     with autocast_off(weight.device.type):
         kernel = construct(weight.reshape(pairs, count), P.reshape(m, pairs, count), SIG.reshape(m, pairs, count),
                            box, interpolation)

@@ -110,7 +110,7 @@ def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
         x = x.float()
     if x.is_complex():
         return torch.fft.fft2(x, dim=(token_dim, hidden_dim)).real
-    if not tracing() and transformed(x):  # torch.func, forward-mode AD: the Function's operations, differentiated
+    if transformed(x):  # torch.func, forward-mode AD: the Function's operations, differentiated
         return _real_part_of_fft2(x, token_dim, hidden_dim).to(dtype)
     return _FourierMix.apply(x, token_dim, hidden_dim).to(dtype)
 

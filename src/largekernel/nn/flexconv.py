@@ -627,7 +627,7 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         Python value. Not while a graph is recorded, nor under torch.func's transforms (``vmap`` over stacked
         parameters cannot read one value of a batch of masks; the whole grid with the crop as zeros gives every
         member its own)."""
-        return self.dynamic_cropping and not (tracing() or transformed())
+        return self.dynamic_cropping and not tracing() and not transformed()
 
     def _crop_window(self, axes: list[Tensor]) -> Tensor:
         """1 on the samples :meth:`_crop` keeps, 0 elsewhere, over the whole grid ``(*k)``, from tensor operations

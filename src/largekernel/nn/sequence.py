@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple, own_nodes
-from largekernel.functional._tracing import batched, exporting_onnx, tracing, transformed
+from largekernel.functional._tracing import batched, exporting_onnx, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
@@ -247,7 +247,7 @@ class S4DKernel(nn.Module):
         c = torch.view_as_complex(self.C.to(real))  # (channels, N/2)
         dta = a * dt
         c = c * (dta.exp() - 1.0) / a  # zero-order hold
-        if not tracing() and transformed(c, dta):  # torch.func, forward-mode AD: every power at once, differentiated
+        if transformed(c, dta):  # torch.func, forward-mode AD: every power at once, differentiated
             return _vandermonde(c, dta, length)
         chunk = max(64, _VANDERMONDE_ELEMENTS // max(1, c.numel()))
         return _Vandermonde.apply(c, dta, length, chunk)  # (channels, length)
