@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradgradcheck
@@ -113,32 +114,63 @@ def _close(got, expected, name):
                                    msg=lambda m: f"{name}, {key}: {m}")
 
 
-@pytest.mark.parametrize("name", list(_transform_layers()))
-def test_per_sample_gradients_by_vmap_and_grad(name):
-    """``vmap(grad(...))`` over a batch (the per-sample gradients of DP-SGD and influence functions, with
-    ``functional_call``): each sample's gradients in every parameter and its input equal a separate autograd
-    backward on that sample alone, every operation batched by a rule of torch's; ``vmap`` of the forward equals
-    the calls on each sample."""
-    layer, shape = _transform_layers()[name]
-    x = torch.randn(shape)
+def _assert_per_sample_gradients(layer: nn.Module, x: torch.Tensor, name: str, compile=None) -> None:
+    """``vmap(grad(...))`` over the batch ``x`` (the per-sample gradients of DP-SGD and influence functions, with
+    ``functional_call``), through ``compile`` where given: each sample's gradients in every parameter and its input
+    equal a separate eager autograd backward on that sample alone."""
     weights = torch.randn_like(layer(x[:1])[0])  # a fixed linear loss, so that every gradient is non-trivial
     params = {n: p.detach() for n, p in layer.named_parameters()}
 
     def loss(params, sample):
         return (torch.func.functional_call(layer, params, (sample.unsqueeze(0),))[0] * weights).sum()
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        grads, input_grads = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(params, x)
-    # every operation batched by a rule, none run sample by sample (torch warns of "a performance drop" then)
-    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
-    for i in range(shape[0]):
+    per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))
+    grads, input_grads = (per_sample if compile is None else compile(per_sample))(params, x)
+    for i in range(x.shape[0]):
         sample = x[i:i + 1].clone().requires_grad_()
         expected = torch.autograd.grad((layer(sample)[0] * weights).sum(), [sample, *layer.parameters()])
         _close({"input": input_grads[i], **{n: g[i] for n, g in grads.items()}},
                {"input": expected[0][0], **dict(zip(params, expected[1:]))}, f"{name}, sample {i}")
+
+
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_per_sample_gradients_by_vmap_and_grad(name):
+    """Per-sample gradients by ``vmap(grad(...))`` (:func:`_assert_per_sample_gradients`), every operation batched
+    by a rule of torch's; ``vmap`` of the forward equals the calls on each sample."""
+    layer, shape = _transform_layers()[name]
+    x = torch.randn(shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _assert_per_sample_gradients(layer, x, name)
+    # every operation batched by a rule, none run sample by sample (torch warns of "a performance drop" then)
+    assert not [w for w in caught if "batching rule" in str(w.message)], [str(w.message) for w in caught]
     batched = torch.func.vmap(lambda sample: layer(sample.unsqueeze(0))[0])(x)
     _close({"output": batched}, {"output": torch.cat([layer(x[i:i + 1]) for i in range(shape[0])]).detach()}, name)
+
+
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_compiled_per_sample_gradients(name):
+    """``torch.compile(vmap(grad(...)))`` in one graph (``fullgraph=True``: Dynamo traces the transforms and the
+    layer, AOTAutograd records the graphs that inductor would compile) gives eager autograd's per-sample
+    gradients. (The library's opaque operators, which define no batching rule, give way to the transforms'
+    routes there.)"""
+    layer, shape = _transform_layers()[name]
+    torch.compiler.reset()
+    _assert_per_sample_gradients(layer, torch.randn(shape), name,
+                                 lambda f: torch.compile(f, backend="aot_eager", fullgraph=True))
+
+
+def test_inductor_compiled_per_sample_gradients():
+    """Inductor's code for ``vmap(grad(...))``: a strided, grouped FFT convolution (its decimated spectrum) and
+    NIFF (its symmetrised filter), whose index selections take advanced indexing there: inductor compiles
+    ``index_select``'s backward on a gradient batched by ``vmap`` wrongly on torch 2.13 (each sample got the sum
+    of all samples' gradients)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(lnn.Conv1d(4, 6, 9, stride=2, padding=3, groups=2, backend="fft"), nn.GELU(),
+                          lnn.NIFFConv1d(6, 4))
+    torch.compiler.reset()
+    _assert_per_sample_gradients(model, torch.randn(3, 4, 24), "Conv1d-fft-strided, NIFFConv1d",
+                                 lambda f: torch.compile(f, backend="inductor", fullgraph=True))
 
 
 @pytest.mark.parametrize("name", list(_transform_layers()))

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._native import hermitian as native_hermitian
+from largekernel.functional._tracing import tracing, transformed
 from largekernel.functional.planner import FFTGeometry
 
-__all__ = ["spatial_dims", "place_kernel", "gather_kernel", "mirror", "conjugate", "hermitian_part",
+__all__ = ["spatial_dims", "place_kernel", "gather_kernel", "mirror", "conjugate", "select", "hermitian_part",
            "hermitian_extension", "irfft_keep", "rfft_placed", "place_output", "crop", "write"]
 
 
@@ -124,7 +125,7 @@ def hermitian_extension(half: Tensor, grid: tuple[int, ...]) -> Tensor:
     """The full Hermitian spectrum ``(..., *grid)`` whose half (last dim ``n // 2 + 1``) is ``half``."""
     nd, n = len(grid), grid[-1]
     rest = torch.arange(n // 2 + 1, n, device=half.device)
-    other = mirror(half, range(-nd, -1)).conj().index_select(-1, n - rest)  # bins n//2+1 .. n-1
+    other = select(mirror(half, range(-nd, -1)).conj(), -1, n - rest)  # bins n//2+1 .. n-1
     return torch.cat([half, other], dim=-1)
 
 
@@ -136,6 +137,17 @@ def conjugate(z: Tensor) -> Tensor:
     return torch.complex(z.real, z.imag.neg())
 
 
+def select(t: Tensor, dim: int, index: Tensor) -> Tensor:
+    """``t.index_select(dim, index)`` (a 1-D ``index``), whose backward (an ``index_add``) is the faster one in eager
+    mode. Where ``torch.compile`` records torch.func's transforms, advanced indexing instead: there inductor
+    compiles that backward wrongly once the gradient is batched by ``vmap`` (an ``index_add`` into zeros expanded
+    over the batch, which gives every sample the sum of all samples' gradients: torch 2.13; 2.14.1 compiles it
+    right)."""
+    if tracing() and transformed():
+        return t[(slice(None),) * (dim % t.dim()) + (index,)]
+    return t.index_select(dim, index)
+
+
 def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     """Half spectrum (last dim n//2+1) of a real signal of last-dim length n -> half spectrum of its
     every-s-th sample (m//2+1, m = n/s), up to the factor 1/s: ``Z[f] = sum_a Y[f + a*m]``."""
@@ -143,7 +155,7 @@ def _fold_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     q = torch.arange(s, device=spectrum.device).unsqueeze(1) * m + torch.arange(m // 2 + 1, device=spectrum.device)
     mirrored = q > n // 2
     source = torch.where(mirrored, n - q, q).flatten()
-    picked = spectrum.index_select(-1, source).unflatten(-1, (s, m // 2 + 1))  # (..., s, m//2+1)
+    picked = select(spectrum, -1, source).unflatten(-1, (s, m // 2 + 1))  # (..., s, m//2+1)
     swapped = conjugate(mirror(picked.movedim(-2, 0), range(-nd, -1))).movedim(0, -2)
     return torch.where(mirrored, swapped, picked).sum(-2)  # (..., m//2+1)
 
@@ -154,7 +166,7 @@ def _tile_last(spectrum: Tensor, n: int, s: int, nd: int) -> Tensor:
     m = n // s
     r = torch.arange(n // 2 + 1, device=spectrum.device) % m
     mirrored = r > m // 2
-    picked = spectrum.index_select(-1, torch.where(mirrored, m - r, r))  # (..., n//2+1)
+    picked = select(spectrum, -1, torch.where(mirrored, m - r, r))  # (..., n//2+1)
     return torch.where(mirrored, conjugate(mirror(picked, range(-nd, -1))), picked)
 
 

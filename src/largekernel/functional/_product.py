@@ -36,7 +36,7 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward, reference_product)
-from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic, tracing,
+from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic,
                                              transformed)
 from largekernel.functional.planner import FFTGeometry
 
@@ -51,12 +51,11 @@ def spectral_product(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: F
     too, and a compiled graph computes no complex tensor); optional real ``mixing`` ``(out, Cout)`` after it;
     ``bias`` per output channel. Returns ``(B, out, *geometry.out)``."""
     keep = torch.is_grad_enabled() and (kernel.requires_grad or (mixing is not None and mixing.requires_grad))
-    if tracing():
-        if exporting_onnx():
-            return real_arithmetic_product(x, kernel, mixing, bias, geometry)
-        if compiling():
-            return _opaque_product(x, kernel, mixing, bias, geometry, keep)
-    elif transformed(x, kernel, mixing, bias):
+    if exporting_onnx():
+        return real_arithmetic_product(x, kernel, mixing, bias, geometry)
+    if compiling():
+        return _opaque_product(x, kernel, mixing, bias, geometry, keep)
+    if transformed(x, kernel, mixing, bias):
         return reference_product(x, kernel, mixing, bias, geometry)
     return SpectralProduct.apply(x, kernel, mixing, bias, geometry, keep)
 

@@ -39,15 +39,26 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     whether a dual level is entered at all, where a result may carry tangents). The library's autograd Functions
     (analytic backwards, native kernels) define neither a batching rule nor a ``jvp``, and torch refuses them
     there; their callers take the Function's reference instead, the differentiable torch operations that its
-    double backward differentiates. False while a graph is recorded (:func:`tracing`), which takes its own routes
-    (and where Dynamo would not trace the check)."""
+    double backward differentiates. While a graph is recorded (:func:`tracing`), which takes its own routes: only
+    whether ``torch.compile`` records a transform (``torch.compile(vmap(grad(f)))``), where those routes' opaque
+    operators would meet the transform's tensors."""
     if tracing():
-        return False
-    if torch._C._are_functorch_transforms_active():
+        return torch.compiler.is_compiling() and _transforms_active()
+    if _transforms_active():
         return True
     if getattr(_forward_ad, "_current_level", 0) < 0:  # no dual level entered (-1), so no dual tensor
         return False
     return not tensors or any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _transforms_active() -> bool:
+    """Whether torch.func's transforms are active: also while Dynamo traces one (it enters the transforms' levels
+    as it traces them), read in Python, a constant of the recorded graph."""
+    return torch._C._are_functorch_transforms_active()
+
+
+# torch.compiler.assume_constant_result's mark (as for _backward_compiled_ahead below).
+_transforms_active._dynamo_marked_constant = True
 
 
 def batched(grad: torch.Tensor) -> bool:
@@ -121,9 +132,11 @@ def _source_tag() -> str:
 
 def compiling() -> bool:
     """Whether ``torch.compile`` records the graph (not an export): then the library's opaque operators
-    (``torch.library.custom_op``) stand for code that inductor would compile slowly or not at all."""
+    (``torch.library.custom_op``) stand for code that inductor would compile slowly or not at all. Not where it
+    records torch.func's transforms (:func:`transformed`): the operators define no batching rule, and the
+    transforms' routes are torch operations that the compiled graph records as they are."""
     return (OPAQUE and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not exporting_onnx())
+            and not exporting_onnx() and not _transforms_active())
 
 
 # torch's hierarchical compilation (torch.compiler.nested_compile_region), and the torch version that decides where

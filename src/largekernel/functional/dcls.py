@@ -210,7 +210,10 @@ def _reference_separable(weight: Tensor, P: Tensor, SIG: Tensor, box: tuple[int,
             profiles.append(torch.where(expo > floor, expo.clamp(min=floor).exp(), 0.0))
         else:
             profiles.append((width[m - 1 - dim].unsqueeze(-1) - offset.abs()).relu())
-    norm = math.prod(prof.sum(-1) for prof in profiles) + _EPS
+    norm = profiles[0].sum(-1)
+    for prof in profiles[1:]:  # (a loop: Dynamo traces no math.prod of tensors)
+        norm = norm * prof.sum(-1)
+    norm = norm + _EPS
     rest = _outer(profiles[1:]) if m > 1 else weight.new_ones(pairs, count, 1)
     return torch.bmm(((weight / norm).unsqueeze(-1) * profiles[0]).transpose(1, 2), rest)
 
