@@ -2,6 +2,7 @@
 format. References: the unperturbed run (bit for bit), torch's own convolution, float64 runs."""
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -435,3 +436,98 @@ def test_channels_last_in_channels_last_out(backend, packed, device):
     x3 = torch.randn(2, 4, 6, 6, 6, device=device).to(memory_format=torch.channels_last_3d)
     assert lnn.Conv3d(4, 4, 5, padding=2, groups=4, backend=backend, device=device)(x3).is_contiguous(
         memory_format=torch.channels_last_3d)
+
+
+# ----------------------------------------------------------------------------- deferred initialisation
+
+#: Every layer with state, at a width where each tensor holds enough values to compare distributions.
+_DEFERRED = {
+    "Conv2d-fft": lambda: lnn.Conv2d(8, 8, 9, padding=4, backend="fft"),
+    "DclsConv2d-bilinear": lambda: lnn.DclsConv2d(8, 8, 5, 9, padding=4, groups=2),
+    "DclsConv2d-gaussian": lambda: lnn.DclsConv2d(8, 8, 5, 9, padding=4, groups=2, interpolation="gaussian"),
+    "CKConv2d-siren": lambda: lnn.CKConv2d(8, 8, 9),
+    "CKConv2d-siren-learned-omega": lambda: lnn.CKConv2d(8, 8, 9, kernel_net_kwargs={"learn_omega_0": True}),
+    "CKConv1d-mlp": lambda: lnn.CKConv1d(8, 8, 15, kernel_net="mlp"),
+    "FlexConv2d-magnet": lambda: lnn.FlexConv2d(8, 8, 9, mask_init=0.3),
+    "FlexConv1d-gabor-causal": lambda: lnn.FlexConv1d(8, 8, 15, kernel_net="gabor", causal=True),
+    "FlexConv2d-fourier": lambda: lnn.FlexConv2d(8, 8, 9, kernel_net="fourier"),
+    "NIFFConv2d": lambda: lnn.NIFFConv2d(8, 16),
+    "SpectralPointwise": lambda: lnn.SpectralPointwise(8, 16),
+    "SGConv1d": lambda: lnn.SGConv1d(8, kernel_size=64, kernel_dim=8),
+    "SGConv2d": lambda: lnn.SGConv2d(8, 16, 9, kernel_dim=4),
+    "S4DConv1d": lambda: lnn.S4DConv1d(8, kernel_size=64, d_state=16),
+    "RepLKConv2d": lambda: lnn.RepLKConv2d(8, 8, 13, groups=8),
+    "SLaKConv2d": lambda: lnn.SLaKConv2d(8, 8, 13, groups=8),
+    "DilatedReparamConv2d": lambda: lnn.DilatedReparamConv2d(8, 8, 9, groups=8),
+}
+
+
+def _state(layer: nn.Module) -> dict:
+    return {n: t.detach().clone() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
+
+
+def _ks_statistic(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """The two-sample Kolmogorov-Smirnov statistic ``max |F_a - F_b|`` and its critical value at the level
+    ``alpha = 1e-6``, ``sqrt(-ln(alpha / 2) / 2) * sqrt((n + m) / (n m))`` (the test below makes ~10^3 such
+    comparisons; the defects it is for, a default initialisation in place of a scaled one, give ``D`` near 1)."""
+    a, b = a.flatten().double().sort().values, b.flatten().double().sort().values
+    points = torch.cat([a, b])
+    cdf = [torch.searchsorted(s, points, right=True) / s.numel() for s in (a, b)]
+    n, m = a.numel(), b.numel()
+    return (cdf[0] - cdf[1]).abs().max().item(), (-math.log(1e-6 / 2) / 2) ** 0.5 * ((n + m) / (n * m)) ** 0.5
+
+
+@pytest.mark.parametrize("order", ["layer", "children first"])
+@pytest.mark.parametrize("name", list(_DEFERRED))
+def test_built_on_the_meta_device_then_initialised_like_construction(name, order):
+    """Deferred initialisation, as torch's layers allow it: built under ``torch.device("meta")`` (no memory),
+    materialised by ``to_empty`` (uninitialised memory: filled with NaN here) and initialised by the layer's
+    ``reset_parameters()``, or by every module's, children first (``model.apply``), every parameter and buffer is
+    set as construction sets it: the constant ones equal, the random ones from the same distribution (pooled
+    over seeds, a two-sample Kolmogorov-Smirnov test)."""
+    make = _DEFERRED[name]
+    built, deferred = [], []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        built.append(_state(make()))
+        with torch.device("meta"):
+            layer = make()
+        layer.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in [*layer.parameters(), *layer.buffers()]:
+                t.fill_(float("nan") if t.is_floating_point() else -1)
+        torch.manual_seed(100 + seed)
+        if order == "layer":
+            layer.reset_parameters()
+        else:
+            layer.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        deferred.append(_state(layer))
+    for key in built[0]:
+        values = [s[key] for s in deferred]
+        assert all(v.is_floating_point() and not v.isnan().any() or not v.is_floating_point() and (v >= 0).all()
+                   for v in values), f"{key} left uninitialised"
+        if all(torch.equal(s[key], built[0][key]) for s in built[1:]):  # a constant of construction
+            for v in values:
+                torch.testing.assert_close(v, built[0][key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+        else:
+            d, critical = _ks_statistic(torch.cat([s[key].flatten() for s in built]), torch.cat(values))
+            assert d < critical, f"{key}: KS statistic {d:.3f} >= {critical:.3f}"
+
+
+@pytest.mark.parametrize("name", list(_DEFERRED))
+def test_built_on_the_meta_device_then_loaded_runs_like_the_original(name):
+    """The loading route of deferred initialisation (``load_state_dict(..., assign=True)`` into a layer built
+    under ``torch.device("meta")``, as Hugging Face's ``init_empty_weights`` does): the same outputs, bit for bit;
+    and the meta layer's forward gives the output's shape without computing it."""
+    torch.manual_seed(0)
+    original = _DEFERRED[name]()
+    with torch.device("meta"):
+        layer = _DEFERRED[name]()
+        shape = (2, 8, 40) if "1d" in name else (2, 8, 12, 12)
+        meta_out = layer(torch.empty(shape))
+    layer.load_state_dict(copy.deepcopy(original.state_dict()), assign=True)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = original(x)
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    assert meta_out.shape == expected.shape and meta_out.device.type == "meta"

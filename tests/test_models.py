@@ -203,6 +203,22 @@ def test_bake_keeps_output(name):
 
 
 @pytest.mark.parametrize("name", _FULL)
+def test_built_on_the_meta_device_then_loaded(name):
+    """Deferred initialisation of a whole model (Hugging Face's ``init_empty_weights``, FSDP): built under
+    ``torch.device("meta")`` without memory, then given a checkpoint's tensors (``assign=True``), it computes what
+    the model built on the CPU computes, bit for bit."""
+    torch.manual_seed(0)
+    original, x = _model(name)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=5, **_setup(name)[0])
+    assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    model.load_state_dict(copy.deepcopy(original.state_dict()), assign=True)
+    original.eval(), model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", _FULL)
 def test_compile_matches_eager(name):
     model, x = _model(name)
     model.eval()

@@ -117,7 +117,7 @@ class VisionTransformer(nn.Module):
         # Positional embeddings of the patch tokens only, so that they can be resized as an image.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # also where built on "meta"
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mixer, mlp_ratio, drop_rate, attn_drop_rate, r)
                                       for r in rates])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)

@@ -613,8 +613,13 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         """
         if not self._cropping():
             return axes
-        roots = self.mask_roots().tolist()
-        means = self.mask_mean.detach().tolist()
+        if self.mask_width.is_meta or self.mask_mean.is_meta:
+            # built on the meta device (deferred initialisation): no values yet; crop as initialised (reset_parameters)
+            roots = [w * math.sqrt(-2.0 * math.log(self.mask_threshold)) for w in self._initial_widths()]
+            means = [1.0 if self.causal else 0.0] * self._nd
+        else:
+            roots = self.mask_roots().tolist()
+            means = self.mask_mean.detach().tolist()
         cropped = []
         for x, a, mu in zip(axes, roots, means):
             k = x.numel()

@@ -206,6 +206,7 @@ class SIRENKernel(_KernelNet):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for idx, layer in enumerate(self.layers):
+            layer.omega_0.fill_(self.omega_0)  # a buffer, or the learned one's initial value
             fan_in = layer.linear.in_features
             bound = 1.0 / fan_in if idx == 0 else math.sqrt(6.0 / fan_in) / self.omega_0
             layer.linear.weight.uniform_(-bound, bound)
@@ -267,7 +268,10 @@ class _MFNFilter(nn.Module):
         self.linear.reset_parameters()
         scale = self.input_scale
         if self.gamma is not None:
-            gamma = torch.distributions.Gamma(torch.tensor(float(self.alpha)), torch.tensor(float(self.beta)))
+            # on the CPU whatever the default device: sampling checks its arguments' values, which a layer built
+            # on the meta device (deferred initialisation) does not have
+            gamma = torch.distributions.Gamma(torch.tensor(float(self.alpha), device="cpu"),
+                                              torch.tensor(float(self.beta), device="cpu"))
             self.gamma.copy_(gamma.sample(self.gamma.shape).to(self.gamma))
             self.mu.uniform_(-1.0, 1.0).mul_(self.init_spatial_value)
             scale = scale * self.gamma  # (hidden, dim or 1): frequency grows with the window's precision

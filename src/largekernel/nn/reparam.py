@@ -140,6 +140,16 @@ class _ReparamConvNd(KernelConvNd):
             conv_name, bn_name = f"{container}.{conv_name}", f"{container}.{bn_name}"
         self._branch_names.append((conv_name, bn_name))
 
+    def reset_parameters(self) -> None:
+        """Re-initialise every branch as constructed (each convolution's and BatchNorm's own ``reset_parameters``:
+        torch's defaults, running statistics included) and the bias after the sum (zero)."""
+        for conv, bn in self.branches():
+            conv.reset_parameters()
+            bn.reset_parameters()
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
     def branches(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (convolution, BatchNorm) pairs whose outputs the layer sums, large kernel first."""
         return [(self.get_submodule(c), self.get_submodule(b)) for c, b in self._branch_names]

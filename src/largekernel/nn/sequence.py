@@ -91,6 +91,9 @@ class SGKernel(nn.Module):
         for k in self.kernels:
             nn.init.normal_(k)
         with torch.no_grad():
+            low, high = self.decay
+            self.multiplier.copy_(torch.linspace(low, high, self.channels, dtype=self.multiplier.dtype,
+                                                 device=self.multiplier.device).unsqueeze(-1))
             # Normalise by the norm at initialisation (the reference fixes it at its first call).
             self.kernel_norm.copy_(self._raw().norm(dim=-1, keepdim=True))
 
