@@ -103,10 +103,13 @@ def test_layers_of_every_width_reuse_one_compiled_region(layer):
     torch._logging.set_logs(hierarchical_compile=True)  # (re)configures torch's loggers: add the handler after
     torch_logger = logging.getLogger("torch._dynamo")  # where torch stops propagating dynamo's records
     torch_logger.addHandler(handler)
+    disabled = logging.root.manager.disable
+    logging.disable(logging.NOTSET)  # a process-wide logging.disable (earlier code's) would drop the records
     try:
         torch.compiler.reset()
         torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 9, 9)).sum().backward()
     finally:
+        logging.disable(disabled)
         torch._logging.set_logs()
         torch_logger.removeHandler(handler)
     hits = [m for m in messages if "subgraph_reuse: cache hit" in m]
