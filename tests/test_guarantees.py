@@ -531,3 +531,68 @@ def test_built_on_the_meta_device_then_loaded_runs_like_the_original(name):
         expected = original(x)
         torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     assert meta_out.shape == expected.shape and meta_out.device.type == "meta"
+
+
+# ----------------------------------------------------------------------------- inference reuse
+
+#: The layers that keep the kernel (or filter) they computed without autograd, to reuse while nothing changes.
+_REUSING = {
+    "CKConv2d": lambda: lnn.CKConv2d(4, 4, 9, groups=4),
+    "FlexConv2d": lambda: lnn.FlexConv2d(4, 4, 9, groups=4, mask_init=0.3),
+    "NIFFConv2d": lambda: lnn.NIFFConv2d(4, 4),
+}
+
+
+def _give_new_values(layer: nn.Module, state: dict, how: str) -> None:
+    params = dict(layer.named_parameters())
+    if how == "copy_":
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state[n])
+    elif how == ".data =":
+        for n, p in params.items():
+            p.data = state[n].clone()
+    elif how == ".data.copy_":  # through an alias with a version counter of its own (EMA, clipping code)
+        for n, p in params.items():
+            p.data.copy_(state[n])
+    elif how == ".data = twice":  # back at the same storage, written meanwhile through an alias
+        for n, p in params.items():
+            old = p.data
+            p.data = torch.zeros_like(p)
+            old.copy_(state[n])
+            p.data = old
+    elif how == "swap_tensors":
+        for n, p in params.items():
+            torch.utils.swap_tensors(p, nn.Parameter(state[n].clone()))
+    elif how == "load_state_dict(assign=True)":
+        layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+    else:  # load_state_dict swapping the tensors (torch.__future__)
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            layer.load_state_dict(state)
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+@pytest.mark.parametrize("how", ["copy_", ".data.copy_", ".data =", ".data = twice", "swap_tensors",
+                                 "load_state_dict(assign=True)", "load_state_dict(swap)"])
+@pytest.mark.parametrize("name", list(_REUSING))
+def test_inference_never_reuses_a_kernel_of_old_values(name, how):
+    """Without autograd a layer reuses its kernel while its tensors stay as they were: however they are given new
+    values (in place, through ``.data``, ``.data =``, ``torch.utils.swap_tensors``, ``load_state_dict``), the next
+    call computes what a layer built with those values computes."""
+    make = _REUSING[name]
+    torch.manual_seed(0)
+    layer = make().eval()
+    torch.manual_seed(1)
+    state = make().state_dict()
+    x = torch.randn(2, 4, 12, 12)
+    fresh = make().eval()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        before = layer(x)
+        _give_new_values(layer, state, how)
+        after = layer(x)
+        expected = fresh(x)
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)

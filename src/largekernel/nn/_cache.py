@@ -15,35 +15,38 @@ from torch import Tensor, nn
 
 from largekernel.functional._tracing import transformed
 
-__all__ = ["reuse_without_autograd", "tensor_state"]
-
-
-def tensor_state(module: nn.Module) -> tuple:
-    """Identity, in-place version counter, device and dtype of every parameter and buffer: changes on
-    optimizer steps, ``load_state_dict``, ``.to()`` and replaced tensors."""
-    return tuple((id(t), t._version, t.device, t.dtype)
-                 for t in itertools.chain(module.parameters(), module.buffers()))
+__all__ = ["reuse_without_autograd"]
 
 
 def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hashable],
                            compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key()`` is unchanged.
+    """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key()`` and ``module``'s
+    parameters and buffers are unchanged.
 
     Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
     version counters it would compare are data it cannot guard on) and outside torch.func's transforms and
     forward-mode AD (a result there may hold the transform's tensors or tangents, which must not outlive it).
     With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
     the result may be reused, so that a compiled graph does not trace what it reads.
+
+    Every parameter and buffer of ``module`` must be the same tensor (identity, in-place version counter, device,
+    dtype, shape: optimizer steps, ``load_state_dict``, ``.to()`` and replaced tensors change it) and hold the
+    values the result was computed from: writes through ``.data`` (``p.data.copy_(...)``, as EMA and
+    weight-clipping code does), ``p.data = ...`` and writes that keep the version counter on purpose (FSDP2's
+    all-gathers) change nothing else, so a copy of the values is kept beside the result and compared. Nothing is
+    kept for tensors on the meta device.
     """
     if torch.compiler.is_compiling() or transformed():
         return compute()
     if torch.is_grad_enabled():
         module.__dict__[slot] = None
         return compute()
-    key = key()
+    tensors = list(itertools.chain(module.parameters(), module.buffers()))
+    key = (key(), tuple((id(t), t._version, t.device, t.dtype, t.shape) for t in tensors))
     cached = module.__dict__.get(slot)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and all(map(torch.equal, tensors, cached[2])):
         return cached[1]
     value = compute()
-    module.__dict__[slot] = (key, value)
+    if not any(t.is_meta for t in tensors):
+        module.__dict__[slot] = (key, value, [t.detach().clone() for t in tensors])
     return value

@@ -38,7 +38,7 @@ from largekernel.functional.engine import convolve
 from largekernel.nn import _eager_op as eager_op
 from largekernel.nn._base import KernelConvNd, centre_kernel
 from largekernel.nn._eager_op import EagerInCompile
-from largekernel.nn._cache import reuse_without_autograd, tensor_state
+from largekernel.nn._cache import reuse_without_autograd
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.nn.marks import mark
 
@@ -317,7 +317,7 @@ class _ContinuousConvNd(KernelConvNd):
         instead of at every call."""
         def key():
             return (self._kernel_size, self._base_kernel_size, getattr(self, "mask_threshold", None),
-                    getattr(self, "dynamic_cropping", None), tensor_state(self))
+                    getattr(self, "dynamic_cropping", None))
         return reuse_without_autograd(self, "_kernel_cache", key, self._sample)
 
     def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:

@@ -42,7 +42,7 @@ from largekernel.functional._tracing import compiled_once, region_applies
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
-from largekernel.nn._cache import reuse_without_autograd, tensor_state
+from largekernel.nn._cache import reuse_without_autograd
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -200,7 +200,7 @@ class _NIFFConvNd(KernelConvNd):
         else:
             self.register_parameter("pointwise", None)
         self._coords: dict[tuple, tuple[Tensor, Tensor]] = {}
-        self._filter_cache: tuple[tuple, Tensor] | None = None
+        self._filter_cache: tuple[tuple, Tensor, list[Tensor]] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -266,7 +266,7 @@ class _NIFFConvNd(KernelConvNd):
         :func:`~largekernel.functional.spectral_filter` takes, so that no complex tensor enters a compiled graph
         (inductor generates no code for them, and warns); at inference reused while the grid and the parameters
         are unchanged."""
-        return reuse_without_autograd(self, "_filter_cache", lambda: (grid, device, dtype, tensor_state(self)),
+        return reuse_without_autograd(self, "_filter_cache", lambda: (grid, device, dtype),
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
