@@ -596,3 +596,26 @@ def test_inference_never_reuses_a_kernel_of_old_values(name, how):
         expected = fresh(x)
     assert not torch.allclose(before, expected)
     torch.testing.assert_close(after, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(_REUSING))
+def test_built_and_run_under_inference_mode(name):
+    """A layer built, loaded and run under ``torch.inference_mode()`` (its tensors then have no version counter),
+    also after an in-place change there: what a layer built with those values computes under ``torch.no_grad()``."""
+    make = _REUSING[name]
+    torch.manual_seed(0)
+    reference = make().eval()
+    x = torch.randn(2, 4, 12, 12)
+    with torch.inference_mode():
+        layer = make().eval()
+        layer.load_state_dict(reference.state_dict())
+        first, again = layer(x), layer(x)
+        for p in layer.parameters():
+            p.mul_(0.5)
+        halved = layer(x)
+    with torch.no_grad():
+        torch.testing.assert_close(first, reference(x), rtol=0, atol=0)
+        torch.testing.assert_close(again, reference(x), rtol=0, atol=0)
+        for p in reference.parameters():
+            p.mul_(0.5)
+        torch.testing.assert_close(halved, reference(x), rtol=0, atol=0)

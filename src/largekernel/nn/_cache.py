@@ -29,12 +29,12 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
     the result may be reused, so that a compiled graph does not trace what it reads.
 
-    Every parameter and buffer of ``module`` must be the same tensor (identity, in-place version counter, device,
-    dtype, shape: optimizer steps, ``load_state_dict``, ``.to()`` and replaced tensors change it) and hold the
-    values the result was computed from: writes through ``.data`` (``p.data.copy_(...)``, as EMA and
-    weight-clipping code does), ``p.data = ...`` and writes that keep the version counter on purpose (FSDP2's
-    all-gathers) change nothing else, so a copy of the values is kept beside the result and compared. Nothing is
-    kept for tensors on the meta device.
+    Every parameter and buffer of ``module`` must be the same tensor (identity, device, dtype, shape: ``.to()``
+    and replaced tensors change it) holding the values the result was computed from, compared with a copy kept
+    beside it: in-place version counters would miss writes through ``.data`` (``p.data.copy_(...)``, as EMA and
+    weight-clipping code does), ``p.data = ...``, writes that keep the counter on purpose (FSDP2's all-gathers)
+    and every write to a tensor made under ``torch.inference_mode()`` (which has no counter). Nothing is kept for
+    tensors on the meta device.
     """
     if torch.compiler.is_compiling() or transformed():
         return compute()
@@ -42,7 +42,7 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
         module.__dict__[slot] = None
         return compute()
     tensors = list(itertools.chain(module.parameters(), module.buffers()))
-    key = (key(), tuple((id(t), t._version, t.device, t.dtype, t.shape) for t in tensors))
+    key = (key(), tuple((id(t), t.device, t.dtype, t.shape) for t in tensors))
     cached = module.__dict__.get(slot)
     if cached is not None and cached[0] == key and all(map(torch.equal, tensors, cached[2])):
         return cached[1]
