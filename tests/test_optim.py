@@ -1,11 +1,14 @@
 """Parameter groups from marks and the DCLS learning techniques (clamping, sharing, repulsion, sigma schedule)."""
 
+import copy
+import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import largekernel.nn as L
 from largekernel.nn import Dcls3_1d, DclsConv1d, DclsConv2d
 from largekernel.optim import (
     SigmaSchedule,
@@ -282,3 +285,73 @@ def test_param_groups_timm_layout_leaves_lr_and_decay_to_the_optimizer():
     by_name = {n: g for g in opt.param_groups for n in g["names"]}
     assert by_name["stem.weight"]["weight_decay"] == 0.3 and by_name["stem.weight"]["lr"] == 2e-3
     assert by_name["stage.0.dw.P"]["weight_decay"] == 0.0
+
+
+class _EveryMark(nn.Module):
+    """Every kind of mark the layers set (DCLS positions and sigmas, FlexConv's mask and MAGNet windows, SIREN's
+    learned frequencies, S4D's SSM, SGConv's scales) and one of the user's own."""
+
+    def __init__(self, learn_omega_0: bool = True):
+        super().__init__()
+        self.dcls = _Net()
+        self.flex = nn.Sequential(L.FlexConv2d(4, 4, 9),
+                                  L.CKConv2d(4, 4, 9, kernel_net_kwargs={"learn_omega_0": learn_omega_0}))
+        self.seq = nn.Sequential(L.S4DConv1d(4, ssm_lr_scale=0.1), L.SGConv1d(4, kernel_size=32, kernel_lr_scale=2.0))
+        self.temperature = mark(nn.Parameter(torch.ones(1)), kind="temperature", lr_scale=0.5)
+
+
+def _described(model: nn.Module) -> list[tuple]:
+    return sorted((g["kind"], g["lr"], g["weight_decay"], tuple(sorted(g["names"])))
+                  for g in param_groups(model, lr=1e-3, weight_decay=0.05))
+
+
+def _handled(flow: str) -> nn.Module:
+    if flow == "meta device, then load_state_dict(assign=True)":
+        with torch.device("meta"):
+            model = _EveryMark()
+        model.load_state_dict(_EveryMark().state_dict(), assign=True)
+        return model
+    model = _EveryMark()
+    if flow == "copy.deepcopy":
+        return copy.deepcopy(model)
+    if flow == "torch.save / torch.load":
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+    if flow == "load_state_dict(assign=True)":
+        model.load_state_dict(_EveryMark().state_dict(), assign=True)
+        return model
+    if flow == "fully_shard (FSDP2)":
+        from torch.distributed.fsdp import fully_shard
+
+        return fully_shard(_EveryMark(learn_omega_0=False))  # FSDP2 shards no 0-dim parameter (SIREN's omega_0)
+    future = {"swap": torch.__future__.set_swap_module_params_on_conversion,
+              "overwrite": torch.__future__.set_overwrite_module_params_on_conversion}[flow.split()[-1]]
+    future(True)
+    try:
+        model.to(torch.float64) if flow.startswith(".to") else model.load_state_dict(_EveryMark().state_dict())
+    finally:
+        future(False)
+    return model
+
+
+@pytest.mark.parametrize("flow", ["copy.deepcopy", "torch.save / torch.load", "load_state_dict(assign=True)",
+                                  "meta device, then load_state_dict(assign=True)", ".to(float64) under swap",
+                                  ".to(float64) under overwrite", "load_state_dict under swap",
+                                  "fully_shard (FSDP2)"])
+def test_marks_survive_new_parameter_objects(flow):
+    """torch hands a model new parameter objects, without the attributes of the old ones, in many ways; the groups
+    stay the groups of the model as built (until 2026-12-06 every one of these flows but pickling put DCLS
+    positions, masks, SSM and kernel-net parameters into the default groups, with weight decay and the base lr)."""
+    torch.manual_seed(0)
+    expected = _described(_EveryMark(learn_omega_0=not flow.startswith("fully_shard")))
+    assert {kind for kind, *_ in expected} >= {"position", "sigma", "mask", "kernel_net", "ssm", "sgconv",
+                                                 "temperature"}
+    if flow.startswith("fully_shard"):
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        assert _described(_handled(flow)) == expected
+    finally:
+        if flow.startswith("fully_shard"):
+            torch.distributed.destroy_process_group()

@@ -32,10 +32,9 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     Every parameter and buffer of ``module`` must be the same tensor (identity, device, dtype, shape: ``.to()``
     and replaced tensors change it) holding the values the result was computed from, compared with a copy kept
     beside it: in-place version counters would miss writes through ``.data`` (``p.data.copy_(...)``, as EMA and
-    weight-clipping code does), ``p.data = ...``, writes that keep the counter on purpose (FSDP2's all-gathers)
-    and every write to a tensor made under ``torch.inference_mode()`` (which has no counter). Nothing is kept for
-    tensors on the meta device.
-    """
+    weight-clipping code does), ``p.data = ...``, writes that keep the counter on purpose
+    (``torch.autograd._unsafe_preserve_version_counter``) and every write to a tensor made under
+    ``torch.inference_mode()`` (which has no counter). Nothing is kept for tensors on the meta device."""
     if torch.compiler.is_compiling() or transformed():
         return compute()
     if torch.is_grad_enabled():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from largekernel.nn.marks import mark
+from largekernel.nn.marks import mark, marks
 
 __all__ = ["mark", "param_groups"]
 
@@ -43,13 +43,14 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     Parameters shared between modules appear once.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    marked = marks(model)
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        mark_ = getattr(p, "_optim", None)
+        mark_ = marked.get(id(p))
         if mark_ is not None:
             kind = mark_["kind"]
             scale = mark_["lr_scale"]

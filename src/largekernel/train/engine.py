@@ -45,6 +45,7 @@ from largekernel.data import DatasetInfo, TensorDataset, load_dataset
 from largekernel.data.randaugment import rand_augment
 from largekernel.data.transforms import (Normalize, mixup_cutmix, random_crop, random_erasing, random_flip,
                                          random_resized_crop)
+from largekernel.nn.marks import marks
 from largekernel.optim import SigmaSchedule, dcls_repulsive_loss, install_dcls_clamp, param_groups
 from largekernel.train.checkpoint import CheckpointChoice, CheckpointError, load_weights, save_checkpoint, select_checkpoint
 from largekernel.train.config import ConfigError, TrainConfig, config_to_dict
@@ -79,19 +80,19 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = [{**g, "lr": cfg.lr * g["lr_scale"]}
               for g in param_groups(model, weight_decay=cfg.weight_decay, position_lr_scale=cfg.position_lr_scale)]
     if cfg.kernel_net_weight_decay is not None:
-        groups = _with_kernel_net_decay(groups, cfg.kernel_net_weight_decay)
+        groups = _with_kernel_net_decay(groups, cfg.kernel_net_weight_decay, marks(model))
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                            weight_decay=cfg.weight_decay)
 
 
-def _with_kernel_net_decay(groups: list[dict], weight_decay: float) -> list[dict]:
+def _with_kernel_net_decay(groups: list[dict], weight_decay: float, marked: dict[int, dict]) -> list[dict]:
     # Only "kernel_net" parameters whose mark left weight_decay unset take the configured decay;
     # an explicit mark (e.g. weight_decay=0.0 on SIREN frequencies) wins.
     out = []
     for g in groups:
-        free = [p for p in g["params"] if g["kind"] == "kernel_net" and p._optim["weight_decay"] is None]
+        free = [p for p in g["params"] if g["kind"] == "kernel_net" and marked[id(p)]["weight_decay"] is None]
         fixed = [(p, n) for p, n in zip(g["params"], g["names"]) if not any(p is q for q in free)]
         if free:
             names = [n for p, n in zip(g["params"], g["names"]) if any(p is q for q in free)]
