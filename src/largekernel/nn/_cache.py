@@ -24,7 +24,7 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     parameters and buffers are unchanged.
 
     Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
-    version counters it would compare are data it cannot guard on) and outside torch.func's transforms and
+    values it would compare are data it cannot guard on) and outside torch.func's transforms and
     forward-mode AD (a result there may hold the transform's tensors or tangents, which must not outlive it).
     With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
     the result may be reused, so that a compiled graph does not trace what it reads.
