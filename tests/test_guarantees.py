@@ -619,3 +619,21 @@ def test_built_and_run_under_inference_mode(name):
         for p in reference.parameters():
             p.mul_(0.5)
         torch.testing.assert_close(halved, reference(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(_DEFERRED))
+def test_trains_after_a_call_under_inference_mode(name):
+    """A call under ``torch.inference_mode()`` (a check, an evaluation) leaves nothing that training cannot use: the
+    training step after it gives a fresh layer's gradients (NIFF kept coordinates made there, which autograd cannot
+    save for backward, until 2026-12-06)."""
+    torch.manual_seed(0)
+    layer = _DEFERRED[name]()
+    fresh = copy.deepcopy(layer)
+    x = torch.randn((2, 8, 40) if "1d" in name else (2, 8, 12, 12))
+    with torch.inference_mode():
+        layer.eval()(x)
+    layer.train()
+    got = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+    expected = torch.autograd.grad(fresh(x).square().sum(), list(fresh.parameters()))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

@@ -254,7 +254,8 @@ class _NIFFConvNd(KernelConvNd):
             return _grid_coordinates(grid, device, dtype)
         key = (grid, device, dtype)
         if key not in self._coords:
-            self._coords[key] = _grid_coordinates(grid, device, dtype)
+            with torch.inference_mode(False):  # kept for training too, which cannot save inference tensors
+                self._coords[key] = _grid_coordinates(grid, device, dtype)
         return self._coords[key]
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
