@@ -637,3 +637,25 @@ def test_trains_after_a_call_under_inference_mode(name):
     expected = torch.autograd.grad(fresh(x).square().sum(), list(fresh.parameters()))
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("first", ["autocast", "float32"])
+@pytest.mark.parametrize("name", list(_REUSING))
+def test_inference_reuse_follows_autocast(name, first):
+    """A call under ``torch.autocast`` and one without compute their kernels differently; whichever came first, each
+    call gives what it gives on a layer that has made no call yet (until 2026-12-06 the kernel of the first was
+    reused: a float32 call after a bfloat16 one failed on FlexConv and CKConv, and NIFF's differed by 6e-3)."""
+    make = _REUSING[name]
+    torch.manual_seed(0)
+    layer = make().eval()
+    x = torch.randn(2, 4, 12, 12)
+
+    def call(module, under_autocast):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=under_autocast):
+            return module(x)
+
+    first_autocast = first == "autocast"
+    call(layer, first_autocast)
+    fresh = make().eval()
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(call(layer, not first_autocast), call(fresh, not first_autocast), rtol=0, atol=0)

@@ -34,14 +34,18 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     beside it: in-place version counters would miss writes through ``.data`` (``p.data.copy_(...)``, as EMA and
     weight-clipping code does), ``p.data = ...``, writes that keep the counter on purpose
     (``torch.autograd._unsafe_preserve_version_counter``) and every write to a tensor made under
-    ``torch.inference_mode()`` (which has no counter). Nothing is kept for tensors on the meta device."""
+    ``torch.inference_mode()`` (which has no counter). The autocast state of the tensors' devices is part of the
+    key: a result computed under autocast differs from one computed without. Nothing is kept for tensors on the
+    meta device."""
     if torch.compiler.is_compiling() or transformed():
         return compute()
     if torch.is_grad_enabled():
         module.__dict__[slot] = None
         return compute()
     tensors = list(itertools.chain(module.parameters(), module.buffers()))
-    key = (key(), tuple((id(t), t.device, t.dtype, t.shape) for t in tensors))
+    autocast = tuple((kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+                     for kind in sorted({t.device.type for t in tensors}))
+    key = (key(), autocast, tuple((id(t), t.device, t.dtype, t.shape) for t in tensors))
     cached = module.__dict__.get(slot)
     if cached is not None and cached[0] == key and all(map(torch.equal, tensors, cached[2])):
         return cached[1]
