@@ -570,9 +570,12 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
             return  # called by the base constructor before the mask exists; done again at the end of __init__
         with torch.no_grad():
             self.mask_width.copy_(torch.tensor(self._initial_widths()))
-            # A causal mask starts on the most recent samples (+1 is "now"); others at the centre.
-            self.mask_mean.fill_(1.0 if self.causal else 0.0)
+            self.mask_mean.fill_(self._initial_mean())
         super().reset_parameters()
+
+    def _initial_mean(self) -> float:
+        # A causal mask starts on the most recent samples (+1 is "now"); others at the centre.
+        return 1.0 if self.causal else 0.0
 
     def _initial_widths(self) -> list[float]:
         if self.mask_init is not None:
@@ -592,7 +595,11 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
 
     def mask_roots(self) -> Tensor:
         """Per-dimension half-width ``|sigma| sqrt(-2 ln threshold)`` of the region where the mask > threshold."""
-        return self.mask_width.detach().abs() * math.sqrt(-2.0 * math.log(self.mask_threshold))
+        return self.mask_width.detach().abs() * self._root_scale()
+
+    def _root_scale(self) -> float:
+        """``sqrt(-2 ln threshold)``: a mask's half-width above the threshold, in units of its width."""
+        return math.sqrt(-2.0 * math.log(self.mask_threshold))
 
     def _crop(self, axes: list[Tensor]) -> list[Tensor]:
         """Keep the samples inside the thresholded mask (FlexConv's dynamic cropping).
@@ -615,8 +622,8 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
             return axes
         if self.mask_width.is_meta or self.mask_mean.is_meta:
             # built on the meta device (deferred initialisation): no values yet; crop as initialised (reset_parameters)
-            roots = [w * math.sqrt(-2.0 * math.log(self.mask_threshold)) for w in self._initial_widths()]
-            means = [1.0 if self.causal else 0.0] * self._nd
+            roots = [w * self._root_scale() for w in self._initial_widths()]
+            means = [self._initial_mean()] * self._nd
         else:
             roots = self.mask_roots().tolist()
             means = self.mask_mean.detach().tolist()

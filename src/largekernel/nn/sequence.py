@@ -78,7 +78,7 @@ class SGKernel(nn.Module):
             if lr_scale is not None:
                 mark(k, kind="sgconv", lr_scale=lr_scale, weight_decay=0.0)
             self.kernels.append(k)
-        self.register_buffer("multiplier", torch.linspace(low, high, self.channels, **factory).unsqueeze(-1))
+        self.register_buffer("multiplier", torch.empty(self.channels, 1, **factory))  # set by reset_parameters
         self.register_buffer("kernel_norm", torch.ones(self.channels, 1, **factory))
         self.reset_parameters()
 
