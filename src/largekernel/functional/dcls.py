@@ -377,6 +377,13 @@ def construct_kernel(
     """
     box = tuple(dilated_kernel_size)
     _check(weight, P, SIG, box, interpolation)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        # Built in float32, returned in the parameters' precision: in half precision ``P + size // 2`` loses the
+        # position's fraction near the box's far edge (an element moved out of the box, or its normalised taps
+        # jumped), float16's smallest normal number flushed Gaussian tails below 4 % of the peak, and the
+        # normaliser's guard (1e-7) underflowed, so a profile outside the box gave 0 / 0.
+        parts = (weight.float(), P.float(), None if SIG is None else SIG.float())
+        return construct_kernel(*parts, dilated_kernel_size=box, interpolation=interpolation).to(weight.dtype)
     if interpolation in WIDTH_INTERPOLATIONS:
         return _separable_kernel(weight, P, SIG, box, interpolation)
     return _scatter_entry(weight, P, box, interpolation)
