@@ -372,6 +372,22 @@ def test_low_precision_input_is_transformed_in_float32():
     assert layer.bfloat16()(x).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("params", ["float32", "same"])
+def test_spectral_pointwise_keeps_a_low_precision_input_dtype(dtype, params):
+    """A 1x1 map commutes with the Fourier transform: on a real input the layer is torch's 1x1 convolution, and,
+    like it, returns the input's dtype (it returned float32 for bf16 and fp16 input)."""
+    torch.manual_seed(0)
+    layer = SpectralPointwise(3, 5)
+    if params == "same":
+        layer = layer.to(dtype)
+    x = torch.randn(2, 3, 7, 9).to(dtype)
+    y = layer(x)
+    assert y.dtype == dtype
+    expected = F.conv2d(x.double(), layer.weight.double()[:, :, None, None], layer.bias.double())
+    torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_loads_reference_checkpoint_keys():
     """A state dict in the reference's layout (1x1 Conv2d layers mlp_*.layer_mpl{i}) loads and computes its formula."""
     torch.manual_seed(5)

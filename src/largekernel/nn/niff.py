@@ -587,9 +587,11 @@ class SpectralPointwise(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
+        dtype = None  # a real input's dtype, which a spatial output keeps (half precision is transformed in float32)
         if isinstance(input, Spectrum):
             spec, grid = input.data, tuple(input.grid)
         else:
+            dtype = input.dtype
             if input.dim() != self.ndim + 2:
                 raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D input, "
                                  f"got shape {tuple(input.shape)}")
@@ -600,7 +602,8 @@ class SpectralPointwise(nn.Module):
         spec = spectral_pointwise(spec, self.weight)  # (B, out, *half)
         if self.output == "spectrum":
             return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
-        return _add_bias(to_spatial(spec, grid), self.bias)
+        y = _add_bias(to_spatial(spec, grid), self.bias)
+        return y if dtype is None else y.to(dtype)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, ndim={self.ndim}"
