@@ -264,10 +264,14 @@ class _ContinuousConvNd(KernelConvNd):
     def _mask(self, axes: list[Tensor]) -> Tensor | None:
         return None
 
-    def _axes(self) -> list[Tensor]:
-        # Coordinates follow the kernel net's device and dtype (a parameter-free net: its buffers, then ours).
+    def _reference_tensor(self) -> Tensor | None:
+        """The tensor whose device and dtype the grid follows: the kernel net's first floating parameter (a
+        parameter-free net: its buffers, then ours)."""
         tensors = itertools.chain(self.kernel_net.parameters(), self.kernel_net.buffers(), self.parameters())
-        ref = next((t for t in tensors if t.is_floating_point()), None)
+        return next((t for t in tensors if t.is_floating_point()), None)
+
+    def _axes(self) -> list[Tensor]:
+        ref = self._reference_tensor()
         device = ref.device if ref is not None else None
         dtype = ref.dtype if ref is not None else torch.get_default_dtype()
         return [_grid_1d(k, self.causal, device, dtype) for k in self._require_kernel_size()]
@@ -277,7 +281,20 @@ class _ContinuousConvNd(KernelConvNd):
         return tuple(a.numel() for a in self._crop(self._axes()))
 
     def _sample(self) -> Tensor:
-        """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``."""
+        """The masked, cropped, normalised kernel as the kernel net channels it: ``(C_k, *k)``.
+
+        A layer in float16 or bfloat16 samples it in float32 (float32 copies of its parameters and buffers, which
+        gradients flow through) and rounds the kernel once: a half-precision grid merges neighbouring samples
+        (bfloat16 holds 513 distinct points of a 1024-point grid in [-1, 1]) and a SIREN's ``sin(omega_0 x)``
+        multiplies the arguments' rounding by ``omega_0``."""
+        ref = self._reference_tensor()
+        if ref is None or ref.dtype not in (torch.float16, torch.bfloat16):
+            return self._sample_in_own_precision()
+        state = {f"layer.{name}": t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                 for name, t in itertools.chain(self.named_parameters(), self.named_buffers())}
+        return torch.func.functional_call(_InFloat32(self), state, ()).to(ref.dtype)
+
+    def _sample_in_own_precision(self) -> Tensor:
         axes = self._crop(self._axes())
         net = self.kernel_net
         if _region_applies(net):
@@ -502,6 +519,18 @@ class _ContinuousConvNd(KernelConvNd):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+class _InFloat32(nn.Module):
+    """Calls a layer's :meth:`_ContinuousConvNd._sample_in_own_precision` through ``torch.func.functional_call``,
+    which gives the layer float32 copies of its half-precision tensors for that call (:meth:`_sample`)."""
+
+    def __init__(self, layer: _ContinuousConvNd) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self) -> Tensor:
+        return self.layer._sample_in_own_precision()
 
 
 # Compiled once for all the layers that share a grid, a kernel net's shape and mask settings (about 4 s of
