@@ -2,6 +2,7 @@
 format. References: the unperturbed run (bit for bit), torch's own convolution, float64 runs."""
 
 import copy
+import io
 import math
 import warnings
 
@@ -659,3 +660,48 @@ def test_inference_reuse_follows_autocast(name, first):
     fresh = make().eval()
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(call(layer, not first_autocast), call(fresh, not first_autocast), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(_REUSING))
+def test_copies_and_pickles_carry_no_kept_kernel(name):
+    """``torch.save(module)`` and ``copy.deepcopy`` after calls without autograd: the pickle is the size of the
+    module's pickle before any call (it carried the kept kernel and a copy of every parameter: 2-11x larger), and
+    the loaded or copied module computes what the original does, and then, given new values, what a layer built
+    with them does."""
+    make = _REUSING[name]
+    torch.manual_seed(0)
+    layer = make().eval()
+    x = torch.randn(2, 4, 24, 24)
+    before = io.BytesIO()
+    torch.save(layer, before)
+    with torch.no_grad():
+        for size in (12, 16, 24):  # NIFF keeps per-size state too
+            expected = layer(x[..., :size, :size])
+    after = io.BytesIO()
+    torch.save(layer, after)
+    assert len(after.getvalue()) <= len(before.getvalue()) + 256
+    after.seek(0)
+    torch.manual_seed(1)
+    state = make().state_dict()
+    fresh = make().eval()
+    fresh.load_state_dict(state)
+    for other in (torch.load(after, weights_only=False), copy.deepcopy(layer)):
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+            for n, p in other.named_parameters():
+                p.copy_(state[n])
+            torch.testing.assert_close(other(x), fresh(x), rtol=0, atol=0)
+
+
+def test_niff_runs_on_many_input_sizes_like_a_fresh_layer():
+    """A NIFF layer fed more input sizes than it keeps grids for, in turn and again, computes for each what a fresh
+    layer computes (its kept grids are bounded: it kept one per size it ever saw)."""
+    torch.manual_seed(0)
+    layer = lnn.NIFFConv2d(3).eval()
+    sizes = [(h, w) for h in (5, 8, 11, 14) for w in (6, 9, 13)]
+    inputs = {s: torch.randn(2, 3, *s) for s in sizes}
+    with torch.no_grad():
+        for _ in range(2):
+            for s in sizes:
+                fresh = copy.deepcopy(layer)
+                torch.testing.assert_close(layer(inputs[s]), fresh(inputs[s]), rtol=0, atol=0)

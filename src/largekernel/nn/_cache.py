@@ -15,13 +15,36 @@ from torch import Tensor, nn
 
 from largekernel.functional._tracing import transformed
 
-__all__ = ["reuse_without_autograd"]
+__all__ = ["KeptMap", "reuse_without_autograd"]
+
+
+class KeptMap(dict):
+    """A dict of results a module keeps for reuse, at most ``limit`` entries (the oldest dropped first), that
+    copies and pickles of the module do not carry (``copy.deepcopy``, ``torch.save(module)``): a copy starts
+    empty and computes again at its first call. Kept results are derived data; carried along they made a pickled
+    module several times its parameters' size."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def keep(self, key: Hashable, value) -> None:
+        while len(self) >= self.limit:
+            self.pop(next(iter(self), None), None)
+        self[key] = value
+
+    def __reduce__(self):
+        return type(self), (self.limit,)
+
+    def __deepcopy__(self, memo) -> "KeptMap":
+        return type(self)(self.limit)
 
 
 def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hashable],
                            compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, kept in ``module.__dict__[slot]`` and returned again while ``key()`` and ``module``'s
-    parameters and buffers are unchanged.
+    """``compute()``, kept in ``module.__dict__[slot]`` (a :class:`KeptMap` of one entry, which copies and pickles
+    of the module do not carry) and returned again while ``key()`` and ``module``'s parameters and buffers are
+    unchanged.
 
     Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
     values it would compare are data it cannot guard on) and outside torch.func's transforms and
@@ -39,17 +62,20 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     meta device."""
     if torch.compiler.is_compiling() or transformed():
         return compute()
+    kept = module.__dict__.get(slot)
+    if not isinstance(kept, KeptMap):
+        kept = module.__dict__[slot] = KeptMap(1)
     if torch.is_grad_enabled():
-        module.__dict__[slot] = None
+        kept.clear()
         return compute()
     tensors = list(itertools.chain(module.parameters(), module.buffers()))
     autocast = tuple((kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
                      for kind in sorted({t.device.type for t in tensors}))
     key = (key(), autocast, tuple((id(t), t.device, t.dtype, t.shape) for t in tensors))
-    cached = module.__dict__.get(slot)
-    if cached is not None and cached[0] == key and all(map(torch.equal, tensors, cached[2])):
-        return cached[1]
+    cached = kept.get(key)
+    if cached is not None and all(map(torch.equal, tensors, cached[1])):
+        return cached[0]
     value = compute()
     if not any(t.is_meta for t in tensors):
-        module.__dict__[slot] = (key, value, [t.detach().clone() for t in tensors])
+        kept.keep(key, (value, [t.detach().clone() for t in tensors]))
     return value

@@ -42,7 +42,7 @@ from largekernel.functional._tracing import compiled_once, region_applies
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
-from largekernel.nn._cache import reuse_without_autograd
+from largekernel.nn._cache import KeptMap, reuse_without_autograd
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -57,6 +57,8 @@ _PADS = {"reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d)
          "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
          "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Grid coordinates kept per (grid, device, dtype): the most recent ones (a server fed many input sizes kept them all).
+_KEPT_GRIDS = 8
 
 
 class Spectrum(NamedTuple):
@@ -199,8 +201,7 @@ class _NIFFConvNd(KernelConvNd):
             self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory))
         else:
             self.register_parameter("pointwise", None)
-        self._coords: dict[tuple, tuple[Tensor, Tensor]] = {}
-        self._filter_cache: tuple[tuple, Tensor, list[Tensor]] | None = None
+        self._coords = KeptMap(_KEPT_GRIDS)  # (grid, device, dtype) -> coordinates
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -253,10 +254,14 @@ class _NIFFConvNd(KernelConvNd):
         if torch.compiler.is_compiling():
             return _grid_coordinates(grid, device, dtype)
         key = (grid, device, dtype)
-        if key not in self._coords:
+        if not isinstance(self._coords, KeptMap):  # a module pickled by a version that kept a plain dict
+            self._coords = KeptMap(_KEPT_GRIDS)
+        coords = self._coords.get(key)
+        if coords is None:
             with torch.inference_mode(False):  # kept for training too, which cannot save inference tensors
-                self._coords[key] = _grid_coordinates(grid, device, dtype)
-        return self._coords[key]
+                coords = _grid_coordinates(grid, device, dtype)
+            self._coords.keep(key, coords)
+        return coords
 
     def _half_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         """``W_sym`` on the rfft half spectrum: ``(filters, *grid[:-1], grid[-1]//2 + 1)`` complex (a view)."""
