@@ -6,11 +6,17 @@ One layer per family at a working size (2-D: batch 8, 32 channels, 32x32, kernel
 and compiled steps interleaved (21 rounds, the order swapped every round), the median of each,
 their ratio and the quartiles of the per-round ratios. Then a converted ConvNeXt-atto (DCLS) at 64x64, the same way (7 rounds).
 
-    python benchmarks/compile_table.py            # prints a Markdown table
+    python benchmarks/compile_table.py                        # prints a Markdown table
+    python benchmarks/compile_table.py --layers NIFF FlexConv # some rows only
+    python benchmarks/compile_table.py --layers --model niff  # the converted model only, to NIFF
+
+Each process uses a new cold cache folder (unless TORCHINDUCTOR_CACHE_DIR is set): run one process per
+measurement that must start cold.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -68,7 +74,31 @@ def measure(module: torch.nn.Module, x: torch.Tensor, repeats: int = 21) -> tupl
     return first, statistics.median(fast) / statistics.median(eager), (quartiles[0], quartiles[2])
 
 
-def main() -> None:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/compile_table.py",
+        description="Measure docs/deploy.md's compile table: per family the first compiled training step "
+                    "(inductor, cold cache) and compiled / eager step time, then a converted ConvNeXt-atto.")
+    parser.add_argument("--layers", nargs="*", metavar="FAMILY", default=None,
+                        help=f"the layer rows to measure (default: all; none with a bare --layers): "
+                             f"{', '.join(repr(n) for n in LAYERS)}")
+    parser.add_argument("--model", default="dcls", metavar="TARGET",
+                        help="convert ConvNeXt-atto's 7x7 convolutions to this target of largekernel.convert "
+                             "(default: dcls, at kernel 17; 'none' skips the model row; 'conv' keeps them dense)")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds per layer (default: 21; the "
+                        "model takes 7)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.layers or ()) - set(LAYERS))
+    if unknown:
+        parser.error(f"argument --layers: unknown {unknown}; expected some of {list(LAYERS)}")
+    if args.rounds < 4:
+        parser.error(f"argument --rounds: expected at least 4 (quartiles), got {args.rounds}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    layers = list(LAYERS) if args.layers is None else args.layers
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -78,13 +108,17 @@ def main() -> None:
     print(f"inductor's one-time C++ set-up (first kernel, precompiled header): {time.perf_counter() - start:.1f} s")
     print("| family | first compiled step (s) | compiled / eager step time | per-round ratios, quartiles |")
     print("|---|---|---|---|")
-    for name, (make, shape) in LAYERS.items():
-        first, ratio, (low, high) = measure(make(), torch.randn(shape, requires_grad=True))
+    for name in layers:
+        make, shape = LAYERS[name]
+        first, ratio, (low, high) = measure(make(), torch.randn(shape, requires_grad=True), args.rounds)
         print(f"| {name} | {first:.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} |", flush=True)
+    if args.model == "none":
+        return
     model = create_model("convnext_atto", num_classes=10)
-    largekernel.convert(model, "dcls", kernel_size=17)
+    if args.model != "conv":
+        largekernel.convert(model, args.model, **({"kernel_size": 17} if args.model == "dcls" else {}))
     first, ratio, (low, high) = measure(model, torch.randn(2, 3, 64, 64), repeats=7)
-    print(f"| convnext_atto -> DCLS (model) | {first:.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} |")
+    print(f"| convnext_atto -> {args.model} (model) | {first:.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} |")
 
 
 if __name__ == "__main__":
