@@ -119,9 +119,9 @@ def test_models_replknet_training_step(tmp_path, device):
         assert all(r["peak_mib"] > 0 for r in rows)
 
 
-def test_compile_table_script_has_a_help_and_rejects_unknown_rows():
+def test_compile_table_script_has_a_help():
     """``benchmarks/compile_table.py --help`` describes its options and measures nothing (it used to ignore its
-    arguments and run the whole table, minutes of compiling); an unknown row is an argparse error naming it."""
+    arguments and run the whole table, minutes of compiling)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -130,5 +130,3 @@ def test_compile_table_script_has_a_help_and_rejects_unknown_rows():
     shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "--layers" in shown.stdout and "--model" in shown.stdout
     assert "first compiled step (s)" not in shown.stdout
-    bad = subprocess.run([sys.executable, str(script), "--layers", "Foo"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Foo" in bad.stderr and "first compiled step" not in bad.stdout
