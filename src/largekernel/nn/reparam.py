@@ -169,10 +169,13 @@ class _ReparamConvNd(KernelConvNd):
             conv.backend = value
 
     def _merge(self) -> tuple[Tensor, Tensor]:
-        """The merged kernel (out, in/groups, *extent) and bias, BatchNorms on their running statistics."""
-        kernels, biases = [], []
+        """The merged kernel (out, in/groups, *extent) and bias, BatchNorms on their running statistics, in the
+        large branch's dtype (half-precision parameters beside float32 statistics, as FSDP2's
+        ``MixedPrecisionPolicy`` leaves them, merge in float32)."""
+        kernels, biases, dtype = [], [], None
         for conv, bn in self.branches():
             weight = conv.construct_kernel() if callable(getattr(conv, "construct_kernel", None)) else conv.weight
+            dtype = weight.dtype if dtype is None else dtype
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out,)
             kernels.append(_dilate(weight * scale.view(-1, *(1,) * (weight.dim() - 1)), conv.dilation))
             shift = bn.bias - bn.running_mean * scale
@@ -180,7 +183,8 @@ class _ReparamConvNd(KernelConvNd):
         size = tuple(max(k.shape[2 + i] for k in kernels) for i in range(self._nd))
         kernel = torch.stack([_centre(k, size) for k in kernels]).sum(0)
         bias = torch.stack(biases).sum(0)
-        return kernel, bias if self.bias is None else bias + self.bias
+        bias = bias if self.bias is None else bias + self.bias
+        return kernel.to(dtype), bias.to(dtype)
 
     def construct_kernel(self, input_size: Sequence[int] | None = None) -> Tensor:
         """The merged kernel ``(out, in/groups, *kernel_size)`` the layer applies in eval mode.

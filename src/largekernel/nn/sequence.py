@@ -115,9 +115,11 @@ class SGKernel(nn.Module):
         return F.interpolate(eye, scale_factor=scale, mode=self.interpolation)[0]
 
     def forward(self, length: int) -> Tensor:
-        """The kernel's first ``min(length, span)`` taps: ``(channels, min(length, span))``."""
+        """The kernel's first ``min(length, span)`` taps: ``(channels, min(length, span))``, in the parameters'
+        dtype (buffers kept in float32 under half-precision parameters, as FSDP2's ``MixedPrecisionPolicy``
+        leaves them, give float32 arithmetic, then the parameters' dtype, which the convolution needs)."""
         k = self._raw() / self.kernel_norm  # (channels, span)
-        return k[:, :length]
+        return k[:, :length].to(self.kernels[0].dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, span={self.span}, kernel_dim={self.kernel_dim}, num_scales={self.num_scales}, "
