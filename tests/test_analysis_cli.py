@@ -37,3 +37,17 @@ def test_analyze_writes_figures_and_summary(tmp_path, capsys):
 def test_analyze_missing_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_analyze_to_a_folder_that_cannot_be_written(tmp_path, capsys):
+    """``--out`` under a file: a one-line usage error naming ``--out`` before any analysis (it was a traceback)."""
+    run = _checkpoint(tmp_path, "flex", "flexconv")
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("kept")
+    try:
+        code = main([run, "--out", str(blocker / "analysis")])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and blocker.read_text() == "kept"
+    assert err.startswith(f"largekernel analyze: error: --out {str(blocker / 'analysis')!r}: cannot write there")

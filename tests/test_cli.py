@@ -89,3 +89,18 @@ def test_every_command_takes_dashes_and_underscores(sep, tmp_path, capsys):
     assert code == 2 and "argument --min-run-time: invalid float value: 'x'" in err
     code, _, err = _run(["convert", "--model", "dwnet1d_tiny", f"--model{sep}kwargs", "[1]"], capsys)
     assert code == 2 and "argument --model-kwargs: expected a JSON object" in err
+
+
+@pytest.mark.parametrize("argv", [["study"], *(["bench", suite, "--quick"] for suite in SUITES)], ids=" ".join)
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error(argv, where, tmp_path, capsys):
+    """``--out`` naming a file, or a folder that cannot be made, fails at once with a one-line error naming
+    ``--out`` (exit 2): study ended in a worker's traceback and bench measured for minutes, then failed writing."""
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("kept")
+    out = blocker if where == "a file" else blocker / "sub"
+    code, stdout, err = _run([*argv, "--out", str(out)], capsys)
+    prog = "largekernel " + " ".join(argv[:2] if argv[0] == "bench" else argv[:1])
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert err.splitlines()[0].startswith(f"{prog}: error: --out {str(out)!r}: ")
+    assert blocker.read_text() == "kept"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
+from pathlib import Path
 from typing import NoReturn, Sequence
 
-__all__ = ["ArgumentParser", "spell_flags", "dashed", "usage_error", "print_usage_error"]
+__all__ = ["ArgumentParser", "spell_flags", "dashed", "usage_error", "print_usage_error", "writable_dir"]
 
 
 def spell_flags(argv: Sequence[str], sep: str) -> list[str]:
@@ -50,6 +52,22 @@ def print_usage_error(prog: str, message: str) -> int:
 def usage_error(prog: str, message: str) -> NoReturn:
     """:func:`print_usage_error`, then exit with status 2."""
     raise SystemExit(print_usage_error(prog, message))
+
+
+def writable_dir(prog: str, flag: str, path: str | Path) -> Path:
+    """``path`` as a folder (made with its parents) where a file can be written, or a one-line usage error naming
+    ``flag`` (exit status 2): a command that writes its results there after minutes of work fails before it
+    starts, not with a traceback at the end."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        usage_error(prog, f"{flag} {str(path)!r}: expected a folder, got an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        usage_error(prog, f"{flag} {str(path)!r}: cannot write there ({error.strerror or error})")
+    return path
 
 
 class ArgumentParser(argparse.ArgumentParser):

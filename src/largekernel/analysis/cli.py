@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from largekernel._argparse import ArgumentParser, print_usage_error
+from largekernel._argparse import ArgumentParser, print_usage_error, writable_dir
 
 __all__ = ["main"]
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = [(Path(c).name, load_checkpoint(c)[0]) for c in args.checkpoints[:-1]]
     except (FileNotFoundError, ValueError) as err:  # CheckpointError included
         return print_usage_error(parser.prog, str(err))
-    out = Path(args.out) if args.out else Path(args.checkpoints[-1]) / "analysis"
+    out = writable_dir(parser.prog, "--out", args.out if args.out else Path(args.checkpoints[-1]) / "analysis")
     test = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_kwargs)
     example = torch.stack([test[i][0] for i in range(min(args.images, len(test)))])  # (N, C, *spatial)
     title = f"{cfg.model} ({cfg.model_kwargs.get('conv', 'conv')}) on {cfg.dataset}"

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils import benchmark
 
-from largekernel._argparse import ArgumentParser
+from largekernel._argparse import ArgumentParser, writable_dir
 from largekernel.functional import native_kernels
 
 __all__ = ["DTYPES", "suite_parser", "parse_suite_args", "median_time", "time_or_reason", "milliseconds", "ratio",
@@ -85,6 +85,7 @@ def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
         built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         parser.error(f"--device cuda: torch {torch.__version__} ({built}) sees no CUDA device")
     args.dtype = DTYPES[getattr(args, "dtype", "float32")]
+    writable_dir(parser.prog, "--out", args.out)  # before the measurements, not after
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from largekernel._argparse import ArgumentParser
+from largekernel._argparse import ArgumentParser, writable_dir
 from largekernel.study.plan import DATASETS, VARIANTS
 from largekernel.study.report import format_table
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print("largekernel study: --dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)",
               file=sys.stderr)
         return 2
+    writable_dir("largekernel study", "--out", args.out)
     torch.set_num_threads(args.threads)
     try:
         results = run_study(datasets, args.out, variants=args.models, seeds=args.seeds, epochs=args.epochs,
