@@ -230,6 +230,36 @@ def test_cli_convert_and_bake(tmp_path, capsys):
     assert main(["--model", "dwnet2d_tiny"]) == 2
 
 
+def test_cli_convert_checks_out_first_and_writes_it_whole(tmp_path, capsys, monkeypatch):
+    """``--out`` under a file, or naming a folder: a one-line usage error before any work (it was a traceback
+    after the conversion); a write that fails leaves the file that was there as it was, and no partial file."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("kept")
+    argv = ["--model", "dwnet1d_tiny", "--to", "dcls", "--out"]
+    for out, message in ((blocker / "model.pt", "got an existing file"), (tmp_path, "expected a file name")):
+        try:
+            code = main([*argv, str(out)])
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "" and "Traceback" not in captured.err
+        assert captured.err.startswith(f"largekernel convert: error: --out {str(out)!r}") and message in captured.err
+
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"an earlier model")
+
+    def fails_midway(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fails_midway)
+    with pytest.raises(OSError, match="No space left"):
+        main([*argv, str(out)])
+    assert out.read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "notes.txt"]
+
+
 def test_report_str_lists_layers():
     _, report = largekernel.convert(Foreign(), "fft", report=True)
     assert isinstance(report, ConvertReport)

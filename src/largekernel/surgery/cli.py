@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import uuid
+from pathlib import Path
 
 import torch
 
-from largekernel._argparse import ArgumentParser
+from largekernel._argparse import ArgumentParser, print_usage_error, writable_dir
 from largekernel.models.layers import conv_types
 from largekernel.nn._base import KernelConvNd
 from largekernel.surgery.bake import bake
@@ -55,13 +58,16 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``largekernel convert``: returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.to is None and not args.bake:
-        print("largekernel convert: nothing to do; give --to FAMILY and/or --bake")
-        return 2
+        return print_usage_error(parser.prog, "nothing to do; give --to FAMILY and/or --bake")
     if args.out and args.out.endswith(".pt2") and args.input_size is None:
-        print("largekernel convert: --out FILE.pt2 needs --input-size")
-        return 2
+        return print_usage_error(parser.prog, "--out FILE.pt2 needs --input-size")
+    if args.out:  # before the work, not after it
+        if Path(args.out).is_dir():
+            return print_usage_error(parser.prog, f"--out {args.out!r}: expected a file name, got a folder")
+        writable_dir(parser.prog, f"--out {args.out!r}: its folder", Path(args.out).parent)
     if args.checkpoint:
         from largekernel.train.checkpoint import load_checkpoint
 
@@ -86,12 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.input_size:
         print(f"after: {count(model, args.input_size)}")
     if args.out:
-        if args.out.endswith(".pt2"):
-            example = torch.zeros(args.input_size)
-            torch.export.save(torch.export.export(model, (example,)), args.out)
-        else:
-            torch.save(model, args.out)
+        _write(model, Path(args.out), args.input_size)
         print(f"wrote {args.out}")
     return 0
+
+
+def _write(model: torch.nn.Module, out: Path, input_size) -> None:
+    """Save ``model`` to ``out`` whole or not at all: into a file beside it, then renamed (an interrupted or failed
+    write leaves the previous file, if any, as it was)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
+    try:
+        if out.suffix == ".pt2":
+            torch.export.save(torch.export.export(model, (torch.zeros(input_size),)), tmp)
+        else:
+            torch.save(model, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
