@@ -40,6 +40,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _traced_ints(value):
+    """``value`` with its 0-dim integer tensors (what sizes are under ``torch.jit.trace``) as Python ints."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_traced_ints(v) for v in value)
+    return value
+
+
 def ntuple(value, nd: int, name: str, minimum: int | None = None) -> tuple[int, ...]:
     """``value`` (an int or a sequence of ``nd`` ints) as an ``nd``-tuple; each at least ``minimum`` if given."""
     if _is_int(value):
@@ -150,6 +159,8 @@ def conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     the argument; :class:`ConvArgumentError` on any problem."""
     _check_tensor(input, "input")
     _check_tensor(weight, "weight")
+    if torch.jit.is_tracing():  # sizes read there are 0-dim tensors; the trace holds them as constants
+        padding = _traced_ints(padding)
     if weight.dim() not in (3, 4, 5):
         raise ConvArgumentError(f"weight must have shape (out_channels, in_channels/groups, *kernel) with 1 to 3 "
                                 f"kernel dims, got shape {tuple(weight.shape)}")

@@ -42,6 +42,8 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     double backward differentiates. While a graph is recorded (:func:`tracing`), which takes its own routes: only
     whether ``torch.compile`` records a transform (``torch.compile(vmap(grad(f)))``), where those routes' opaque
     operators would meet the transform's tensors."""
+    if torch.jit.is_tracing():
+        return True  # the Functions' torch operations are what the tracer can record (it fails on the Functions)
     if tracing():
         return torch.compiler.is_compiling() and _transforms_active()
     if _transforms_active():

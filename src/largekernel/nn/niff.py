@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
 from largekernel.functional._grid import select
-from largekernel.functional._tracing import compiled_once, region_applies
+from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
@@ -250,8 +250,9 @@ class _NIFFConvNd(KernelConvNd):
 
     def _coordinates(self, grid: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
         """:func:`_grid_coordinates`, kept per grid, device and dtype; while a graph is recorded, computed in it
-        (a dict filled during torch.compile's trace fails its guard at the next call: a second compilation)."""
-        if torch.compiler.is_compiling():
+        (a dict filled during torch.compile's trace fails its guard at the next call: a second compilation; under
+        ``torch.jit.trace`` kept tensors would enter the graph as constants of one call but not of another)."""
+        if tracing():
             return _grid_coordinates(grid, device, dtype)
         key = (grid, device, dtype)
         if not isinstance(self._coords, KeptMap):  # a module pickled by a version that kept a plain dict
