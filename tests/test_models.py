@@ -14,6 +14,7 @@ within its time budget on a 2-core CPU:
   the same blocks as ``_FULL``) is constructed and run forward once on a batch of one.
 """
 
+import collections
 import contextlib
 import copy
 import math
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 import largekernel
+import largekernel.nn as L
 from largekernel.models import create_model, list_models
 
 _ALL = list_models()
@@ -284,3 +286,26 @@ def test_feature_info_describes_each_stage_output(name):
         y = outputs[info["module"]]
         assert y.shape[1] == info["num_chs"]
         assert y.shape[2:] == tuple(math.ceil(s / info["reduction"]) for s in x.shape[2:])
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "slak_tiny", "unireplknet_t"])
+@pytest.mark.parametrize("conv", ["ckconv", "flexconv", "niff"])
+def test_timm_init_leaves_kernel_nets_their_own(name, conv):
+    """The timm-style init of ConvNeXt, SLaK and UniRepLKNet (trunc-normal, std 0.02, on linear layers) spares the
+    kernel nets' linear layers: pooled over the model's layers, each weight's spread is what the layer's own
+    ``reset_parameters`` draws (it was redrawn at std 0.02: a SIREN's first layer at 1/15 of its scale)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, conv=conv)
+    drawn, own = collections.defaultdict(list), collections.defaultdict(list)
+    for layer in model.modules():
+        if isinstance(layer, L.KernelConvNd) and any(isinstance(m, nn.Linear) for m in layer.modules()):
+            fresh = copy.deepcopy(layer)
+            fresh.reset_parameters()
+            for (n, p), q in zip(layer.named_parameters(), fresh.parameters()):
+                if p.dim() == 2 and n.endswith("weight"):
+                    drawn[n].append(p.detach().flatten())
+                    own[n].append(q.detach().flatten())
+    assert drawn
+    for n in drawn:
+        ratio = torch.cat(drawn[n]).std() / torch.cat(own[n]).std()
+        assert 0.8 < ratio < 1.25, (n, ratio.item())
