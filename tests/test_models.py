@@ -309,3 +309,28 @@ def test_timm_init_leaves_kernel_nets_their_own(name, conv):
     for n in drawn:
         ratio = torch.cat(drawn[n]).std() / torch.cat(own[n]).std()
         assert 0.8 < ratio < 1.25, (n, ratio.item())
+
+
+@pytest.mark.parametrize("conv, model, shape", [("flexconv", "dwnet1d_tiny", (2, 1, 40)),
+                                                ("ckconv", "dwnet1d_tiny", (2, 1, 40)),
+                                                ("niff", "dwnet2d_tiny", (2, 1, 8, 8))])
+def test_dynamic_quantization_of_linear_layers_leaves_kernel_nets(conv, model, shape):
+    """``torch.ao.quantization.quantize_dynamic(model, {nn.Linear})`` (int8 CPU inference) quantizes the model's
+    own linear layers (here its head) and leaves the kernel nets, which compute kernels: the same output as
+    quantizing the head alone by name (the kernel nets' layers were swapped for quantized ones and the layers
+    failed: no weight tensor to read)."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = create_model(model, conv=conv, num_classes=10, **({"in_chans": 1} if model == "dwnet2d_tiny" else {}))
+    net.eval()
+    x = torch.randn(shape)
+    quantize = torch.ao.quantization.quantize_dynamic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        by_type = quantize(copy.deepcopy(net), {nn.Linear}, dtype=torch.qint8)
+        by_name = quantize(copy.deepcopy(net), {"head": torch.ao.quantization.default_dynamic_qconfig},
+                           dtype=torch.qint8)
+    with torch.no_grad():
+        torch.testing.assert_close(by_type(x), by_name(x), rtol=0, atol=0)
+        assert not torch.equal(by_name(x), net(x))  # the head is quantized

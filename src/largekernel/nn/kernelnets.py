@@ -33,7 +33,15 @@ from torch import Tensor, nn
 from largekernel.nn.marks import mark
 
 __all__ = ["MLPKernel", "SIRENKernel", "FourierKernel", "GaborKernel", "MAGNetKernel", "KERNEL_NETS",
-           "create_kernel_net"]
+           "KernelNetLinear", "create_kernel_net"]
+
+
+class KernelNetLinear(nn.Linear):
+    """``torch.nn.Linear`` as a kernel net's layer: a type of its own, so that tools acting on a model's
+    ``nn.Linear`` layers by type leave the kernel nets alone. ``torch.ao.quantization.quantize_dynamic(model,
+    {nn.Linear})`` replaced them with quantized layers, which hold no ``weight`` tensor for the kernel net to read
+    (CKConv, FlexConv and NIFF failed); a kernel net computes a kernel, not activations, and keeps its own
+    initialisation."""
 
 
 def _check_positive_int(value, name: str) -> None:
@@ -55,7 +63,7 @@ class _KernelNet(nn.Module):
         self.dim = dim
         self.out_features = out_features
         self.hidden_channels = hidden_channels
-        self.output = nn.Linear(hidden_channels, out_features, bias=bias, **factory)
+        self.output = KernelNetLinear(hidden_channels, out_features, bias=bias, **factory)
 
     def forward(self, coords: Tensor, scale: Tensor | None = None) -> Tensor:
         """Kernel values ``(out_features, *grid)`` at ``coords`` ``(*grid, dim)``.
@@ -133,9 +141,9 @@ class MLPKernel(_KernelNet):
         if activation not in acts:
             raise ValueError(f"activation must be one of {tuple(acts)}, got {activation!r}")
         self.activation = activation
-        layers: list[nn.Module] = [nn.Linear(dim, hidden_channels, bias=bias, **factory), acts[activation]()]
+        layers: list[nn.Module] = [KernelNetLinear(dim, hidden_channels, bias=bias, **factory), acts[activation]()]
         for _ in range(num_layers - 2):
-            layers += [nn.Linear(hidden_channels, hidden_channels, bias=bias, **factory), acts[activation]()]
+            layers += [KernelNetLinear(hidden_channels, hidden_channels, bias=bias, **factory), acts[activation]()]
         self.body = nn.Sequential(*layers)
         self.reset_parameters()
 
@@ -157,7 +165,7 @@ class _SineLayer(nn.Module):
     def __init__(self, in_features: int, out_features: int, omega_0: float, learn_omega_0: bool, bias: bool,
                  factory: dict) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=bias, **factory)
+        self.linear = KernelNetLinear(in_features, out_features, bias=bias, **factory)
         omega = torch.full((), float(omega_0), **factory)
         if learn_omega_0:
             self.omega_0 = mark(nn.Parameter(omega), kind="kernel_net", weight_decay=0.0)
@@ -253,7 +261,7 @@ class _MFNFilter(nn.Module):
     def __init__(self, dim: int, hidden: int, input_scale: float, gamma_shape: tuple[int, int] | None,
                  alpha: float, beta: float, init_spatial_value: float, bias: bool, factory: dict) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, hidden, bias=bias, **factory)
+        self.linear = KernelNetLinear(dim, hidden, bias=bias, **factory)
         self.input_scale = input_scale
         self.alpha, self.beta, self.init_spatial_value = alpha, beta, init_spatial_value
         if gamma_shape is None:
@@ -329,7 +337,7 @@ class _MFN(_KernelNet):
             filters.append(_MFNFilter(dim, hidden_channels, per_filter, shape, a, beta, init_spatial_value, bias,
                                       factory))
         self.filters = nn.ModuleList(filters)
-        self.linears = nn.ModuleList(nn.Linear(hidden_channels, hidden_channels, bias=bias, **factory)
+        self.linears = nn.ModuleList(KernelNetLinear(hidden_channels, hidden_channels, bias=bias, **factory)
                                      for _ in range(num_layers))
         self.reset_parameters()
 

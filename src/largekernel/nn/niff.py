@@ -43,6 +43,7 @@ from largekernel.functional.spectral import spectral_filter, spectral_pointwise,
 from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
+from largekernel.nn.kernelnets import KernelNetLinear
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -117,7 +118,7 @@ class _FrequencyNet(nn.Sequential):
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             if i:
                 layers.append(nn.SiLU())
-            layers.append(nn.Linear(a, b, device=device, dtype=dtype))
+            layers.append(KernelNetLinear(a, b, device=device, dtype=dtype))
         super().__init__(*layers)
 
 
