@@ -142,7 +142,7 @@ class ConvNeXt(Classifier):
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        _trunc_normal_init(self)
+        self.apply(_trunc_normal_init)
         if share_positions:
             for stage in self.stages:
                 if len(stage.blocks) > 1:

@@ -422,28 +422,17 @@ class StagedClassifier(Classifier):
         return x if pre_logits else self.head(x)  # (B, num_classes)
 
 
-def _trunc_normal_init(model: nn.Module, std: float = 0.02) -> None:
-    """timm's init for the linear layers and dense convolutions of ``model``, children first (as ``model.apply``).
-    Learnable-kernel layers keep their own init, their kernel nets' linear layers included (they were drawn again
-    with std 0.02: a SIREN's first layer at 1/15 of its scale, NIFF's frequency nets at 1/17)."""
-    from largekernel.nn._base import KernelConvNd
-
-    kernel_nets = {id(sub) for layer in model.modules() if isinstance(layer, KernelConvNd)
-                   for sub in layer.modules() if isinstance(sub, nn.Linear)}
-    for module in _children_first(model):
-        dense_conv = isinstance(module, nn.modules.conv._ConvNd) and type(module).__module__ in (
-            "torch.nn.modules.conv", "largekernel.nn.conv")
-        if (type(module) is nn.Linear and id(module) not in kernel_nets) or dense_conv:
-            nn.init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
-def _children_first(module: nn.Module):
-    """``module``'s submodules in ``module.apply``'s order (each after its children)."""
-    for child in module.children():
-        yield from _children_first(child)
-    yield module
+def _trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """timm's init for linear layers and dense convolutions (``model.apply(_trunc_normal_init)``). Learnable-kernel
+    layers keep their own init, their kernel nets included: those are built of ``KernelNetLinear``, not
+    ``nn.Linear`` (until 2026-12-06 they were drawn again with std 0.02: a SIREN's first layer at 1/15 of its
+    scale, NIFF's frequency nets at 1/17)."""
+    dense_conv = isinstance(module, nn.modules.conv._ConvNd) and type(module).__module__ in (
+        "torch.nn.modules.conv", "largekernel.nn.conv")
+    if type(module) is nn.Linear or dense_conv:
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _linear_rates(rate: float, n: int) -> list[float]:

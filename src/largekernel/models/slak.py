@@ -78,7 +78,7 @@ class SLaK(StagedClassifier):
             prev, start = chs, start + depth
         self.stages = nn.Sequential(*stages)
         self._build_head(dims, num_classes, drop_rate)
-        _trunc_normal_init(self)
+        self.apply(_trunc_normal_init)
 
 
 def _create_slak(variant: dict[str, Any], **kwargs) -> SLaK:

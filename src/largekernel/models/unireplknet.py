@@ -158,7 +158,7 @@ class UniRepLKNet(StagedClassifier):
             prev, start = chs, start + len(ks)
         self.stages = nn.Sequential(*stages)
         self._build_head(dims, num_classes, drop_rate)
-        _trunc_normal_init(self)
+        self.apply(_trunc_normal_init)
 
 
 def _create_unireplknet(variant: dict[str, Any], **kwargs) -> UniRepLKNet:

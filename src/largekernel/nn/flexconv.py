@@ -58,6 +58,8 @@ _REFERENCE_MASK_INIT = 0.075
 _EAGER_MIN_VOLUME = 2**15
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
+# Parameter dtypes whose layers sample their kernel in float32 (_ContinuousConvNd._sample).
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _first_kept(mean, root, k: int, causal: bool):
@@ -288,9 +290,9 @@ class _ContinuousConvNd(KernelConvNd):
         (bfloat16 holds 513 distinct points of a 1024-point grid in [-1, 1]) and a SIREN's ``sin(omega_0 x)``
         multiplies the arguments' rounding by ``omega_0``."""
         ref = self._reference_tensor()
-        if ref is None or ref.dtype not in (torch.float16, torch.bfloat16):
+        if ref is None or ref.dtype not in _HALF:
             return self._sample_in_own_precision()
-        state = {f"layer.{name}": t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+        state = {f"layer.{name}": t.float() if t.dtype in _HALF else t
                  for name, t in itertools.chain(self.named_parameters(), self.named_buffers())}
         return torch.func.functional_call(_InFloat32(self), state, ()).to(ref.dtype)
 
