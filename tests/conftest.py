@@ -110,3 +110,15 @@ def native_expected() -> bool:
     import shutil
 
     return bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+
+
+def fails_midway(written: bytes):
+    """A stand-in for a save function that takes the object, then the path (``torch.save``, ``Figure.savefig``):
+    it writes ``written``, part of a file, then fails as a full disk does."""
+
+    def save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(written)
+        raise OSError(28, "No space left on device")
+
+    return save

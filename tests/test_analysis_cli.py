@@ -1,8 +1,12 @@
 """`largekernel analyze CHECKPOINT_DIR` on a freshly trained checkpoint."""
 
 import json
-
+import os
 from pathlib import Path
+
+import pytest
+from conftest import fails_midway
+from matplotlib.figure import Figure
 
 from largekernel.analysis.cli import main
 from largekernel.data import dataset_info
@@ -51,3 +55,24 @@ def test_analyze_to_a_folder_that_cannot_be_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and blocker.read_text() == "kept"
     assert err.startswith(f"largekernel analyze: error: --out {str(blocker / 'analysis')!r}: cannot write there")
+
+
+def test_analyze_again_keeps_every_earlier_output_when_a_write_fails(tmp_path, capsys, monkeypatch):
+    """A second analysis into the same folder that fails writing a figure (a full disk) leaves the first analysis's
+    files as they were, with no partial or temporary file beside them; files have the user's umask."""
+    run = _checkpoint(tmp_path, "dcls", "dcls")
+    out = tmp_path / "analysis"
+    umask = os.umask(0o022)
+    try:
+        assert main([run, "--out", str(out), "--images", "4"]) == 0
+    finally:
+        os.umask(umask)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "summary.json" in before and "erf.png" in before
+    assert all((out / name).stat().st_mode & 0o777 == 0o644 for name in before)
+    capsys.readouterr()
+
+    monkeypatch.setattr(Figure, "savefig", fails_midway(b"half a figure"))
+    with pytest.raises(OSError, match="No space left"):
+        main([run, "--out", str(out), "--images", "4"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -3,6 +3,7 @@ every available device; `--device cuda` without a GPU is a one-line usage error.
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -97,7 +98,14 @@ def test_niff_workload_options(tmp_path, device):
 def test_fit_on_the_device(tmp_path, device):
     argv = ["--quick", "--sizes", "16", "32", "--device", device, "--dtype", "bfloat16", "--out", str(tmp_path),
             *_FAST]
-    assert fit.main(argv) == 0
+    umask = os.umask(0o022)
+    try:
+        assert fit.main(argv) == 0
+    finally:
+        os.umask(umask)
+    # The results file has the user's umask, like any program's output (it was 0600, a temporary file's mode).
+    assert (tmp_path / "fit.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.json"]
     payload = _payload(tmp_path, "fit")
     _check_machine(payload, device, "bfloat16")
     assert [r["tokens"] for r in payload["rows"]] == [16, 64]

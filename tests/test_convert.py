@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fails_midway
 from torch import nn
 
 import largekernel
@@ -248,12 +249,7 @@ def test_cli_convert_checks_out_first_and_writes_it_whole(tmp_path, capsys, monk
     out = tmp_path / "model.pt"
     out.write_bytes(b"an earlier model")
 
-    def fails_midway(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"half a model")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", fails_midway)
+    monkeypatch.setattr(torch, "save", fails_midway(b"half a model"))
     with pytest.raises(OSError, match="No space left"):
         main([*argv, str(out)])
     assert out.read_bytes() == b"an earlier model"

@@ -8,11 +8,11 @@ plots how its learned positions evolved.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from largekernel._files import write_json
 from largekernel._argparse import ArgumentParser, print_usage_error, writable_dir
 
 __all__ = ["main"]
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         paths.append(plot_position_evolution(models, out / "dcls_position_evolution.png",
                                              f"{title}: DCLS positions across checkpoints"))
     summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_json(summary_path, summary)
     for path in [*paths, summary_path]:
         print(path)
     stages = ", ".join(f"{stage}: " + "/".join(f"{v:g}" for v in sizes.values())

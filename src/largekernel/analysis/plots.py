@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from largekernel._files import replacing
+
 __all__ = [
     "plot_kernel_gallery",
     "plot_mass_ratio",
@@ -44,8 +46,8 @@ def _figure(width: float, height: float, layout: str | None = "constrained"):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

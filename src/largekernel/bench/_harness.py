@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -25,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils import benchmark
 
+from largekernel import _files
 from largekernel._argparse import ArgumentParser, writable_dir
 from largekernel.functional import native_kernels
 
@@ -231,17 +230,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` atomically (temp file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write ``payload`` whole (:func:`largekernel._files.replacing`), so a crash never leaves half a file."""
+    _files.write_json(path, payload)
 
 
 def plot_series(path: str | Path, panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], *,
@@ -265,7 +255,6 @@ def plot_series(path: str | Path, panels: dict[str, dict[str, tuple[Sequence[flo
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with _files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from largekernel._files import replacing
 from largekernel.data.transforms import Normalize
 
 __all__ = ["DatasetInfo", "TensorDataset", "ImageFolderDataset", "load_dataset", "dataset_info",
@@ -179,10 +180,8 @@ def _mnist1d_arrays(seed: int, length: int = MNIST1D_LENGTH) -> dict[str, np.nda
         np.random.set_state(state)
     arrays = {k: np.asarray(data[k]) for k in keys}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: concurrent processes (torchrun) never read a partial file
+        with replacing(path) as tmp:  # whole: concurrent processes (torchrun) never read a partial file
+            np.savez(tmp, **arrays)
     except OSError:
         pass  # a read-only home only costs the regeneration next time
     return arrays

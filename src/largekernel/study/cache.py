@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from largekernel import _files
 
 __all__ = ["config_hash", "jsonable", "write_json", "read_json", "check_result", "check_transfer", "transfer_config",
            "load_result", "load_transfer", "InvalidRecord"]
@@ -40,14 +41,8 @@ def config_hash(obj: Any) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (fsync'd temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON whole (:func:`largekernel._files.replacing`): a reader never sees half a file."""
+    _files.write_json(path, obj, allow_nan=False)
 
 
 def _reject_constant(name: str) -> float:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from largekernel._files import write_text
 from largekernel.study.cache import load_result, load_transfer, write_json
 from largekernel.study.claims import format_claims, judge_claims
 from largekernel.study.crossres import transfer_one, transfer_path
@@ -127,9 +128,7 @@ def run_study(datasets: Sequence[str], out: str | Path, *, variants: Sequence[st
                              | {"source": {k: t["job"]["source"][k] for k in ("point", "variant", "seed")}}
                              for t in transfers]}
     write_json(out / "results.json", results)
-    report = out / "report.md"
-    report.with_name("report.md.tmp").write_text(render(out, table, points, format_claims(claims), written, meta))
-    report.with_name("report.md.tmp").replace(report)  # atomic: a reader never sees half a report
+    write_text(out / "report.md", render(out, table, points, format_claims(claims), written, meta))
     return results
 
 

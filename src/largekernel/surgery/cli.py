@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import uuid
 from pathlib import Path
 
 import torch
 
+from largekernel._files import replacing
 from largekernel._argparse import ArgumentParser, print_usage_error, writable_dir
 from largekernel.models.layers import conv_types
 from largekernel.nn._base import KernelConvNd
@@ -100,14 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 def _write(model: torch.nn.Module, out: Path, input_size) -> None:
     """Save ``model`` to ``out`` whole or not at all: into a file beside it, then renamed (an interrupted or failed
     write leaves the previous file, if any, as it was)."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}")
-    try:
+    with replacing(out) as tmp:
         if out.suffix == ".pt2":
             torch.export.save(torch.export.export(model, (torch.zeros(input_size),)), tmp)
         else:
             torch.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 

@@ -57,6 +57,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from largekernel._files import fsync_dir
 from largekernel.data import DatasetInfo, dataset_info
 from largekernel.train.config import TrainConfig, config_from_dict, config_to_dict
 
@@ -152,23 +153,12 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1).encode()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (created or renamed files) durable."""
-    if os.name == "nt":  # Windows cannot open a directory; NTFS journals renames itself
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _discard(path: Path, parent: Path) -> None:
     """Delete directory ``path``: first renamed out of the way (atomic), so a crash mid-delete leaves no
     partial checkpoint under a checkpoint's name."""
     trash = parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"
     os.rename(path, trash)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     _fault("trash")
     for i, file in enumerate(sorted(trash.iterdir())):
         file.unlink()
@@ -221,8 +211,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
         name = tmp / _MANIFEST
         _write_file(name, _json_bytes({"format": _FORMAT, "step": state.get("step"), "files": files}))
         name = tmp
-        _fsync_dir(tmp)
-        _fsync_dir(parent)
+        fsync_dir(tmp)
+        fsync_dir(parent)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
@@ -236,10 +226,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: TrainConfig,
         _discard(old, parent)
     if path.exists():
         os.rename(path, old)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         _fault("to_old")
     os.rename(tmp, path)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     _fault("in_place")
     if old.exists():
         _discard(old, parent)

@@ -5,18 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from largekernel._files import write_text
+
 __all__ = ["RunLogger"]
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -59,7 +53,7 @@ class RunLogger:
             with open(csv_path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=list(row)).writerow(row)
         else:
-            _replace(csv_path, _csv_text(self._rows()))
+            write_text(csv_path, _csv_text(self._rows()))
         if self._tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch" and value is not None:
@@ -78,8 +72,8 @@ class RunLogger:
             for name in ("metrics.jsonl", "metrics.csv"):
                 (self.dir / name).unlink(missing_ok=True)
             return
-        _replace(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        _replace(self.dir / "metrics.csv", _csv_text(rows))
+        write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(self.dir / "metrics.csv", _csv_text(rows))
 
     def close(self) -> None:
         if self._tb is not None:
