@@ -1,4 +1,4 @@
-"""Every family learns: a few hundred steps on the 8x8 digits (scikit-learn's, offline) reach an accuracy far above
+"""Every family learns: 150 steps on the 8x8 digits (scikit-learn's, offline) reach an accuracy far above
 chance (10 %), with a fixed seed. The reference is the held-out labels, nothing of the implementation."""
 
 import pytest
@@ -31,7 +31,7 @@ def test_family_learns_the_digits(conv, digits, device):
     optimizer = torch.optim.AdamW(param_groups(model, lr=3e-3, weight_decay=0.01))
     batches = torch.Generator().manual_seed(1)
     model.train()
-    for _ in range(250):
+    for _ in range(150):
         index = torch.randint(0, len(y), (64,), generator=batches).to(device)
         loss = F.cross_entropy(model(x[index]), y[index])
         optimizer.zero_grad()
@@ -40,4 +40,4 @@ def test_family_learns_the_digits(conv, digits, device):
     model.eval()
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    assert accuracy >= 0.75, f"{conv}: {accuracy:.3f} on held-out digits after 250 steps"
+    assert accuracy >= 0.85, f"{conv}: {accuracy:.3f} on held-out digits after 150 steps"
