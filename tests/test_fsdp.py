@@ -72,6 +72,9 @@ def _worker(rank: int, store: str, out: str, mixed: bool = False) -> None:
         dist.all_reduce(loss)
         if rank == 0:
             torch.save({"loss": loss / 2, "grads": grads, "evaluation": evaluation}, out)
+        # Both ranks done before either tears gloo down: a rank that leaves while its peer still works makes the
+        # peer abort (SIGABRT, "terminate called without an active exception"), as largekernel train does.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
