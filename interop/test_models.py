@@ -189,3 +189,42 @@ def test_pretrained_weights_load_into_the_converted_model():
     sparse = largekernel.convert(copy.deepcopy(dense), "dcls", kernel_count=20)
     report = load_dense(sparse, state)
     assert all(0 < err < 1 for err in report.fitted.values())
+
+
+@pytest.mark.parametrize("spec", ["torchvision/resnet18", "torchvision/convnext_tiny", "timm/convnext_atto"])
+def test_torchvision_feature_extractor_on_the_fft_model_gives_the_dense_features(spec):
+    """torchvision's ``create_feature_extractor`` (torch.fx symbolic tracing) on the model converted to the FFT
+    path (every spatial convolution): the feature maps the dense model gives it, torch's convolutions."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    dense = _create(spec).eval()
+    converted = largekernel.convert(copy.deepcopy(dense), "fft", "*")
+    nodes = ({"layer2": "early", "layer4": "late"} if "resnet" in spec else
+             {"features.3": "early", "features.7": "late"} if spec.startswith("torchvision") else
+             {"stages.1": "early", "stages.3": "late"})
+    x = torch.randn(_INPUT)
+    with torch.no_grad():
+        want = create_feature_extractor(dense, nodes)(x)
+        got = create_feature_extractor(converted, nodes)(x)
+    for key in nodes.values():
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4 * want[key].abs().max().item())
+
+
+@pytest.mark.parametrize("to", ["dcls", "flexconv", "niff", "replk"])
+def test_timm_fx_feature_extraction_on_converted_models(to):
+    """timm's FX feature extraction (``FeatureGraphNet``, what ``features_only=True`` builds for models without
+    feature hooks) on a converted ConvNeXt: each stage's output as the eager model computes it."""
+    from timm.models import FeatureGraphNet
+
+    model = largekernel.convert(timm.create_model("convnext_atto", pretrained=False), to).eval()
+    extractor = FeatureGraphNet(model, out_indices=(1, 2, 3))
+    stages = {}
+    for i, stage in enumerate(model.stages):
+        stage.register_forward_hook(lambda module, args, out, i=i: stages.__setitem__(i, out))
+    x = torch.randn(_INPUT)
+    with torch.no_grad():
+        model(x)
+        features = extractor(x)
+    assert len(features) == 3
+    for got, i in zip(features, (1, 2, 3)):
+        torch.testing.assert_close(got, stages[i], rtol=0, atol=0)

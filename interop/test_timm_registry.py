@@ -72,3 +72,29 @@ def _unflattened(features):
         prefix = head.replace("_", ".", 1) if head.startswith(("stem_", "stages_")) else head
         state[f"{prefix}.{rest}"] = value
     return state
+
+
+@pytest.mark.parametrize("feature_cls", ["list", "dict", "hook", "fx"])
+def test_feature_cls_as_timm_takes_it(feature_cls):
+    """``feature_cls`` picks timm's feature wrapper as for timm's own models (it was passed on to the model's
+    constructor, a TypeError): the same wrapper type as timm's ConvNeXt gets, the same maps as our own
+    ``features_only`` from the same weights (``fx``: the layers recorded as one call each)."""
+    reference = timm.create_model("convnext_atto", features_only=True, out_indices=(1, 3), feature_cls=feature_cls)
+    features = timm.create_model("convnext_atto_dcls", features_only=True, out_indices=(1, 3),
+                                 feature_cls=feature_cls).eval()
+    assert type(features) is type(reference)
+    own = largekernel.models.create_model("convnext_atto_dcls", features_only=True, out_indices=(1, 3)).eval()
+    state = ({k.removeprefix("graph_module."): v for k, v in features.state_dict().items()} if feature_cls == "fx"
+             else _unflattened(features))
+    own.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = features(x)
+        want = own(x)
+    for a, b in zip(got.values() if isinstance(got, dict) else got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_unknown_feature_cls_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"feature_cls must be one of \['dict', 'fx', 'hook', 'list'\].*'getter'"):
+        timm.create_model("convnext_atto_dcls", features_only=True, feature_cls="getter")

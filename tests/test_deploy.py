@@ -241,6 +241,53 @@ def test_export_unbaked_and_baked(name):
             torch.testing.assert_close(program.module()(v), e, rtol=1e-4, atol=1e-5)
 
 
+def _nodes(graph_module: torch.fx.GraphModule) -> list[tuple[str, object]]:
+    return [(node.op, node.target) for node in graph_module.graph.nodes]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fx_symbolic_trace_records_each_layer_as_one_call(name):
+    """``torch.fx.symbolic_trace`` (which torchvision's ``create_feature_extractor``, timm's FX feature extraction
+    and FX quantization build on) records a layer as one call, the graph torch's own layers give (it failed: the
+    layers read sizes from the ``Proxy`` input); the traced graph's output and gradients are eager's."""
+    layer, x = _layer(name)
+    net = nn.Sequential(nn.Identity(), layer, nn.Tanh())
+    traced = torch.fx.symbolic_trace(copy.deepcopy(net))
+    as_torch = torch.fx.symbolic_trace(nn.Sequential(nn.Identity(), nn.Identity(), nn.Tanh()))
+    assert _nodes(traced) == _nodes(as_torch)
+    outputs = []
+    for module in (traced, net):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        out.square().sum().backward()
+        outputs.append([out, xi.grad, *(p.grad for p in module.parameters())])
+    for got, want in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_fx_symbolic_trace_of_a_layer_with_hooks():
+    """Hooks on a layer would be traced into the graph and run again by the layer: refused with the way out, a
+    tracer that takes the class as a leaf module, which then runs them once, as for torch's ``Conv2d``."""
+    def doubled(module, args, out):
+        return 2 * out
+
+    class LeafTracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, L.DclsConv2d) or super().is_leaf_module(m, qualname)
+
+    x = torch.randn(2, 4, 12, 12)
+    for conv in (L.DclsConv2d(4, 4, 5, 9, padding=4, groups=4), nn.Conv2d(4, 4, 9, padding=4, groups=4)):
+        net = nn.Sequential(conv, nn.Tanh())
+        conv.register_forward_hook(doubled)
+        if isinstance(conv, L.DclsConv2d):
+            with pytest.raises(RuntimeError, match="forward hooks: they would run twice.*leaf_modules"):
+                torch.fx.symbolic_trace(net)
+        traced = torch.fx.GraphModule(net, LeafTracer().trace(net))
+        assert _nodes(traced)[1] == ("call_module", "0")
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), net(x), rtol=0, atol=0)  # eager runs the hook once
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_jit_trace_trains_and_infers_as_eager(name):
     """``torch.jit.trace`` (older deployment code, TorchScript runtimes): the traced layer passes the tracer's own

@@ -220,6 +220,26 @@ def test_built_on_the_meta_device_then_loaded(name):
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
 
 
+#: Their position embedding follows the input's size, which symbolic tracing cannot read (timm's ViT traces at a
+#: fixed size only); torch.compile and torch.export take them.
+_NOT_FX_TRACEABLE = ("vit_tiny", "fit_tiny")
+
+
+@pytest.mark.parametrize("name", [n for n in _FULL if n not in _NOT_FX_TRACEABLE])
+def test_fx_symbolic_trace_matches_eager(name):
+    """``torch.fx.symbolic_trace`` of every model (the route of torchvision's ``create_feature_extractor``): the
+    models skip their input checks on a ``Proxy`` and the layers are recorded as one call each; the graph computes
+    eager's output exactly."""
+    model, x = _model(name)
+    model.eval()
+    traced = torch.fx.symbolic_trace(model)
+    layers = [m for m in model.modules() if isinstance(m, L.KernelConvNd)]
+    called = {node.target for node in traced.graph.nodes if node.op == "call_module"}
+    assert {path for path, m in model.named_modules() if m in layers} <= called
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", _FULL)
 def test_compile_matches_eager(name):
     model, x = _model(name)

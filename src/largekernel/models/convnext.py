@@ -26,6 +26,7 @@ from largekernel.models.layers import (
     _linear_rates,
     _trunc_normal_init,
     create_conv,
+    traced,
 )
 from largekernel import optim
 
@@ -150,7 +151,7 @@ class ConvNeXt(Classifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         minimum = self.patch_size * 2 ** (len(self.stages) - 1)
-        if x.dim() != 4 or min(x.shape[-2:]) < minimum:
+        if not traced(x) and (x.dim() != 4 or min(x.shape[-2:]) < minimum):
             raise ValueError(f"ConvNeXt with patch_size={self.patch_size} expects (B, C, H, W) with H, W >= "
                              f"{minimum}, got shape {tuple(x.shape)}")
         return self.stages(self.stem(x))  # (B, dims[-1], H / (8 patch_size), W / (8 patch_size))

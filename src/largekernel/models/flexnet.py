@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, STANDARDIZED, model_cfg, register_model
-from largekernel.models.layers import create_norm, like_parameters
+from largekernel.models.layers import create_norm, like_parameters, traced
 from largekernel.nn.flexconv import CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d
 
 __all__ = ["FlexNet", "FlexBlock", "flexnet_tiny", "flexnet_small", "ckresnet_tiny", "ckresnet_small",
@@ -136,7 +136,7 @@ class FlexNet(nn.Module):
         self.head = like_parameters(self, self._new_head(num_classes))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if x.dim() != self.dim + 2:
+        if not traced(x) and x.dim() != self.dim + 2:
             raise ValueError(f"{type(self).__name__} with dim={self.dim} expects a {self.dim + 2}-D input "
                              f"(B, C, *spatial), got shape {tuple(x.shape)}")
         return self.blocks(self.stem(x))  # (B, width, *spatial)
@@ -145,7 +145,7 @@ class FlexNet(nn.Module):
         if self.pool == "last":
             x = x.flatten(2)[:, :, -1]  # (B, width)
         else:
-            x = x.mean(dim=tuple(range(2, x.dim())))  # (B, width)
+            x = x.mean(dim=tuple(range(2, self.dim + 2)))  # (B, width)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)  # (B, num_classes)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Sequence
 
+import torch.fx
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
@@ -89,6 +90,12 @@ _TRAITS = {
 # Families added with register_family: name -> {dim: class}.
 _REGISTERED: dict[str, dict[int, type[nn.Module]]] = {}
 
+
+
+def traced(x: Tensor) -> bool:
+    """Whether ``x`` is a ``torch.fx.Proxy`` (symbolic tracing): a model's input checks cannot read its sizes and
+    are skipped there; the layers check their inputs when the traced graph runs (:mod:`largekernel.nn._fx`)."""
+    return isinstance(x, torch.fx.Proxy)
 
 def conv_types() -> tuple[str, ...]:
     """Every family name ``conv=`` accepts: the built-in :data:`CONV_TYPES` and the registered ones."""
@@ -411,7 +418,7 @@ class StagedClassifier(Classifier):
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or min(x.shape[-2:]) < self.min_input_size:
+        if not traced(x) and (x.dim() != 4 or min(x.shape[-2:]) < self.min_input_size):
             raise ValueError(f"{type(self).__name__} expects (B, C, H, W) input with H, W >= {self.min_input_size}, "
                              f"got shape {tuple(x.shape)}")
         return self.stages(self.stem(x))  # (B, dims[-1], H / 32, W / 32)

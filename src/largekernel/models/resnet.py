@@ -21,7 +21,7 @@ from largekernel.models._registry import (
     model_cfg,
     register_model,
 )
-from largekernel.models.layers import Classifier, _check_positive, create_conv
+from largekernel.models.layers import Classifier, _check_positive, create_conv, traced
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet44", "resnet56", "resnet18", "resnet50"]
 
@@ -165,7 +165,7 @@ class ResNet(Classifier):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
+        if not traced(x) and x.dim() != 4:
             raise ValueError(f"ResNet expects (B, C, H, W) input, got shape {tuple(x.shape)}")
         return self.stages(self.stem(x))  # (B, num_features, H', W')
 

@@ -23,6 +23,7 @@ from largekernel.models.layers import (
     create_conv,
     create_norm,
     same_padding,
+    traced,
 )
 
 __all__ = ["DWNet", "DWBlock", "dwnet1d_tiny", "dwnet1d_small", "dwnet2d_tiny", "dwnet2d_small"]
@@ -107,13 +108,13 @@ class DWNet(Classifier):
         self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if x.dim() != self.dim + 2:
+        if not traced(x) and x.dim() != self.dim + 2:
             raise ValueError(f"{type(self).__name__} with dim={self.dim} expects a {self.dim + 2}-D input "
                              f"(B, C, *spatial), got shape {tuple(x.shape)}")
         return self.blocks(self.stem(x))  # (B, width, *spatial')
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x.mean(dim=tuple(range(2, x.dim()))))  # (B, width)
+        x = self.norm(x.mean(dim=tuple(range(2, self.dim + 2))))  # (B, width)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)  # (B, num_classes)
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import _baked_conv
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
 
@@ -165,6 +166,7 @@ class KernelConvNd(nn.Module):
         sizes = tuple(input.shape[-nd:])
         return tuple(map(operator.index, sizes)) if self.input_dependent else sizes
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         kernel = self.construct_kernel(self._spatial_size(input))
         return convolve(input, kernel, self.bias, self.stride, self.kernel_padding(kernel.shape[2:]), self.dilation,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -72,6 +73,10 @@ class _BackendConvMixin:
     #: whether it serves ``"exact"``ly that size or any size ``"up to"`` it.
     input_size: tuple[int, ...] | None = None
     input_sizes: str = "exact"
+
+    @leaf_under_fx
+    def forward(self, input: Tensor) -> Tensor:
+        return super().forward(input)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.input_size is not None:

@@ -41,6 +41,7 @@ from largekernel.nn._eager_op import EagerInCompile
 from largekernel.nn._cache import reuse_without_autograd
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.nn.marks import mark
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = [
     "CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d",
@@ -476,6 +477,7 @@ class _ContinuousConvNd(KernelConvNd):
             pads = tuple((max(0, lo), max(0, hi)) for lo, hi in pads)
         return convolve(input, kernel, bias, self.stride, pads, 1, groups, self.padding_mode, backend=self.backend)
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         size = self._spatial_size(input)
         if self._kernel_size is None:
@@ -707,6 +709,7 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
             mask = mask * self._crop_window(axes)  # the crop as zeros: see _crop
         return mask
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         # (Not a lazy layer's first call: the graph that records it sets the grid only once it has run.)
         if self.dynamic_cropping and self._kernel_size is not None and eager_op.applies(input) \

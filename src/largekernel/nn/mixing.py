@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from largekernel.functional.spectral import fourier_mix
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["FourierMix", "fourier_mix"]
 
@@ -34,6 +35,7 @@ class FourierMix(nn.Module):
             raise ValueError(f"token_dim and hidden_dim must differ, got {token_dim} for both")
         self.token_dim, self.hidden_dim = token_dim, hidden_dim
 
+    @leaf_under_fx
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"FourierMix expects at least 2 dims (tokens, hidden), got shape {tuple(x.shape)}")

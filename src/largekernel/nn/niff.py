@@ -44,6 +44,7 @@ from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 
@@ -335,6 +336,7 @@ class _NIFFConvNd(KernelConvNd):
 
     # ---- forward ----------------------------------------------------------------------------------
 
+    @leaf_under_fx
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         nd = self._nd
         param_dtype = next(self.parameters()).dtype
@@ -593,6 +595,7 @@ class SpectralPointwise(nn.Module):
             bound = 1.0 / self.in_channels**0.5
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @leaf_under_fx
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         dtype = None  # a real input's dtype, which a spatial output keeps (half precision is transformed in float32)
         if isinstance(input, Spectrum):

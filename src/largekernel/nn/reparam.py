@@ -43,6 +43,7 @@ from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import BACKENDS
 from largekernel.nn._base import KernelConvNd, check_choice
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = [
     "RepLKConv1d", "RepLKConv2d", "RepLKConv3d",
@@ -194,6 +195,7 @@ class _ReparamConvNd(KernelConvNd):
         """
         return self._merge()[0]
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         self._spatial_size(input)
         if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch

@@ -34,6 +34,7 @@ from largekernel.functional._tracing import batched, exporting_onnx, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
 
@@ -338,6 +339,7 @@ class _LongConv1d(KernelConvNd):
         (k,) = kernel_size
         return (((k - 1) // 2, k // 2),) if self.bidirectional else ((k - 1, 0),)
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         (length,) = self._spatial_size(input)
         if self.l_max is not None and length > self.l_max:
@@ -582,6 +584,7 @@ class SGConv2d(KernelConvNd):
             weight = self.pointwise.view(*self.pointwise.shape, 1, 1) * weight.transpose(0, 1)  # (out, in, Kh, Kw)
         return weight
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         if self.pointwise is None:
             return super().forward(input)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from largekernel.functional import ConvArgumentError
 from largekernel.models.layers import conv_types, create_conv, family_class, family_traits, layer_class, same_padding
+from largekernel.nn._fx import leaf_under_fx
 
 __all__ = ["convert", "match_params", "ConvertReport", "ReplacedLayer", "SkippedLayer", "DynamicSamePad",
            "is_depthwise_spatial"]
@@ -150,6 +151,7 @@ class DynamicSamePad(nn.Module):
         super().__init__()
         self.extent, self.stride = tuple(extent), tuple(stride)
 
+    @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         pads: list[int] = []
         for n, e, s in reversed(list(zip(input.shape[2:], self.extent, self.stride))):  # F.pad: last dim first

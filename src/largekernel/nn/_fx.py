@@ -1,0 +1,57 @@
+"""The layers under ``torch.fx`` symbolic tracing: one call each, as torch's own layers.
+
+``torch.fx.symbolic_trace`` (and the tools built on it: torchvision's
+``create_feature_extractor``, timm's FX feature extraction, FX graph mode
+quantization) records a ``torch.nn`` layer as one ``call_module`` node (a leaf)
+and traces any other module's ``forward`` with ``Proxy`` objects in place of
+tensors. The layers' forwards read sizes and values to plan their work, which a
+``Proxy`` cannot give, so they record themselves the way a leaf is recorded:
+the graph calls the layer, and the layer computes with real tensors when the
+graph runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, TypeVar
+
+import torch.fx
+from torch import nn
+
+__all__ = ["leaf_under_fx"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tracer(values: Iterable[Any]) -> torch.fx.Tracer | None:
+    """The tracer of the first ``Proxy`` among ``values`` (looking into tuples: NIFF's ``Spectrum``), if any."""
+    for value in values:
+        if isinstance(value, torch.fx.Proxy):
+            return value.tracer
+        if isinstance(value, (tuple, list)) and (tracer := _tracer(value)) is not None:
+            return tracer
+    return None
+
+
+def leaf_under_fx(forward: F) -> F:
+    """Decorate a layer's ``forward``: called with a ``torch.fx.Proxy`` argument (symbolic tracing), it records
+    the call as one ``call_module`` node and returns its proxy; otherwise it runs as written.
+
+    Hooks on the layer would be traced into the graph around that node and run again by the layer when the graph
+    calls it, so a layer with hooks is refused there (a tracer that lists the layer's class among its leaf modules
+    records it without tracing them, as it does torch's layers)."""
+
+    @functools.wraps(forward)
+    def traced_as_one_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        tracer = _tracer((*args, *kwargs.values()))
+        if tracer is None:
+            return forward(self, *args, **kwargs)
+        path = tracer.path_of_module(self)
+        if self._forward_hooks or self._forward_pre_hooks:
+            raise RuntimeError(f"torch.fx symbolic tracing of {type(self).__name__} {path!r}, which has forward hooks: "
+                               f"they would run twice in the traced graph; remove them while tracing, or pass the "
+                               f"class to the tracer as a leaf module (e.g. torchvision's create_feature_extractor("
+                               f"..., tracer_kwargs={{'leaf_modules': [{type(self).__name__}]}}))")
+        return tracer.create_proxy("call_module", path, args, kwargs)
+
+    return traced_as_one_call  # type: ignore[return-value]
