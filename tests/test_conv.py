@@ -65,3 +65,34 @@ def test_unbatched_input_and_pickle():
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         lnn.Conv2d(3, 3, 3, backend="winograd")
+
+
+@pytest.mark.parametrize("backend", ["direct", "fft"])
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "hooked weight_norm", "hooked spectral_norm"])
+def test_weight_reparameterisations_train_as_torchs(norm, backend):
+    """``torch.nn.utils.parametrizations.weight_norm`` / ``spectral_norm`` and their older hook-based forms (vocoder
+    code such as HiFi-GAN's wraps its long 1-D convolutions so) on the drop-in layer: two SGD steps give torch's
+    outputs and gradients."""
+    wrap = {"weight_norm": nn.utils.parametrizations.weight_norm,
+            "spectral_norm": nn.utils.parametrizations.spectral_norm,
+            "hooked weight_norm": nn.utils.weight_norm, "hooked spectral_norm": nn.utils.spectral_norm}[norm]
+    theirs = nn.Conv1d(4, 6, 31, padding=15, dtype=torch.float64)
+    ours = lnn.Conv1d(4, 6, 31, padding=15, backend=backend, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    torch.manual_seed(1)  # spectral_norm's power iteration starts from a random vector
+    theirs = wrap(theirs)
+    torch.manual_seed(1)
+    ours = wrap(ours)
+    x = torch.randn(2, 4, 120, dtype=torch.float64)
+    for _ in range(2):
+        results = []
+        for module in (theirs, ours):
+            module.zero_grad()
+            out = module(x)
+            out.square().mean().backward()
+            results.append([out.detach(), *(p.grad.clone() for p in module.parameters())])
+            with torch.no_grad():
+                for p in module.parameters():
+                    p -= 0.1 * p.grad
+        for want, got in zip(*results, strict=True):
+            torch.testing.assert_close(got, want)
