@@ -175,6 +175,28 @@ def test_inductor_compiled_per_sample_gradients():
                                  lambda f: torch.compile(f, backend="inductor", fullgraph=True))
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+@pytest.mark.parametrize("name", list(_transform_layers()))
+def test_activation_checkpointing_gives_eager_gradients(name, reentrant):
+    """``torch.utils.checkpoint`` (its forward without saved activations, then the forward again in the backward;
+    the reentrant form runs the first one without autograd, where the layers keep their kernel for the next call):
+    over two steps, the output and every gradient are a plain training step's."""
+    layer, shape = _transform_layers()[name]
+    x = torch.randn(shape)
+    checkpointed = copy.deepcopy(layer)
+    results = []
+    for module, wrap in ((layer, lambda f, v: f(v)),
+                         (checkpointed, lambda f, v: torch.utils.checkpoint.checkpoint(f, v, use_reentrant=reentrant))):
+        for _ in range(2):
+            module.zero_grad()
+            xi = x.clone().requires_grad_()
+            out = wrap(module, xi)
+            out.square().mean().backward()
+        results.append({"output": out.detach(), "input": xi.grad,
+                        **{n: p.grad for n, p in module.named_parameters()}})
+    _close(results[1], results[0], name)
+
+
 @pytest.mark.parametrize("name", list(_transform_layers()))
 def test_forward_mode_derivatives(name):
     """Jacobian-vector products in the input and every parameter at once, by ``torch.func.jvp`` and by
