@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import largekernel
@@ -262,6 +263,46 @@ def test_fx_symbolic_trace_records_each_layer_as_one_call(name):
         out.square().sum().backward()
         outputs.append([out, xi.grad, *(p.grad for p in module.parameters())])
     for got, want in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _CallsFunctions(nn.Module):
+    """A user's module that calls the library's functions, or ``torch.nn.functional.conv2d`` in their place."""
+
+    def __init__(self, torch_only: bool = False):
+        super().__init__()
+        self.torch_only = torch_only
+        self.weight = nn.Parameter(torch.randn(4, 1, 9, 9))
+        self.spectrum = nn.Parameter(torch.randn(4, 12, 12, 2))  # real and imaginary parts
+
+    def forward(self, x):
+        if self.torch_only:
+            return F.conv2d(F.conv2d(x, self.weight, padding=4, groups=4), self.weight, padding=4, groups=4)
+        y = largekernel.functional.fft_conv(x, self.weight, padding=4, groups=4)
+        y = largekernel.functional.convolve(y, self.weight, None, 1, 4, 1, 4)
+        y = largekernel.functional.spectral_filter(y, self.spectrum)
+        return largekernel.functional.fourier_mix(y.flatten(2))
+
+
+def test_fx_symbolic_trace_records_each_function_as_one_call():
+    """A user's module that calls ``fft_conv``, ``convolve``, ``spectral_filter`` and ``fourier_mix`` traces them as
+    one ``call_function`` node each, as ``torch.nn.functional.conv2d`` is traced (they failed on the ``Proxy``);
+    the graph computes eager's output and gradients."""
+    module = _CallsFunctions()
+    traced = torch.fx.symbolic_trace(module)
+    called = [node.target for node in traced.graph.nodes if node.op == "call_function"]
+    assert called == [largekernel.functional.fft_conv, largekernel.functional.convolve,
+                      largekernel.functional.spectral_filter, largekernel.functional.fourier_mix]
+    as_torch = torch.fx.symbolic_trace(_CallsFunctions(torch_only=True))
+    assert [op for op, _ in _nodes(as_torch)][:4] == [op for op, _ in _nodes(traced)][:4]  # x, weight, conv, conv
+    x = torch.randn(2, 4, 12, 12)
+    results = []
+    for m in (traced, module):
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        results.append([out, module.weight.grad.clone(), module.spectrum.grad.clone()])
+    for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 

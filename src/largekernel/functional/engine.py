@@ -32,6 +32,7 @@ from largekernel.functional._args import ConvArgumentError, autocast_operands, c
 from largekernel.functional._tracing import tracing
 from largekernel.functional.fft_conv import run_fft
 from largekernel.functional.planner import ConvPlan, make_plan
+from largekernel.functional._fx import call_under_fx
 
 __all__ = [
     "convolve",
@@ -211,6 +212,7 @@ def choose_backend(
     return "direct" if plan.path == "direct" else "fft"
 
 
+@call_under_fx
 def convolve(
     input: Tensor,
     weight: Tensor,

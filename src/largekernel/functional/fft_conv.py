@@ -32,12 +32,14 @@ from torch import Tensor
 from largekernel.functional._args import PADDING_MODES, autocast_off, autocast_operands, conv_args, flat_pads
 from largekernel.functional._product import spectral_product
 from largekernel.functional.planner import ConvPlan, fast_fft_length, make_plan
+from largekernel.functional._fx import call_under_fx
 
 __all__ = ["fft_conv", "fast_fft_length", "run_fft", "PADDING_MODES"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+@call_under_fx
 def fft_conv(
     input: Tensor,
     weight: Tensor,

@@ -20,12 +20,14 @@ from largekernel.functional._product import spectral_product
 from largekernel.functional._spectral import pointwise
 from largekernel.functional._tracing import compiling, tracing, transformed
 from largekernel.functional.planner import plan_filter
+from largekernel.functional._fx import call_under_fx
 
 __all__ = ["spectral_filter", "to_spectrum", "to_spatial", "spectral_pointwise", "fourier_mix"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+@call_under_fx
 def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = None, bias: Tensor | None = None,
                     out_start: tuple[int, ...] | None = None, out_size: tuple[int, ...] | None = None) -> Tensor:
     """Circular convolution of ``input`` by filters given on the frequency grid.
@@ -97,6 +99,7 @@ def spectral_pointwise(spectrum: Tensor, weight: Tensor) -> Tensor:
     return pointwise(spectrum, weight.to(spectrum.real.dtype))
 
 
+@call_under_fx
 def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
     """FNet's mixing ``Re(fft2(x))`` over ``(token_dim, hidden_dim)``; same shape as ``x``, and its dtype for a
     real ``x`` (half precision is transformed in float32); a complex ``x`` gives the real part's dtype."""

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import _baked_conv
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 

@@ -41,7 +41,7 @@ from largekernel.nn._eager_op import EagerInCompile
 from largekernel.nn._cache import reuse_without_autograd
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
 from largekernel.nn.marks import mark
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = [
     "CKConv1d", "CKConv2d", "CKConv3d", "FlexConv1d", "FlexConv2d", "FlexConv3d",

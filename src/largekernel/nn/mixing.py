@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from largekernel.functional.spectral import fourier_mix
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["FourierMix", "fourier_mix"]
 

@@ -44,7 +44,7 @@ from largekernel.nn._base import KernelConvNd, check_choice, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["NIFFConv1d", "NIFFConv2d", "NIFFConv3d", "Spectrum", "SpectralPointwise", "PRESETS"]
 

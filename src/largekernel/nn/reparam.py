@@ -43,7 +43,7 @@ from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import BACKENDS
 from largekernel.nn._base import KernelConvNd, check_choice
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = [
     "RepLKConv1d", "RepLKConv2d", "RepLKConv3d",

@@ -34,7 +34,7 @@ from largekernel.functional._tracing import batched, exporting_onnx, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn._base import KernelConvNd, positive_int
 from largekernel.nn.marks import mark
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["SGKernel", "S4DKernel", "SGConv1d", "SGConv2d", "S4DConv1d"]
 

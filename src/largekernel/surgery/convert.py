@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from largekernel.functional import ConvArgumentError
 from largekernel.models.layers import conv_types, create_conv, family_class, family_traits, layer_class, same_padding
-from largekernel.nn._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx
 
 __all__ = ["convert", "match_params", "ConvertReport", "ReplacedLayer", "SkippedLayer", "DynamicSamePad",
            "is_depthwise_spatial"]

@@ -1,13 +1,14 @@
-"""The layers under ``torch.fx`` symbolic tracing: one call each, as torch's own layers.
+"""The layers and functions under ``torch.fx`` symbolic tracing: one call each, as torch's own.
 
 ``torch.fx.symbolic_trace`` (and the tools built on it: torchvision's
 ``create_feature_extractor``, timm's FX feature extraction, FX graph mode
-quantization) records a ``torch.nn`` layer as one ``call_module`` node (a leaf)
-and traces any other module's ``forward`` with ``Proxy`` objects in place of
-tensors. The layers' forwards read sizes and values to plan their work, which a
-``Proxy`` cannot give, so they record themselves the way a leaf is recorded:
-the graph calls the layer, and the layer computes with real tensors when the
-graph runs.
+passes) records a ``torch.nn`` layer as one ``call_module`` node (a leaf) and a
+torch function as one ``call_function`` node, and traces any other module's
+``forward`` or function with ``Proxy`` objects in place of tensors. The
+library's layers and functions read sizes and values to plan their work, which
+a ``Proxy`` cannot give, so they record themselves the way torch's are
+recorded: the graph calls the layer or function, which computes with real
+tensors when the graph runs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import torch.fx
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ["leaf_under_fx"]
+__all__ = ["leaf_under_fx", "call_under_fx"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,8 +45,8 @@ def leaf_under_fx(forward: F) -> F:
 
     @functools.wraps(forward)
     def traced_as_one_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        tracer = _tracer((*args, *kwargs.values()))
-        if tracer is None:
+        # (The flag first: a call outside symbolic tracing costs one function call, not a look at every argument.)
+        if not is_fx_symbolic_tracing() or (tracer := _tracer((*args, *kwargs.values()))) is None:
             return forward(self, *args, **kwargs)
         path = tracer.path_of_module(self)
         if self._forward_hooks or self._forward_pre_hooks:
@@ -53,5 +55,19 @@ def leaf_under_fx(forward: F) -> F:
                                f"class to the tracer as a leaf module (e.g. torchvision's create_feature_extractor("
                                f"..., tracer_kwargs={{'leaf_modules': [{type(self).__name__}]}}))")
         return tracer.create_proxy("call_module", path, args, kwargs)
+
+    return traced_as_one_call  # type: ignore[return-value]
+
+
+def call_under_fx(function: F) -> F:
+    """Decorate a public function of tensors: called with a ``torch.fx.Proxy`` argument (a user's module that
+    calls it, symbolically traced), it records one ``call_function`` node of itself and returns its proxy, as
+    ``torch.nn.functional.conv2d`` is recorded; otherwise it runs as written."""
+
+    @functools.wraps(function)
+    def traced_as_one_call(*args: Any, **kwargs: Any) -> Any:
+        if not is_fx_symbolic_tracing() or (tracer := _tracer((*args, *kwargs.values()))) is None:
+            return function(*args, **kwargs)
+        return tracer.create_proxy("call_function", traced_as_one_call, args, kwargs)
 
     return traced_as_one_call  # type: ignore[return-value]
