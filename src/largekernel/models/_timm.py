@@ -6,7 +6,8 @@ with ``timm.models.register_model``, so that ``timm.create_model("convnext_tiny_
 mean/std, classifier) work. A name timm already uses for its own model (``convnext_tiny``,
 ``resnet18``, ...) is registered as ``lk_<name>``, leaving timm's model as it is.
 ``features_only=True`` / ``out_indices`` return timm's ``FeatureListNet`` over the model's
-``feature_info`` (``feature_cls`` as timm takes it: ``"dict"``, ``"hook"``, ``"fx"``). There are no pretrained weights: ``pretrained=True`` is an error.
+``feature_info`` (another of timm's wrappers with ``feature_cls="dict"``, ``"hook"`` or ``"fx"``,
+as for timm's models). There are no pretrained weights: ``pretrained=True`` is an error.
 
 The core library never imports timm; only this module does, and only when it is installed.
 """

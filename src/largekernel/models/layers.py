@@ -91,11 +91,11 @@ _TRAITS = {
 _REGISTERED: dict[str, dict[int, type[nn.Module]]] = {}
 
 
-
 def traced(x: Tensor) -> bool:
     """Whether ``x`` is a ``torch.fx.Proxy`` (symbolic tracing): a model's input checks cannot read its sizes and
-    are skipped there; the layers check their inputs when the traced graph runs (:mod:`largekernel.nn._fx`)."""
+    are skipped there; the layers check their inputs when the traced graph runs (:mod:`largekernel.functional._fx`)."""
     return isinstance(x, torch.fx.Proxy)
+
 
 def conv_types() -> tuple[str, ...]:
     """Every family name ``conv=`` accepts: the built-in :data:`CONV_TYPES` and the registered ones."""
