@@ -20,23 +20,18 @@ from typing import Any, Iterator
 __all__ = ["replacing", "write_text", "write_json", "fsync_dir"]
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make the entries of directory ``path`` (created or renamed files) durable."""
-    if os.name == "nt":  # Windows cannot open a directory; NTFS journals renames itself
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if os.name != "nt":  # Windows cannot open a directory; NTFS journals renames itself
+        _fsync(path)
 
 
 @contextlib.contextmanager
@@ -53,7 +48,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield tmp
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,15 +20,22 @@ import torch.fx
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ["leaf_under_fx", "call_under_fx"]
+__all__ = ["traced", "leaf_under_fx", "call_under_fx"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def traced(value: Any) -> bool:
+    """Whether ``value`` is a ``torch.fx.Proxy``: a stand-in for a tensor under symbolic tracing, whose sizes and
+    values cannot be read (the models skip their input checks on one; the layers check theirs when the traced
+    graph runs)."""
+    return isinstance(value, torch.fx.Proxy)
 
 
 def _tracer(values: Iterable[Any]) -> torch.fx.Tracer | None:
     """The tracer of the first ``Proxy`` among ``values`` (looking into tuples: NIFF's ``Spectrum``), if any."""
     for value in values:
-        if isinstance(value, torch.fx.Proxy):
+        if traced(value):
             return value.tracer
         if isinstance(value, (tuple, list)) and (tracer := _tracer(value)) is not None:
             return tracer

@@ -26,8 +26,8 @@ from largekernel.models.layers import (
     _linear_rates,
     _trunc_normal_init,
     create_conv,
-    traced,
 )
+from largekernel.functional._fx import traced
 from largekernel import optim
 
 __all__ = [

@@ -21,7 +21,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, STANDARDIZED, model_cfg, register_model
-from largekernel.models.layers import create_norm, like_parameters, traced
+from largekernel.models.layers import create_norm, like_parameters
+from largekernel.functional._fx import traced
 from largekernel.nn.flexconv import CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d
 
 __all__ = ["FlexNet", "FlexBlock", "flexnet_tiny", "flexnet_small", "ckresnet_tiny", "ckresnet_small",

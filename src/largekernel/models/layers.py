@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Sequence
 
-import torch.fx
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
+from largekernel.functional._fx import traced
 
 __all__ = [
     "CONV_TYPES",
@@ -89,12 +89,6 @@ _TRAITS = {
 
 # Families added with register_family: name -> {dim: class}.
 _REGISTERED: dict[str, dict[int, type[nn.Module]]] = {}
-
-
-def traced(x: Tensor) -> bool:
-    """Whether ``x`` is a ``torch.fx.Proxy`` (symbolic tracing): a model's input checks cannot read its sizes and
-    are skipped there; the layers check their inputs when the traced graph runs (:mod:`largekernel.functional._fx`)."""
-    return isinstance(x, torch.fx.Proxy)
 
 
 def conv_types() -> tuple[str, ...]:

@@ -21,7 +21,8 @@ from largekernel.models._registry import (
     model_cfg,
     register_model,
 )
-from largekernel.models.layers import Classifier, _check_positive, create_conv, traced
+from largekernel.models.layers import Classifier, _check_positive, create_conv
+from largekernel.functional._fx import traced
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet44", "resnet56", "resnet18", "resnet50"]
 

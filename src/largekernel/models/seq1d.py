@@ -23,8 +23,8 @@ from largekernel.models.layers import (
     create_conv,
     create_norm,
     same_padding,
-    traced,
 )
+from largekernel.functional._fx import traced
 
 __all__ = ["DWNet", "DWBlock", "dwnet1d_tiny", "dwnet1d_small", "dwnet2d_tiny", "dwnet2d_small"]
 
