@@ -13,6 +13,7 @@ from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradgradcheck
+from torch.nn.utils import prune
 
 import largekernel.nn as lnn
 from largekernel.functional import fft_conv, planner_options
@@ -255,6 +256,108 @@ def test_an_ensemble_by_vmap_over_stacked_parameters(name):
         stacked = torch.func.vmap(lambda p, b: torch.func.functional_call(template, (p, b), (x,)),
                                   randomness="same")(params, buffers)
         _close({i: stacked[i] for i in range(3)}, {i: m(x) for i, m in enumerate(members)}, name)
+
+
+# ----------------------------------------------------------------------------- hooks on sub-layers
+
+
+def _prunable(layer: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every (module, parameter name) of ``layer`` with more than one entry. Not a ``ParameterList``'s: a container,
+    never called, whose hooks never run (in torch's modules as in these)."""
+    return [(m, n) for m in layer.modules() if not isinstance(m, nn.ParameterList)
+            for n, p in m.named_parameters(recurse=False) if p.numel() > 1]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name", [n for n, (layer, _) in _transform_layers().items() if _prunable(layer)])
+def test_pruned_sub_layers_train_like_zeroed_weights(name, compiled):
+    """``torch.nn.utils.prune`` on every parameter of every sub-layer (its forward pre-hook recomputes each pruned
+    tensor as ``orig * mask`` whenever the sub-layer is called; the kernel nets' sub-layers used to be read, not
+    called: the second step failed in its backward, and a step's update never reached the kernel): three SGD steps
+    give the outputs of a copy whose pruned entries are zeroed by hand, and whose update is masked the same way."""
+    layer, shape = _transform_layers()[name]
+    pairs = _prunable(layer)
+    reference = copy.deepcopy(layer)
+    masks = []
+    torch.manual_seed(1)
+    for module, param in pairs:
+        prune.random_unstructured(module, param, amount=0.3)
+        masks.append(getattr(module, param + "_mask"))
+    zeroed = [(getattr(m, n), mask) for (m, n), mask in zip(_prunable(reference), masks)]
+    with torch.no_grad():
+        for p, mask in zeroed:
+            p.mul_(mask)
+    torch.compiler.reset()
+    run = torch.compile(layer, backend="aot_eager", fullgraph=True) if compiled else layer
+    originals = [getattr(m, n + "_orig") for m, n in pairs]
+    x = torch.randn(shape)
+    for step in range(3):
+        out, expected = run(x), reference(x)
+        _close({f"output, step {step}": out}, {f"output, step {step}": expected}, name)
+        out.square().mean().backward()
+        expected.square().mean().backward()
+        with torch.no_grad():
+            for orig, (p, mask) in zip(originals, zeroed):
+                orig -= 0.5 * orig.grad
+                p -= 0.5 * mask * p.grad
+                orig.grad = p.grad = None
+
+
+_KERNEL_NET_LAYERS = {"CKConv2d": lambda: lnn.CKConv2d(4, 4, 9, groups=4, kernel_net="mlp"),
+                      "CKConv2d-siren": lambda: lnn.CKConv2d(4, 4, 9, groups=4, kernel_net="siren"),
+                      "FlexConv2d": lambda: lnn.FlexConv2d(4, 4, 9, mask_init=0.3),
+                      "FlexConv2d-gabor": lambda: lnn.FlexConv2d(4, 4, 9, kernel_net="gabor"),
+                      "NIFFConv2d": lambda: lnn.NIFFConv2d(4, 4)}
+
+
+def _output_layers(layer: nn.Module) -> list[nn.Linear]:
+    return [layer.mlp_real[-1], layer.mlp_imag[-1]] if hasattr(layer, "mlp_real") else [layer.kernel_net.output]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # (the grid's coordinates need no gradient)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name", list(_KERNEL_NET_LAYERS))
+def test_hooks_on_a_kernel_nets_layers_run(name, compiled):
+    """A forward hook on a kernel net's output layer(s) that doubles their output doubles the kernel: the layer
+    then computes what it computes with those layers' weights and biases doubled (the kernel is affine in them;
+    FlexConv's mask multiplies the output). A full backward hook on a hidden layer runs at every backward."""
+    torch.manual_seed(0)
+    layer = _KERNEL_NET_LAYERS[name]()
+    with torch.no_grad():
+        for p in layer.parameters():  # no zero bias: the doubled output must differ from the plain one
+            p.add_(0.1)
+    reference = copy.deepcopy(layer)
+    for out_layer, ref_layer in zip(_output_layers(layer), _output_layers(reference)):
+        out_layer.register_forward_hook(lambda module, args, out: 2.0 * out)
+        with torch.no_grad():
+            ref_layer.weight.mul_(2.0)
+            ref_layer.bias.mul_(2.0)
+    hidden = next(m for m in layer.modules() if isinstance(m, nn.Linear) and m not in _output_layers(layer))
+    calls = []
+    hidden.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(grad_out[0].shape))
+    torch.compiler.reset()
+    run = torch.compile(layer, backend="aot_eager") if compiled else layer  # (a backward hook: not one graph)
+    x = torch.randn(2, 4, 12, 12)
+    out, expected = run(x), reference(x)
+    assert not torch.allclose(out, layer.__class__.forward(reference, x) / 2.0), "the doubling must show"
+    _close({"output": out}, {"output": expected}, name)
+    out.square().mean().backward()
+    assert len(calls) == 1, calls
+
+
+@pytest.mark.parametrize("name", list(_KERNEL_NET_LAYERS))
+def test_hooks_on_a_kernel_nets_layers_run_at_every_inference_call(name):
+    """Without autograd a layer reuses its kernel while its parameters are unchanged, but not past a hook inside
+    it: the hook runs at every call, as in torch's modules (it used to run at the first call only)."""
+    layer = _KERNEL_NET_LAYERS[name]().eval()
+    calls = []
+    next(m for m in layer.modules() if isinstance(m, nn.Linear)).register_forward_hook(
+        lambda module, args, out: calls.append(out.shape))
+    x = torch.randn(2, 4, 12, 12)
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    assert len(calls) == 2, calls
 
 
 # ----------------------------------------------------------------------------- double backward

@@ -59,6 +59,29 @@ def centre_kernel(kernel: Tensor, size: Sequence[int]) -> Tensor:
     return kernel
 
 
+def hooked(*modules: nn.Module) -> bool:
+    """Whether any of ``modules``, or a module inside one, has forward or backward hooks, or hooks are registered
+    for every module (``torch.nn.modules.module.register_module_forward_hook`` and the like).
+
+    The kernel nets' fast paths read their layers' parameters without calling the layers (one batched product
+    for several layers, the output layer fused with FlexConv's mask). Hooks run only where a module is called:
+    ``torch.nn.utils.prune`` and the hook-based ``weight_norm`` / ``spectral_norm`` recompute a layer's weight in
+    a forward pre-hook, and the user's hooks read or change what a layer computes. Where there are any, the nets
+    call their layers as modules instead: the same function, with the hooks run as in torch's own modules."""
+    every = nn.modules.module
+    if (every._global_forward_hooks or every._global_forward_pre_hooks or every._global_backward_hooks
+            or every._global_backward_pre_hooks):
+        return True
+    return any(map(_hooks_in, modules))
+
+
+def _hooks_in(module: nn.Module) -> bool:
+    """Whether ``module`` or a module inside it has hooks (the module tree walked by hand: ``modules()`` costs
+    several times as much, and this runs at every call of a kernel net)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks) or any(_hooks_in(m) for m in module._modules.values() if m is not None)
+
+
 def check_choice(value, options: Sequence, name: str):
     """``value`` if it is one of ``options``, else :class:`ConvArgumentError` naming ``name``."""
     if value not in options:

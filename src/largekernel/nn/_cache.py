@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from largekernel.functional._tracing import transformed
+from largekernel.nn._base import hooked
 
 __all__ = ["KeptMap", "reuse_without_autograd"]
 
@@ -49,6 +50,9 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
     values it would compare are data it cannot guard on) and outside torch.func's transforms and
     forward-mode AD (a result there may hold the transform's tensors or tangents, which must not outlive it).
+    Not where a module inside ``module`` has hooks (:func:`~largekernel.nn._base.hooked`): they run at every call,
+    as in torch (a hook that records a kernel net's activations sees every call; one whose result varies is
+    applied anew).
     With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
     the result may be reused, so that a compiled graph does not trace what it reads.
 
@@ -65,7 +69,7 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     kept = module.__dict__.get(slot)
     if not isinstance(kept, KeptMap):
         kept = module.__dict__[slot] = KeptMap(1)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or hooked(*module.children()):
         kept.clear()
         return compute()
     tensors = list(itertools.chain(module.parameters(), module.buffers()))

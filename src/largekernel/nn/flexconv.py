@@ -36,7 +36,7 @@ from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional._tracing import compiled_once, region_applies, tracing, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn import _eager_op as eager_op
-from largekernel.nn._base import KernelConvNd, centre_kernel
+from largekernel.nn._base import KernelConvNd, centre_kernel, hooked
 from largekernel.nn._eager_op import EagerInCompile
 from largekernel.nn._cache import reuse_without_autograd
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
@@ -550,14 +550,12 @@ def _region_applies(net: nn.Module) -> bool:
 
     Not under ``torch.compile(dynamic=True)``, where those settings become symbolic inputs, which torch 2.14
     cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"). Not for a kernel net
-    of the user's own, one whose ``forward`` is overridden, or one with hooks: the region calls the named nets'
-    ``features`` and ``project`` directly, which is what their ``forward`` does. The layers are then traced as
-    written."""
+    of the user's own, one whose ``forward`` is overridden, or one with hooks on it or on a layer inside it
+    (:func:`~largekernel.nn._base.hooked`): the region calls the named nets' ``features`` and ``project``
+    directly, which is what their ``forward`` does without hooks. The layers are then traced as written."""
     return (region_applies()
             and getattr(torch._dynamo.config, "assume_static_by_default", True)
-            and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward
-            and not (net._forward_hooks or net._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                     or nn.modules.module._global_forward_pre_hooks))
+            and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward and not hooked(net))
 
 
 class _FlexConvNd(EagerInCompile, _ContinuousConvNd):

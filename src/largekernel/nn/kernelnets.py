@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from largekernel.nn._base import hooked
 from largekernel.nn.marks import mark
 
 __all__ = ["MLPKernel", "SIRENKernel", "FourierKernel", "GaborKernel", "MAGNetKernel", "KERNEL_NETS",
@@ -52,7 +53,7 @@ def _check_positive_int(value, name: str) -> None:
 class _KernelNet(nn.Module):
     """Shared plumbing: coordinate checks, the output layer and the channels-first layout.
 
-    Subclasses implement ``_hidden(coords (N, dim)) -> (N, hidden_channels)``.
+    Subclasses implement ``_hidden(coords (N, dim), by_modules) -> (N, hidden_channels)``.
     """
 
     def __init__(self, dim: int, out_features: int, hidden_channels: int, bias: bool, factory: dict) -> None:
@@ -82,6 +83,11 @@ class _KernelNet(nn.Module):
         grid = coords.shape[:-1]
         if scale is not None and scale.shape != grid:
             raise ValueError(f"scale must have the grid's shape {tuple(grid)}, got {tuple(scale.shape)}")
+        if hooked(*self._read_not_called()):
+            # Those layers called as modules (hooked): the output layer on the features, then the scale.
+            out = self.output(self._hidden(coords.reshape(-1, self.dim), by_modules=True))  # (N, out_features)
+            out = out.t().reshape(self.out_features, *grid)
+            return out if scale is None else out * scale
         flat = None if scale is None else scale.reshape(-1)  # (N,)
         return self.project(self.features(coords.reshape(-1, self.dim), flat), grid, flat)
 
@@ -109,7 +115,14 @@ class _KernelNet(nn.Module):
             out = torch.addmm(bias.unsqueeze(1), weight, features.t())  # (out_features, N)
         return out.view(self.out_features, *grid)
 
-    def _hidden(self, coords: Tensor) -> Tensor:
+    def _read_not_called(self) -> tuple[nn.Module, ...]:
+        """The layers whose parameters the fast path reads without calling them (:meth:`project`'s output layer;
+        subclasses add theirs): where one of them has hooks, :meth:`forward` calls every layer as a module."""
+        return (self.output,)
+
+    def _hidden(self, coords: Tensor, by_modules: bool = False) -> Tensor:
+        """The last hidden features ``(N, hidden_channels)`` at ``coords`` ``(N, dim)``; ``by_modules``: every
+        layer called as a module (where any is hooked), not only as the fast path does."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -155,7 +168,7 @@ class MLPKernel(_KernelNet):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def _hidden(self, coords: Tensor) -> Tensor:
+    def _hidden(self, coords: Tensor, by_modules: bool = False) -> Tensor:
         return self.body(coords)
 
 
@@ -226,24 +239,20 @@ class SIRENKernel(_KernelNet):
         if self.output.bias is not None:
             self.output.bias.zero_()
 
-    def _hidden(self, coords: Tensor) -> Tensor:
+    def _hidden(self, coords: Tensor, by_modules: bool = False) -> Tensor:
         h = coords
         for layer in self.layers:
             h = layer(h)  # (N, hidden)
         return h
 
 
-def _filter_values(x: Tensor, weight: Tensor, bias: Tensor | None, gamma: Tensor | None,
-                   mu: Tensor | None) -> Tensor:
-    """``window(x) * sin(W x + b)`` at points ``x`` ``(N, dim)`` for one filter (``weight`` ``(hidden, dim)``)
-    or a stack of them (leading dims on every parameter): ``(..., N, hidden)``.
+def _filter_values(x: Tensor, pre: Tensor, gamma: Tensor | None, mu: Tensor | None) -> Tensor:
+    """``window(x) * sin(pre)`` at points ``x`` ``(N, dim)``, ``pre = W x + b`` ``(..., N, hidden)``, for one
+    filter or a stack of them (leading dims on ``pre`` and every parameter): ``(..., N, hidden)``.
 
     The window's ``gamma`` and ``mu`` come transposed, ``(..., dim or 1, hidden)``: every term of the window
     then runs along ``hidden`` in memory. Inductor's C++ code vectorises only such loads; with the parameters'
     own ``(hidden, dim)`` layout the compiled window was scalar code, 3x slower than eager (docs/deploy.md)."""
-    pre = torch.matmul(x, weight.transpose(-1, -2))  # (..., N, hidden)
-    if bias is not None:
-        pre = pre + bias.unsqueeze(-2)
     out = torch.sin(pre)
     if gamma is not None:
         z = gamma.unsqueeze(-2) * (x.t().unsqueeze(-1) - mu.unsqueeze(-2))  # (..., dim, N, hidden)
@@ -289,7 +298,7 @@ class _MFNFilter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gamma, mu = (None, None) if self.gamma is None else (self.gamma.t(), self.mu.t())  # (dim or 1, hidden)
-        return _filter_values(x, self.linear.weight, self.linear.bias, gamma, mu)  # (N, hidden)
+        return _filter_values(x, self.linear(x), gamma, mu)  # (N, hidden)
 
     def frequency_bound(self, gauss_stddevs: float) -> Tensor:
         """Largest frequency (cycles per unit of coordinate) along any axis: sine term plus window spread."""
@@ -363,11 +372,17 @@ class _MFN(_KernelNet):
                 return None
             return torch.stack([t.t() for t in tensors] if transposed else tensors)  # (L + 1, ...)
 
-        return _filter_values(coords, stacked("weight"), stacked("bias"), stacked("gamma", True),
-                              stacked("mu", True))
+        pre = torch.matmul(coords, stacked("weight").transpose(-1, -2))  # (L + 1, N, hidden)
+        bias = stacked("bias")
+        if bias is not None:
+            pre = pre + bias.unsqueeze(-2)
+        return _filter_values(coords, pre, stacked("gamma", True), stacked("mu", True))
 
-    def _hidden(self, coords: Tensor) -> Tensor:
-        g = self._filter_outputs(coords)  # (L + 1, N, hidden)
+    def _read_not_called(self) -> tuple[nn.Module, ...]:
+        return (self.output, *self.filters)  # the filters run as one batched product (_filter_outputs)
+
+    def _hidden(self, coords: Tensor, by_modules: bool = False) -> Tensor:
+        g = [f(coords) for f in self.filters] if by_modules else self._filter_outputs(coords)
         out = g[0]
         for l, lin in enumerate(self.linears):
             out = g[l + 1] * lin(out)  # (N, hidden)

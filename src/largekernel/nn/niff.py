@@ -40,7 +40,7 @@ from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
-from largekernel.nn._base import KernelConvNd, check_choice, positive_int
+from largekernel.nn._base import KernelConvNd, check_choice, hooked, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
@@ -279,6 +279,8 @@ class _NIFFConvNd(KernelConvNd):
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        if hooked(self.mlp_real, self.mlp_imag):
+            return self._filter_by_modules(grid, device, dtype)
         if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
@@ -296,6 +298,19 @@ class _NIFFConvNd(KernelConvNd):
         if out.dtype in _LOW_PRECISION:
             out = out.float()  # no complex bfloat16; complex32 has few kernels
         return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
+
+    def _filter_by_modules(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        """:meth:`_compute_filter` with both nets called as modules, where they or their layers have hooks
+        (:func:`~largekernel.nn._base.hooked`; the fast path reads their layers' parameters without calling
+        them): ``W_sym(k) = (W(k) + conj(W(-k))) / 2`` on the nets' outputs, ``(filters, *grid, 2)``."""
+        coords, mirror = self._coordinates(grid, device, dtype)  # (ndim, points), (points,)
+        re, im = self.mlp_real(coords.t()), self.mlp_imag(coords.t())  # (points, filters) each
+        even = 0.5 * (re + select(re, 0, mirror))
+        odd = 0.5 * (im - select(im, 0, mirror))
+        out = torch.stack([even.t(), odd.t()], dim=-1)  # (filters, points, 2)
+        if out.dtype in _LOW_PRECISION:
+            out = out.float()
+        return out.reshape(self.filters, *grid, 2)
 
     def _columns_on_grid(self, grid: tuple[int, ...]) -> Tensor:
         """:meth:`_columns` on ``grid``'s coordinates, computed here (the compiled region: no cached tensors
