@@ -230,6 +230,60 @@ def test_convert_inside_a_reparam_layer_keeps_the_merge_exact():
     torch.testing.assert_close(layer(x), large + small + layer.bias.view(1, -1, 1, 1), rtol=1e-4, atol=1e-4)
 
 
+def _layer_2d(family: str) -> tuple[nn.Module, list]:
+    """A depthwise 2-D layer of ``family`` in float64 with random BatchNorm parameters and running statistics,
+    and its branches' geometry."""
+    kernel, small = _KERNEL[2], 3
+    opts = {} if family == "dilated_reparam" else {"small_kernel": small}
+    layer = _LAYERS[family, 2](4, 4, kernel, groups=4, **opts).double()
+    _randomise_bns(layer)
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return layer, _branch_geometry(family, 2, kernel, small)
+
+
+@pytest.mark.parametrize("family", ["replk", "dilated_reparam", "slak"])
+def test_eval_without_running_statistics_normalises_each_batch_like_torch(family):
+    """BatchNorms that keep no running statistics (``track_running_stats=False``, which
+    ``torch.func.replace_all_batch_norm_modules_`` sets for ``vmap``) normalise every batch by its own statistics
+    in eval too, as torch's BatchNorm does: the layer runs its branches (it merged them, a TypeError on the missing
+    statistics), and merging them into one kernel refuses, naming the BatchNorm."""
+    layer, geometry = _layer_2d(family)
+    torch.func.replace_all_batch_norm_modules_(layer)
+    layer.eval()
+    x = torch.randn(3, 4, 11, 11, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _reference(layer, x, geometry, training=True))
+    first_bn = geometry[0][0] + "bn" if geometry[0][0].endswith(".") else "origin_bn"
+    for merge in (layer.bake, layer.construct_kernel):
+        with pytest.raises(ValueError, match=f"BatchNorm '{first_bn}' keeps no running statistics"):
+            merge()
+
+
+@pytest.mark.parametrize("family", ["replk", "dilated_reparam", "slak"])
+def test_hooks_inside_the_layer_run_in_eval_as_in_training(family):
+    """A forward hook that doubles the large branch's convolution, and one on the first branch's container (its
+    BatchNorm where it has none) that records its output: in eval, where the layer merges its branches without
+    calling them, they run too (they ran in training only; the container's never): the output is the reference's
+    with the large branch's weight doubled, in eval and in training."""
+    layer, geometry = _layer_2d(family)
+    reference = copy.deepcopy(layer)
+    _conv_and_bn(layer, geometry[0][0])[0].register_forward_hook(lambda module, args, out: 2.0 * out)
+    with torch.no_grad():
+        _conv_and_bn(reference, geometry[0][0])[0].weight.mul_(2.0)
+    first = geometry[0][0]
+    recorded = []
+    watched = layer.get_submodule(first[:-1]) if first.endswith(".") else _conv_and_bn(layer, first)[1]
+    watched.register_forward_hook(lambda module, args, out: recorded.append(out))
+    for training in (False, True):  # eval first: training updates the layer's running statistics
+        layer.train(training)
+        x = torch.randn(3, 4, 11, 11, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), _reference(reference, x, geometry, training=training))
+    assert len(recorded) == 2
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: RepLKConv2d(4, 4, 8, groups=4), r"kernel_size must be odd .* got \(8, 8\)"),
     (lambda: RepLKConv2d(4, 4, 5, groups=4, small_kernel=7), r"branch small_conv spans \(7, 7\)"),

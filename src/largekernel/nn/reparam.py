@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from largekernel.functional import convolve
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import BACKENDS
-from largekernel.nn._base import KernelConvNd, check_choice
+from largekernel.nn._base import KernelConvNd, check_choice, hooked
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
 from largekernel.functional._fx import leaf_under_fx
 
@@ -151,9 +151,30 @@ class _ReparamConvNd(KernelConvNd):
             with torch.no_grad():
                 self.bias.zero_()
 
+    def _branch_calls(self) -> list:
+        """Each branch as one call on the input: its ``nn.Sequential`` container where it has one, else its
+        convolution then its BatchNorm."""
+        calls = []
+        for conv_name, bn_name in self._branch_names:
+            container = conv_name.rpartition(".")[0]
+            if container:
+                calls.append(self._submodule(container))
+            else:
+                conv, bn = self._submodule(conv_name), self._submodule(bn_name)
+                calls.append(lambda x, conv=conv, bn=bn: bn(conv(x)))
+        return calls
+
     def branches(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (convolution, BatchNorm) pairs whose outputs the layer sums, large kernel first."""
-        return [(self.get_submodule(c), self.get_submodule(b)) for c, b in self._branch_names]
+        return [(self._submodule(c), self._submodule(b)) for c, b in self._branch_names]
+
+    def _submodule(self, name: str) -> nn.Module:
+        """``get_submodule(name)`` for the branches' own names, at every call: a tenth of its cost (its checks and
+        messages, for any path a user passes, cost more than this layer's small convolutions at inference)."""
+        module = self
+        for part in name.split("."):
+            module = module._modules[part]
+        return module
 
     @property
     def backend(self) -> str:
@@ -174,7 +195,13 @@ class _ReparamConvNd(KernelConvNd):
         large branch's dtype (half-precision parameters beside float32 statistics, as FSDP2's
         ``MixedPrecisionPolicy`` leaves them, merge in float32)."""
         kernels, biases, dtype = [], [], None
-        for conv, bn in self.branches():
+        for (conv, bn), (_, bn_name) in zip(self.branches(), self._branch_names):
+            if bn.running_var is None:
+                raise ConvArgumentError(
+                    f"{type(self).__name__} cannot merge its branches into one kernel: BatchNorm {bn_name!r} keeps "
+                    f"no running statistics (track_running_stats=False, as torch.func.replace_all_batch_norm_modules_"
+                    f" sets), so it normalises every batch by that batch's statistics: bake() and construct_kernel() "
+                    f"need running statistics (the layer itself runs its branches then)")
             weight = conv.construct_kernel() if callable(getattr(conv, "construct_kernel", None)) else conv.weight
             dtype = weight.dtype if dtype is None else dtype
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out,)
@@ -201,12 +228,14 @@ class _ReparamConvNd(KernelConvNd):
         if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch
             raise ConvArgumentError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
                                     f"dims) input, got {tuple(input.shape)}")
-        branches = self.branches()
-        if any(bn.training for _, bn in branches):
-            # BatchNorm on batch statistics: each branch must be normalised on its own.
+        if any(bn.training or bn.running_var is None for _, bn in self.branches()) or hooked(*self.children()):
+            # Each branch as the reference calls it (its container, else its convolution then its BatchNorm):
+            # BatchNorms on batch statistics (training, or keeping no running statistics) normalise each branch
+            # on its own, and hooks inside the layer run where their module is called (the merged kernel reads
+            # the branches' parameters without calling them).
             out = None
-            for conv, bn in branches:
-                y = bn(conv(input))
+            for branch in self._branch_calls():
+                y = branch(input)
                 out = y if out is None else out + y
             return out if self.bias is None else out + self.bias.view(-1, *(1,) * self._nd)
         kernel, bias = self._merge()
