@@ -6,9 +6,16 @@ One layer per family at a working size (2-D: batch 8, 32 channels, 32x32, kernel
 and compiled steps interleaved (21 rounds, the order swapped every round), the median of each,
 their ratio and the quartiles of the per-round ratios. Then a converted ConvNeXt-atto (DCLS) at 64x64, the same way (7 rounds).
 
+``--sizes bench`` measures the layers at the sizes ``largekernel bench`` times them instead (2-D: batch 8,
+96 channels depthwise, 56x56, the FFT convolution at kernel 31 as in ``bench conv``, DCLS with 34 elements in
+17x17 as in ``bench dcls``, NIFF's small preset as in ``bench niff``, the reparameterised families at kernel 31;
+1-D: ``bench flexconv``'s causal layers, batch 8, 64 channels, length 4096, FlexConv with its mask over the last
+eighth of the grid).
+
     python benchmarks/compile_table.py                        # prints a Markdown table
     python benchmarks/compile_table.py --layers NIFF FlexConv # some rows only
     python benchmarks/compile_table.py --layers --model niff  # the converted model only, to NIFF
+    python benchmarks/compile_table.py --sizes bench --model none  # the layers at the benchmarks' sizes
 
 Each process uses a new cold cache folder (unless TORCHINDUCTOR_CACHE_DIR is set): run one process per
 measurement that must start cold.
@@ -30,6 +37,7 @@ import torch  # noqa: E402
 
 import largekernel  # noqa: E402
 import largekernel.nn as L  # noqa: E402
+from largekernel.bench.flexconv import _covering  # noqa: E402
 from largekernel.models import create_model  # noqa: E402
 
 IMAGE, SEQUENCE = (8, 32, 32, 32), (8, 32, 1024)
@@ -47,6 +55,29 @@ LAYERS = {
     "SLaK": (lambda: L.SLaKConv2d(32, 32, 31, groups=32), IMAGE),
     "UniRepLKNet": (lambda: L.DilatedReparamConv2d(32, 32, 13, groups=32), IMAGE),
     "FourierMix": (lambda: L.FourierMix(), (8, 256, 192)),
+}
+
+
+def _last_eighth(layer: L.FlexConv1d) -> L.FlexConv1d:
+    """A causal FlexConv whose mask keeps the last eighth of its grid (``bench flexconv``'s cropping case)."""
+    _covering(layer, 1 / 8)
+    return layer
+
+
+BENCH_IMAGE, BENCH_SEQUENCE = (8, 96, 56, 56), (8, 64, 4096)
+BENCH_LAYERS = {  # the layers at the sizes ``largekernel bench`` times them (--sizes bench)
+    "Conv2d, backend=fft": (lambda: L.Conv2d(96, 96, 31, padding=15, groups=96, backend="fft"), BENCH_IMAGE),
+    "DCLS (bilinear)": (lambda: L.DclsConv2d(96, 96, 34, 17, padding=8, groups=96), BENCH_IMAGE),
+    "DCLS (gaussian)": (lambda: L.DclsConv2d(96, 96, 34, 17, padding=8, groups=96, interpolation="gaussian"),
+                        BENCH_IMAGE),
+    "CKConv": (lambda: L.CKConv1d(64, 64, 4096, causal=True), BENCH_SEQUENCE),
+    "FlexConv": (lambda: _last_eighth(L.FlexConv1d(64, 64, 4096, causal=True)), BENCH_SEQUENCE),
+    "NIFF": (lambda: L.NIFFConv2d(96, bias=False, preset="small"), BENCH_IMAGE),
+    "SGConv": (lambda: L.SGConv1d(64, kernel_size=4096), BENCH_SEQUENCE),
+    "S4D": (lambda: L.S4DConv1d(64, kernel_size=4096), BENCH_SEQUENCE),
+    "RepLKNet": (lambda: L.RepLKConv2d(96, 96, 31, groups=96), BENCH_IMAGE),
+    "SLaK": (lambda: L.SLaKConv2d(96, 96, 31, groups=96), BENCH_IMAGE),
+    "UniRepLKNet": (lambda: L.DilatedReparamConv2d(96, 96, 13, groups=96), BENCH_IMAGE),
 }
 
 
@@ -85,12 +116,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="dcls", metavar="TARGET",
                         help="convert ConvNeXt-atto's 7x7 convolutions to this target of largekernel.convert "
                              "(default: dcls, at kernel 17; 'none' skips the model row; 'conv' keeps them dense)")
+    parser.add_argument("--sizes", choices=("table", "bench"), default="table",
+                        help="the layers' sizes: 'table' (default), the working size of docs/deploy.md's table; "
+                             "'bench', the sizes largekernel bench times them at (no FourierMix row there)")
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds per layer (default: 21; the "
                         "model takes 7)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.layers or ()) - set(LAYERS))
+    known = LAYERS if args.sizes == "table" else BENCH_LAYERS
+    unknown = sorted(set(args.layers or ()) - set(known))
     if unknown:
-        parser.error(f"argument --layers: unknown {unknown}; expected some of {list(LAYERS)}")
+        parser.error(f"argument --layers: unknown {unknown}; expected some of {list(known)} (--sizes {args.sizes})")
     if args.rounds < 4:
         parser.error(f"argument --rounds: expected at least 4 (quartiles), got {args.rounds}")
     return args
@@ -98,10 +133,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    layers = list(LAYERS) if args.layers is None else args.layers
+    table = LAYERS if args.sizes == "table" else BENCH_LAYERS
+    layers = list(table) if args.layers is None else args.layers
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, layers at the {args.sizes} sizes")
     # Inductor's first C++ kernel in a cache folder also builds its precompiled header: paid once, not by a layer.
     start = time.perf_counter()
     torch.compile(lambda t: (t.sin() + 1).sum())(torch.randn(8))
@@ -109,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| family | first compiled step (s) | compiled / eager step time | per-round ratios, quartiles |")
     print("|---|---|---|---|")
     for name in layers:
-        make, shape = LAYERS[name]
+        make, shape = table[name]
         first, ratio, (low, high) = measure(make(), torch.randn(shape, requires_grad=True), args.rounds)
         print(f"| {name} | {first:.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} |", flush=True)
     if args.model == "none":
