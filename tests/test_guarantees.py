@@ -268,8 +268,13 @@ def _prunable(layer: nn.Module) -> list[tuple[nn.Module, str]]:
             for n, p in m.named_parameters(recurse=False) if p.numel() > 1]
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-@pytest.mark.parametrize("name", [n for n, (layer, _) in _transform_layers().items() if _prunable(layer)])
+# Compiled too where the library's own compile path differs (the kernel nets' compile regions stand aside).
+_PRUNED = [pytest.param(n, c, id=f"{n}-{'compiled' if c else 'eager'}")
+           for n, (layer, _) in _transform_layers().items() if _prunable(layer)
+           for c in ((False, True) if n in ("CKConv2d", "FlexConv2d", "NIFFConv2d") else (False,))]
+
+
+@pytest.mark.parametrize("name, compiled", _PRUNED)
 def test_pruned_sub_layers_train_like_zeroed_weights(name, compiled):
     """``torch.nn.utils.prune`` on every parameter of every sub-layer (its forward pre-hook recomputes each pruned
     tensor as ``orig * mask`` whenever the sub-layer is called; the kernel nets' sub-layers used to be read, not
@@ -315,9 +320,8 @@ def _output_layers(layer: nn.Module) -> list[nn.Linear]:
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # (the grid's coordinates need no gradient)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", list(_KERNEL_NET_LAYERS))
-def test_hooks_on_a_kernel_nets_layers_run(name, compiled):
+def test_hooks_on_a_kernel_nets_layers_run(name):
     """A forward hook on a kernel net's output layer(s) that doubles their output doubles the kernel: the layer
     then computes what it computes with those layers' weights and biases doubled (the kernel is affine in them;
     FlexConv's mask multiplies the output). A full backward hook on a hidden layer runs at every backward."""
@@ -335,14 +339,53 @@ def test_hooks_on_a_kernel_nets_layers_run(name, compiled):
     hidden = next(m for m in layer.modules() if isinstance(m, nn.Linear) and m not in _output_layers(layer))
     calls = []
     hidden.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(grad_out[0].shape))
-    torch.compiler.reset()
-    run = torch.compile(layer, backend="aot_eager") if compiled else layer  # (a backward hook: not one graph)
     x = torch.randn(2, 4, 12, 12)
-    out, expected = run(x), reference(x)
+    out, expected = layer(x), reference(x)
     assert not torch.allclose(out, layer.__class__.forward(reference, x) / 2.0), "the doubling must show"
     _close({"output": out}, {"output": expected}, name)
     out.square().mean().backward()
     assert len(calls) == 1, calls
+
+
+class _LowRankLinear(nn.Linear):
+    """A linear layer with a trainable low-rank update (LoRA's form), put in place of a kernel net's layer: a
+    layer whose forward is not ``torch.nn.Linear``'s."""
+
+    def __init__(self, base: nn.Linear, rank: int = 2):
+        super().__init__(base.in_features, base.out_features, dtype=base.weight.dtype)
+        self.load_state_dict(base.state_dict())
+        self.down = nn.Parameter(0.3 * torch.randn(rank, base.in_features))
+        self.up = nn.Parameter(0.3 * torch.randn(base.out_features, rank))
+
+    def forward(self, x):
+        return F.linear(x, self.weight + self.up @ self.down, self.bias)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("name", list(_KERNEL_NET_LAYERS))
+def test_a_kernel_nets_layer_replaced_by_the_users_runs_its_own_forward(name, compiled):
+    """A low-rank-updated linear layer (LoRA's form) in place of a kernel net's output layer(s): the layer computes
+    what it computes with the update added to those layers' weights, and the update trains (the net read the
+    replacement's ``weight`` without calling it: the update was ignored)."""
+    torch.manual_seed(0)
+    layer = _KERNEL_NET_LAYERS[name]()
+    reference = copy.deepcopy(layer)
+    replaced = []
+    for out_layer, ref_layer in zip(_output_layers(layer), _output_layers(reference)):
+        low_rank = _LowRankLinear(out_layer)
+        parent = layer.kernel_net if hasattr(layer, "kernel_net") else \
+            next(net for net in (layer.mlp_real, layer.mlp_imag) if net[-1] is out_layer)
+        setattr(parent, "output" if hasattr(layer, "kernel_net") else str(len(parent) - 1), low_rank)
+        with torch.no_grad():
+            ref_layer.weight += low_rank.up @ low_rank.down
+        replaced.append(low_rank)
+    torch.compiler.reset()
+    run = torch.compile(layer, backend="aot_eager", fullgraph=True) if compiled else layer
+    x = torch.randn(2, 4, 12, 12)
+    out = run(x)
+    _close({"output": out}, {"output": reference(x)}, name)
+    out.square().mean().backward()
+    assert all(m.down.grad is not None and m.down.grad.abs().sum() > 0 for m in replaced)
 
 
 @pytest.mark.parametrize("name", list(_KERNEL_NET_LAYERS))

@@ -59,27 +59,39 @@ def centre_kernel(kernel: Tensor, size: Sequence[int]) -> Tensor:
     return kernel
 
 
-def hooked(*modules: nn.Module) -> bool:
-    """Whether any of ``modules``, or a module inside one, has forward or backward hooks, or hooks are registered
-    for every module (``torch.nn.modules.module.register_module_forward_hook`` and the like).
+def must_call(*modules: nn.Module, own: tuple[type, ...] = ()) -> bool:
+    """Whether code that reads the parameters of ``modules`` without calling them must call them instead: where
+    any of them, or a module inside one, has forward or backward hooks, or hooks are registered for every module
+    (``torch.nn.modules.module.register_module_forward_hook`` and the like); given ``own``, the types whose
+    forward that code reproduces, also where a module that holds parameters is of another type.
 
-    The kernel nets' fast paths read their layers' parameters without calling the layers (one batched product
-    for several layers, the output layer fused with FlexConv's mask). Hooks run only where a module is called:
-    ``torch.nn.utils.prune`` and the hook-based ``weight_norm`` / ``spectral_norm`` recompute a layer's weight in
-    a forward pre-hook, and the user's hooks read or change what a layer computes. Where there are any, the nets
-    call their layers as modules instead: the same function, with the hooks run as in torch's own modules."""
+    The kernel nets' fast paths read their layers' parameters (one batched product for several layers, the output
+    layer fused with FlexConv's mask), as a re-parameterised layer's merged kernel reads its branches'. Hooks run
+    only where a module is called: ``torch.nn.utils.prune`` and the hook-based ``weight_norm`` / ``spectral_norm``
+    recompute a layer's weight in a forward pre-hook, and the user's hooks read or change what a layer computes.
+    A layer the user put in place of the library's (a LoRA or quantized wrapper, a parametrized layer) computes
+    its own forward. There the layers are called as modules: the same function, the hooks run, as in torch."""
     every = nn.modules.module
     if (every._global_forward_hooks or every._global_forward_pre_hooks or every._global_backward_hooks
             or every._global_backward_pre_hooks):
         return True
-    return any(map(_hooks_in, modules))
+    return any(_called_in(module, own) for module in modules)
 
 
-def _hooks_in(module: nn.Module) -> bool:
-    """Whether ``module`` or a module inside it has hooks (the module tree walked by hand: ``modules()`` costs
+def _called_in(module: nn.Module, own: tuple[type, ...]) -> bool:
+    """:func:`must_call` for ``module`` and the modules inside it (the tree walked by hand: ``modules()`` costs
     several times as much, and this runs at every call of a kernel net)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks) or any(_hooks_in(m) for m in module._modules.values() if m is not None)
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m is None:  # (a child registered as None)
+            continue
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+        if own and m._parameters and type(m) not in own:
+            return True
+        stack.extend(m._modules.values())
+    return False
 
 
 def check_choice(value, options: Sequence, name: str):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from largekernel.functional._tracing import transformed
-from largekernel.nn._base import hooked
+from largekernel.nn._base import must_call
 
 __all__ = ["KeptMap", "reuse_without_autograd"]
 
@@ -50,7 +50,7 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     Only without autograd, outside ``torch.compile`` (which traces ``compute`` into its graph instead: the
     values it would compare are data it cannot guard on) and outside torch.func's transforms and
     forward-mode AD (a result there may hold the transform's tensors or tangents, which must not outlive it).
-    Not where a module inside ``module`` has hooks (:func:`~largekernel.nn._base.hooked`): they run at every call,
+    Not where a module inside ``module`` has hooks (:func:`~largekernel.nn._base.must_call`): they run at every call,
     as in torch (a hook that records a kernel net's activations sees every call; one whose result varies is
     applied anew).
     With autograd the slot is emptied, so nothing stays alive for training. ``key`` is called only then, where
@@ -69,7 +69,7 @@ def reuse_without_autograd(module: nn.Module, slot: str, key: Callable[[], Hasha
     kept = module.__dict__.get(slot)
     if not isinstance(kept, KeptMap):
         kept = module.__dict__[slot] = KeptMap(1)
-    if torch.is_grad_enabled() or hooked(*module.children()):
+    if torch.is_grad_enabled() or must_call(*module.children()):
         kept.clear()
         return compute()
     tensors = list(itertools.chain(module.parameters(), module.buffers()))

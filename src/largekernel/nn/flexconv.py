@@ -36,7 +36,7 @@ from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional._tracing import compiled_once, region_applies, tracing, transformed
 from largekernel.functional.engine import convolve
 from largekernel.nn import _eager_op as eager_op
-from largekernel.nn._base import KernelConvNd, centre_kernel, hooked
+from largekernel.nn._base import KernelConvNd, centre_kernel, must_call
 from largekernel.nn._eager_op import EagerInCompile
 from largekernel.nn._cache import reuse_without_autograd
 from largekernel.nn.kernelnets import _MFN, _KernelNet, create_kernel_net
@@ -550,12 +550,14 @@ def _region_applies(net: nn.Module) -> bool:
 
     Not under ``torch.compile(dynamic=True)``, where those settings become symbolic inputs, which torch 2.14
     cannot pass to a reused region ("Argument 'item' ... does not belong to this Graph"). Not for a kernel net
-    of the user's own, one whose ``forward`` is overridden, or one with hooks on it or on a layer inside it
-    (:func:`~largekernel.nn._base.hooked`): the region calls the named nets' ``features`` and ``project``
-    directly, which is what their ``forward`` does without hooks. The layers are then traced as written."""
+    of the user's own, one whose ``forward`` is overridden, one with hooks on it or on a layer inside it, or one
+    whose layers it reads are not the library's own (:func:`~largekernel.nn._base.must_call`): the region calls
+    the named nets' ``features`` and ``project`` directly, which is what their ``forward`` does otherwise. The
+    layers are then traced as written."""
     return (region_applies()
             and getattr(torch._dynamo.config, "assume_static_by_default", True)
-            and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward and not hooked(net))
+            and isinstance(net, _KernelNet) and type(net).forward is _KernelNet.forward and not must_call(net)
+            and not net._calls_layers())
 
 
 class _FlexConvNd(EagerInCompile, _ContinuousConvNd):

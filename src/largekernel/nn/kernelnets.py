@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from largekernel.nn._base import hooked
+from largekernel.nn._base import must_call
 from largekernel.nn.marks import mark
 
 __all__ = ["MLPKernel", "SIRENKernel", "FourierKernel", "GaborKernel", "MAGNetKernel", "KERNEL_NETS",
@@ -83,8 +83,9 @@ class _KernelNet(nn.Module):
         grid = coords.shape[:-1]
         if scale is not None and scale.shape != grid:
             raise ValueError(f"scale must have the grid's shape {tuple(grid)}, got {tuple(scale.shape)}")
-        if hooked(*self._read_not_called()):
-            # Those layers called as modules (hooked): the output layer on the features, then the scale.
+        if self._calls_layers():
+            # The layers called as modules (hooks, or a layer of the user's): the output layer on the features,
+            # then the scale.
             out = self.output(self._hidden(coords.reshape(-1, self.dim), by_modules=True))  # (N, out_features)
             out = out.t().reshape(self.out_features, *grid)
             return out if scale is None else out * scale
@@ -117,12 +118,17 @@ class _KernelNet(nn.Module):
 
     def _read_not_called(self) -> tuple[nn.Module, ...]:
         """The layers whose parameters the fast path reads without calling them (:meth:`project`'s output layer;
-        subclasses add theirs): where one of them has hooks, :meth:`forward` calls every layer as a module."""
+        subclasses add theirs)."""
         return (self.output,)
+
+    def _calls_layers(self) -> bool:
+        """Whether :meth:`forward` calls every layer as a module (:func:`~largekernel.nn._base.must_call`): where
+        a layer it would read has hooks, or is not the library's own (one the user put in its place)."""
+        return must_call(*self._read_not_called(), own=(KernelNetLinear, _MFNFilter))
 
     def _hidden(self, coords: Tensor, by_modules: bool = False) -> Tensor:
         """The last hidden features ``(N, hidden_channels)`` at ``coords`` ``(N, dim)``; ``by_modules``: every
-        layer called as a module (where any is hooked), not only as the fast path does."""
+        layer called as a module (:meth:`_calls_layers`), not only those the fast path calls."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

@@ -40,7 +40,7 @@ from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
-from largekernel.nn._base import KernelConvNd, check_choice, hooked, positive_int
+from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
 from largekernel.nn.conv import _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
@@ -279,7 +279,7 @@ class _NIFFConvNd(KernelConvNd):
                                       lambda: self._compute_filter(grid, device, dtype))
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        if hooked(self.mlp_real, self.mlp_imag):
+        if must_call(self.mlp_real, self.mlp_imag, own=(KernelNetLinear,)):
             return self._filter_by_modules(grid, device, dtype)
         if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
@@ -300,9 +300,10 @@ class _NIFFConvNd(KernelConvNd):
         return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
 
     def _filter_by_modules(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """:meth:`_compute_filter` with both nets called as modules, where they or their layers have hooks
-        (:func:`~largekernel.nn._base.hooked`; the fast path reads their layers' parameters without calling
-        them): ``W_sym(k) = (W(k) + conj(W(-k))) / 2`` on the nets' outputs, ``(filters, *grid, 2)``."""
+        """:meth:`_compute_filter` with both nets called as modules, where they or their layers have hooks or a
+        layer holding parameters is not the library's own (:func:`~largekernel.nn._base.must_call`; the fast path
+        reads their layers' parameters without calling them): ``W_sym(k) = (W(k) + conj(W(-k))) / 2`` on the nets'
+        outputs, ``(filters, *grid, 2)``."""
         coords, mirror = self._coordinates(grid, device, dtype)  # (ndim, points), (points,)
         re, im = self.mlp_real(coords.t()), self.mlp_imag(coords.t())  # (points, filters) each
         even = 0.5 * (re + select(re, 0, mirror))

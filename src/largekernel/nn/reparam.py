@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from largekernel.functional import convolve
 from largekernel.functional._args import ConvArgumentError, ntuple
 from largekernel.functional.engine import BACKENDS
-from largekernel.nn._base import KernelConvNd, check_choice, hooked
+from largekernel.nn._base import KernelConvNd, check_choice, must_call
 from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
 from largekernel.functional._fx import leaf_under_fx
 
@@ -228,7 +228,7 @@ class _ReparamConvNd(KernelConvNd):
         if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch
             raise ConvArgumentError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
                                     f"dims) input, got {tuple(input.shape)}")
-        if any(bn.training or bn.running_var is None for _, bn in self.branches()) or hooked(*self.children()):
+        if any(bn.training or bn.running_var is None for _, bn in self.branches()) or must_call(*self.children()):
             # Each branch as the reference calls it (its container, else its convolution then its BatchNorm):
             # BatchNorms on batch statistics (training, or keeping no running statistics) normalise each branch
             # on its own, and hooks inside the layer run where their module is called (the merged kernel reads
