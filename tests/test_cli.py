@@ -104,3 +104,29 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error(argv, where, t
     assert code == 2 and stdout == "" and "Traceback" not in err
     assert err.splitlines()[0].startswith(f"{prog}: error: --out {str(out)!r}: ")
     assert blocker.read_text() == "kept"
+
+
+_EAGER_USE = """
+import sys
+import torch
+import largekernel, largekernel.functional, largekernel.nn as L, largekernel.optim, largekernel.train, largekernel.study
+from largekernel.models import create_model
+
+for layer, shape in [(L.Conv2d(4, 4, 9, padding=4, backend="fft"), (2, 4, 12, 12)),
+                     (L.DclsConv2d(4, 4, 5, 9, padding=4), (2, 4, 12, 12)), (L.FlexConv2d(4, 4, 9), (2, 4, 12, 12)),
+                     (L.NIFFConv2d(4, 4), (2, 4, 12, 12)), (L.SGConv1d(4, kernel_size=40), (2, 4, 40)),
+                     (L.S4DConv1d(4, kernel_size=40), (2, 4, 40)), (L.SLaKConv2d(4, 4, 9, groups=4), (2, 4, 12, 12)),
+                     (create_model("dwnet2d_tiny", num_classes=3, in_chans=4, conv="dcls"), (2, 4, 12, 12))]:
+    layer(torch.randn(shape)).sum().backward()
+    layer.eval()(torch.randn(shape))
+print(sorted(m for m in ("torch._dynamo", "torch._inductor", "sympy") if m in sys.modules))
+"""
+
+
+def test_importing_and_running_the_library_eagerly_never_loads_the_compiler():
+    """A command's start and eager forwards and backwards pay torch's import, not torch.compile's: Dynamo,
+    inductor and sympy (1.4-2.4 s more of a process's start here) load only when something compiles (or where torch
+    loads them itself: its optimizers do at their first construction)."""
+    done = subprocess.run([sys.executable, "-c", _EAGER_USE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

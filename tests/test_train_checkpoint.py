@@ -95,6 +95,7 @@ _FORKER = """
 import json, os, sys
 from largekernel.train.cli import train_main
 import largekernel.models, largekernel.train.engine
+import torch._dynamo  # torch's optimizers load it at their first construction: once here, not in every fork
 codes = []
 for faults, runs in json.loads(sys.argv[1]):
     statuses = []

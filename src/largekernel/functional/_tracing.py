@@ -20,11 +20,19 @@ import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
     "tracing", "exporting_onnx", "compiling", "transformed", "batched", "compiled_once", "region_applies", "size_hint",
-    "symbolic", "OPAQUE", "op_name", "library_op",
+    "symbolic", "OPAQUE", "op_name", "library_op", "constant_result",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
 OPAQUE = hasattr(torch.library, "custom_op")
+
+
+def constant_result(fn: Callable) -> Callable:
+    """``fn`` marked as ``torch.compiler.assume_constant_result`` marks it (Dynamo calls it while tracing and
+    records its result as a constant), without importing Dynamo: ``torch.compiler.assume_constant_result`` imports
+    ``torch._dynamo`` to set the mark, which took 1.4 s of the library's import (every process, every CLI call)."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def tracing() -> bool:
@@ -53,14 +61,11 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     return not tensors or any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
+@constant_result
 def _transforms_active() -> bool:
     """Whether torch.func's transforms are active: also while Dynamo traces one (it enters the transforms' levels
     as it traces them), read in Python, a constant of the recorded graph."""
     return torch._C._are_functorch_transforms_active()
-
-
-# torch.compiler.assume_constant_result's mark (as for _backward_compiled_ahead below).
-_transforms_active._dynamo_marked_constant = True
 
 
 def batched(grad: torch.Tensor) -> bool:
@@ -168,6 +173,7 @@ def region_applies() -> bool:
     return _REGIONS and compiling() and (_TORCH >= (2, 14) or (_TORCH == (2, 13) and _backward_compiled_ahead()))
 
 
+@constant_result
 def _backward_compiled_ahead() -> bool:
     """Whether the backend of the graph Dynamo is recording is inductor or aot_eager (torch 2.13's names for it;
     False if they are not there). Called while Dynamo traces: it runs in Python, its result a constant of the
@@ -180,7 +186,3 @@ def _backward_compiled_ahead() -> bool:
     except Exception:  # another torch's internals: no region, as before 2.14
         return False
     return name in ("inductor", "aot_eager")
-
-
-# torch.compiler.assume_constant_result's mark, set without importing Dynamo (seconds) with the library.
-_backward_compiled_ahead._dynamo_marked_constant = True

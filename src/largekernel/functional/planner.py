@@ -31,7 +31,7 @@ from functools import lru_cache
 import torch
 
 from largekernel.functional._args import ConvArgs, conv_args
-from largekernel.functional._tracing import exporting_onnx, size_hint, symbolic, tracing
+from largekernel.functional._tracing import constant_result, exporting_onnx, size_hint, symbolic, tracing
 
 __all__ = ["ConvPlan", "FFTGeometry", "plan_conv", "plan_filter", "planner_options", "fast_fft_length"]
 
@@ -80,7 +80,7 @@ def _smooth_numbers(stop: int) -> list[int]:
     return sorted(numbers)
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: evaluated while tracing, a constant
+@constant_result  # under torch.compile: evaluated while tracing, a constant
 def fast_fft_length(minimum: int, device_type: str = "cpu", multiple_of: int = 1) -> int:
     """The fastest FFT length ``n >= minimum`` (and a multiple of ``multiple_of``) by the cost model.
 
@@ -240,7 +240,7 @@ class ConvPlan:
 _OVERRIDES = threading.local()
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: read while tracing, a constant
+@constant_result  # under torch.compile: read while tracing, a constant
 def _option(name: str):
     return getattr(_OVERRIDES, "options", {}).get(name)
 
@@ -268,7 +268,7 @@ def planner_options(*, packed: bool | None = None, channel_block: int | None = N
         _OVERRIDES.options = previous
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: read when tracing, not traced
+@constant_result  # under torch.compile: read when tracing, not traced
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
