@@ -108,6 +108,7 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error(argv, where, t
 
 _EAGER_USE = """
 import sys
+sys.modules["timm"] = None  # hidden where installed: importing timm (the models' registration) loads Dynamo itself
 import torch
 import largekernel, largekernel.functional, largekernel.nn as L, largekernel.optim, largekernel.train, largekernel.study
 from largekernel.models import create_model
