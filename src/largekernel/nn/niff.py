@@ -280,7 +280,15 @@ class _NIFFConvNd(KernelConvNd):
 
     def _compute_filter(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         if must_call(self.mlp_real, self.mlp_imag, own=(KernelNetLinear,)):
-            return self._filter_by_modules(grid, device, dtype)
+            out = self._filter_by_modules(grid, device, dtype)  # (filters, points, 2)
+        else:
+            out = self._filter_by_columns(grid, device, dtype)  # (filters, 2 * points)
+        if out.dtype in _LOW_PRECISION:
+            out = out.float()  # no complex bfloat16; complex32 has few kernels
+        return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
+
+    def _filter_by_columns(self, grid: tuple[int, ...], device, dtype) -> Tensor:
+        """The fast path of :meth:`_compute_filter`: ``(filters, 2 * points)``, re/im interleaved."""
         if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
@@ -294,24 +302,18 @@ class _NIFFConvNd(KernelConvNd):
         out_re, out_im = self.mlp_real[-1], self.mlp_imag[-1]
         zero = 0.5 * (out_im.bias - out_im.bias)
         weight = torch.cat([out_re.weight, out_im.weight, out_re.bias.unsqueeze(1), zero.unsqueeze(1)], dim=1)
-        out = torch.mm(weight, columns.view(columns.shape[0], -1))  # (filters, 2 * points)
-        if out.dtype in _LOW_PRECISION:
-            out = out.float()  # no complex bfloat16; complex32 has few kernels
-        return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
+        return torch.mm(weight, columns.view(columns.shape[0], -1))  # (filters, 2 * points)
 
     def _filter_by_modules(self, grid: tuple[int, ...], device, dtype) -> Tensor:
         """:meth:`_compute_filter` with both nets called as modules, where they or their layers have hooks or a
         layer holding parameters is not the library's own (:func:`~largekernel.nn._base.must_call`; the fast path
         reads their layers' parameters without calling them): ``W_sym(k) = (W(k) + conj(W(-k))) / 2`` on the nets'
-        outputs, ``(filters, *grid, 2)``."""
+        outputs, ``(filters, points, 2)``."""
         coords, mirror = self._coordinates(grid, device, dtype)  # (ndim, points), (points,)
         re, im = self.mlp_real(coords.t()), self.mlp_imag(coords.t())  # (points, filters) each
         even = 0.5 * (re + select(re, 0, mirror))
         odd = 0.5 * (im - select(im, 0, mirror))
-        out = torch.stack([even.t(), odd.t()], dim=-1)  # (filters, points, 2)
-        if out.dtype in _LOW_PRECISION:
-            out = out.float()
-        return out.reshape(self.filters, *grid, 2)
+        return torch.stack([even.t(), odd.t()], dim=-1)  # (filters, points, 2)
 
     def _columns_on_grid(self, grid: tuple[int, ...]) -> Tensor:
         """:meth:`_columns` on ``grid``'s coordinates, computed here (the compiled region: no cached tensors
