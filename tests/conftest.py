@@ -26,6 +26,16 @@ if torch.cuda.is_available():
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
 
+# Under pytest-xdist (the README's `-n auto`: one worker per core) the workers share the cores: each takes its share
+# of torch's intra-op threads, and so do the processes its tests start (OpenMP threads beyond the cores wait on each
+# other: the suite took 810 s in two workers of two threads each, 467 s in two of one, 741 s in one process, on 2
+# cores). Tests of thread-count behaviour set the count themselves (test_native.py, test_engine.py).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _SHARE = max(1, torch.get_num_threads() // _WORKERS)
+    torch.set_num_threads(_SHARE)
+    os.environ["OMP_NUM_THREADS"] = str(_SHARE)
+
 # The official dcls package (a reference of the DCLS tests) logs warnings on the root logger about its CUDA-only
 # kernel whenever a layer is built: drop those records only (logging.disable would silence the logs tests read).
 logging.root.addFilter(lambda record: "DCLS" not in Path(record.pathname).parts)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import native_expected
 
-from largekernel.functional import fft_conv, native_kernels
+from largekernel.functional import fft_conv, native_kernels, planner_options
 from largekernel.nn import Conv2d, NIFFConv2d
 
 _BUILD = "import sys; from largekernel.functional import native_kernels; sys.exit(0 if native_kernels() else 3)"
@@ -49,6 +49,40 @@ def test_results_match_torch_on_and_off(enabled):
             torch.testing.assert_close(a, b)
     finally:
         native_kernels(previous)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("packed, channel_block", [(True, None), (True, 1), (False, None), (False, 1)])
+@pytest.mark.parametrize("out_channels", [6, 12])  # depthwise, and two kernels per channel (a multiplier)
+def test_results_do_not_depend_on_the_thread_count(threads, packed, channel_block, out_channels):
+    """The native loops split their work over torch's intra-op threads (the suite's xdist workers run on one each):
+    at several threads each path's values and three gradients are torch's convolution's, within rounding of the
+    one-thread result, and a NaN in one sample leaves every other sample's output bit for bit as it was."""
+    assert native_kernels() == native_expected()
+    previous_threads, previous_native = torch.get_num_threads(), native_kernels()
+    x = torch.randn(4, 6, 23, 19, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(out_channels, 1, 9, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, out_channels, 23, 19, dtype=torch.float64)
+    y = F.conv2d(x, w, b, padding="same", groups=6)
+    expected = (y, *torch.autograd.grad(y, (x, w, b), grad))
+    poisoned = x.detach().clone()
+    poisoned[0, :, 3, 4] = float("nan")
+    results = {}
+    try:
+        native_kernels(True)
+        with planner_options(packed=packed, channel_block=channel_block):
+            for n in (1, threads):
+                torch.set_num_threads(n)
+                y = fft_conv(x, w, b, padding="same", groups=6)
+                results[n] = (y, *torch.autograd.grad(y, (x, w, b), grad))
+                assert torch.equal(fft_conv(poisoned, w, b, padding="same", groups=6)[1:], y[1:].detach())
+    finally:
+        torch.set_num_threads(previous_threads)
+        native_kernels(previous_native)
+    for name, got, one, want in zip(("output", "input", "weight", "bias"), results[threads], results[1], expected):
+        torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, one, rtol=1e-13, atol=1e-13, msg=lambda m: f"{name} at {threads} threads: {m}")
 
 
 def test_build_is_cached_and_written_whole(tmp_path):
