@@ -284,6 +284,73 @@ def test_hooks_inside_the_layer_run_in_eval_as_in_training(family):
     assert len(recorded) == 2
 
 
+class _Doubled(nn.Conv2d):
+    """A user's convolution whose forward is not its weight's: twice it."""
+
+    def forward(self, input):
+        return 2.0 * super().forward(input)
+
+
+class _Scaled(nn.Module):
+    """A user's wrapper (as a LoRA or a quantization wrapper is): its own parameter, no ``weight``."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, input):
+        return self.scale * self.conv(input)
+
+
+def _as_doubled(conv: nn.Module) -> nn.Module:
+    doubled = _Doubled(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                       dilation=conv.dilation, groups=conv.groups, bias=False, dtype=torch.float64)
+    doubled.load_state_dict(conv.state_dict())
+    return doubled
+
+
+@pytest.mark.parametrize("family", ["replk", "dilated_reparam", "slak"])
+@pytest.mark.parametrize("replace", [_as_doubled, _Scaled], ids=["subclass", "wrapper"])
+def test_a_branch_replaced_by_the_users_module_runs_as_called(family, replace):
+    """The large branch's convolution replaced by a user's module that doubles it: the layer's output in eval is the
+    reference's with that branch's weight doubled (the merge read the replacement's weight, or failed on a wrapper
+    without one), as in training; merging into one kernel refuses, naming the branch and its type."""
+    layer, geometry = _layer_2d(family)
+    reference = copy.deepcopy(layer)
+    name = geometry[0][0] + "conv" if geometry[0][0].endswith(".") else geometry[0][0]
+    layer.set_submodule(name, replace(layer.get_submodule(name)))
+    with torch.no_grad():
+        _conv_and_bn(reference, geometry[0][0])[0].weight.mul_(2.0)
+    for training in (False, True):
+        layer.train(training)
+        x = torch.randn(3, 4, 11, 11, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), _reference(reference, x, geometry, training=training))
+    layer.eval()
+    for merge in (layer.bake, layer.construct_kernel):
+        with pytest.raises(ValueError, match=f"{name!r} is a {type(layer.get_submodule(name)).__name__}, whose "
+                                             f"forward the merge does not reproduce"):
+            merge()
+
+
+@pytest.mark.parametrize("family", ["replk", "dilated_reparam", "slak"])
+def test_parametrized_branches_and_sync_batch_norms_still_merge(family):
+    """What the merge does reproduce still bakes to the eval output: a branch under torch's weight norm
+    parametrization (its weight computed on read), and the SyncBatchNorms ``convert_sync_batchnorm`` puts in place
+    of the BatchNorms."""
+    layer, geometry = _layer_2d(family)
+    conv = _conv_and_bn(layer, geometry[-1][0])[0]
+    nn.utils.parametrizations.weight_norm(conv)
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(1.5)  # the norms: the weight is not the one before
+    layer = nn.SyncBatchNorm.convert_sync_batchnorm(layer).eval()
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in layer.modules()) == len(geometry)
+    x = torch.randn(3, 4, 11, 11, dtype=torch.float64)
+    expected = _reference(layer, x, geometry, training=False)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.bake()(x), expected)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: RepLKConv2d(4, 4, 8, groups=4), r"kernel_size must be odd .* got \(8, 8\)"),
     (lambda: RepLKConv2d(4, 4, 5, groups=4, small_kernel=7), r"branch small_conv spans \(7, 7\)"),

@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from largekernel.functional import convolve
 from largekernel.functional._args import ConvArgumentError, ntuple
@@ -54,6 +55,9 @@ __all__ = [
 
 _CONVS = (Conv1d, Conv2d, Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# What the merged kernel reproduces besides the branches' own types: the SyncBatchNorm that
+# ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` puts in a BatchNorm's place (in eval, on running statistics).
+_MERGED_TYPES = (*_CONVS, *_BATCH_NORMS, nn.SyncBatchNorm)
 
 #: UniRepLKNet's (kernel, dilation) branches per large kernel size (``DilatedReparamBlock``'s defaults).
 UNIREPLKNET_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
@@ -83,6 +87,20 @@ def _dilate(kernel: Tensor, dilation: tuple[int, ...]) -> Tensor:
     spread = kernel.new_zeros(*kernel.shape[:2], *extent)  # (out, in, *extent)
     spread[(slice(None), slice(None), *(slice(None, None, d) for d in dilation))] = kernel
     return spread
+
+
+def _merge_reproduces(module: nn.Module) -> bool:
+    """Whether the merged kernel computes what ``module`` does as a branch: one of the branches' own types (its
+    weight read through torch's parametrizations, as its forward reads it), or a layer of the kernel protocol that
+    convolves with the kernel it constructs whatever the input's size, as ``convert()`` puts in a branch (DCLS).
+    A user's subclass or wrapper (a LoRA, a quantized layer) computes its own forward: the layer calls it."""
+    cls = type(module)
+    if cls in _MERGED_TYPES:
+        return True
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]  # torch's Parametrized<cls>, which adds nothing to the forward
+    return cls in _MERGED_TYPES or (issubclass(cls, KernelConvNd) and cls.forward is KernelConvNd.forward
+                                    and cls.kernel_padding is KernelConvNd.kernel_padding and not cls.input_dependent)
 
 
 def _centre(kernel: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -164,6 +182,22 @@ class _ReparamConvNd(KernelConvNd):
                 calls.append(lambda x, conv=conv, bn=bn: bn(conv(x)))
         return calls
 
+    def _not_merged(self) -> tuple[str, nn.Module] | None:
+        """The first module whose call the merged kernel does not reproduce (its name and itself), None if there is
+        none: a branch's convolution or BatchNorm replaced by a type of the user's, or a container holding more
+        than the two (the layer calls the container)."""
+        for conv_name, bn_name in self._branch_names:
+            container, _, conv_leaf = conv_name.rpartition(".")
+            if container:
+                holder = self._submodule(container)
+                if holder._modules.keys() != {conv_leaf, bn_name.rpartition(".")[2]} or type(holder) is not nn.Sequential:
+                    return container, holder
+            for name in (conv_name, bn_name):
+                module = self._submodule(name)
+                if not _merge_reproduces(module):
+                    return name, module
+        return None
+
     def branches(self) -> list[tuple[nn.Module, nn.Module]]:
         """The (convolution, BatchNorm) pairs whose outputs the layer sums, large kernel first."""
         return [(self._submodule(c), self._submodule(b)) for c, b in self._branch_names]
@@ -190,10 +224,20 @@ class _ReparamConvNd(KernelConvNd):
         for conv, _ in self.branches() if hasattr(self, "_branch_names") else ():
             conv.backend = value
 
-    def _merge(self) -> tuple[Tensor, Tensor]:
+    def _merge(self, checked: bool = False) -> tuple[Tensor, Tensor]:
         """The merged kernel (out, in/groups, *extent) and bias, BatchNorms on their running statistics, in the
         large branch's dtype (half-precision parameters beside float32 statistics, as FSDP2's
-        ``MixedPrecisionPolicy`` leaves them, merge in float32)."""
+        ``MixedPrecisionPolicy`` leaves them, merge in float32). ``checked``: the caller found nothing in the
+        branches that the merge does not reproduce (:meth:`_not_merged`)."""
+        unmerged = None if checked else self._not_merged()
+        if unmerged is not None:
+            name, module = unmerged
+            raise ConvArgumentError(
+                f"{type(self).__name__} cannot merge its branches into one kernel: {name!r} is a "
+                f"{type(module).__name__}, whose forward the merge does not reproduce (it merges the layer's own "
+                f"convolutions and BatchNorms, torch's parametrizations of them, SyncBatchNorms, and layers that "
+                f"convolve with a kernel they construct independently of the input, as DCLS); the layer calls it, "
+                f"in eval too, but bake() and construct_kernel() need one kernel")
         kernels, biases, dtype = [], [], None
         for (conv, bn), (_, bn_name) in zip(self.branches(), self._branch_names):
             if bn.running_var is None:
@@ -228,17 +272,19 @@ class _ReparamConvNd(KernelConvNd):
         if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch
             raise ConvArgumentError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
                                     f"dims) input, got {tuple(input.shape)}")
-        if any(bn.training or bn.running_var is None for _, bn in self.branches()) or must_call(*self.children()):
+        if (any(bn.training or bn.running_var is None for _, bn in self.branches()) or must_call(*self.children())
+                or self._not_merged() is not None):
             # Each branch as the reference calls it (its container, else its convolution then its BatchNorm):
             # BatchNorms on batch statistics (training, or keeping no running statistics) normalise each branch
-            # on its own, and hooks inside the layer run where their module is called (the merged kernel reads
-            # the branches' parameters without calling them).
+            # on its own, hooks inside the layer run where their module is called (the merged kernel reads
+            # the branches' parameters without calling them), and a module put in a branch's place computes its
+            # own forward.
             out = None
             for branch in self._branch_calls():
                 y = branch(input)
                 out = y if out is None else out + y
             return out if self.bias is None else out + self.bias.view(-1, *(1,) * self._nd)
-        kernel, bias = self._merge()
+        kernel, bias = self._merge(checked=True)
         return convolve(input, kernel, bias, self.stride, self.padding, 1, self.groups, self.padding_mode,
                         backend=self.backend)
 
