@@ -607,6 +607,37 @@ def test_channels_last_in_channels_last_out(backend, packed, device):
         memory_format=torch.channels_last_3d)
 
 
+#: A 2-D layer of every family (4-D inputs: torch keeps channels_last there).
+_LAYERS_2D = {
+    "Conv2d-direct": lambda: lnn.Conv2d(6, 8, 5, padding=2, backend="direct"),
+    "DclsConv2d": lambda: lnn.DclsConv2d(6, 6, 5, 9, padding=4, groups=2),
+    "CKConv2d": lambda: lnn.CKConv2d(6, 8, 9),
+    "FlexConv2d": lambda: lnn.FlexConv2d(6, 6, 9, groups=6, mask_init=0.3),
+    "NIFFConv2d": lambda: lnn.NIFFConv2d(6, 8),
+    "SpectralPointwise": lambda: lnn.SpectralPointwise(6, 8),
+    "SGConv2d": lambda: lnn.SGConv2d(6, 8, 9, kernel_dim=4),
+    "RepLKConv2d": lambda: lnn.RepLKConv2d(6, 6, 9, groups=6, small_kernel=3),
+    "SLaKConv2d": lambda: lnn.SLaKConv2d(6, 6, 9, groups=6, small_kernel=3),
+    "DilatedReparamConv2d": lambda: lnn.DilatedReparamConv2d(6, 6, 9, groups=6),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(_LAYERS_2D))
+def test_every_layer_keeps_channels_last(name, training):
+    """As torch's convolutions: a channels_last input gives a channels_last output, with the values and input
+    gradient a contiguous input gives."""
+    layer = _LAYERS_2D[name]().train(training)
+    x = torch.randn(2, 6, 12, 10, requires_grad=True)
+    x_last = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
+    y, y_last = layer(x), layer(x_last)
+    grad = torch.randn_like(y)
+    (gx,), (gx_last,) = torch.autograd.grad(y, x, grad), torch.autograd.grad(y_last, x_last, grad)
+    assert y_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_last, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_last, gx, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- deferred initialisation
 
 #: Every layer with state, at a width where each tensor holds enough values to compare distributions.

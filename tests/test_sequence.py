@@ -272,8 +272,9 @@ def test_sgconv2d_is_the_outer_product_kernel(kernel_size, device):
 
 
 @pytest.mark.parametrize("out_channels", [None, 5])
-def test_sgconv2d_bake(out_channels):
-    """One convolution computing the paper's layer: the outer-product box, D x, the pointwise map, the bias."""
+def test_sgconv2d_forward_and_bake(out_channels):
+    """The layer, batched and unbatched (as torch's convolutions take it), and its one baked convolution compute
+    the paper's layer: the outer-product box, D x, the pointwise map, the bias."""
     layer = SGConv2d(3, out_channels, kernel_size=9, kernel_dim=4, dtype=torch.float64)
     x = torch.randn(1, 3, 12, 8, dtype=torch.float64)
     baked = layer.bake()
@@ -282,7 +283,10 @@ def test_sgconv2d_bake(out_channels):
     y = F.conv2d(F.pad(x, (4, 4, 4, 4)), box.unsqueeze(1), groups=3) + layer.D.view(-1, 1, 1) * x
     if layer.pointwise is not None:
         y = torch.einsum("oi,bihw->bohw", layer.pointwise, y)
-    torch.testing.assert_close(baked(x), y + layer.bias.view(-1, 1, 1))
+    expected = y + layer.bias.view(-1, 1, 1)
+    torch.testing.assert_close(baked(x), expected)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x[0]), expected[0])
 
 
 def test_sgconv2d_from_the_layer_factory():

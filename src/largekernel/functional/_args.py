@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ConvArgumentError", "ConvArgs", "PADDING_MODES", "conv_args", "ntuple", "per_side_padding",
-           "autocast_operands", "autocast_off", "flat_pads", "own_nodes"]
+           "autocast_operands", "autocast_off", "flat_pads", "own_nodes", "conv_memory_format"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 
@@ -121,6 +121,16 @@ def autocast_off(device_type: str):
     if device_type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def conv_memory_format(x: Tensor) -> torch.memory_format:
+    """torch's rule for a convolution's output (and input gradient): channels_last when the input is (and not
+    trivially so)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def own_nodes(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:

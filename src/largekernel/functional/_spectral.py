@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from largekernel.functional._args import own_nodes
+from largekernel.functional._args import conv_memory_format, own_nodes
 from largekernel.functional._native import spectral_grad as native_spectral_grad
 from largekernel.functional._grid import (conjugate, gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
                                           mirror, place_kernel, rfft_placed, spatial_dims, write)
@@ -61,15 +61,6 @@ def _bias_grad(grad: Tensor) -> Tensor:
 
 def _blocks(units: int, step: int) -> list[slice]:
     return [slice(u, min(u + step, units)) for u in range(0, units, step)]
-
-
-def _memory_format(x: Tensor):
-    """torch's rule for a conv output: channels_last when the input is (and not trivially so)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 # ----------------------------------------------------------------------------- products (real spectra)
@@ -285,7 +276,7 @@ def _real_forward(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor
     batch = x.shape[0]
     groups = geometry.groups
     need_x, need_kernel, need_mixing = needs
-    layout = _memory_format(x)
+    layout = conv_memory_format(x)
     if geometry.contraction == "bmm":
         w_f = torch.fft.rfftn(place_kernel(kernel, geometry), dim=dims)  # (Cout, Cin/g, *half) complex
         x_f = torch.fft.rfftn(x, s=geometry.grid, dim=dims)  # (B, Cin, *half) complex
@@ -327,7 +318,7 @@ def _real_backward(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | Non
     dims = spatial_dims(nd)
     grad = grad.contiguous()
     groups = geometry.groups
-    size, layout = tuple(x.shape[2:]), _memory_format(x)
+    size, layout = tuple(x.shape[2:]), conv_memory_format(x)
     grad_x = grad_kernel = grad_mixing = grad_bias = None
     if need_bias:
         grad_bias = _bias_grad(grad)
@@ -436,7 +427,7 @@ def _packed_forward(x: Tensor, kernel: Tensor, bias: Tensor | None, geometry: FF
                      None if bias is None else bias_pairs[second].flatten())
         if need_kernel:  # (else freed now: the next block reuses its memory)
             specs.append(z)
-    return out.contiguous(memory_format=_memory_format(x)), [spectra, *specs]
+    return out.contiguous(memory_format=conv_memory_format(x)), [spectra, *specs]
 
 
 def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | None, saved: list[Tensor],
@@ -477,7 +468,7 @@ def _packed_backward(grad: Tensor, x: Tensor, kernel: Tensor, bias: Tensor | Non
             buffer = torch.fft.irfftn(half, s=geometry.grid, dim=dims)
             grad_kernel = gather_kernel(buffer, geometry).view_as(kernel)
     if need_x:
-        grad_x = grad_x.contiguous(memory_format=_memory_format(x))
+        grad_x = grad_x.contiguous(memory_format=conv_memory_format(x))
     return grad_x, grad_kernel, grad_bias
 
 

@@ -50,7 +50,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from largekernel.functional._spectral import _memory_format
+from largekernel.functional._args import conv_memory_format
 from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
 
 __all__ = ["EagerInCompile", "applies", "run"]
@@ -200,7 +200,7 @@ if OPAQUE:
     def _forward(input: Tensor, tensors: list[Tensor], key: int, needs: list[bool],
                  shape: list[int]) -> tuple[Tensor, Tensor]:
         layer = _layer(key)
-        layout = _memory_format(input)
+        layout = conv_memory_format(input)
         if not any(needs):
             with torch.no_grad():
                 out, _ = _call(layer, input, tensors, needs)
@@ -215,7 +215,7 @@ if OPAQUE:
 
     @_forward.register_fake
     def _(input, tensors, key, needs, shape):
-        out = input.new_empty(shape).contiguous(memory_format=_memory_format(input))
+        out = input.new_empty(shape).contiguous(memory_format=conv_memory_format(input))
         return out, input.new_empty((), dtype=torch.int64, device="cpu")
 
     @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
@@ -238,7 +238,7 @@ if OPAQUE:
         fresh = []
         for g, t in zip(grads, (t for t, n in zip((None, *tensors), needs) if n)):
             if t is None:  # the input's gradient: dense, in the input's memory format
-                g = g.contiguous(memory_format=_memory_format(input))
+                g = g.contiguous(memory_format=conv_memory_format(input))
             elif g.stride() != t.stride():
                 g = torch.empty_like(t).copy_(g)
             storage = g.untyped_storage().data_ptr()
@@ -248,7 +248,7 @@ if OPAQUE:
 
     @_backward.register_fake
     def _(grad, input, ticket, tensors, key, needs):
-        dense = input.new_empty(input.shape).contiguous(memory_format=_memory_format(input))
+        dense = input.new_empty(input.shape).contiguous(memory_format=conv_memory_format(input))
         return [torch.empty_like(t) for t, n in zip((dense, *tensors), needs) if n]
 
     def _setup_context(ctx, inputs, output):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple
+from largekernel.functional._args import ConvArgumentError, conv_memory_format, flat_pads, ntuple
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
@@ -631,7 +631,8 @@ class SpectralPointwise(nn.Module):
         if self.output == "spectrum":
             return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
         y = _add_bias(to_spatial(spec, grid), self.bias)
-        return y if dtype is None else y.to(dtype)
+        # A real input's dtype, and its memory format (as torch's 1x1 convolution keeps channels_last)
+        return y if dtype is None else y.to(dtype).contiguous(memory_format=conv_memory_format(input))
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, ndim={self.ndim}"

@@ -590,8 +590,9 @@ class SGConv2d(KernelConvNd):
             return super().forward(input)
         self._spatial_size(input)
         y = convolve(input, self._with_skip(), None, padding="same", groups=self.in_channels, backend=self.backend)
-        y = torch.einsum("oi,bihw->bohw", self.pointwise.to(y.dtype), y)  # (B, out, H, W)
-        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
+        # The pointwise map as torch's 1x1 convolution: an unbatched input, channels_last kept, the bias fused
+        bias = None if self.bias is None else self.bias.to(y.dtype)
+        return convolve(y, self.pointwise.view(*self.pointwise.shape, 1, 1).to(y.dtype), bias, backend="direct")
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
