@@ -388,6 +388,19 @@ def test_spectral_pointwise_keeps_a_low_precision_input_dtype(dtype, params):
     torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_spectral_pointwise_is_torchs_1x1_convolution_batched_and_unbatched(ndim):
+    """On a real input the layer is torch's 1x1 convolution, which also takes an unbatched (C, *spatial) input."""
+    layer = SpectralPointwise(3, 5, ndim=ndim, dtype=torch.float64)
+    x = torch.randn(2, 3, *[7, 6, 5][:ndim], dtype=torch.float64)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    expected = conv(x, layer.weight.view(5, 3, *[1] * ndim), layer.bias)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x[1]), expected[1])
+    with pytest.raises(ValueError, match=rf"expects a {ndim + 2}-D \(batch, channels, \*spatial\) or {ndim + 1}-D"):
+        layer(x[0, 0])
+
+
 def test_loads_reference_checkpoint_keys():
     """A state dict in the reference's layout (1x1 Conv2d layers mlp_*.layer_mpl{i}) loads and computes its formula."""
     torch.manual_seed(5)

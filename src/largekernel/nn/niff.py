@@ -590,8 +590,10 @@ class SpectralPointwise(nn.Module):
     A real tensor input is transformed first.
 
     Shape:
-        - Input: ``(N, C_in, *spatial)`` real, or a :class:`Spectrum` with ``C_in`` channels.
-        - Output: ``(N, C_out, *spatial)`` or a :class:`Spectrum` with ``C_out`` channels.
+        - Input: ``(N, C_in, *spatial)`` or ``(C_in, *spatial)`` real, or a :class:`Spectrum` with ``C_in``
+          channels.
+        - Output: ``(N, C_out, *spatial)`` or ``(C_out, *spatial)``, or a :class:`Spectrum` with ``C_out``
+          channels (of a batch of one for an unbatched input).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, *, ndim: int = 2,
@@ -616,13 +618,17 @@ class SpectralPointwise(nn.Module):
     @leaf_under_fx
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         dtype = None  # a real input's dtype, which a spatial output keeps (half precision is transformed in float32)
+        unbatched = False
         if isinstance(input, Spectrum):
             spec, grid = input.data, tuple(input.grid)
         else:
             dtype = input.dtype
-            if input.dim() != self.ndim + 2:
-                raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D input, "
-                                 f"got shape {tuple(input.shape)}")
+            if input.dim() not in (self.ndim + 1, self.ndim + 2):
+                raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D (batch, channels, "
+                                 f"*spatial) or {self.ndim + 1}-D (channels, *spatial) input, got shape "
+                                 f"{tuple(input.shape)}")
+            unbatched = input.dim() == self.ndim + 1  # as torch's 1x1 convolution takes it
+            input = input.unsqueeze(0) if unbatched else input
             grid = tuple(input.shape[-self.ndim:])
             spec = to_spectrum(input, grid)  # (B, C, *half) complex
         if spec.shape[1] != self.in_channels:
@@ -631,8 +637,11 @@ class SpectralPointwise(nn.Module):
         if self.output == "spectrum":
             return Spectrum(_spectral_bias(spec, self.bias, grid), grid)
         y = _add_bias(to_spatial(spec, grid), self.bias)
+        if dtype is None:
+            return y
         # A real input's dtype, and its memory format (as torch's 1x1 convolution keeps channels_last)
-        return y if dtype is None else y.to(dtype).contiguous(memory_format=conv_memory_format(input))
+        y = y.to(dtype).contiguous(memory_format=conv_memory_format(input))
+        return y[0] if unbatched else y
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, ndim={self.ndim}"
