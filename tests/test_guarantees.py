@@ -435,7 +435,9 @@ def _family_layers() -> dict:
             "NIFFConv2d": (lnn.NIFFConv2d(2), (1, 2, 6, 6)),
             "SGConv1d": (lnn.SGConv1d(2, kernel_size=16), (1, 2, 16)),
             "S4DConv1d": (lnn.S4DConv1d(2, d_state=4), (1, 2, 16)),
-            "SGConv2d": (lnn.SGConv2d(2, kernel_size=7), (1, 2, 7, 7))}
+            "SGConv2d": (lnn.SGConv2d(2, kernel_size=7), (1, 2, 7, 7)),
+            "SGConv2d-pointwise": (lnn.SGConv2d(2, 3, kernel_size=5, kernel_dim=2), (1, 2, 5, 5)),
+            "SpectralPointwise": (lnn.SpectralPointwise(2, 3), (1, 2, 5, 4))}
 
 
 @pytest.mark.parametrize("name", list(_family_layers()))
