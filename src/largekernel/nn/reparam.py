@@ -224,12 +224,10 @@ class _ReparamConvNd(KernelConvNd):
         for conv, _ in self.branches() if hasattr(self, "_branch_names") else ():
             conv.backend = value
 
-    def _merge(self, checked: bool = False) -> tuple[Tensor, Tensor]:
-        """The merged kernel (out, in/groups, *extent) and bias, BatchNorms on their running statistics, in the
-        large branch's dtype (half-precision parameters beside float32 statistics, as FSDP2's
-        ``MixedPrecisionPolicy`` leaves them, merge in float32). ``checked``: the caller found nothing in the
-        branches that the merge does not reproduce (:meth:`_not_merged`)."""
-        unmerged = None if checked else self._not_merged()
+    def _merged(self) -> tuple[Tensor, Tensor]:
+        """:meth:`_merge` for ``bake()`` and ``construct_kernel()``, which refuse branches whose call the merge does
+        not reproduce (the forward calls them instead)."""
+        unmerged = self._not_merged()
         if unmerged is not None:
             name, module = unmerged
             raise ConvArgumentError(
@@ -238,6 +236,12 @@ class _ReparamConvNd(KernelConvNd):
                 f"convolutions and BatchNorms, torch's parametrizations of them, SyncBatchNorms, and layers that "
                 f"convolve with a kernel they construct independently of the input, as DCLS); the layer calls it, "
                 f"in eval too, but bake() and construct_kernel() need one kernel")
+        return self._merge()
+
+    def _merge(self) -> tuple[Tensor, Tensor]:
+        """The merged kernel (out, in/groups, *extent) and bias, BatchNorms on their running statistics, in the
+        large branch's dtype (half-precision parameters beside float32 statistics, as FSDP2's
+        ``MixedPrecisionPolicy`` leaves them, merge in float32)."""
         kernels, biases, dtype = [], [], None
         for (conv, bn), (_, bn_name) in zip(self.branches(), self._branch_names):
             if bn.running_var is None:
@@ -264,7 +268,7 @@ class _ReparamConvNd(KernelConvNd):
         BatchNorms enter with their running statistics; ``input_size`` is ignored
         (the kernel does not depend on the input).
         """
-        return self._merge()[0]
+        return self._merged()[0]
 
     @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
@@ -284,7 +288,7 @@ class _ReparamConvNd(KernelConvNd):
                 y = branch(input)
                 out = y if out is None else out + y
             return out if self.bias is None else out + self.bias.view(-1, *(1,) * self._nd)
-        kernel, bias = self._merge(checked=True)
+        kernel, bias = self._merge()
         return convolve(input, kernel, bias, self.stride, self.padding, 1, self.groups, self.padding_mode,
                         backend=self.backend)
 
@@ -293,7 +297,7 @@ class _ReparamConvNd(KernelConvNd):
         """One convolution (a ``largekernel.nn.Conv{n}d`` with this layer's backend, or with ``native=True`` a
         ``torch.nn.Conv{n}d``) holding the merged kernel and bias: the eval-mode output (BatchNorms on their
         running statistics); ``input_size`` is ignored."""
-        kernel, bias = self._merge()
+        kernel, bias = self._merged()
         kwargs = {} if native else {"backend": self.backend}
         return _baked_conv(kernel, bias, self.groups, native=native, stride=self.stride, padding=self.padding,
                            padding_mode=self.padding_mode, **kwargs)
