@@ -198,6 +198,40 @@ def test_clamp_parameters_keeps_positions_in_box():
     assert layer.P[0].abs().max() == 2 and layer.P[1].abs().max() == 4
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "gaussian"])
+@pytest.mark.parametrize("box", [(4,), (5,), (4, 6), (5, 3)])
+def test_clamped_elements_keep_their_weight_and_gradient(box, interpolation):
+    """After ``clamp_parameters()`` every element is on the box: its normalised profile puts its whole weight in the
+    kernel, and its position has a gradient that can move it back in. In an even box the reference's bound
+    ``size // 2`` is the cell after the last one, where a bilinear element adds nothing and has no gradient."""
+    torch.manual_seed(0)
+    layer = _OURS[len(box)](2, 2, 6, box, interpolation=interpolation)
+    with torch.no_grad():
+        layer.P.copy_(torch.randn_like(layer.P).sign() * 100)  # every element far outside, on every side
+    layer.clamp_parameters()
+    for i in range(len(box)):  # P[i] moves along box dimension M - 1 - i: from -(size // 2) to its last cell or beyond
+        size = box[len(box) - 1 - i]
+        assert layer.P[i].min() == -(size // 2)
+        assert layer.P[i].max() == (size - 1 - size // 2 if interpolation == "bilinear" else size // 2)
+    kernel = layer.construct_kernel()
+    dims = tuple(range(2, kernel.dim()))
+    torch.testing.assert_close(kernel.sum(dims), layer.weight.sum(-1))  # each element's weight, all in the box
+    if interpolation == "bilinear":  # a tent: on a box edge the slope into the box is the difference of two cells
+        ramp = sum(torch.arange(size, dtype=kernel.dtype).view(size, *[1] * (len(box) - 1 - d))
+                   for d, size in enumerate(box))  # one more per cell along every dimension
+        with torch.no_grad():
+            layer.weight.fill_(1.0)
+        (layer.construct_kernel() * ramp).sum().backward()
+        torch.testing.assert_close(layer.P.grad, torch.ones_like(layer.P))
+
+
+@pytest.mark.parametrize("position_init", ["normal", "uniform"])
+def test_bilinear_initial_positions_are_on_the_box(position_init):
+    layer = DclsConv2d(64, 64, 34, (8, 5), groups=64, position_init=position_init)
+    px, py = layer.P[0], layer.P[1]  # x moves along the last dim (5 wide: -2..2), y along the first (8: -4..3)
+    assert px.min() >= -2 and px.max() <= 2 and py.min() >= -4 and py.max() <= 3
+
+
 def test_own_state_dict_roundtrip_without_metadata():
     # safetensors-style dicts carry no module version: they are read as this library's layout
     layer = DclsConv2d(2, 2, 5, (9, 5), interpolation="gaussian")

@@ -138,6 +138,42 @@ def test_gradcheck(interpolation, box):
         assert torch.autograd.gradgradcheck(fn, (weight, P))
 
 
+def _tent(x):
+    return max(0.0, 1.0 - abs(x))
+
+
+@pytest.mark.parametrize("box", [(5,), (4,), (5, 4)])
+def test_bilinear_position_gradient_on_whole_cells(box):
+    """On a whole cell the bilinear profile has a kink. The position's gradient is the slope from above, and on the
+    box's last cell, where the slope from above is zero (the element's normalised weight stays on that cell) and where
+    ``clamp_parameters()`` leaves an element that moved out, the slope from below, so that an element on either edge
+    can move back in. Expected: one-sided differences of the tent formula (exact: the tent is linear on each side)."""
+    torch.manual_seed(0)
+    m = len(box)
+    cells = list(itertools.product(*map(range, box)))  # one element on every cell
+    P = torch.tensor([[c[m - 1 - i] - box[m - 1 - i] // 2 for c in cells] for i in range(m)],
+                     dtype=torch.float64).view(m, 1, 1, len(cells))
+    weight = torch.randn(1, 1, len(cells), dtype=torch.float64)
+    direction = torch.randn(1, 1, *box, dtype=torch.float64)
+
+    def loss(positions):
+        return (_brute_force(weight, positions, box, _tent, normalise=True) * direction).sum().item()
+
+    h = 1e-6
+    expected = torch.zeros_like(P)
+    for i in range(m):  # P[i] moves along box dimension m - 1 - i
+        size = box[m - 1 - i]
+        for k in range(len(cells)):
+            step = torch.zeros_like(P)
+            step[i, 0, 0, k] = h
+            on_last = P[i, 0, 0, k].item() + size // 2 == size - 1
+            expected[i, 0, 0, k] = (loss(P) - loss(P - step)) / h if on_last else (loss(P + step) - loss(P)) / h
+    positions = P.clone().requires_grad_(True)
+    kernel = construct_kernel(weight, positions, dilated_kernel_size=box)
+    (kernel * direction).sum().backward()
+    torch.testing.assert_close(positions.grad, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_scatter_memory_is_linear_in_count():
     # Bilinear construction of a 2-D kernel must not allocate count x box temporaries:
     # the largest intermediate is the dense kernel itself.

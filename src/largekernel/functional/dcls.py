@@ -113,6 +113,11 @@ def _scatter_taps(P: Tensor, box: tuple[int, ...], interpolation: str, slopes: b
     for dim, size in enumerate(box):
         pos = P[m - 1 - dim].reshape(-1) + size // 2  # (N) in box coordinates
         base = pos.detach().floor()
+        if interpolation == "bilinear":
+            # On a whole cell the profile has a kink; the slope is the one from above (as torch's grid_sample),
+            # except on the box's last cell, where that slope is zero (the normalised profile stays on the cell
+            # beyond it): there it is the one from below, so an element clamped to either edge can move back in.
+            base = torch.where(pos.detach() == size - 1, base - 1, base)
         frac = pos - base
         taps = taps_fn(frac)  # (T, N)
         cells = base.long() + torch.arange(first, first + taps.shape[0], device=P.device).unsqueeze(-1)

@@ -88,10 +88,15 @@ class _DclsNd(KernelConvNd):
 
     # -- parameters ---------------------------------------------------------------------------
 
-    def _limits(self) -> list[int]:
-        """Clamp bound of each row of P: P[i] moves along learned dim M-1-i."""
+    def _limits(self) -> list[tuple[int, int]]:
+        """The clamp bounds of each row of P (P[i] moves along learned dim M-1-i): the box, ``-(size // 2)`` to
+        ``size // 2`` as in the reference; for ``bilinear`` the upper bound is the box's last cell (``size // 2 - 1``
+        for an even size), since an element on the next one, outside the box, adds nothing and has no gradient."""
         box = self.dilated_kernel_size
-        return [box[len(box) - 1 - i] // 2 for i in range(len(box))]
+        sizes = [box[len(box) - 1 - i] for i in range(len(box))]
+        if self.interpolation == "bilinear":
+            return [(-(size // 2), size - 1 - size // 2) for size in sizes]
+        return [(-(size // 2), size // 2) for size in sizes]
 
     def reset_parameters(self) -> None:
         """Kaiming-uniform weights and bias (as ``torch.nn.ConvNd``), positions per ``position_init``."""
@@ -101,19 +106,20 @@ class _DclsNd(KernelConvNd):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             init.uniform_(self.bias, -bound, bound)
         with torch.no_grad():
-            for row, lim in zip(self.P, self._limits()):
+            for row, (low, high) in zip(self.P, self._limits()):
                 if self.position_init == "normal":
-                    row.normal_(0.0, 0.5).clamp_(-lim, lim)  # the paper's N(0, 0.5), kept in the box
+                    row.normal_(0.0, 0.5).clamp_(low, high)  # the paper's N(0, 0.5), kept in the box
                 else:
-                    row.uniform_(-lim, lim)
+                    row.uniform_(low, high)
             if self.SIG is not None:
                 self.SIG.fill_(_SIG_INIT[self.interpolation])
 
     def clamp_parameters(self) -> None:
-        """Clamp positions into the box (the paper does this after every optimizer step)."""
+        """Clamp positions into the box (the paper does this after every optimizer step): from ``-(size // 2)`` to
+        ``size // 2``, and for ``bilinear`` to the box's last cell (``size // 2 - 1`` in an even box)."""
         with torch.no_grad():
-            for row, lim in zip(self.P, self._limits()):
-                row.clamp_(-lim, lim)
+            for row, (low, high) in zip(self.P, self._limits()):
+                row.clamp_(low, high)
 
     def set_sigma(self, value: float) -> None:
         """Set every element's width to ``value`` (used by :class:`largekernel.optim.SigmaSchedule`)."""
