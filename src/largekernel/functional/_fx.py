@@ -14,13 +14,14 @@ tensors when the graph runs.
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any, Callable, Iterable, TypeVar
 
 import torch.fx
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ["traced", "leaf_under_fx", "call_under_fx"]
+__all__ = ["traced", "leaf_under_fx", "call_under_fx", "own_leaf_forward"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,36 @@ def _tracer(values: Iterable[Any]) -> torch.fx.Tracer | None:
         if isinstance(value, (tuple, list)) and (tracer := _tracer(value)) is not None:
             return tracer
     return None
+
+
+def _own_code(function: Callable, qualname: str, module: str | None = None) -> Callable:
+    """``function`` (a wrapper made here) with a code object of its own, named ``qualname`` (of ``module``).
+
+    Dynamo keeps what it compiled for a function, and counts recompilations against its limit (8), per code object.
+    The wrappers below all run one code object, which made every layer class and function of the library one
+    function to Dynamo: compiling layers one by one (``torch.compile(layer)``, ``layer.compile()``), the ninth
+    configuration of any class or classes failed ("recompile limit exceeded" under ``fullgraph=True``; ran
+    uncompiled otherwise). So each wrapper, and each class that inherits one (:func:`own_leaf_forward`), has its
+    own, as a class that defines its forward in Python has."""
+    code = function.__code__
+    fields = {"co_name": qualname.rpartition(".")[2]}
+    if hasattr(code, "co_qualname"):  # Python 3.11+
+        fields["co_qualname"] = qualname
+    own = types.FunctionType(code.replace(**fields), function.__globals__, function.__name__, function.__defaults__,
+                             function.__closure__)
+    own.__kwdefaults__ = function.__kwdefaults__
+    own.__dict__.update(function.__dict__)
+    own.__module__, own.__doc__, own.__qualname__ = module or function.__module__, function.__doc__, qualname
+    own.__annotations__ = dict(getattr(function, "__annotations__", {}))
+    return own
+
+
+def own_leaf_forward(cls: type) -> None:
+    """Give ``cls`` a ``forward`` of its own code object (:func:`_own_code`) where it inherits one made by
+    :func:`leaf_under_fx` (call it from ``__init_subclass__``), as each of torch's layer classes has its own."""
+    forward = cls.__dict__.get("forward") or getattr(cls, "forward", None)
+    if getattr(forward, "_leaf_of", None) is not None and forward.__qualname__ != f"{cls.__qualname__}.forward":
+        cls.forward = _own_code(forward, f"{cls.__qualname__}.forward", cls.__module__)
 
 
 def leaf_under_fx(forward: F) -> F:
@@ -63,7 +94,8 @@ def leaf_under_fx(forward: F) -> F:
                                f"..., tracer_kwargs={{'leaf_modules': [{type(self).__name__}]}}))")
         return tracer.create_proxy("call_module", path, args, kwargs)
 
-    return traced_as_one_call  # type: ignore[return-value]
+    traced_as_one_call._leaf_of = forward  # type: ignore[attr-defined]
+    return _own_code(traced_as_one_call, forward.__qualname__)  # type: ignore[return-value]
 
 
 def call_under_fx(function: F) -> F:
@@ -75,6 +107,7 @@ def call_under_fx(function: F) -> F:
     def traced_as_one_call(*args: Any, **kwargs: Any) -> Any:
         if not is_fx_symbolic_tracing() or (tracer := _tracer((*args, *kwargs.values()))) is None:
             return function(*args, **kwargs)
-        return tracer.create_proxy("call_function", traced_as_one_call, args, kwargs)
+        return tracer.create_proxy("call_function", recorded, args, kwargs)
 
-    return traced_as_one_call  # type: ignore[return-value]
+    recorded = _own_code(traced_as_one_call, function.__qualname__)
+    return recorded  # type: ignore[return-value]

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import _baked_conv
-from largekernel.functional._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
 
@@ -117,6 +117,10 @@ class KernelConvNd(nn.Module):
     input_dependent: ClassVar[bool] = False
     #: Which inputs a kernel baked for one size serves: ``"exact"``ly that size, or any size ``"up to"`` it.
     baked_sizes: ClassVar[str] = "exact"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own_leaf_forward(cls)  # each layer class its own forward, as torch's (torch.compile counts per code)
 
     def __init__(self, in_channels: int, out_channels: int, stride=1, padding=0, dilation=1, groups: int = 1,
                  bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.functional._fx import leaf_under_fx
+from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -43,6 +43,10 @@ _EXAMPLE_2D = """
 
 class _BackendConvMixin:
     """Adds ``backend`` and routes ``_conv_forward`` through the convolution engine; the rest is torch's ConvNd."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own_leaf_forward(cls)  # Conv1d, Conv2d and Conv3d: a forward each, as torch's (torch.compile counts per code)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
