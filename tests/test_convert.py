@@ -10,6 +10,7 @@ import largekernel
 from largekernel.surgery import ConvertReport, DynamicSamePad, is_depthwise_spatial, load_dense
 from largekernel.surgery.cli import main
 from largekernel.models import create_model
+from largekernel import nn as lknn
 from largekernel.nn import CKConv2d, DclsConv2d, FlexConv2d, NIFFConv2d
 
 
@@ -200,6 +201,47 @@ def test_bake_single_layer_and_input_size_errors():
         largekernel.bake(model)
     with pytest.raises(ValueError, match="input_size must be a sequence of positive ints"):
         largekernel.bake(model, input_size=(1, -1, 8, 8))
+    # The spatial size alone (what layer.bake() takes): an error naming input_size and what it is, not conv2d's
+    with pytest.raises(ValueError, match=r"input_size \(8, 8\): the model failed .* batch dimension included"):
+        largekernel.bake(model, input_size=(8, 8))
+    with pytest.raises(ValueError, match=r"input_size must be the shape of the layer's whole input .* 4 ints for a "
+                                         r"NIFFConv2d, got \(8, 8\)"):
+        largekernel.bake(NIFFConv2d(4), input_size=(8, 8))
+
+
+@pytest.mark.parametrize("to", ["fft", "conv", "dilated"])
+def test_native_bake_leaves_torchs_own_convolutions(to):
+    """``convert(..., "fft" | "conv" | "dilated")`` puts ``largekernel.nn.Conv2d`` layers in a model; baked with
+    ``native=True`` (for ONNX, TensorRT and other runtimes) they become torch's own, as the learnable layers do.
+    Reference: torch's ``F.conv2d`` on each original layer's weight and arguments, per-side padding by ``F.pad``."""
+    model = create_model("dwnet2d_tiny", num_classes=5).eval()
+    largekernel.convert(model, to)
+    ours = {name: m for name, m in model.named_modules() if type(m).__module__ == "largekernel.nn.conv"}
+    assert ours
+    x = torch.randn(2, 1, 8, 8)
+    expected = model(x)
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: inputs.__setitem__(name, a[0]))
+             for name, m in ours.items()]
+    model(x)
+    for h in hooks:
+        h.remove()
+    largekernel.bake(model, native=True)
+    modules = dict(model.named_modules())
+    assert not any(type(m).__module__ == "largekernel.nn.conv" and isinstance(m, nn.Conv2d) for m in modules.values())
+    for name, old in ours.items():
+        new = modules[name]
+        conv = new[-1] if isinstance(new, nn.Sequential) else new
+        assert type(conv) is nn.Conv2d
+        padding, v = old.padding, inputs[name]
+        assert old.padding_mode == "zeros"
+        if padding and isinstance(padding[0], tuple):
+            v, padding = F.pad(v, [p for pair in reversed(padding) for p in pair]), 0
+        reference = F.conv2d(v, old.weight, old.bias, old.stride, padding, old.dilation, old.groups)
+        torch.testing.assert_close(new(inputs[name]), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    layer = lknn.Conv2d(4, 4, 5, padding=2, backend="fft")
+    assert type(largekernel.bake(layer, native=True)) is nn.Conv2d  # a layer on its own too
 
 
 def test_bad_arguments():

@@ -14,6 +14,9 @@ from torch import nn
 
 from largekernel.functional import ConvArgumentError
 from largekernel.nn._base import KernelConvNd
+from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
+
+_LIBRARY_CONVS = (Conv1d, Conv2d, Conv3d)
 
 __all__ = ["bake"]
 
@@ -35,7 +38,13 @@ def _layer_input_sizes(model: nn.Module, layers: list[nn.Module], input_size: Se
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(tuple(input_size), **factory))
+            try:
+                model(torch.zeros(tuple(input_size), **factory))
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:
+                raise ConvArgumentError(
+                    f"input_size {tuple(input_size)}: the model failed on an input of that shape ({error}); "
+                    f"input_size is the shape of a whole model input, batch dimension included "
+                    f"(e.g. (1, channels, height, width))") from error
     finally:
         model.train(was_training)
         for handle in handles:
@@ -51,7 +60,8 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
     shape of a whole model input *including the batch dimension* (e.g. ``(1, 3, 32, 32)``): the model runs once
     on zeros of that shape to learn the size each layer sees, and the baked layer refuses other sizes. The baked
     model gives the same output (to float rounding). ``native=True``: torch's own ``nn.Conv{n}d`` modules (for
-    ONNX, TensorRT and other runtimes), else ``largekernel.nn.Conv{n}d`` with each layer's backend.
+    ONNX, TensorRT and other runtimes), the model's ``largekernel.nn.Conv{n}d`` too (``convert(..., "fft")``'s,
+    say), else ``largekernel.nn.Conv{n}d`` with each layer's backend.
 
     Returns the baked ``model`` (or the baked layer when ``model`` itself is a learnable-kernel layer).
     """
@@ -62,8 +72,14 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
         raise ConvArgumentError(f"input_size must be a sequence of positive ints (batch, channels, *spatial), "
                                 f"got {input_size!r}")
     if isinstance(model, KernelConvNd):
+        if input_size is not None and model.input_dependent and len(input_size) != model._nd + 2:
+            raise ConvArgumentError(f"input_size must be the shape of the layer's whole input (batch, channels, "
+                                    f"*spatial): {model._nd + 2} ints for a {type(model).__name__}, got "
+                                    f"{tuple(input_size)} (layer.bake() takes the spatial size alone)")
         size = None if input_size is None or not model.input_dependent else tuple(input_size)[2:]
         return model.bake(size, native=native)
+    if native and type(model) in _LIBRARY_CONVS:
+        return _native(model)
     layers = _outermost_learnable(model)
     sized = [m for _, _, _, m in layers if m.input_dependent]
     if sized and input_size is None:
@@ -78,7 +94,32 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
                                         f"{tuple(input_size)}; cannot infer its input size")
             done[id(layer)] = layer.bake(sizes.get(id(layer)), native=native).train(layer.training)
         setattr(parent, attr, done[id(layer)])
+    if native:
+        _native_convs(model, {})
     return model
+
+
+def _native(conv: nn.Module) -> nn.Module:
+    """torch's own convolution (with a padding module in front for per-side padding) for a
+    ``largekernel.nn.Conv{n}d``: the same weight, bias and arguments (a size a baked layer was limited to is
+    dropped, as ``native=True`` drops it from the layers it bakes)."""
+    return _baked_conv(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), conv.groups,
+                       native=True, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                       padding_mode=conv.padding_mode).train(conv.training)
+
+
+def _native_convs(module: nn.Module, done: dict[int, nn.Module]) -> None:
+    """Replace every ``largekernel.nn.Conv{n}d`` below ``module`` (those ``convert(..., "conv" | "fft" | "dilated")``
+    put there, say) by :func:`_native`'s, once per module shared by several parents."""
+    for attr, child in module._modules.items():
+        if child is None:
+            continue
+        if type(child) in _LIBRARY_CONVS:
+            if id(child) not in done:
+                done[id(child)] = _native(child)
+            module._modules[attr] = done[id(child)]
+        else:
+            _native_convs(child, done)
 
 
 def _outermost_learnable(model: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, str, nn.Module]]:
