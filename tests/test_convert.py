@@ -271,6 +271,14 @@ def test_cli_convert_and_bake(tmp_path, capsys):
     program = torch.export.load(str(exported))
     assert program.module()(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     assert main(["--model", "dwnet2d_tiny"]) == 2
+    plain = tmp_path / "plain.pt"
+    assert main(["--model", "dwnet2d_tiny", "--to", "fft", "--bake", "--native", "--out", str(plain)]) == 0
+    assert "(torch's own)" in capsys.readouterr().out
+    spatial = [m for m in torch.load(plain, weights_only=False).modules()
+               if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+    assert spatial and all(type(m) is nn.Conv2d for m in spatial)
+    assert main(["--model", "dwnet2d_tiny", "--to", "fft", "--native"]) == 2
+    assert "--native goes with --bake" in capsys.readouterr().err
 
 
 def test_cli_convert_checks_out_first_and_writes_it_whole(tmp_path, capsys, monkeypatch):

@@ -48,6 +48,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--iso-params", action="store_true", help="match the original parameter count")
     p.add_argument("--layer-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"kernel_size": 17}\'')
     p.add_argument("--bake", action="store_true", help="then bake learnable kernels into plain convolutions")
+    p.add_argument("--native", action="store_true",
+                   help="with --bake: torch's own Conv{n}d modules everywhere (for ONNX, TensorRT and other "
+                        "runtimes) instead of largekernel.nn.Conv{n}d with each layer's backend")
     p.add_argument("--input-size", type=_int_list, help="model input shape with batch, e.g. 1,3,32,32 "
                    "(needed to bake input-sized kernels, to count FLOPs and to write .pt2)")
     p.add_argument("--out", help="write the model: FILE.pt2 = torch.export program (needs --input-size), "
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.to is None and not args.bake:
         return print_usage_error(parser.prog, "nothing to do; give --to FAMILY and/or --bake")
+    if args.native and not args.bake:
+        return print_usage_error(parser.prog, "--native goes with --bake")
     if args.out and args.out.endswith(".pt2") and args.input_size is None:
         return print_usage_error(parser.prog, "--out FILE.pt2 needs --input-size")
     if args.out:  # before the work, not after it
@@ -86,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(rep)
     if args.bake:
         before = sum(1 for m in model.modules() if isinstance(m, KernelConvNd))
-        bake(model, args.input_size)
-        print(f"baked {before} learnable-kernel layer(s) into plain convolutions")
+        bake(model, args.input_size, native=args.native)
+        print(f"baked {before} learnable-kernel layer(s) into plain convolutions"
+              + (" (torch's own)" if args.native else ""))
     if args.input_size:
         print(f"after: {count(model, args.input_size)}")
     if args.out:
