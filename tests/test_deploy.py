@@ -409,6 +409,23 @@ def test_export_serves_every_spatial_size_up_to_the_example(name):
 
 
 @pytest.mark.parametrize("name", SIZED_FROM_INPUT)
+def test_native_bake_refuses_other_sizes_as_the_layer_baked_for_the_engine(name):
+    """A kernel sized from the input serves the size it was baked for. Baked for the engine, the convolution
+    refuses other sizes; baked ``native=True``, torch's convolution ran on any (a NIFF filter baked for one size
+    applied to another, silently): now a size check stands in front of it. Outputs: the layer's."""
+    layer, x = _layer(name)
+    layer.eval()
+    larger = torch.randn(*x.shape[:-1], x.shape[-1] + 1)  # refused whether a baked layer serves exactly or up to
+    for native in (False, True):
+        baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=native)
+        if native:
+            assert not any(isinstance(m, L.Conv1d | L.Conv2d) for m in baked.modules())
+        torch.testing.assert_close(baked(x), layer(x), rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="baked from a layer whose kernel depends on the input size"):
+            baked(larger)
+
+
+@pytest.mark.parametrize("name", SIZED_FROM_INPUT)
 def test_export_refuses_dynamic_sizes_for_kernels_sized_from_the_input(name):
     """A kernel sized from the input fixes the spatial size: ``torch.export`` says so for a dynamic one (the batch
     stays dynamic, above)."""

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.nn.conv import _baked_conv
+from largekernel.nn.conv import InputSizeCheck, _baked_conv
 from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
@@ -227,7 +227,8 @@ class KernelConvNd(nn.Module):
 
         ``native=False``: a ``largekernel.nn.Conv{n}d`` with this layer's backend (large kernels keep the FFT
         path). ``native=True``: a plain ``torch.nn.Conv{n}d`` for any runtime (ONNX, TensorRT); asymmetric
-        padding then comes as a padding module in front of it, in an ``nn.Sequential``.
+        padding then comes as a padding module in front of it, and a kernel that depends on the input size with a
+        size check in front (``InputSizeCheck``), in an ``nn.Sequential``.
         """
         size = self._bake_size(input_size)
         kernel = self.construct_kernel(size)
@@ -238,8 +239,12 @@ class KernelConvNd(nn.Module):
         kwargs = {} if native else {"backend": self.backend}
         conv = _baked_conv(kernel, self.bias, self.groups, native=native, stride=self.stride, padding=padding,
                            dilation=self.dilation, padding_mode=self.padding_mode, **kwargs)
-        if size is not None and self.input_dependent and not native:
-            conv.input_size, conv.input_sizes = size, self.baked_sizes
+        if size is not None and self.input_dependent:
+            if not native:
+                conv.input_size, conv.input_sizes = size, self.baked_sizes
+            else:  # torch's convolution cannot refuse other sizes: a check in front of it does
+                parts = list(conv) if isinstance(conv, nn.Sequential) else [conv]
+                conv = nn.Sequential(InputSizeCheck(size, self.baked_sizes), *parts)
         return conv
 
     def _conv_repr(self, family: str = "") -> str:

@@ -84,14 +84,7 @@ class _BackendConvMixin:
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.input_size is not None:
-            size = tuple(input.shape[-self._nd:])
-            fits = size == self.input_size if self.input_sizes == "exact" else all(
-                n <= m for n, m in zip(size, self.input_size))
-            if not fits:
-                raise ConvArgumentError(f"this {type(self).__name__} was baked from a layer whose kernel depends on the "
-                                        f"input size, for inputs of spatial size {self.input_sizes} "
-                                        f"{self.input_size}; got input of shape {tuple(input.shape)} (bake again for "
-                                        f"that size)")
+            refuse_other_sizes(f"this {type(self).__name__}", input, self.input_size, self.input_sizes)
         return convolve(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                         self.padding_mode, backend=self.backend)
 
@@ -150,6 +143,33 @@ def _baked_conv(weight: Tensor, bias: Tensor | None, groups: int = 1, native: bo
         if bias is not None:
             conv.bias.copy_(bias)
     return conv if pad is None else nn.Sequential(pad, conv)
+
+
+def refuse_other_sizes(what: str, input: Tensor, size: tuple[int, ...], sizes: str) -> None:
+    """Raise unless ``input``'s spatial size is ``size`` (``sizes="exact"``) or at most ``size`` (``"up to"``): a
+    kernel baked from a layer whose kernel depends on the input size serves those sizes only."""
+    got = tuple(input.shape[-len(size):])
+    if not (got == tuple(size) if sizes == "exact" else all(n <= m for n, m in zip(got, size))):
+        raise ConvArgumentError(f"{what} was baked from a layer whose kernel depends on the input size, for inputs "
+                                f"of spatial size {sizes} {tuple(size)}; got input of shape {tuple(input.shape)} "
+                                f"(bake again for that size)")
+
+
+class InputSizeCheck(nn.Module):
+    """Passes its input on where :func:`refuse_other_sizes` lets it: put by ``bake(native=True)`` in front of the
+    torch convolution baked from a layer whose kernel depends on the input size (torch's cannot check)."""
+
+    def __init__(self, size: tuple[int, ...], sizes: str = "exact") -> None:
+        super().__init__()
+        self.size, self.sizes = tuple(size), sizes
+
+    @leaf_under_fx
+    def forward(self, input: Tensor) -> Tensor:
+        refuse_other_sizes("this convolution", input, self.size, self.sizes)
+        return input
+
+    def extra_repr(self) -> str:
+        return f"{self.sizes} {self.size}"
 
 
 class _Pad(nn.Module):

@@ -41,7 +41,7 @@ from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
-from largekernel.nn.conv import _baked_conv
+from largekernel.nn.conv import InputSizeCheck, _baked_conv
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
 from largekernel.functional._fx import leaf_under_fx
@@ -488,7 +488,7 @@ class _NIFFConvNd(KernelConvNd):
     @torch.no_grad()
     def bake(self, input_size: Sequence[int] | None = None, *, native: bool = False) -> nn.Module:
         """One convolution for inputs of spatial ``input_size`` (required; the baked module refuses other sizes):
-        a ``largekernel.nn.Conv{n}d`` (or, ``native=True``, a ``torch.nn.Conv{n}d``) holding
+        a ``largekernel.nn.Conv{n}d`` (or, ``native=True``, a ``torch.nn.Conv{n}d`` behind an ``InputSizeCheck``) holding
         :meth:`construct_kernel`, the stride's pooling folded in. Padding in another mode than zeros (the paper's
         padding ablation) comes as a padding module in front of it (an ``nn.Sequential``). ``output="spectrum"``
         is not bakeable."""
@@ -507,6 +507,8 @@ class _NIFFConvNd(KernelConvNd):
         if padded:
             conv = nn.Sequential(_PADS[self.padding_mode][nd - 1](tuple(flat_pads([(p, p) for p in self.padding]))),
                                  conv)
+        if native:  # torch's convolution cannot refuse other sizes: a check in front of it does
+            conv = nn.Sequential(InputSizeCheck(size), *(conv if isinstance(conv, nn.Sequential) else [conv]))
         return conv
 
     def extra_repr(self) -> str:
