@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
-from largekernel.nn.conv import InputSizeCheck, _baked_conv
+from largekernel.nn.conv import _baked_conv, size_checked
 from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
@@ -243,8 +243,7 @@ class KernelConvNd(nn.Module):
             if not native:
                 conv.input_size, conv.input_sizes = size, self.baked_sizes
             else:  # torch's convolution cannot refuse other sizes: a check in front of it does
-                parts = list(conv) if isinstance(conv, nn.Sequential) else [conv]
-                conv = nn.Sequential(InputSizeCheck(size, self.baked_sizes), *parts)
+                conv = size_checked(conv, size, self.baked_sizes)
         return conv
 
     def _conv_repr(self, family: str = "") -> str:

@@ -172,6 +172,12 @@ class InputSizeCheck(nn.Module):
         return f"{self.sizes} {self.size}"
 
 
+def size_checked(conv: nn.Module, size: tuple[int, ...], sizes: str = "exact") -> nn.Module:
+    """``conv`` (torch's convolution, or an ``nn.Sequential`` ending in one) behind an :class:`InputSizeCheck`, in
+    one ``nn.Sequential``."""
+    return nn.Sequential(InputSizeCheck(size, sizes), *(conv if isinstance(conv, nn.Sequential) else [conv]))
+
+
 class _Pad(nn.Module):
     """``F.pad`` as a module (per-side padding in front of a plain torch convolution)."""
 

@@ -41,7 +41,7 @@ from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
-from largekernel.nn.conv import InputSizeCheck, _baked_conv
+from largekernel.nn.conv import _baked_conv, size_checked
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
 from largekernel.nn.kernelnets import KernelNetLinear
 from largekernel.functional._fx import leaf_under_fx
@@ -508,7 +508,7 @@ class _NIFFConvNd(KernelConvNd):
             conv = nn.Sequential(_PADS[self.padding_mode][nd - 1](tuple(flat_pads([(p, p) for p in self.padding]))),
                                  conv)
         if native:  # torch's convolution cannot refuse other sizes: a check in front of it does
-            conv = nn.Sequential(InputSizeCheck(size), *(conv if isinstance(conv, nn.Sequential) else [conv]))
+            conv = size_checked(conv, size)
         return conv
 
     def extra_repr(self) -> str:

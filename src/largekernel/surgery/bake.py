@@ -14,7 +14,7 @@ from torch import nn
 
 from largekernel.functional import ConvArgumentError
 from largekernel.nn._base import KernelConvNd
-from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv
+from largekernel.nn.conv import Conv1d, Conv2d, Conv3d, _baked_conv, size_checked
 
 _LIBRARY_CONVS = (Conv1d, Conv2d, Conv3d)
 
@@ -100,12 +100,14 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
 
 
 def _native(conv: nn.Module) -> nn.Module:
-    """torch's own convolution (with a padding module in front for per-side padding) for a
-    ``largekernel.nn.Conv{n}d``: the same weight, bias and arguments (a size a baked layer was limited to is
-    dropped, as ``native=True`` drops it from the layers it bakes)."""
-    return _baked_conv(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), conv.groups,
-                       native=True, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                       padding_mode=conv.padding_mode).train(conv.training)
+    """torch's own convolution for a ``largekernel.nn.Conv{n}d``: the same weight, bias and arguments, with a
+    padding module in front for per-side padding and a size check for a size a baked layer was limited to."""
+    native = _baked_conv(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), conv.groups,
+                         native=True, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                         padding_mode=conv.padding_mode)
+    if conv.input_size is not None:
+        native = size_checked(native, conv.input_size, conv.input_sizes)
+    return native.train(conv.training)
 
 
 def _native_convs(module: nn.Module, done: dict[int, nn.Module]) -> None:
