@@ -281,6 +281,29 @@ def test_cli_convert_and_bake(tmp_path, capsys):
     assert "--native goes with --bake" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["--model", "nosuch", "--to", "fft"], "--model / --model-kwargs: unknown model name 'nosuch'"),
+    (["--model", "dwnet2d_tiny", "--to", "nosuch"], "argument --to: invalid choice: 'nosuch'"),
+    (["--checkpoint", "{tmp}/none", "--bake"], "--checkpoint: {tmp}/none: no checkpoint found"),
+    (["--model", "dwnet2d_tiny", "--model-kwargs", '{"foo": 1}', "--to", "fft"],
+     "--model / --model-kwargs: DWNet.__init__() got an unexpected keyword argument 'foo'"),
+    (["--model", "dwnet2d_tiny", "--to", "niff", "--bake"], "--bake needs --input-size"),
+    (["--model", "dwnet2d_tiny", "--to", "niff", "--bake", "--input-size", "8,8"],
+     "--input-size: DWNet with dim=2 expects a 4-D input"),
+])
+def test_cli_convert_bad_values_are_one_line_errors(argv, expected, tmp_path, capsys):
+    """A value the work refuses (an unknown model or family, a keyword the model does not take, a missing
+    checkpoint, a shape) is a one-line usage error naming the flag, exit status 2: it was a Python traceback."""
+    try:
+        status = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    except SystemExit as exit:  # argparse's own errors (an invalid choice) exit
+        status = exit.code
+    assert status == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("largekernel convert: error: ")
+    assert expected.replace("{tmp}", str(tmp_path)) in err[0]
+
+
 def test_cli_convert_checks_out_first_and_writes_it_whole(tmp_path, capsys, monkeypatch):
     """``--out`` under a file, or naming a folder: a one-line usage error before any work (it was a traceback
     after the conversion); a write that fails leaves the file that was there as it was, and no partial file."""

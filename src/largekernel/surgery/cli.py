@@ -43,7 +43,7 @@ def _parser() -> ArgumentParser:
     src.add_argument("--model", help="registered model name (largekernel.models.list_models())")
     src.add_argument("--checkpoint", help="checkpoint or run directory written by `largekernel train`")
     p.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"num_classes": 10}\'')
-    p.add_argument("--to", help=f"target family: {', '.join(conv_types())}")
+    p.add_argument("--to", choices=conv_types(), metavar="FAMILY", help=f"target family: {', '.join(conv_types())}")
     p.add_argument("--which", help="module-name pattern of the convolutions to replace (default: depthwise ones)")
     p.add_argument("--iso-params", action="store_true", help="match the original parameter count")
     p.add_argument("--layer-kwargs", type=_json_dict, default={}, help='JSON, e.g. \'{"kernel_size": 17}\'')
@@ -72,30 +72,44 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.out).is_dir():
             return print_usage_error(parser.prog, f"--out {args.out!r}: expected a file name, got a folder")
         writable_dir(parser.prog, f"--out {args.out!r}: its folder", Path(args.out).parent)
-    if args.checkpoint:
-        from largekernel.train.checkpoint import load_checkpoint
+    # A bad value (an unknown model, a keyword it does not take, a shape it refuses) is one line naming the flag,
+    # not a traceback: each step's own errors say what was wrong, the flag says where it came from.
+    step = "--checkpoint" if args.checkpoint else "--model / --model-kwargs"
+    try:
+        if args.checkpoint:
+            from largekernel.train.checkpoint import load_checkpoint
 
-        model = load_checkpoint(args.checkpoint)[0]
-    else:
-        from largekernel.models import create_model
+            model = load_checkpoint(args.checkpoint)[0]
+        else:
+            from largekernel.models import create_model
 
-        model = create_model(args.model, **args.model_kwargs)
-    model.eval()
-    if args.input_size:
-        from largekernel.analysis.flops import count
+            model = create_model(args.model, **args.model_kwargs)
+        model.eval()
+        if args.input_size:
+            from largekernel.analysis.flops import count
 
-        print(f"before: {count(model, args.input_size)}")
-    if args.to:
-        model, rep = convert(model, args.to, args.which, iso_params=args.iso_params, report=True,
-                             **args.layer_kwargs)
-        print(rep)
-    if args.bake:
-        before = sum(1 for m in model.modules() if isinstance(m, KernelConvNd))
-        bake(model, args.input_size, native=args.native)
-        print(f"baked {before} learnable-kernel layer(s) into plain convolutions"
-              + (" (torch's own)" if args.native else ""))
-    if args.input_size:
-        print(f"after: {count(model, args.input_size)}")
+            step = "--input-size"
+            print(f"before: {count(model, args.input_size)}")
+        if args.to:
+            step = "--to / --which / --layer-kwargs"
+            model, rep = convert(model, args.to, args.which, iso_params=args.iso_params, report=True,
+                                 **args.layer_kwargs)
+            print(rep)
+        if args.bake:
+            step = "--bake"
+            sized = [name for name, m in model.named_modules() if isinstance(m, KernelConvNd) and m.input_dependent]
+            if sized and args.input_size is None:
+                return print_usage_error(parser.prog, f"--bake needs --input-size (the model's input shape with "
+                                                      f"batch): the kernels of {sized} depend on the input size")
+            before = sum(1 for m in model.modules() if isinstance(m, KernelConvNd))
+            bake(model, args.input_size, native=args.native)
+            print(f"baked {before} learnable-kernel layer(s) into plain convolutions"
+                  + (" (torch's own)" if args.native else ""))
+        if args.input_size:
+            step = "--input-size"
+            print(f"after: {count(model, args.input_size)}")
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        return print_usage_error(parser.prog, f"{step}: {error}")
     if args.out:
         _write(model, Path(args.out), args.input_size)
         print(f"wrote {args.out}")
