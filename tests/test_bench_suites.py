@@ -36,6 +36,20 @@ def test_cuda_without_a_gpu_is_a_one_line_usage_error(suite, monkeypatch, capsys
     assert err[1:] == [f"see `largekernel bench {suite} --help`"]
 
 
+@pytest.mark.parametrize("flag,value,expected", [("--min-run-time", "-1", "--min-run-time must be > 0 seconds, got -1.0"),
+                                                 ("--min-run-time", "0", "--min-run-time must be > 0 seconds, got 0.0"),
+                                                 ("--threads", "0", "--threads must be >= 1, got 0")])
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_timing_options_out_of_range_are_one_line_usage_errors(suite, flag, value, expected, tmp_path, capsys):
+    """A negative or zero time per measurement was taken as it came (the suite ran); it is refused as --threads 0 is,
+    before any work."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["bench", suite, flag, value, "--quick", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"largekernel bench {suite}: error: {expected}", f"see `largekernel bench {suite} --help`"]
+
+
 def test_conv_channel_counts_and_low_precision_errors(tmp_path, device, capsys):
     argv = ["--kernels", "3", "5", "--batch", "2", "--channels", "2", "3", "--size", "12", "--rounds", "1",
             "--dtype", "bfloat16", "--device", device, "--out", str(tmp_path), *_FAST]

@@ -76,7 +76,8 @@ def suite_parser(suite: str, description: str | None, quick: str, outputs: str,
 
 
 def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` and apply ``--threads`` (exits with a usage error when it is below 1) and ``--no-native``;
+    """Parse ``argv`` and apply ``--threads`` (exits with a usage error when it is below 1; so does a
+    ``--min-run-time`` not above 0) and ``--no-native``;
     ``--device cuda`` without a GPU is a usage error. ``args.dtype`` becomes the ``torch.dtype`` (float32 for
     suites without ``--dtype``)."""
     args = parser.parse_args(argv)
@@ -85,6 +86,8 @@ def parse_suite_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
         parser.error(f"--device cuda: torch {torch.__version__} ({built}) sees no CUDA device")
     args.dtype = DTYPES[getattr(args, "dtype", "float32")]
     writable_dir(parser.prog, "--out", args.out)  # before the measurements, not after
+    if args.min_run_time is not None and not args.min_run_time > 0:  # (not > 0: NaN too)
+        parser.error(f"--min-run-time must be > 0 seconds, got {args.min_run_time}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
