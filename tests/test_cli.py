@@ -75,6 +75,22 @@ def test_errors_are_one_line_and_a_pointer_to_help(argv, error, capsys):
     assert error in err
 
 
+@pytest.mark.parametrize("argv,prog,error", [
+    (["study", "--seeds", "0"], "largekernel study", "--seeds must be >= 1, got 0"),
+    (["study", "--dataset", "cifar10"], "largekernel study", "--dataset cifar10 needs --data-dir DIR"),
+    (["bench", "conv", "--kernels", "4"], "largekernel bench conv", "--kernels must be odd positive sizes, got [4]"),
+    (["bench", "conv", "--kernels", "71"], "largekernel bench conv", "--kernels must not exceed --size 56, got 71"),
+    (["bench", "conv", "--channels", "0"], "largekernel bench conv", "--channels must be positive, got [0]"),
+])
+def test_checks_after_parsing_read_as_parsing_errors(argv, prog, error, tmp_path, capsys):
+    """The checks a command makes after parsing print what argparse's errors print ("PROG: error: ...", then the
+    pointer to --help); they printed "PROG: message" alone."""
+    code, out, err = _run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: {error}") and lines[1] == f"see `{prog} --help`"
+
+
 @pytest.mark.parametrize("sep", ["-", "_"])
 def test_every_command_takes_dashes_and_underscores(sep, tmp_path, capsys):
     # Each call stops at a check made after parsing: reaching it shows the flags were accepted.

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from largekernel.bench._harness import (format_table, machine_info, median_time, milliseconds, parse_suite_args,
                                         plot_series, print_targets, ratio, suite_parser, target, time_or_reason,
                                         write_json)
+from largekernel._argparse import print_usage_error
 from largekernel.functional import convolve
 
 __all__ = ["main", "run"]
@@ -219,16 +220,13 @@ def _targets(rows: list[dict], device: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_suite_args(_parser(), argv)
     kernels = args.kernels or ([7, 31] if args.quick else [3, 5, 7, 11, 15, 21, 31, 41, 51])
+    prog = "largekernel bench conv"
     if any(k < 1 or k % 2 == 0 for k in kernels):
-        print(f"largekernel bench conv: --kernels must be odd positive sizes, got {kernels}", file=sys.stderr)
-        return 2
+        return print_usage_error(prog, f"--kernels must be odd positive sizes, got {kernels}")
     if max(kernels) > args.size:
-        print(f"largekernel bench conv: kernels must not exceed --size {args.size}, got {max(kernels)}",
-              file=sys.stderr)
-        return 2
+        return print_usage_error(prog, f"--kernels must not exceed --size {args.size}, got {max(kernels)}")
     if any(c < 1 for c in args.channels):
-        print(f"largekernel bench conv: --channels must be positive, got {args.channels}", file=sys.stderr)
-        return 2
+        return print_usage_error(prog, f"--channels must be positive, got {args.channels}")
     batch = args.batch or (2 if args.quick else 8)
     min_run_time = args.min_run_time if args.min_run_time is not None else (0.1 if args.quick else 0.5)
     dtype_name = str(args.dtype).removeprefix("torch.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from largekernel._argparse import ArgumentParser, writable_dir
+from largekernel._argparse import ArgumentParser, print_usage_error, writable_dir
 from largekernel.study.plan import DATASETS, VARIANTS
 from largekernel.study.report import format_table
 
@@ -54,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seeds", "epochs", "threads", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            print(f"largekernel study: --{name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
+            return print_usage_error("largekernel study", f"--{name} must be >= 1, got {value}")
     datasets = args.datasets or ["mnist1d", "digits"]
     if "cifar10" in datasets and args.data_dir is None:
-        print("largekernel study: --dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)",
-              file=sys.stderr)
-        return 2
+        return print_usage_error("largekernel study",
+                                 "--dataset cifar10 needs --data-dir DIR (the cifar-10-batches-py folder)")
     writable_dir("largekernel study", "--out", args.out)
     torch.set_num_threads(args.threads)
     try:
