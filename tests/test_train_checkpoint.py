@@ -159,6 +159,13 @@ def test_resume_says_which_checkpoint_and_why(crashed, tmp_path):
         _train(copy, resume=True, max_steps=4)
 
 
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path):
+    """``resume`` continues from a checkpoint when there is one; with none (a new run, or a mistyped
+    ``output_dir``) it starts from step 0, and now says so."""
+    with pytest.warns(UserWarning, match=r"resume: no checkpoint in .*run.checkpoints; starting from step 0"):
+        _train(tmp_path / "run", resume=True, max_steps=1)
+
+
 # --------------------------------------------------------------------------- corrupted files
 
 

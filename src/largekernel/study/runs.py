@@ -13,6 +13,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -142,7 +143,9 @@ def train_one(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(**run["config"], output_dir=str(directory), resume=True)
     resuming = (directory / "checkpoints").exists()
     try:
-        result = train(cfg, progress=False)
+        with warnings.catch_warnings():  # a new run has nothing to resume: no need to say so
+            warnings.filterwarnings("ignore", message="resume: no checkpoint in ", category=UserWarning)
+            result = train(cfg, progress=False)
     except Exception as err:  # noqa: BLE001 - only a resume is retried: a fresh failure propagates below
         if not resuming:
             raise

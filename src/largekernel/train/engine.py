@@ -400,6 +400,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             state = choice.state
             step, history, best_acc = state["step"], state["history"], state["best_acc"]
             train_time, epoch_loss = state["train_time_s"], state["epoch_loss"]
+        elif dist_info.is_main:  # (an --output-dir typo would otherwise start over unannounced)
+            warnings.warn(f"resume: no checkpoint in {ckpt_dir}; starting from step 0", stacklevel=2)
         logger.rewrite(history)  # rows logged after the checkpoint (or before any) are not part of this run
     hooks.install(optimizer, model, step, total_steps)
     net = model
