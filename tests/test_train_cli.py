@@ -210,6 +210,8 @@ LATE_MISTAKES = {
     "fp16 on CPU": (["--precision", "fp16"], "precision: got 'fp16' on device cpu"),
     "unknown device": (["--device", "tpu9"], "device: got 'tpu9', expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     "CUDA without CUDA": (["--device", "cuda"], "device: got 'cuda', expected 'auto' or 'cpu': CUDA is not available"),
+    "a model for other inputs": (["--model", "dwnet1d_tiny"], "model: 'dwnet1d_tiny' does not take the samples of "
+                                                             "dataset 'cifar10', of shape (3, 32, 32)"),
     "batch not divisible": (["--batch-size", "3", "--overwrite"], None),  # a valid run: reaches the data
 }
 

@@ -51,8 +51,8 @@ from largekernel.train.checkpoint import CheckpointChoice, CheckpointError, load
 from largekernel.train.config import ConfigError, TrainConfig, config_to_dict
 from largekernel.train.distributed import DistInfo, all_reduce_sum, setup
 from largekernel.train.logger import RunLogger
-from largekernel.train.preflight import (build_model, check_data, check_disk_space, check_output, clear_run,
-                                         resolve_device)
+from largekernel.train.preflight import (build_model, check_data, check_disk_space, check_model_input, check_output,
+                                         clear_run, resolve_device)
 
 __all__ = ["train", "evaluate", "lr_factor", "build_optimizer", "count_parameters"]
 
@@ -352,6 +352,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, info)
+    check_model_input(cfg, model, info)
     hooks = _FamilyHooks(model, cfg)
     check_disk_space(cfg, model)
     dist_info = setup(device, cfg.dist_timeout)

@@ -13,6 +13,7 @@ a second or two of the start instead of after the first epoch.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -26,8 +27,8 @@ from largekernel.data import DatasetFormatError, DatasetInfo, dataset_info, need
 from largekernel.train.checkpoint import create_run_model
 from largekernel.train.config import ConfigError, TrainConfig
 
-__all__ = ["resolve_device", "check_data", "check_output", "check_model_name", "build_model", "check_disk_space",
-           "clear_run", "RUN_FILES"]
+__all__ = ["resolve_device", "check_data", "check_output", "check_model_name", "build_model", "check_model_input",
+           "check_disk_space", "clear_run", "RUN_FILES"]
 
 # What a run writes into its output directory (and what overwrite=True removes).
 RUN_FILES = ("metrics.jsonl", "metrics.csv", "checkpoints", "tensorboard")
@@ -154,6 +155,20 @@ def build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
                                   f"accepts ({message})") from None
         raise ConfigError(f"model_kwargs: got {cfg.model_kwargs!r}, expected arguments model {cfg.model!r} "
                           f"accepts ({message})") from None
+
+
+def check_model_input(cfg: TrainConfig, model: nn.Module, info: DatasetInfo) -> None:
+    """The model takes the dataset's samples: one zero sample of their shape through a copy of it (eval mode, no
+    gradient, the random state left as it was). A model for other inputs (2-D on a 1-D dataset, an image too small
+    for its stem) failed at the first step, with a traceback, after the data loaded."""
+    shape = (info.in_chans, *info.input_size)
+    probe = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            probe(torch.zeros(1, *shape))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"model: {cfg.model!r} does not take the samples of dataset {cfg.dataset!r}, of shape "
+                          f"{shape} ({' '.join(str(err).split())})") from None
 
 
 def _checkpoint_bytes(cfg: TrainConfig, model: nn.Module) -> int:
