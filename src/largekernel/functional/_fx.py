@@ -68,7 +68,7 @@ def _own_code(function: Callable, qualname: str, module: str | None = None) -> C
 def own_leaf_forward(cls: type) -> None:
     """Give ``cls`` a ``forward`` of its own code object (:func:`_own_code`) where it inherits one made by
     :func:`leaf_under_fx` (call it from ``__init_subclass__``), as each of torch's layer classes has its own."""
-    forward = cls.__dict__.get("forward") or getattr(cls, "forward", None)
+    forward = getattr(cls, "forward", None)
     if getattr(forward, "_leaf_of", None) is not None and forward.__qualname__ != f"{cls.__qualname__}.forward":
         cls.forward = _own_code(forward, f"{cls.__qualname__}.forward", cls.__module__)
 

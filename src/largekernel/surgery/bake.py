@@ -7,7 +7,7 @@ contains only standard convolutions (``largekernel.nn.Conv{n}d`` with the layer'
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
         return model.bake(size, native=native)
     if native and type(model) in _LIBRARY_CONVS:
         return _native(model)
-    layers = _outermost_learnable(model)
+    layers = _outermost(model, lambda m: isinstance(m, KernelConvNd))
     sized = [m for _, _, _, m in layers if m.input_dependent]
     if sized and input_size is None:
         names = sorted({name for _, _, name, m in layers if m.input_dependent})
@@ -94,8 +94,12 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
                                         f"{tuple(input_size)}; cannot infer its input size")
             done[id(layer)] = layer.bake(sizes.get(id(layer)), native=native).train(layer.training)
         setattr(parent, attr, done[id(layer)])
-    if native:
-        _native_convs(model, {})
+    if native:  # the model's largekernel.nn.Conv{n}d too (convert(..., "conv" | "fft" | "dilated") put them there)
+        natives: dict[int, nn.Module] = {}
+        for parent, attr, _, conv in _outermost(model, lambda m: type(m) in _LIBRARY_CONVS):
+            if id(conv) not in natives:  # once per module shared by several parents
+                natives[id(conv)] = _native(conv)
+            setattr(parent, attr, natives[id(conv)])
     return model
 
 
@@ -110,30 +114,19 @@ def _native(conv: nn.Module) -> nn.Module:
     return native.train(conv.training)
 
 
-def _native_convs(module: nn.Module, done: dict[int, nn.Module]) -> None:
-    """Replace every ``largekernel.nn.Conv{n}d`` below ``module`` (those ``convert(..., "conv" | "fft" | "dilated")``
-    put there, say) by :func:`_native`'s, once per module shared by several parents."""
-    for attr, child in module._modules.items():
-        if child is None:
-            continue
-        if type(child) in _LIBRARY_CONVS:
-            if id(child) not in done:
-                done[id(child)] = _native(child)
-            module._modules[attr] = done[id(child)]
-        else:
-            _native_convs(child, done)
-
-
-def _outermost_learnable(model: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, str, nn.Module]]:
+def _outermost(model: nn.Module, match: Callable[[nn.Module], bool],
+               prefix: str = "") -> list[tuple[nn.Module, str, str, nn.Module]]:
+    """(parent, attribute, dotted name, module) of every module below ``model`` that ``match`` takes, not looking
+    inside those."""
     found = []
     for attr, child in model._modules.items():
         if child is None:
             continue
         name = f"{prefix}.{attr}" if prefix else attr
-        if isinstance(child, KernelConvNd):
+        if match(child):
             found.append((model, attr, name, child))
         else:
-            found += _outermost_learnable(child, name)
+            found += _outermost(child, match, name)
     return found
 
 
