@@ -499,3 +499,27 @@ def test_onnx_export_unbaked_and_baked(name, run_onnx):
         for out, want in zip(run_onnx(module, *inputs, name=kind, spatial=spatial), expected):
             error = (out - want).abs().max() / want.abs().max()
             assert out.shape == want.shape and error < 1e-5, (name, kind, out.shape, error.item())
+
+
+@pytest.mark.parametrize("name", ["fft_depthwise", "fft_dense", "fft_strided", "niff", "s4d", "fouriermix"])
+def test_onnx_torchscript_exporter_refuses_ffts_naming_what_exports(name, tmp_path):
+    """ONNX's TorchScript-based exporter (``dynamo=False``) has no operator for torch's FFTs: the FFT paths failed
+    at their first transform with torch's "Exporting the operator 'aten::fft_rfftn' to ONNX opset version 20 is not
+    supported", naming neither the layer's path nor the exporter that takes it. The error is of the same class (code
+    catching the exporter's errors catches it) and names ``dynamo=True``; where there is a kernel, the model baked
+    with ``native=True`` exports with that exporter too, and ONNX Runtime gives the layer's output."""
+    import onnxruntime
+
+    layer, x = _layer(name)
+    layer.eval()
+    if name == "s4d":  # the FFT path, as a long sequence takes it
+        layer, x = L.S4DConv1d(4, kernel_size=512).eval(), torch.randn(2, 4, 512)
+    with pytest.raises(torch.onnx.errors.UnsupportedOperatorError, match=r"dynamo=True"):
+        torch.onnx.export(layer, (x,), str(tmp_path / "unbaked.onnx"), dynamo=False)
+    if isinstance(layer, L.KernelConvNd):
+        baked = largekernel.bake(copy.deepcopy(layer), input_size=tuple(x.shape), native=True)
+        torch.onnx.export(baked, (x,), str(tmp_path / "baked.onnx"), dynamo=False)
+        session = onnxruntime.InferenceSession(str(tmp_path / "baked.onnx"), providers=["CPUExecutionProvider"])
+        out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        with torch.no_grad():
+            torch.testing.assert_close(out, layer(x), rtol=1e-4, atol=1e-5)

@@ -36,7 +36,8 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward, reference_product)
-from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, op_name, symbolic,
+from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, op_name,
+                                             refuse_torchscript_onnx, symbolic,
                                              transformed)
 from largekernel.functional.planner import FFTGeometry
 
@@ -169,6 +170,8 @@ def real_arithmetic_product(x: Tensor, kernel: Tensor, mixing: Tensor | None, bi
                             geometry: FFTGeometry) -> Tensor:
     """What :func:`spectral_product` computes, with complex numbers only as the ``(..., 2)`` real and imaginary
     parts of ``rfftn`` / ``irfftn`` (what ONNX's ``DFT`` takes): products as real multiply-adds."""
+    refuse_torchscript_onnx("largekernel's FFT convolution path (backend 'fft', which 'auto' takes for large kernels; "
+                            "NIFF, SGConv and S4D)")
     nd = len(geometry.grid)
     dims = spatial_dims(nd)
     half = geometry.grid[-1] // 2 + 1

@@ -20,7 +20,8 @@ import torch.autograd.forward_ad as _forward_ad
 
 __all__ = [
     "tracing", "exporting_onnx", "compiling", "transformed", "batched", "compiled_once", "region_applies", "size_hint",
-    "symbolic", "OPAQUE", "op_name", "library_op", "constant_result",
+    "symbolic", "OPAQUE", "op_name", "library_op", "constant_result", "refuse_torchscript_onnx",
+    "TorchScriptOnnxError",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
@@ -103,6 +104,28 @@ def symbolic(sizes) -> bool:
 def exporting_onnx() -> bool:
     """Whether ``torch.onnx.export`` is recording the graph (ONNX lacks operators of some torch paths)."""
     return torch.onnx.is_in_onnx_export()
+
+
+class TorchScriptOnnxError(getattr(getattr(torch.onnx, "errors", None), "UnsupportedOperatorError", RuntimeError)):
+    """ONNX's TorchScript-based exporter met a transform it cannot export: of the class the exporter raises for an
+    operator it lacks (``torch.onnx.errors.UnsupportedOperatorError``, a ``RuntimeError``), so that code catching
+    its errors catches this one; the message says what exports instead."""
+
+    def __init__(self, message: str) -> None:
+        RuntimeError.__init__(self, message)  # (the base class composes its message from an operator's name)
+
+
+def refuse_torchscript_onnx(what: str) -> None:
+    """Raise :class:`TorchScriptOnnxError` where ONNX's TorchScript-based exporter (``torch.onnx.export(...,
+    dynamo=False)``) records ``what``, a path that computes with torch's FFTs: that exporter has no ONNX function
+    for them and stopped at the first one ("Exporting the operator 'aten::fft_rfftn' to ONNX opset version 20 is
+    not supported"), which named neither the layer nor the exporter that takes it."""
+    if exporting_onnx() and torch.jit.is_tracing():
+        raise TorchScriptOnnxError(
+            f"{what} computes with FFTs, for which ONNX's TorchScript-based exporter (torch.onnx.export(..., "
+            f"dynamo=False)) has no operator; export with torch.onnx.export(..., dynamo=True) (the default), which "
+            f"records them as ONNX's DFT, or for a convolution first largekernel.bake(model, input_size, "
+            f"native=True), which gives torch's own convolutions (docs/deploy.md)")
 
 
 def op_name(name: str) -> str:

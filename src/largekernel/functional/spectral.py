@@ -18,7 +18,7 @@ from largekernel.functional._args import ConvArgumentError, autocast_off
 from largekernel.functional._grid import spatial_dims
 from largekernel.functional._product import spectral_product
 from largekernel.functional._spectral import pointwise
-from largekernel.functional._tracing import compiling, tracing, transformed
+from largekernel.functional._tracing import compiling, refuse_torchscript_onnx, tracing, transformed
 from largekernel.functional.planner import plan_filter
 from largekernel.functional._fx import call_under_fx
 
@@ -84,6 +84,7 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
 def to_spectrum(x: Tensor, grid: tuple[int, ...]) -> Tensor:
     """``rfftn`` of ``x`` over its last ``len(grid)`` dims on ``grid`` (zero-filled): ``(..., *grid[:-1],
     grid[-1] // 2 + 1)`` complex; half precision is transformed in float32."""
+    refuse_torchscript_onnx("a spectrum (NIFF's output='spectrum' and Spectrum inputs)")
     if x.dtype in _LOW_PRECISION:
         x = x.float()
     return torch.fft.rfftn(x, s=grid, dim=spatial_dims(len(grid)))
@@ -108,6 +109,7 @@ def fourier_mix(x: Tensor, token_dim: int = -2, hidden_dim: int = -1) -> Tensor:
                                 f"axes, got shape {tuple(x.shape)}")
     if x.numel() == 0:  # an empty batch: nothing to transform (MKL rejects empty transforms)
         return x.clone()
+    refuse_torchscript_onnx("fourier_mix (FourierMix, FNet and FiT's token mixing)")
     dtype = x.dtype
     if dtype in _LOW_PRECISION:
         x = x.float()
