@@ -1,7 +1,8 @@
 """torch.compile of the layers whose kernel comes from a network: the network's part before its output layer is
 one nested compile region, compiled once for every layer that shares a grid and the network's shape, whatever the
 layers' channels (docs/deploy.md; a cropping FlexConv with a large kernel net output runs eagerly as one operator
-instead); on torch 2.13 only under inductor and aot_eager. Compiled training steps must
+instead, and NIFF's two frequency nets run as one operator outside torch.autocast); on torch 2.13 only under
+inductor and aot_eager. Compiled training steps must
 equal eager ones under every backend, hooks on a kernel net must still run, and the region must be reused across
 widths. CI runs this file on torch 2.13 (the main suite) and on torch 2.14 (the interop venv)."""
 
@@ -101,10 +102,10 @@ def test_a_hook_on_the_kernel_net_still_runs_when_compiled():
 
 
 # (Uncropped: a cropping FlexConv whose kernel net gives 2**15 values or more runs eagerly as one operator, without
-# a region.)
+# a region. NIFF under torch.autocast: outside it, its nets run as one operator, test_niff_filter_nets_...)
 @pytest.mark.parametrize("layer", [lambda n, w: L.FlexConv2d(n, w, 9, groups=4, dynamic_cropping=False),
-                                   lambda n, w: L.NIFFConv2d(n, w)], ids=["flexconv-uncropped", "niff"])
-def test_layers_of_every_width_reuse_one_compiled_region(layer):
+                                   lambda n, w: L.NIFFConv2d(n, w)], ids=["flexconv-uncropped", "niff-autocast"])
+def test_layers_of_every_width_reuse_one_compiled_region(layer, request):
     torch.manual_seed(0)
     widths = [4, 8, 16, 32]
     model = nn.Sequential(*[layer(n, w) for n, w in zip([4, *widths], widths)])
@@ -118,10 +119,64 @@ def test_layers_of_every_width_reuse_one_compiled_region(layer):
     logging.disable(logging.NOTSET)  # a process-wide logging.disable (earlier code's) would drop the records
     try:
         torch.compiler.reset()
-        torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 9, 9)).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="autocast" in request.node.callspec.id):
+            out = torch.compile(model, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 9, 9))
+        out.float().sum().backward()
     finally:
         logging.disable(disabled)
         torch._logging.set_logs()
         torch_logger.removeHandler(handler)
     hits = [m for m in messages if "subgraph_reuse: cache hit" in m]
     assert len(hits) == len(widths) - 1, messages
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch-operations"])
+@pytest.mark.parametrize(("make", "shape"), [
+    (lambda: L.NIFFConv1d(3, 6), (2, 3, 17)),
+    (lambda: L.NIFFConv2d(4, 4, hidden_channels=()), (2, 4, 7, 6)),
+    (lambda: L.NIFFConv2d(4, 8, preset="big", padding=1, padding_mode="reflect"), (2, 4, 9, 8)),
+    (lambda: L.NIFFConv2d(4, 4, output="spectrum"), (2, 4, 8, 8)),
+    (lambda: L.NIFFConv3d(2, 2, hidden_channels=(5,), dtype=torch.float64), (1, 2, 4, 5, 3)),
+], ids=["1d", "no-hidden-layer", "big-reflect", "spectrum", "3d-float64"])
+def test_niff_filter_nets_compile_as_one_operator_matching_eager(make, shape, native):
+    """Under torch.compile NIFF's two frequency nets run as one operator instead of being traced (on the CPU the
+    library's native kernels, forward and backward, or torch operations where they do not run), so that inductor
+    generates no code for them on each grid (docs/deploy.md): the compiled training step's output and every
+    parameter's gradient equal eager's, with the native kernels and without; the graphs handed to the compiler
+    (subgraphs included) hold no SiLU, the nets' activation."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from largekernel.functional import native_kernels
+
+    traced = []
+
+    def record(graph_module, example_inputs):
+        for module in graph_module.modules():
+            if isinstance(module, torch.fx.GraphModule):
+                traced.extend(str(node.target) for node in module.graph.nodes if node.op == "call_function")
+        return make_boxed_func(graph_module.forward)
+
+    torch.manual_seed(0)
+    layer = make()
+    dtype = next(layer.parameters()).dtype
+    x = torch.randn(shape, dtype=dtype)
+
+    def step(module):
+        layer.zero_grad()
+        out = module(x)
+        out = out.data if isinstance(out, L.Spectrum) else out
+        torch.view_as_real(out).square().mean().backward() if out.is_complex() else out.square().mean().backward()
+        return [out.detach()] + [p.grad.clone() for p in layer.parameters()]
+
+    expected = step(layer)
+    was = native_kernels()
+    try:
+        native_kernels(native)
+        torch.compiler.reset()
+        got = step(torch.compile(layer, backend=aot_autograd(fw_compiler=record), fullgraph=True))
+    finally:
+        native_kernels(was)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
+    assert traced and not [t for t in traced if "silu" in t], traced

@@ -11,11 +11,17 @@
  *   hermitian       in place, the (scaled, optionally conjugated) Hermitian part (s[k] + conj(s[-k])) / 2;
  *   spectral_grad   (real-FFT paths) the kernel-gradient sum sum_b S[b] * Q[b] and the input-gradient product
  *                   Q *= W in one pass (conjugations as flags).
+ * And NIFF's two frequency networks (largekernel/nn/_frequency_op.py), small enough on a stage's grid that torch's
+ * cost is its number of operations:
+ *   niff_nets_forward   both nets' 1x1 layers with SiLU on the grid's coordinates, the last hidden features
+ *                       symmetrised (k and -k), and both output layers: the filter, real/imaginary interleaved;
+ *   niff_nets_backward  every parameter's gradient from the filter's, the chain rule layer by layer.
  * Complex values are interleaved (re, im), as torch stores them; grids are (g0, g1, g2), lower dims padded
  * with 1. Compiled per machine (-march=native), with OpenMP: the caller passes torch's intra-op thread count.
  * Every loop's output location is owned by one iteration of its parallel loop: results do not depend on the
  * thread count.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -296,3 +302,179 @@ typedef int64_t i64;
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
+
+/* NIFF's nets. w: L + 2 widths (ndim, hidden_1 .. hidden_L, filters); P points. params: per linear layer (L + 1),
+   W_re (out, in), b_re (out), W_im (out, in), b_im (out), row-major, one after another. coords: (ndim, P).
+   kept: per hidden layer z_re, z_im (its pre-activations), h_re, h_im (its outputs), (out, P) each; then the
+   symmetrised last features even, odd (w[L], P). out: (filters, 2 P), real/imaginary interleaved. The backward
+   writes dparams in params' layout; work: 6 max(w[0..L]) P values. */
+#define DEFINE_NET_KERNELS(T, S, EXP)                                                                            \
+  void lk_niff_nets_forward_##S(i64 L, const i64 *w, i64 P, const T *params, const T *coords,                   \
+                                const i64 *mirror, T *kept, T *out, int threads) {                              \
+    const T *par = params, *hr = coords, *hi = coords;                                                          \
+    T *k = kept;                                                                                                \
+    for (i64 l = 0; l < L; l++) {                                                                               \
+      const i64 in = w[l], o = w[l + 1];                                                                        \
+      const T *Wr = par, *br = Wr + o * in, *Wi = br + o, *bi = Wi + o * in;                                    \
+      const T *h0 = hr, *h1 = hi;                                                                               \
+      T *z0 = k, *z1 = k + o * P, *y0 = k + 2 * o * P, *y1 = k + 3 * o * P;                                     \
+      _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                             \
+      for (int net = 0; net < 2; net++) {                                                                       \
+        for (i64 r = 0; r < o; r++) {                                                                           \
+          const T *W = (net ? Wi : Wr) + r * in, *h = net ? h1 : h0;                                            \
+          const T b = (net ? bi : br)[r];                                                                       \
+          T *z = (net ? z1 : z0) + r * P, *y = (net ? y1 : y0) + r * P;                                         \
+          for (i64 p = 0; p < P; p++) z[p] = b;                                                                 \
+          for (i64 c = 0; c < in; c++) {                                                                        \
+            const T a = W[c], *hc = h + c * P;                                                                  \
+            for (i64 p = 0; p < P; p++) z[p] += a * hc[p];                                                      \
+          }                                                                                                     \
+          for (i64 p = 0; p < P; p++) y[p] = z[p] / ((T)1 + EXP(-z[p]));                                        \
+        }                                                                                                       \
+      }                                                                                                         \
+      par = bi + o;                                                                                             \
+      hr = y0;                                                                                                  \
+      hi = y1;                                                                                                  \
+      k += 4 * o * P;                                                                                           \
+    }                                                                                                           \
+    const i64 H = w[L], F = w[L + 1];                                                                           \
+    T *even = k, *odd = k + H * P;                                                                              \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+    for (i64 j = 0; j < H; j++) {                                                                               \
+      const T *a = hr + j * P, *b = hi + j * P;                                                                 \
+      for (i64 p = 0; p < P; p++) {                                                                             \
+        even[j * P + p] = (T)0.5 * (a[p] + a[mirror[p]]);                                                       \
+        odd[j * P + p] = (T)0.5 * (b[p] - b[mirror[p]]);                                                        \
+      }                                                                                                         \
+    }                                                                                                           \
+    const T *Wr = par, *br = Wr + F * H, *Wi = br + F, *bi = Wi + F * H;                                        \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+    for (i64 f = 0; f < F; f++) {                                                                               \
+      T *row = out + 2 * f * P;                                                                                 \
+      const T zero = (T)0.5 * (bi[f] - bi[f]); /* the imaginary bias cancels (NaN stays NaN) */                 \
+      for (i64 p = 0; p < P; p++) {                                                                             \
+        row[2 * p] = br[f];                                                                                     \
+        row[2 * p + 1] = zero;                                                                                  \
+      }                                                                                                         \
+      for (i64 j = 0; j < H; j++) {                                                                             \
+        const T a = Wr[f * H + j], c = Wi[f * H + j], *e = even + j * P, *d = odd + j * P;                      \
+        for (i64 p = 0; p < P; p++) {                                                                           \
+          row[2 * p] += a * e[p];                                                                               \
+          row[2 * p + 1] += c * d[p];                                                                           \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+                                                                                                                \
+  void lk_niff_nets_backward_##S(i64 L, const i64 *w, i64 P, const T *params, const T *coords,                  \
+                                 const i64 *mirror, const T *kept, const T *grad, T *dparams, T *work,          \
+                                 int threads) {                                                                 \
+    i64 widest = 0, at_out = 0, at_even = 0;                                                                    \
+    for (i64 l = 0; l <= L; l++) {                                                                              \
+      widest = w[l] > widest ? w[l] : widest;                                                                   \
+      if (l < L) {                                                                                              \
+        at_out += 2 * (w[l + 1] * w[l] + w[l + 1]);                                                             \
+        at_even += 4 * w[l + 1] * P;                                                                            \
+      }                                                                                                         \
+    }                                                                                                           \
+    const i64 H = w[L], F = w[L + 1];                                                                           \
+    const T *even = kept + at_even, *odd = even + H * P;                                                        \
+    const T *Wr = params + at_out, *Wi = Wr + F * H + F;                                                        \
+    T *dWr = dparams + at_out, *dbr = dWr + F * H, *dWi = dbr + F, *dbi = dWi + F * H;                          \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+    for (i64 f = 0; f < F; f++) {                                                                               \
+      const T *g = grad + 2 * f * P;                                                                            \
+      T sr = 0, si = 0;                                                                                         \
+      for (i64 p = 0; p < P; p++) {                                                                             \
+        sr += g[2 * p];                                                                                         \
+        si += g[2 * p + 1];                                                                                     \
+      }                                                                                                         \
+      dbr[f] = sr;                                                                                              \
+      dbi[f] = (T)0.5 * si - (T)0.5 * si;                                                                       \
+      for (i64 j = 0; j < H; j++) {                                                                             \
+        const T *e = even + j * P, *d = odd + j * P;                                                            \
+        T a = 0, c = 0;                                                                                         \
+        for (i64 p = 0; p < P; p++) {                                                                           \
+          a += g[2 * p] * e[p];                                                                                 \
+          c += g[2 * p + 1] * d[p];                                                                             \
+        }                                                                                                       \
+        dWr[f * H + j] = a;                                                                                     \
+        dWi[f * H + j] = c;                                                                                     \
+      }                                                                                                         \
+    }                                                                                                           \
+    /* the symmetrised features' gradients (work), then the last hidden outputs' (dh: mirror is an involution) */ \
+    T *de = work, *dd = work + widest * P, *dh = work + 2 * widest * P, *dz = work + 4 * widest * P;            \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+    for (i64 j = 0; j < H; j++) {                                                                               \
+      T *a = de + j * P, *b = dd + j * P;                                                                       \
+      for (i64 p = 0; p < P; p++) a[p] = b[p] = 0;                                                              \
+      for (i64 f = 0; f < F; f++) {                                                                             \
+        const T x = Wr[f * H + j], y = Wi[f * H + j], *g = grad + 2 * f * P;                                    \
+        for (i64 p = 0; p < P; p++) {                                                                           \
+          a[p] += x * g[2 * p];                                                                                 \
+          b[p] += y * g[2 * p + 1];                                                                             \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                           \
+    for (i64 j = 0; j < H; j++) {                                                                               \
+      const T *a = de + j * P, *b = dd + j * P;                                                                 \
+      T *x = dh + j * P, *y = dh + (widest + j) * P;                                                            \
+      for (i64 p = 0; p < P; p++) {                                                                             \
+        x[p] = (T)0.5 * (a[p] + a[mirror[p]]);                                                                  \
+        y[p] = (T)0.5 * (b[p] - b[mirror[p]]);                                                                  \
+      }                                                                                                         \
+    }                                                                                                           \
+    /* dh: (2, widest, P), the real net's rows first; dz and the next dh alternate between two such blocks */     \
+    T *next = de;                                                                                               \
+    i64 at_layer = at_out, at_kept = at_even;                                                                   \
+    for (i64 l = L - 1; l >= 0; l--) {                                                                          \
+      const i64 in = w[l], o = w[l + 1];                                                                        \
+      at_layer -= 2 * (o * in + o);                                                                             \
+      at_kept -= 4 * o * P;                                                                                     \
+      const T *z0 = kept + at_kept, *z1 = z0 + o * P;                                                           \
+      const T *h0 = l ? kept + at_kept - 4 * in * P + 2 * in * P : coords;                                      \
+      const T *h1 = l ? h0 + in * P : coords;                                                                   \
+      const T *Wl = params + at_layer;                                                                          \
+      T *dW = dparams + at_layer;                                                                               \
+      _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                             \
+      for (int net = 0; net < 2; net++) {                                                                       \
+        for (i64 r = 0; r < o; r++) {                                                                           \
+          const T *z = (net ? z1 : z0) + r * P, *d = dh + (net * widest + r) * P, *h = net ? h1 : h0;           \
+          T *e = dz + (net * widest + r) * P, s = 0;                                                            \
+          for (i64 p = 0; p < P; p++) {                                                                         \
+            const T sg = (T)1 / ((T)1 + EXP(-z[p]));                                                            \
+            e[p] = d[p] * sg * ((T)1 + z[p] * ((T)1 - sg));                                                     \
+            s += e[p];                                                                                          \
+          }                                                                                                     \
+          T *dWn = dW + net * (o * in + o), *dbn = dWn + o * in;                                                \
+          dbn[r] = s;                                                                                           \
+          for (i64 c = 0; c < in; c++) {                                                                        \
+            const T *hc = h + c * P;                                                                            \
+            T a = 0;                                                                                            \
+            for (i64 p = 0; p < P; p++) a += e[p] * hc[p];                                                      \
+            dWn[r * in + c] = a;                                                                                \
+          }                                                                                                     \
+        }                                                                                                       \
+      }                                                                                                         \
+      if (l == 0) break;                                                                                        \
+      _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                             \
+      for (int net = 0; net < 2; net++) {                                                                       \
+        for (i64 c = 0; c < in; c++) {                                                                          \
+          const T *W = Wl + net * (o * in + o);                                                                 \
+          T *x = next + (net * widest + c) * P;                                                                 \
+          for (i64 p = 0; p < P; p++) x[p] = 0;                                                                 \
+          for (i64 r = 0; r < o; r++) {                                                                         \
+            const T a = W[r * in + c], *e = dz + (net * widest + r) * P;                                        \
+            for (i64 p = 0; p < P; p++) x[p] += a * e[p];                                                       \
+          }                                                                                                     \
+        }                                                                                                       \
+      }                                                                                                         \
+      T *swap = dh;                                                                                             \
+      dh = next;                                                                                                \
+      next = swap;                                                                                              \
+    }                                                                                                           \
+  }
+
+DEFINE_NET_KERNELS(float, f32, expf)
+DEFINE_NET_KERNELS(double, f64, exp)

@@ -5,7 +5,8 @@ blocks as on the transforms themselves. Fused here (see ``_native.c``): packing 
 channels into one complex signal and back (with the bias), the product of a channel pair's
 spectrum with its two kernels and its adjoint with the kernel-gradient sums
 (:mod:`largekernel.functional._packed`), the Hermitian part of those sums, and, for the real-FFT paths, the kernel gradient
-together with the input-gradient product.
+together with the input-gradient product. Also NIFF's frequency networks, forward and backward
+(:mod:`largekernel.nn._frequency_op`), where torch's cost is the number of its operations.
 
 The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native -fopenmp``) into the cache folder (``$LARGEKERNEL_CACHE``, else
@@ -38,7 +39,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["native_kernels", "available", "pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad",
-           "hermitian", "spectral_grad"]
+           "hermitian", "spectral_grad", "niff_nets_forward", "niff_nets_backward"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -72,7 +73,7 @@ def _compile(compiler: str, target: Path) -> None:
     for flags in _FLAGS:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+        cmd = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, target)
@@ -90,6 +91,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "mirror_product": [p, p, p, p, i64, i64, i64, i64, p, i32],
         "mirror_grad": [p, p, p, p, p, p, p, i64, i64, i64, i64, p, i32],
         "spectral_grad": [p, p, p, p, i64, i64, i64, i32, i32, i32],
+        "niff_nets_forward": [i64, p, i64, p, p, p, p, p, i32],
+        "niff_nets_backward": [i64, p, i64, p, p, p, p, p, p, p, i32],
     }
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         for name, argtypes in {**signatures, "hermitian": [p, i64, p, real, i32, i32]}.items():
@@ -287,4 +290,40 @@ def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor 
     batch, channels = q.shape[:2]
     _kernel("spectral_grad", q)(_pointer(spec), q.data_ptr(), _pointer(w), _pointer(acc), batch, channels,
                                 q[0, 0].numel(), int(conj_q), int(conj_w), torch.get_num_threads())
+    return True
+
+
+def _nets_args(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, *tensors: Tensor) -> bool:
+    """Whether the NIFF net kernels take these: contiguous, one real dtype, ``mirror`` int64 on the CPU."""
+    points = coords.shape[1] if coords.dim() == 2 else -1
+    return (available(coords, params, *tensors) and coords.dtype in _SUFFIX and mirror.dtype == torch.int64
+            and _eager(mirror) and all(t.is_contiguous() for t in (coords, mirror, params, *tensors))
+            and coords.shape == (widths[0], points) and mirror.shape == (points,))
+
+
+def niff_nets_forward(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, kept: Tensor,
+                      out: Tensor) -> bool:
+    """NIFF's two nets on ``coords`` ``(ndim, points)`` (:mod:`largekernel.nn._frequency_op`): ``widths`` ``(ndim,
+    *hidden, filters)``, ``params`` flat in the layers' order; writes ``kept`` (what the backward reads) and ``out``
+    ``(filters, 2 * points)``, if the native kernel can; returns whether it ran."""
+    if not _nets_args(widths, coords, mirror, params, kept, out):
+        return False
+    layers = len(widths) - 2
+    _kernel("niff_nets_forward", coords)(layers, (ctypes.c_int64 * len(widths))(*widths), coords.shape[1],
+                                         params.data_ptr(), coords.data_ptr(), mirror.data_ptr(), kept.data_ptr(),
+                                         out.data_ptr(), torch.get_num_threads())
+    return True
+
+
+def niff_nets_backward(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, kept: Tensor,
+                       grad: Tensor, dparams: Tensor) -> bool:
+    """The parameters' gradient of :func:`niff_nets_forward` for ``grad`` ``(filters, 2 * points)`` into ``dparams``
+    (``params``' layout), if the native kernel can; returns whether it ran."""
+    if not _nets_args(widths, coords, mirror, params, kept, grad, dparams):
+        return False
+    work = coords.new_empty(6 * max(widths[:-1]) * coords.shape[1])
+    _kernel("niff_nets_backward", coords)(len(widths) - 2, (ctypes.c_int64 * len(widths))(*widths), coords.shape[1],
+                                          params.data_ptr(), coords.data_ptr(), mirror.data_ptr(), kept.data_ptr(),
+                                          grad.data_ptr(), dparams.data_ptr(), work.data_ptr(),
+                                          torch.get_num_threads())
     return True

@@ -40,6 +40,7 @@ from largekernel.functional._args import ConvArgumentError, conv_memory_format, 
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
+from largekernel.nn import _frequency_op as frequency_op
 from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
 from largekernel.nn.conv import _baked_conv, size_checked
 from largekernel.nn._cache import KeptMap, reuse_without_autograd
@@ -288,7 +289,12 @@ class _NIFFConvNd(KernelConvNd):
         return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
 
     def _filter_by_columns(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """The fast path of :meth:`_compute_filter`: ``(filters, 2 * points)``, re/im interleaved."""
+        """The fast path of :meth:`_compute_filter`: ``(filters, 2 * points)``, re/im interleaved. While
+        ``torch.compile`` records, the nets run as one opaque operator (:mod:`largekernel.nn._frequency_op`) where
+        it applies, otherwise as a compile region."""
+        if frequency_op.applies(self.mlp_real, self.mlp_imag, self.mlp_real[0].weight):
+            return frequency_op.run(*self._coordinates(grid, device, dtype),
+                                    frequency_op.tensors(self.mlp_real, self.mlp_imag))
         if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
