@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largekernel.functional import _native as native
-from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
+from largekernel.functional._args import own_nodes
+from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, tracing, transformed
 
-__all__ = ["applies", "tensors", "run"]
+__all__ = ["applies", "tensors", "run", "eager"]
 
 # Multiply-adds of the forward up to which the native kernels run (plain loops: torch's GEMMs win on larger nets).
 NATIVE_MAX_WORK = 2**22
@@ -93,17 +94,23 @@ def _forward(coords: Tensor, mirror: Tensor, params: list[Tensor]) -> list[Tenso
         kept = flat.new_empty(_kept_size(widths, points))
         if native.niff_nets_forward(widths, coords.contiguous(), mirror.contiguous(), flat, kept, out):
             return [out, kept]
+    out, kept = _torch_forward(coords, mirror, params)
+    return [out, torch.cat([k.reshape(-1) for k in kept])]
+
+
+def _torch_forward(coords: Tensor, mirror: Tensor, params: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """:func:`_forward` as torch operations (differentiable): the filter and the pieces of what it keeps."""
     h, kept = coords.unsqueeze(0).expand(2, -1, -1), []  # (2, ndim, points)
     for i in range(0, len(params) - 4, 4):
         w_re, b_re, w_im, b_im = params[i:i + 4]
         z = torch.baddbmm(torch.stack([b_re, b_im]).unsqueeze(-1), torch.stack([w_re, w_im]), h)  # (2, out, points)
         h = F.silu(z)
-        kept += [z.reshape(-1), h.reshape(-1)]
+        kept += [z, h]
     even, odd = _symmetrised(h, mirror)
     w_re, b_re, w_im, b_im = params[-4:]
     zero = 0.5 * (b_im - b_im)  # the imaginary bias cancels; kept with its (zero) gradient, as the traced layer
     out = torch.stack([torch.addmm(b_re.unsqueeze(1), w_re, even), torch.addmm(zero.unsqueeze(1), w_im, odd)], -1)
-    return [out.view(out.shape[0], -1), torch.cat([*kept, even.reshape(-1), odd.reshape(-1)])]
+    return out.view(out.shape[0], -1), [*kept, even, odd]
 
 
 def _backward(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor], kept: Tensor) -> Tensor:
@@ -169,6 +176,45 @@ if OPAQUE:
 
     _forward_op.register_autograd(_backward_formula, setup_context=_setup_context)
     _FORWARD_OP, _BACKWARD_OP = library_op("niff_filter"), library_op("niff_filter_backward")
+
+
+class _NativeNets(torch.autograd.Function):
+    """:func:`_forward` with :func:`_backward` as its backward, in eager mode (:func:`eager`). With a graph of the
+    backward asked for (``create_graph=True``) or batched gradients (``is_grads_batched=True``), the gradients come
+    from :func:`_torch_forward`, differentiated by autograd."""
+
+    @staticmethod
+    def forward(ctx, coords: Tensor, mirror: Tensor, *params: Tensor) -> Tensor:
+        out, kept = _forward(coords, mirror, list(params))
+        ctx.save_for_backward(coords, mirror, kept, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        coords, mirror, kept, *params = ctx.saved_tensors
+        if torch.is_grad_enabled() or batched(grad):
+            with torch.enable_grad():
+                params = own_nodes(*params)
+                out, _ = _torch_forward(coords, mirror, params)
+                grads = torch.autograd.grad(out, params, grad, create_graph=True)
+        else:
+            flat = _backward(grad, coords, mirror, params, kept)
+            grads = [g.view(p.shape) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        return None, None, *grads
+
+
+def eager(real: nn.Sequential, imag: nn.Sequential, coords: Tensor, mirror: Tensor) -> Tensor | None:
+    """``W_sym`` ``(filters, 2 * points)`` computed by the native kernels in eager mode, where they run: CPU float32
+    or float64 tensors, nets as :func:`applies` takes them and small enough (``NATIVE_MAX_WORK``), not while a graph
+    is recorded, not under torch.func's transforms, forward-mode AD, a dispatch mode or ``torch.autocast``
+    (whose casts the kernels would not make); None elsewhere (the caller then runs torch operations)."""
+    params = tensors(real, imag)
+    if (tracing() or transformed(coords, *params) or torch.is_autocast_enabled("cpu") or not _plain(real)
+            or not _plain(imag) or len(real) != len(imag)
+            or not native.available(coords, *(p.detach() for p in params))  # (a Parameter counts as a Tensor)
+            or not _native_pays(_widths(coords, params), coords.shape[1])):
+        return None
+    return _NativeNets.apply(coords, mirror, *params)
 
 
 def run(coords: Tensor, mirror: Tensor, params: list[Tensor]) -> Tensor:

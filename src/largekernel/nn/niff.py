@@ -289,12 +289,18 @@ class _NIFFConvNd(KernelConvNd):
         return out.view(self.filters, *grid, 2)  # (filters, *grid, 2): the complex filter's memory
 
     def _filter_by_columns(self, grid: tuple[int, ...], device, dtype) -> Tensor:
-        """The fast path of :meth:`_compute_filter`: ``(filters, 2 * points)``, re/im interleaved. While
-        ``torch.compile`` records, the nets run as one opaque operator (:mod:`largekernel.nn._frequency_op`) where
-        it applies, otherwise as a compile region."""
+        """The fast path of :meth:`_compute_filter`: ``(filters, 2 * points)``, re/im interleaved. The nets run as
+        the library's native kernels where they can (:mod:`largekernel.nn._frequency_op`): in eager mode on the CPU,
+        and while ``torch.compile`` records as one opaque operator (which also runs torch operations where the
+        kernels cannot); otherwise as the torch operations below (a compile region while torch.compile records)."""
         if frequency_op.applies(self.mlp_real, self.mlp_imag, self.mlp_real[0].weight):
             return frequency_op.run(*self._coordinates(grid, device, dtype),
                                     frequency_op.tensors(self.mlp_real, self.mlp_imag))
+        if not tracing():
+            coords, mirror = self._coordinates(grid, device, dtype)
+            out = frequency_op.eager(self.mlp_real, self.mlp_imag, coords, mirror)
+            if out is not None:
+                return out
         if region_applies():
             # One nested compile region: compiled once for all the layers that share a grid and hidden widths,
             # whatever their filters (the output layers below differ).
