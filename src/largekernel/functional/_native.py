@@ -293,12 +293,21 @@ def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor 
     return True
 
 
-def _nets_args(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, *tensors: Tensor) -> bool:
-    """Whether the NIFF net kernels take these: contiguous, one real dtype, ``mirror`` int64 on the CPU."""
-    points = coords.shape[1] if coords.dim() == 2 else -1
-    return (available(coords, params, *tensors) and coords.dtype in _SUFFIX and mirror.dtype == torch.int64
-            and _eager(mirror) and all(t.is_contiguous() for t in (coords, mirror, params, *tensors))
-            and coords.shape == (widths[0], points) and mirror.shape == (points,))
+def _nets_args(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, kept: Tensor, filt: Tensor,
+               dparams: Tensor | None = None) -> bool:
+    """Whether the NIFF net kernels take these: contiguous, one real dtype, ``mirror`` int64 on the CPU, and every
+    size what ``widths`` says (the kernels trust them, and then never read or write outside these tensors):
+    ``filt`` (the filter or its gradient) ``(filters, 2 * points)``, ``dparams`` as ``params``."""
+    if coords.dim() != 2 or len(widths) < 2:
+        return False
+    points = coords.shape[1]
+    n_params = 2 * sum(o * i + o for i, o in zip(widths[:-1], widths[1:]))
+    n_kept = 4 * points * sum(widths[1:-1]) + 2 * widths[-2] * points
+    tensors = [t for t in (coords, params, kept, filt, dparams) if t is not None]
+    return (available(*tensors) and coords.dtype in _SUFFIX and mirror.dtype == torch.int64 and _eager(mirror)
+            and all(t.is_contiguous() for t in (mirror, *tensors)) and coords.shape == (widths[0], points)
+            and mirror.shape == (points,) and params.numel() == n_params and kept.numel() == n_kept
+            and filt.shape == (widths[-1], 2 * points) and (dparams is None or dparams.numel() == n_params))
 
 
 def niff_nets_forward(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, kept: Tensor,
