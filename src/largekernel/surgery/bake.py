@@ -86,21 +86,27 @@ def bake(model: nn.Module, input_size: Sequence[int] | None = None, *, native: b
         names = sorted({name for _, _, name, m in layers if m.input_dependent})
         raise ConvArgumentError(f"bake() needs input_size for layers whose kernel depends on the input size: {names}")
     sizes = _layer_input_sizes(model, sized, input_size) if sized else {}
-    done: dict[int, nn.Module] = {}
-    for parent, attr, name, layer in layers:
-        if id(layer) not in done:
-            if layer.input_dependent and id(layer) not in sizes:
-                raise ConvArgumentError(f"layer {name!r} was not called by model.forward on an input of size "
-                                        f"{tuple(input_size)}; cannot infer its input size")
-            done[id(layer)] = layer.bake(sizes.get(id(layer)), native=native).train(layer.training)
-        setattr(parent, attr, done[id(layer)])
+
+    def baked(name: str, layer: KernelConvNd) -> nn.Module:
+        if layer.input_dependent and id(layer) not in sizes:
+            raise ConvArgumentError(f"layer {name!r} was not called by model.forward on an input of size "
+                                    f"{tuple(input_size)}; cannot infer its input size")
+        return layer.bake(sizes.get(id(layer)), native=native).train(layer.training)
+
+    _replace(layers, baked)
     if native:  # the model's largekernel.nn.Conv{n}d too (convert(..., "conv" | "fft" | "dilated") put them there)
-        natives: dict[int, nn.Module] = {}
-        for parent, attr, _, conv in _outermost(model, lambda m: type(m) in _LIBRARY_CONVS):
-            if id(conv) not in natives:  # once per module shared by several parents
-                natives[id(conv)] = _native(conv)
-            setattr(parent, attr, natives[id(conv)])
+        _replace(_outermost(model, lambda m: type(m) in _LIBRARY_CONVS), lambda _, conv: _native(conv))
     return model
+
+
+def _replace(found: list[tuple[nn.Module, str, str, nn.Module]], make: Callable[[str, nn.Module], nn.Module]) -> None:
+    """Each module of ``found`` (:func:`_outermost`) replaced in its parent by ``make(name, module)``, made once
+    for a module that several parents share."""
+    done: dict[int, nn.Module] = {}
+    for parent, attr, name, module in found:
+        if id(module) not in done:
+            done[id(module)] = make(name, module)
+        setattr(parent, attr, done[id(module)])
 
 
 def _native(conv: nn.Module) -> nn.Module:
