@@ -284,6 +284,81 @@ def test_a_compiled_cropping_layer_equals_eager_bit_for_bit(name, channels_last)
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
+# A cropping layer under that size is traced with its whole grid (zero outside the crop); where the whole grid's
+# convolution is large, one operator crops the kernel and convolves eagerly, so that the compiled step convolves
+# with the crop as eager does (docs/deploy.md): no convolution of the whole grid in the graphs handed to the
+# compiler (nor a spectral product: the FFT path's operator), output and gradients eager's and torch's conv's.
+TRACED_CROPPING = {
+    "2d-depthwise": (lambda: FlexConv2d(16, 16, 31, groups=16, mask_init=0.15), (4, 16, 32, 32), "inductor"),
+    "1d-causal": (lambda: FlexConv1d(8, 8, 255, causal=True, groups=8, mask_init=0.05), (2, 8, 4096),
+                  "aot_eager"),
+    "2d-padding-stride": (lambda: FlexConv2d(12, 12, 31, padding=2, stride=2, groups=12, mask_init=0.2),
+                          (4, 12, 32, 31), "aot_eager"),
+    "2d-separable": (lambda: FlexConv2d(16, 24, 31, separable=True, mask_init=0.2), (2, 16, 32, 32),
+                     "aot_eager"),
+    "3d-dense": (lambda: FlexConv3d(4, 6, 9, mask_init=0.2), (2, 4, 16, 16, 16), "aot_eager"),
+    "unbatched": (lambda: FlexConv2d(12, 12, 31, groups=12, mask_init=0.2), (12, 40, 40), "aot_eager"),
+}
+
+
+@pytest.mark.parametrize("name,channels_last", [(n, False) for n in TRACED_CROPPING] + [("2d-separable", True)])
+def test_a_compiled_cropping_layer_traced_whole_convolves_with_the_crop(name, channels_last):
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.compile_fx import compile_fx
+
+    make, shape, backend = TRACED_CROPPING[name]
+    torch.manual_seed(0)
+    layer = make()
+    grid = layer.kernel_size
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert all(c < g for c, g in zip(layer.effective_kernel_size(), grid))  # the crop is in effect
+    whole = []  # (operator, kernel shape) of the convolutions of the whole grid the compiler is handed
+
+    def inspect(graph_module):
+        for node in graph_module.graph.nodes:
+            target = str(node.target)
+            if node.op == "call_function" and "spectral_product" in target:
+                whole.append(target)
+            if node.op == "call_function" and "convolution" in target:
+                weight = node.args[1].meta["val"].shape
+                if tuple(weight[2:]) == grid:
+                    whole.append((target, tuple(weight)))
+
+    def record(graph_module, example_inputs):
+        inspect(graph_module)
+        return make_boxed_func(graph_module.forward)
+
+    def record_inductor(graph_module, example_inputs):
+        inspect(graph_module)
+        return compile_fx(graph_module, example_inputs)
+
+    params = [x, *layer.parameters()]
+    torch.compiler.reset()
+    compiler = aot_autograd(fw_compiler=record, bw_compiler=record) if backend == "aot_eager" else record_inductor
+    compiled = torch.compile(layer, backend=compiler, fullgraph=True)
+    for _ in range(2):
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), params)
+    assert not whole, whole
+    expected = layer(x)
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    for got, want in zip((out, *grads), (expected, *expected_grads), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    assert out.stride() == expected.stride() and grads[0].stride() == expected_grads[0].stride()
+    with torch.no_grad():
+        kernel = layer.construct_kernel()  # cropped
+        if layer.padding != "same":  # explicit padding is the whole grid's: the crop centred in zeros
+            kernel = F.pad(kernel, [p for g, k in zip(reversed(grid), reversed(kernel.shape[2:]))
+                                    for p in ((g - k) // 2,) * 2])
+        batched = x if x.dim() == len(grid) + 2 else x.unsqueeze(0)
+        reference = _reference(layer, batched, kernel).reshape(expected.shape)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_compiled_cropping_layer_retain_graph_and_two_layers_one_code():
     # A second backward through the same graph (retain_graph) runs the forward again: the same gradients. Two
     # layers through one compiled function each get their own result (the code is guarded per layer). Inference

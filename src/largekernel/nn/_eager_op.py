@@ -8,7 +8,9 @@ shrink with the crop. Under ``torch.compile`` (not ``torch.export``, whose progr
 hold torch operations only) such a layer is called instead as the operator
 ``largekernel::eager_layer`` (its name tagged with the library's source,
 :func:`~largekernel.functional._tracing.op_name`), which runs the layer's own eager
-forward, cropping included.
+forward, cropping included. The operator can run another method of the layer instead, on
+tensors of the graph (:func:`run_method`): a FlexConv traced with its whole grid applies its
+kernel through ``_convolve_cropped``, which crops the traced kernel and convolves eagerly.
 
 The backward does not recompute that forward. The operator records the eager autograd graph
 of its call (with autograd switched back on inside it: an operator runs below autograd) and
@@ -94,12 +96,15 @@ def _same(a: Tensor, b: Tensor) -> bool:
                       and a.dtype == b.dtype and a.device == b.device)
 
 
-def _call(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
-    """The layer's eager forward on ``tensors`` (its parameters and buffers as the graph passes them); with
-    ``needs`` (input, then each tensor) recorded for autograd. Returns the output and the leaves to
-    differentiate."""
-    names, own = _tensors(layer)
+def _call(layer: nn.Module, method: str, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
+    """The layer's eager forward on ``tensors`` (its parameters and buffers as the graph passes them), or its
+    ``method`` called as ``method(input, *tensors)`` (tensors of the graph); with ``needs`` (input, then each
+    tensor) recorded for autograd. Returns the output and the leaves to differentiate."""
     x = input.detach().requires_grad_(needs[0])
+    if method != "forward":
+        leaves = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs[1:])]
+        return getattr(layer, method)(x, *leaves), [t for t, n in zip((x, *leaves), needs) if n]
+    names, own = _tensors(layer)
     if all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
         # The layer's own tensors (what a compiled model passes): called as it is, differentiated for them
         return layer(x), [t for t, n in zip((x, *own), needs) if n]
@@ -114,9 +119,9 @@ def _autograd_on():
     return torch._C._ForceDispatchKeyGuard(include, exclude.remove(torch._C.DispatchKey.AutogradFunctionality))
 
 
-def _recorded(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
+def _recorded(layer: nn.Module, method: str, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
     with _autograd_on(), torch.enable_grad():
-        return _call(layer, input, tensors, needs)
+        return _call(layer, method, input, tensors, needs)
 
 
 class _Input:
@@ -148,7 +153,8 @@ def _hooks_enabled() -> bool:
     return True if enabled is None else enabled()
 
 
-def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], needs: Sequence[bool]):
+def _recorded_apart(layer: nn.Module, method: str, input: Tensor, tensors: Sequence[Tensor],
+                    needs: Sequence[bool]):
     """:func:`_recorded`, with the recorded graph kept apart from the memory the compiled graph owns, which it
     may reuse once the operator has run: where the recorded graph saves the input, it saves an :class:`_Input`
     in its place; what it saves of the input's memory otherwise (a view of it) is a copy. Also returns that
@@ -158,7 +164,7 @@ def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], 
     ``torch.func.vmap`` does), none can be set: the graph is recorded on a copy of the input instead, and the
     output is copied, the :class:`_Input` then None."""
     if not _hooks_enabled():
-        out, leaves = _recorded(layer, input.detach().clone(), tensors, needs)
+        out, leaves = _recorded(layer, method, input.detach().clone(), tensors, needs)
         return out, leaves, None, True
     ours, given = input.untyped_storage().data_ptr(), _Input(input)
     saved: set[int] = set()
@@ -183,7 +189,7 @@ def _recorded_apart(layer: nn.Module, input: Tensor, tensors: Sequence[Tensor], 
         return t if outer_unpack is None else outer_unpack(t)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        out, leaves = _recorded(layer, input, tensors, needs)
+        out, leaves = _recorded(layer, method, input, tensors, needs)
     return out, leaves, given, out.untyped_storage().data_ptr() in saved
 
 
@@ -197,15 +203,15 @@ def _layer(key: int) -> nn.Module:
 
 if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer"), mutates_args=())
-    def _forward(input: Tensor, tensors: list[Tensor], key: int, needs: list[bool],
+    def _forward(input: Tensor, tensors: list[Tensor], key: int, method: str, needs: list[bool],
                  shape: list[int]) -> tuple[Tensor, Tensor]:
         layer = _layer(key)
         layout = conv_memory_format(input)
         if not any(needs):
             with torch.no_grad():
-                out, _ = _call(layer, input, tensors, needs)
+                out, _ = _call(layer, method, input, tensors, needs)
             return out.contiguous(memory_format=layout), torch.zeros((), dtype=torch.int64)
-        out, leaves, given, saves_out = _recorded_apart(layer, input, tensors, needs)
+        out, leaves, given, saves_out = _recorded_apart(layer, method, input, tensors, needs)
         ticket = next(_TICKETS)
         _GRAPHS[ticket] = (out, leaves, given)
         held = torch.full((), ticket, dtype=torch.int64)
@@ -214,18 +220,18 @@ if OPAQUE:
         return (out.clone(memory_format=layout) if saves_out else out.contiguous(memory_format=layout)), held
 
     @_forward.register_fake
-    def _(input, tensors, key, needs, shape):
+    def _(input, tensors, key, method, needs, shape):
         out = input.new_empty(shape).contiguous(memory_format=conv_memory_format(input))
         return out, input.new_empty((), dtype=torch.int64, device="cpu")
 
     @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
-    def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int,
+    def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
                   needs: list[bool]) -> list[Tensor]:
         recorded = _GRAPHS.get(int(ticket))
         if recorded is None:
             # Used already (a second backward, retain_graph=True), or freed with the forward's ticket where the
             # caller's saved-tensor hooks saved a copy of it: the forward again
-            out, leaves = _recorded(_layer(key), input, tensors, needs)
+            out, leaves = _recorded(_layer(key), method, input, tensors, needs)
         else:
             _GRAPHS[int(ticket)] = None
             out, leaves, given = recorded
@@ -247,24 +253,24 @@ if OPAQUE:
         return fresh
 
     @_backward.register_fake
-    def _(grad, input, ticket, tensors, key, needs):
+    def _(grad, input, ticket, tensors, key, method, needs):
         dense = input.new_empty(input.shape).contiguous(memory_format=conv_memory_format(input))
         return [torch.empty_like(t) for t, n in zip((dense, *tensors), needs) if n]
 
     def _setup_context(ctx, inputs, output):
-        input, tensors, key, needs, _ = inputs
-        ctx.key, ctx.needs = key, needs
+        input, tensors, key, method, needs, _ = inputs
+        ctx.key, ctx.method, ctx.needs = key, method, needs
         ctx.save_for_backward(input, output[1], *tensors)
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
 
     def _backward_formula(ctx, grad, _):
         if grad is None or not any(ctx.needs):
-            return None, [None] * (len(ctx.needs) - 1), None, None, None
+            return None, [None] * (len(ctx.needs) - 1), None, None, None, None
         input, ticket, *tensors = ctx.saved_tensors
-        grads = iter(_BACKWARD_OP(grad, input, ticket, tensors, ctx.key, ctx.needs))
+        grads = iter(_BACKWARD_OP(grad, input, ticket, tensors, ctx.key, ctx.method, ctx.needs))
         input_grad = next(grads) if ctx.needs[0] else None
-        return input_grad, [next(grads) if n else None for n in ctx.needs[1:]], None, None, None
+        return input_grad, [next(grads) if n else None for n in ctx.needs[1:]], None, None, None, None
 
     _forward.register_autograd(_backward_formula, setup_context=_setup_context)
     _FORWARD_OP, _BACKWARD_OP = library_op("eager_layer"), library_op("eager_layer_backward")
@@ -275,6 +281,13 @@ def run(layer: nn.Module, input: Tensor, shape: Sequence[int]) -> Tensor:
     output of ``shape``: given, since the layer's state may still be set by the graph being recorded (a lazy
     layer's first call), after the operator's shape is asked for."""
     _, tensors = _tensors(layer)
+    return run_method(layer, "forward", input, tensors, shape)
+
+
+def run_method(layer: nn.Module, method: str, input: Tensor, tensors: Sequence[Tensor],
+               shape: Sequence[int]) -> Tensor:
+    """``layer.<method>(input, *tensors)`` (``"forward"``: ``layer(input)``, ``tensors`` its own) as the operator
+    ``largekernel::eager_layer``, its output of ``shape``."""
     grad = torch.is_grad_enabled()
     needs = [grad and input.requires_grad] + [grad and t.requires_grad for t in tensors]
-    return _FORWARD_OP(input, tensors, layer._eager_key, needs, list(shape))[0]
+    return _FORWARD_OP(input, list(tensors), layer._eager_key, method, needs, list(shape))[0]

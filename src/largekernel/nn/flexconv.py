@@ -57,6 +57,14 @@ _REFERENCE_MASK_INIT = 0.075
 # 2-D 63x63 grid x 16 channels 1.17 against 2.00; 1-D 1023 x 32, 1.33 against 1.11; 2-D 17x17 x 32, 1.30
 # against 1.02; a converted ConvNeXt-atto (7x7 grids) 1.22 against 0.74.
 _EAGER_MIN_VOLUME = 2**15
+# Under torch.compile a cropping layer traced with its whole grid (below _EAGER_MIN_VOLUME) applies its kernel, zero
+# outside the crop, through one operator that crops it first (_FlexConvNd._convolve) where the whole grid's
+# convolution costs at least this many multiply-adds (input positions x kernel values), so that the convolution
+# costs the crop, as in eager; below it the whole grid costs less than the operator's call. Training steps,
+# compiled/eager with the operator against without (docs/deploy.md): 2-D 31x31 grid, 32 channels depthwise,
+# batch 8, 32x32 (2.5e8) 1.20 against 1.78; six 17x17 layers (7.6e7) 0.99 against 1.16; a converted
+# ConvNeXt-atto at 64x64, batch 2 (7x7 grids, at most 1e6) 0.86 against 0.72.
+_CROP_OP_MIN_WORK = 2**23
 # Added to the mask's squared width (and floor of its width) so a collapsed mask stays finite.
 _EPS = 1e-12
 # Parameter dtypes whose layers sample their kernel in float32 (_ContinuousConvNd._sample).
@@ -460,12 +468,13 @@ class _ContinuousConvNd(KernelConvNd):
         """Values the kernel net gives per grid sample: one depthwise kernel per input channel if separable."""
         return self.in_channels if self.separable else self.out_channels * (self.in_channels // self.groups)
 
-    def _compiled_output_shape(self, input: Tensor) -> tuple[int, ...]:
-        """The output's shape for ``input``, from the whole grid (cropping does not change it)."""
+    def _compiled_output_shape(self, input: Tensor, channels: int | None = None) -> tuple[int, ...]:
+        """The output's shape for ``input`` (with ``channels``, or the layer's output channels), from the whole
+        grid (cropping does not change it)."""
         grid = self._require_kernel_size()
         spatial = tuple((n + lo + hi - g) // s + 1 for n, (lo, hi), g, s
                         in zip(input.shape[-self._nd:], self.kernel_padding(grid), grid, self.stride))
-        return (*input.shape[:-self._nd - 1], self.out_channels, *spatial)
+        return (*input.shape[:-self._nd - 1], self.out_channels if channels is None else channels, *spatial)
 
     def _convolve(self, input: Tensor, kernel: Tensor, bias: Tensor | None, groups: int) -> Tensor:
         """``kernel`` applied with :meth:`kernel_padding`; negative padding crops the input first."""
@@ -564,7 +573,8 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
     """CKConv plus FlexConv's learnable Gaussian mask and dynamic cropping.
 
     Under ``torch.compile`` a cropping layer runs eagerly as one operator (:mod:`largekernel.nn._eager_op`), so
-    that the crop, a value of its mask's parameters, sizes the kernel there too."""
+    that the crop, a value of its mask's parameters, sizes the kernel there too; a smaller one is traced with its
+    whole grid and convolves with the crop through that operator (:meth:`_convolve`)."""
 
     _default_kernel_net = "magnet"
 
@@ -649,7 +659,8 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         (``torch.export``, ONNX), and under torch.func's transforms (``vmap`` over stacked parameters has a crop
         size per member, not one int), the whole grid is sampled instead and :meth:`_mask` zeroes the samples
         outside the crop (:meth:`_crop_window`): the same output and gradients, at the cost of applying the whole
-        grid.
+        grid. (A smaller layer under ``torch.compile`` is traced that way too, its convolution cropped by an
+        operator where it is large: :meth:`_convolve`.)
         """
         if not self._cropping():
             return axes
@@ -674,16 +685,20 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         member its own)."""
         return self.dynamic_cropping and not tracing() and not transformed()
 
+    def _crop_starts(self, axes: list[Tensor]) -> list[Tensor]:
+        """Per dimension, the index of the first sample :meth:`_crop` keeps (float64 0-dim tensors), from tensor
+        operations only (no Python value of the parameters: what a recorded graph can hold)."""
+        roots = self.mask_roots().double()
+        means = self.mask_mean.detach().double()
+        return [_first_kept(means[d], roots[d], x.numel(), self.causal) for d, x in enumerate(axes)]
+
     def _crop_window(self, axes: list[Tensor]) -> Tensor:
         """1 on the samples :meth:`_crop` keeps, 0 elsewhere, over the whole grid ``(*k)``, from tensor operations
         only (no Python value of the parameters: what a recorded graph can hold)."""
-        roots = self.mask_roots().double()
-        means = self.mask_mean.detach().double()
         window = None
-        for d, x in enumerate(axes):
+        for d, (x, start) in enumerate(zip(axes, self._crop_starts(axes))):
             k = x.numel()
             index = torch.arange(k, device=x.device, dtype=torch.float64)
-            start = _first_kept(means[d], roots[d], k, self.causal)
             keep = index >= start if self.causal else (index >= start) & (index <= k - 1 - start)
             w = keep.to(x.dtype).view(*([1] * d), -1, *([1] * (len(axes) - d - 1)))
             window = w if window is None else window * w
@@ -708,6 +723,27 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         if self.dynamic_cropping and not self._cropping():
             mask = mask * self._crop_window(axes)  # the crop as zeros: see _crop
         return mask
+
+    def _convolve(self, input: Tensor, kernel: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+        """Under ``torch.compile`` (a cropping layer traced with its whole grid) the kernel, zero outside the crop,
+        is applied by one operator that crops it first (:meth:`_convolve_cropped`): the convolution costs the
+        crop's size, as in eager, while the kernel net is compiled with the graph. Where the whole grid's
+        convolution is small (``_CROP_OP_MIN_WORK``) it is traced as it is."""
+        if not (self.dynamic_cropping and eager_op.applies(input) and kernel.shape[2:] == self._kernel_size
+                and input.numel() // input.shape[-self._nd - 1] * kernel.numel() >= _CROP_OP_MIN_WORK):
+            return super()._convolve(input, kernel, bias, groups)
+        starts = torch.stack(self._crop_starts(self._axes())).to(torch.int64)
+        tensors = [kernel, starts] + ([] if bias is None else [bias])
+        shape = self._compiled_output_shape(input, kernel.shape[0])  # (the depthwise step of a separable layer: in)
+        return eager_op.run_method(self, "_convolve_cropped", input, tensors, shape)
+
+    def _convolve_cropped(self, input: Tensor, kernel: Tensor, starts: Tensor, bias: Tensor | None = None) -> Tensor:
+        """:meth:`_convolve` of ``kernel`` (the whole grid) cropped from ``starts`` (per dimension, the first
+        sample kept), eagerly (inside ``largekernel::eager_layer``)."""
+        crop = tuple(slice(a, k if self.causal else k - a) for a, k in zip(starts.tolist(), kernel.shape[2:]))
+        # a copy: the recorded graph keeps none of the compiled graph's memory (the operator's inputs)
+        kernel = kernel[(..., *crop)].clone(memory_format=torch.contiguous_format)
+        return super()._convolve(input, kernel, bias, input.shape[-self._nd - 1] // kernel.shape[1])
 
     @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
