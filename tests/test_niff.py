@@ -416,6 +416,33 @@ def test_spectral_pointwise_is_torchs_1x1_convolution_batched_and_unbatched(ndim
         layer(x[0, 0])
 
 
+# (3-D in float32: torch's float64 3-D convolution on the CPU keeps no channels-last layout)
+@pytest.mark.parametrize("ndim,layout,dtype", [(2, torch.channels_last, torch.float64),
+                                               (3, torch.channels_last_3d, torch.float32)])
+def test_spectral_pointwise_keeps_a_channels_last_input_gradients_layout(ndim, layout, dtype):
+    """As torch's 1x1 convolution: a channels-last input gives a channels-last output and input gradient (the
+    gradient came back contiguous), with the same values; and the second derivative is torch's."""
+    torch.manual_seed(0)
+    layer = SpectralPointwise(3, 5, ndim=ndim, dtype=dtype)
+    x = torch.randn(2, 3, *[7, 6, 5][:ndim], dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+
+    def reference(t):
+        return conv(t, layer.weight.view(5, 3, *[1] * ndim), layer.bias)
+
+    out, expected = layer(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    probe = torch.randn_like(expected)
+    grad, = torch.autograd.grad(out, x, probe, create_graph=True)
+    expected_grad, = torch.autograd.grad(expected, x, probe, create_graph=True)
+    torch.testing.assert_close(grad, expected_grad)
+    assert expected_grad.is_contiguous(memory_format=layout) and out.is_contiguous(memory_format=layout)
+    assert grad.is_contiguous(memory_format=layout) and grad.stride() == expected_grad.stride()
+    second, = torch.autograd.grad(grad.square().sum(), layer.weight)
+    expected_second, = torch.autograd.grad(expected_grad.square().sum(), layer.weight)
+    torch.testing.assert_close(second, expected_second)
+
+
 def test_loads_reference_checkpoint_keys():
     """A state dict in the reference's layout (1x1 Conv2d layers mlp_*.layer_mpl{i}) loads and computes its formula."""
     torch.manual_seed(5)
