@@ -416,12 +416,13 @@ def test_spectral_pointwise_is_torchs_1x1_convolution_batched_and_unbatched(ndim
         layer(x[0, 0])
 
 
-# (3-D in float32: torch's float64 3-D convolution on the CPU keeps no channels-last layout)
 @pytest.mark.parametrize("ndim,layout,dtype", [(2, torch.channels_last, torch.float64),
                                                (3, torch.channels_last_3d, torch.float32)])
 def test_spectral_pointwise_keeps_a_channels_last_input_gradients_layout(ndim, layout, dtype):
     """As torch's 1x1 convolution: a channels-last input gives a channels-last output and input gradient (the
-    gradient came back contiguous), with the same values; and the second derivative is torch's."""
+    gradient came back contiguous), with the same values; and the second derivative is torch's. (torch's own 3-D
+    CPU convolution keeps channels_last_3d for float32 on several threads only: in 3-D the layout is checked
+    against the input's, the library's rule for every layer.)"""
     torch.manual_seed(0)
     layer = SpectralPointwise(3, 5, ndim=ndim, dtype=dtype)
     x = torch.randn(2, 3, *[7, 6, 5][:ndim], dtype=dtype).contiguous(memory_format=layout).requires_grad_()
@@ -436,8 +437,9 @@ def test_spectral_pointwise_keeps_a_channels_last_input_gradients_layout(ndim, l
     grad, = torch.autograd.grad(out, x, probe, create_graph=True)
     expected_grad, = torch.autograd.grad(expected, x, probe, create_graph=True)
     torch.testing.assert_close(grad, expected_grad)
-    assert expected_grad.is_contiguous(memory_format=layout) and out.is_contiguous(memory_format=layout)
-    assert grad.is_contiguous(memory_format=layout) and grad.stride() == expected_grad.stride()
+    assert out.is_contiguous(memory_format=layout) and grad.is_contiguous(memory_format=layout)
+    if ndim == 2:
+        assert out.stride() == expected.stride() and grad.stride() == expected_grad.stride()
     second, = torch.autograd.grad(grad.square().sum(), layer.weight)
     expected_second, = torch.autograd.grad(expected_grad.square().sum(), layer.weight)
     torch.testing.assert_close(second, expected_second)
