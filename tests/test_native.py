@@ -85,6 +85,34 @@ def test_results_do_not_depend_on_the_thread_count(threads, packed, channel_bloc
         torch.testing.assert_close(got, one, rtol=1e-13, atol=1e-13, msg=lambda m: f"{name} at {threads} threads: {m}")
 
 
+@pytest.mark.parametrize("groups, channels", [(1, 12), (2, 24)])
+def test_contracting_products_match_torch_at_any_thread_count(groups, channels):
+    """The contracting products (several input channels per group: the kernel's and the activations' spectra
+    transposed frequency-major, by the native kernel where it runs) give torch's convolution's output and
+    gradients with the kernels on and off, at one and three threads, and a NaN in one sample leaves every other
+    sample's output bit for bit as it was."""
+    previous_threads, previous_native = torch.get_num_threads(), native_kernels()
+    x = torch.randn(4, channels, 15, 13, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(channels, channels // groups, 7, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, channels, 15, 13, dtype=torch.float64)
+    y = F.conv2d(x, w, padding="same", groups=groups)
+    expected = (y, *torch.autograd.grad(y, (x, w), grad))
+    poisoned = x.detach().clone()
+    poisoned[0, :, 3, 4] = float("nan")
+    try:
+        for enabled, threads in ((True, 1), (True, 3), (False, 1)):
+            native_kernels(enabled)
+            torch.set_num_threads(threads)
+            y = fft_conv(x, w, padding="same", groups=groups)
+            got = (y, *torch.autograd.grad(y, (x, w), grad))
+            for name, a, b in zip(("output", "input", "weight"), got, expected):
+                torch.testing.assert_close(a, b, msg=lambda m: f"{name} (native {enabled}, {threads} threads): {m}")
+            assert torch.equal(fft_conv(poisoned, w, padding="same", groups=groups)[1:], y[1:].detach())
+    finally:
+        torch.set_num_threads(previous_threads)
+        native_kernels(previous_native)
+
+
 def test_build_is_cached_and_written_whole(tmp_path):
     assert _build({"LARGEKERNEL_CACHE": str(tmp_path)}).returncode == 0
     built = list(tmp_path.iterdir())

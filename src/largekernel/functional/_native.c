@@ -11,6 +11,8 @@
  *   hermitian       in place, the (scaled, optionally conjugated) Hermitian part (s[k] + conj(s[-k])) / 2;
  *   spectral_grad   (real-FFT paths) the kernel-gradient sum sum_b S[b] * Q[b] and the input-gradient product
  *                   Q *= W in one pass (conjugations as flags).
+ *   transpose       a (rows, cols) complex matrix into (cols, rows), in square tiles that stay in L1 (the
+ *                   contracting products' frequency-major operands; a strided copy is not cache-blocked).
  * And NIFF's two frequency networks (largekernel/nn/_frequency_op.py), small enough on a stage's grid that torch's
  * cost is its number of operations:
  *   niff_nets_forward   both nets' 1x1 layers with SiLU on the grid's coordinates, the last hidden features
@@ -302,6 +304,30 @@ typedef int64_t i64;
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
+
+#define TILE 32 /* complex values per side of a transpose tile */
+
+#define DEFINE_TRANSPOSE(T, S)                                                                                   \
+  void lk_transpose_##S(const T *src, T *dst, i64 rows, i64 cols, int threads) {                                \
+    const i64 tiles_r = (rows + TILE - 1) / TILE, tiles_c = (cols + TILE - 1) / TILE;                           \
+    _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")                               \
+    for (i64 tr = 0; tr < tiles_r; tr++) {                                                                      \
+      for (i64 tc = 0; tc < tiles_c; tc++) {                                                                    \
+        const i64 r0 = tr * TILE, c0 = tc * TILE;                                                               \
+        const i64 r1 = r0 + TILE < rows ? r0 + TILE : rows, c1 = c0 + TILE < cols ? c0 + TILE : cols;           \
+        for (i64 c = c0; c < c1; c++) {                                                                         \
+          T *out = dst + 2 * c * rows;                                                                          \
+          for (i64 r = r0; r < r1; r++) {                                                                       \
+            out[2 * r] = src[2 * (r * cols + c)];                                                               \
+            out[2 * r + 1] = src[2 * (r * cols + c) + 1];                                                       \
+          }                                                                                                     \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }
+
+DEFINE_TRANSPOSE(float, f32)
+DEFINE_TRANSPOSE(double, f64)
 
 /* NIFF's nets. w: L + 2 widths (ndim, hidden_1 .. hidden_L, filters); P points. params: per linear layer (L + 1),
    W_re (out, in), b_re (out), W_im (out, in), b_im (out), row-major, one after another. coords: (ndim, P).

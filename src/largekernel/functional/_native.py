@@ -5,7 +5,8 @@ blocks as on the transforms themselves. Fused here (see ``_native.c``): packing 
 channels into one complex signal and back (with the bias), the product of a channel pair's
 spectrum with its two kernels and its adjoint with the kernel-gradient sums
 (:mod:`largekernel.functional._packed`), the Hermitian part of those sums, and, for the real-FFT paths, the kernel gradient
-together with the input-gradient product. Also NIFF's frequency networks, forward and backward
+together with the input-gradient product; the contracting products' frequency-major transposes (cache-sized square
+tiles). Also NIFF's frequency networks, forward and backward
 (:mod:`largekernel.nn._frequency_op`), where torch's cost is the number of its operations.
 
 The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``;
@@ -39,7 +40,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["native_kernels", "available", "pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad",
-           "hermitian", "spectral_grad", "niff_nets_forward", "niff_nets_backward"]
+           "hermitian", "spectral_grad", "transpose", "niff_nets_forward", "niff_nets_backward"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -91,6 +92,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "mirror_product": [p, p, p, p, i64, i64, i64, i64, p, i32],
         "mirror_grad": [p, p, p, p, p, p, p, i64, i64, i64, i64, p, i32],
         "spectral_grad": [p, p, p, p, i64, i64, i64, i32, i32, i32],
+        "transpose": [p, p, i64, i64, i32],
         "niff_nets_forward": [i64, p, i64, p, p, p, p, p, i32],
         "niff_nets_backward": [i64, p, i64, p, p, p, p, p, p, p, i32],
     }
@@ -200,6 +202,18 @@ def pack_pairs(first: Tensor, second: Tensor, z: Tensor, start: tuple[int, ...])
                              _grid3(start, 0), _grid3(size), first.stride(0), first.stride(1), second.stride(0), second.stride(1),
                              torch.get_num_threads())
     return True
+
+
+def transpose(matrix: Tensor) -> Tensor | None:
+    """``matrix.T``, contiguous, of a contiguous complex ``(rows, cols)`` matrix, if the native kernel can (not
+    where autograd records the call: the result has no history); else None."""
+    if not (matrix.dim() == 2 and matrix.is_complex() and matrix.is_contiguous() and matrix.numel()
+            and not (matrix.requires_grad and torch.is_grad_enabled()) and available(matrix)):
+        return None
+    out = matrix.new_empty(matrix.shape[::-1])
+    _kernel("transpose", matrix)(matrix.data_ptr(), out.data_ptr(), matrix.shape[0], matrix.shape[1],
+                                 torch.get_num_threads())
+    return out
 
 
 def unpack_pairs(z: Tensor, first: Tensor, second: Tensor, start: tuple[int, ...], bias_first: Tensor | None,

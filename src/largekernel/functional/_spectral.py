@@ -34,6 +34,7 @@ from torch import Tensor
 
 from largekernel.functional._args import conv_memory_format, own_nodes
 from largekernel.functional._native import spectral_grad as native_spectral_grad
+from largekernel.functional._native import transpose as native_transpose
 from largekernel.functional._grid import (conjugate, gather_kernel, hermitian_extension, hermitian_part, irfft_keep,
                                           mirror, place_kernel, rfft_placed, spatial_dims, write)
 from largekernel.functional._packed import mirror_grad, mirror_product, pack_pairs, unpack_pairs
@@ -83,12 +84,16 @@ _TILE = 64
 
 
 def _transpose(matrix: Tensor) -> Tensor:
-    """``(R, C) -> (C, R)`` contiguous, copied in row tiles (a plain strided copy is not cache-blocked;
-    this is ~1.3x faster on the spectra here). While a graph is recorded, one transposed copy: the loop would
-    be unrolled into the graph and fix its row count (the batch's multiple) there."""
+    """``(R, C) -> (C, R)`` contiguous: the native kernel's square tiles (:func:`largekernel.functional._native.
+    transpose`), else copied in row tiles (a plain strided copy is not cache-blocked; this is ~1.3x faster on the
+    spectra here). While a graph is recorded, one transposed copy: the loop would be unrolled into the graph and
+    fix its row count (the batch's multiple) there."""
     rows = matrix.shape[0]
     if matrix.device.type != "cpu" or tracing():
         return matrix.T.contiguous()
+    native = native_transpose(matrix)
+    if native is not None:
+        return native
     out = matrix.new_empty(matrix.shape[::-1])
     step = max(_TILE, -(-rows // 256))  # at most 256 copies
     for j in range(0, rows, step):
