@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["native_kernels", "available", "pack_pairs", "unpack_pairs", "mirror_product", "mirror_grad",
-           "hermitian", "spectral_grad", "transpose", "niff_nets_forward", "niff_nets_backward"]
+           "hermitian", "spectral_grad", "transpose", "niff_kept_size", "niff_nets_forward", "niff_nets_backward"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 # Set to False (or LARGEKERNEL_NATIVE=0 in the environment) to run everything as torch operations.
@@ -307,6 +307,12 @@ def spectral_grad(spec: Tensor | None, q: Tensor, w: Tensor | None, acc: Tensor 
     return True
 
 
+def niff_kept_size(widths: list[int], points: int) -> int:
+    """Values the NIFF nets' forward keeps for the backward (:func:`niff_nets_forward`'s ``kept``): per hidden layer
+    its pre-activations and outputs, both nets; then the symmetrised last features."""
+    return 4 * points * sum(widths[1:-1]) + 2 * widths[-2] * points
+
+
 def _nets_args(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor, kept: Tensor, filt: Tensor,
                dparams: Tensor | None = None) -> bool:
     """Whether the NIFF net kernels take these: contiguous, one real dtype, ``mirror`` int64 on the CPU, and every
@@ -316,11 +322,11 @@ def _nets_args(widths: list[int], coords: Tensor, mirror: Tensor, params: Tensor
         return False
     points = coords.shape[1]
     n_params = 2 * sum(o * i + o for i, o in zip(widths[:-1], widths[1:]))
-    n_kept = 4 * points * sum(widths[1:-1]) + 2 * widths[-2] * points
     tensors = [t for t in (coords, params, kept, filt, dparams) if t is not None]
     return (available(*tensors) and coords.dtype in _SUFFIX and mirror.dtype == torch.int64 and _eager(mirror)
             and all(t.is_contiguous() for t in (mirror, *tensors)) and coords.shape == (widths[0], points)
-            and mirror.shape == (points,) and params.numel() == n_params and kept.numel() == n_kept
+            and mirror.shape == (points,) and params.numel() == n_params
+            and kept.numel() == niff_kept_size(widths, points)
             and filt.shape == (widths[-1], 2 * points) and (dparams is None or dparams.numel() == n_params))
 
 

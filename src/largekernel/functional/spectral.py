@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from largekernel.functional._args import ConvArgumentError, autocast_off
+from largekernel.functional._args import ConvArgumentError, autocast_off, conv_memory_format
 from largekernel.functional._grid import spatial_dims
 from largekernel.functional._product import spectral_product
 from largekernel.functional._spectral import pointwise
@@ -81,10 +81,37 @@ def spectral_filter(input: Tensor, filter: Tensor, *, mixing: Tensor | None = No
     return y.to(dtype)
 
 
+class _GradientInFormat(torch.autograd.Function):
+    """The identity, whose backward lays the gradient out in ``memory_format``: torch's convolutions give a
+    channels-last input's gradient channels-last, and the transform's backward gives it contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:
+        ctx.memory_format = memory_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.contiguous(memory_format=ctx.memory_format), None  # differentiable: any order of derivative
+
+
+def _gradient_in_format(x: Tensor) -> Tensor:
+    """``x``, its gradient laid out as ``x`` is (:class:`_GradientInFormat`) where that is channels-last. Not under
+    torch.func's transforms (the Function has no batching rule) nor while an export records (torch operations
+    only): the gradient's values are the same, its layout only is not kept there."""
+    layout = conv_memory_format(x)
+    if layout is torch.contiguous_format or not (x.requires_grad and torch.is_grad_enabled()) or transformed(x) \
+            or (tracing() and not compiling()):
+        return x
+    return _GradientInFormat.apply(x, layout)
+
+
 def to_spectrum(x: Tensor, grid: tuple[int, ...]) -> Tensor:
     """``rfftn`` of ``x`` over its last ``len(grid)`` dims on ``grid`` (zero-filled): ``(..., *grid[:-1],
-    grid[-1] // 2 + 1)`` complex; half precision is transformed in float32."""
+    grid[-1] // 2 + 1)`` complex; half precision is transformed in float32. A channels-last ``x`` gets a
+    channels-last gradient, as from torch's convolutions (:func:`_gradient_in_format`)."""
     refuse_torchscript_onnx("a spectrum (NIFF's output='spectrum' and Spectrum inputs)")
+    x = _gradient_in_format(x)
     if x.dtype in _LOW_PRECISION:
         x = x.float()
     return torch.fft.rfftn(x, s=grid, dim=spatial_dims(len(grid)))

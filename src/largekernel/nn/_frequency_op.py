@@ -72,12 +72,6 @@ def _widths(coords: Tensor, params: Sequence[Tensor]) -> list[int]:
     return [coords.shape[0], *(params[i].shape[0] for i in range(0, len(params), 4))]
 
 
-def _kept_size(widths: list[int], points: int) -> int:
-    """What the forward keeps for the backward: per hidden layer its pre-activations and outputs, both nets; then
-    the symmetrised last features (the native kernels' layout)."""
-    return 4 * points * sum(widths[1:-1]) + 2 * widths[-2] * points
-
-
 def _native_pays(widths: list[int], points: int) -> bool:
     return 2 * points * sum(a * b for a, b in zip(widths[:-1], widths[1:])) <= NATIVE_MAX_WORK
 
@@ -91,13 +85,13 @@ def _symmetrised(h: Tensor, mirror: Tensor) -> tuple[Tensor, Tensor]:
 
 def _forward(coords: Tensor, mirror: Tensor, params: list[Tensor]) -> list[Tensor]:
     """``W_sym`` on the grid, ``(filters, 2 * points)`` (real and imaginary parts interleaved), and what the
-    backward reads (:func:`_kept_size`): ``coords`` ``(ndim, points)``, ``mirror`` the index of ``-k`` for every
-    point, ``params`` as :func:`tensors` gives them."""
+    backward reads (:func:`~largekernel.functional._native.niff_kept_size`): ``coords`` ``(ndim, points)``,
+    ``mirror`` the index of ``-k`` for every point, ``params`` as :func:`tensors` gives them."""
     widths, points = _widths(coords, params), coords.shape[1]
     if _native_pays(widths, points):
         flat = torch.cat([p.reshape(-1) for p in params])
         out = flat.new_empty((widths[-1], 2 * points))
-        kept = flat.new_empty(_kept_size(widths, points))
+        kept = flat.new_empty(native.niff_kept_size(widths, points))
         if native.niff_nets_forward(widths, coords.contiguous(), mirror.contiguous(), flat, kept, out):
             return [out, kept]
     out, kept = _torch_forward(coords, mirror, params)
@@ -160,7 +154,7 @@ if OPAQUE:
     @_forward_op.register_fake
     def _(coords, mirror, params):
         widths, points, like = _widths(coords, params), coords.shape[1], params[0]
-        return [like.new_empty((widths[-1], 2 * points)), like.new_empty(_kept_size(widths, points))]
+        return [like.new_empty((widths[-1], 2 * points)), like.new_empty(native.niff_kept_size(widths, points))]
 
     @torch.library.custom_op(op_name("niff_filter_backward"), mutates_args=())
     def _backward_op(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor], kept: Tensor) -> Tensor:

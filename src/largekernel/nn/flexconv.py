@@ -729,7 +729,7 @@ class _FlexConvNd(EagerInCompile, _ContinuousConvNd):
         is applied by one operator that crops it first (:meth:`_convolve_cropped`): the convolution costs the
         crop's size, as in eager, while the kernel net is compiled with the graph. Where the whole grid's
         convolution is small (``_CROP_OP_MIN_WORK``) it is traced as it is."""
-        if not (self.dynamic_cropping and eager_op.applies(input) and kernel.shape[2:] == self._kernel_size
+        if not (self.dynamic_cropping and eager_op.applies(input)  # (recorded: the kernel is the whole grid)
                 and input.numel() // input.shape[-self._nd - 1] * kernel.numel() >= _CROP_OP_MIN_WORK):
             return super()._convolve(input, kernel, bias, groups)
         starts = torch.stack(self._crop_starts(self._axes())).to(torch.int64)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, conv_memory_format, flat_pads, ntuple
 from largekernel.functional._grid import select
-from largekernel.functional._tracing import compiled_once, compiling, region_applies, tracing, transformed
+from largekernel.functional._tracing import compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn import _frequency_op as frequency_op
 from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
@@ -595,31 +595,6 @@ class NIFFConv3d(_NIFFConvNd):
     _nd = 3
 
 
-class _GradientInFormat(torch.autograd.Function):
-    """The identity, whose backward lays the gradient out in ``memory_format``: torch's convolutions give a
-    channels-last input's gradient channels-last, and the transforms' backward gives it contiguous."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:
-        ctx.memory_format = memory_format
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad.contiguous(memory_format=ctx.memory_format), None  # differentiable: any order of derivative
-
-
-def _gradient_in_format(x: Tensor) -> Tensor:
-    """``x``, its gradient laid out as ``x`` is (:class:`_GradientInFormat`) where that is channels-last. Not under
-    torch.func's transforms (the Function has no batching rule) nor while an export records (torch operations
-    only): the gradient's values are the same, its layout only is not kept there."""
-    layout = conv_memory_format(x)
-    if layout is torch.contiguous_format or not (x.requires_grad and torch.is_grad_enabled()) or transformed(x) \
-            or (tracing() and not compiling()):
-        return x
-    return _GradientInFormat.apply(x, layout)
-
-
 class SpectralPointwise(nn.Module):
     """A 1x1 convolution applied in the frequency domain (the reference's ``FreqConv_1x1_*``).
 
@@ -669,7 +644,7 @@ class SpectralPointwise(nn.Module):
             unbatched = input.dim() == self.ndim + 1  # as torch's 1x1 convolution takes it
             input = input.unsqueeze(0) if unbatched else input
             grid = tuple(input.shape[-self.ndim:])
-            spec = to_spectrum(_gradient_in_format(input), grid)  # (B, C, *half) complex
+            spec = to_spectrum(input, grid)  # (B, C, *half) complex
         if spec.shape[1] != self.in_channels:
             raise ValueError(f"SpectralPointwise expects {self.in_channels} channels, got shape {tuple(spec.shape)}")
         spec = spectral_pointwise(spec, self.weight)  # (B, out, *half)
