@@ -445,6 +445,21 @@ def test_spectral_pointwise_keeps_a_channels_last_input_gradients_layout(ndim, l
     torch.testing.assert_close(second, expected_second)
 
 
+def test_spectrum_output_keeps_a_channels_last_input_gradients_layout():
+    """NIFF with output='spectrum' transforms its real input like SpectralPointwise: a channels-last input gets a
+    channels-last gradient, with the values of the same layer on a contiguous copy of the input."""
+    torch.manual_seed(0)
+    layer = NIFFConv2d(4, 4, output="spectrum", dtype=torch.float64)
+    x = torch.randn(2, 4, 8, 6, dtype=torch.float64)
+    grads = []
+    for t in (x.contiguous(memory_format=torch.channels_last), x.clone()):
+        t.requires_grad_()
+        spectrum = layer(t).data
+        grads.append(torch.autograd.grad(torch.view_as_real(spectrum).square().sum(), t)[0])
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_loads_reference_checkpoint_keys():
     """A state dict in the reference's layout (1x1 Conv2d layers mlp_*.layer_mpl{i}) loads and computes its formula."""
     torch.manual_seed(5)
