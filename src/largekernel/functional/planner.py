@@ -25,7 +25,7 @@ import itertools
 import math
 import operator
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -493,9 +493,35 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     sizes = tuple(input.shape[-nd:])
     if symbolic(sizes):
         options = (*options[:2], False)
-    plan = _plan.__wrapped__(args, batch, cin, cout, tuple(map(size_hint, sizes)), kernel, *call, options,
-                             lengths_for)
+    fields = (args.nd, args.batched, args.stride, args.dilation, args.pads, args.groups, args.padding_mode)
+    values = _recorded_plan(fields, batch, cin, cout, tuple(map(size_hint, sizes)), kernel, *call, options,
+                            lengths_for)
+    g = _GEOMETRY_FIELD
+    plan = ConvPlan(*values[:g], None if values[g] is None else FFTGeometry(*values[g]), *values[g + 1:])
     return _bind_sizes(plan, args, sizes)
+
+
+_GEOMETRY_FIELD = ConvPlan.__match_args__.index("geometry")
+
+
+@constant_result
+def _recorded_plan(fields: tuple, *key) -> tuple:
+    """:func:`_plan` for a recorded graph, on the :class:`ConvArgs` ``fields``, as the plan's field values (the
+    geometry's as a tuple in its place). Dynamo calls it while tracing and keeps the values as constants (its
+    arguments are the example's Python values) instead of tracing the planner, every value of which it would guard
+    on each call of the compiled code (about 150 guards for one convolution)."""
+    plan = _plan(ConvArgs(*fields), *key)
+    return tuple(tuple(getattr(value, name) for name in FFTGeometry.__match_args__)
+                 if isinstance(value, FFTGeometry) else value
+                 for value in (getattr(plan, name) for name in ConvPlan.__match_args__))
+
+
+def _replaced(obj, **changes):
+    """``dataclasses.replace(obj, **changes)`` for the planner's frozen dataclasses, whose fields are all
+    ``__init__``'s, in ``__match_args__``'s order. ``torch.compile`` traces the planner: ``dataclasses.replace``
+    reads every field's metadata there, each read a guard checked on every call of the compiled code (about 160
+    for one convolution, 38 of them in Python); this reads the field names only."""
+    return type(obj)(*[changes[name] if name in changes else getattr(obj, name) for name in type(obj).__match_args__])
 
 
 def _bind_sizes(plan: ConvPlan, args: ConvArgs, sizes: tuple) -> ConvPlan:
@@ -518,8 +544,8 @@ def _bind_sizes(plan: ConvPlan, args: ConvArgs, sizes: tuple) -> ConvPlan:
             # (unreachable for the example the grid was made for; for a symbolic size, the test is the guard)
             raise AssertionError(f"input size {n} does not fit the FFT grid {length} planned for it")
     out = args.output_size(sizes, plan.kernel)
-    geometry = replace(plan.geometry, size=fft_size, out=tuple(out))
-    return replace(plan, size=tuple(sizes), out=tuple(out), geometry=geometry)
+    geometry = _replaced(plan.geometry, size=fft_size, out=tuple(out))
+    return _replaced(plan, size=tuple(sizes), out=tuple(out), geometry=geometry)
 
 
 @lru_cache(maxsize=8192)
@@ -588,5 +614,5 @@ def plan_filter(batch: int, channels: int, filters: int, grid, size, out_start, 
     geometry = _geometry(tuple(grid), tuple(size), tuple(out_size), (1,) * len(grid), None, (1,) * len(grid),
                          (0,) * len(grid), size_hint(batch), channels, filters, channels, device_type, itemsize)
     if mixing:
-        geometry = replace(geometry, packed=False, channel_block=channels)
-    return replace(geometry, out_start=tuple(out_start))
+        geometry = _replaced(geometry, packed=False, channel_block=channels)
+    return _replaced(geometry, out_start=tuple(out_start))
