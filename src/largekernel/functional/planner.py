@@ -509,7 +509,7 @@ def _recorded_plan(fields: tuple, *key) -> tuple:
     """:func:`_plan` for a recorded graph, on the :class:`ConvArgs` ``fields``, as the plan's field values (the
     geometry's as a tuple in its place). Dynamo calls it while tracing and keeps the values as constants (its
     arguments are the example's Python values) instead of tracing the planner, every value of which it would guard
-    on each call of the compiled code (about 150 guards for one convolution)."""
+    on each call of the compiled code (41 of the 233 guards of one compiled FFT ``Conv2d``)."""
     plan = _plan(ConvArgs(*fields), *key)
     return tuple(tuple(getattr(value, name) for name in FFTGeometry.__match_args__)
                  if isinstance(value, FFTGeometry) else value
@@ -519,8 +519,8 @@ def _recorded_plan(fields: tuple, *key) -> tuple:
 def _replaced(obj, **changes):
     """``dataclasses.replace(obj, **changes)`` for the planner's frozen dataclasses, whose fields are all
     ``__init__``'s, in ``__match_args__``'s order. ``torch.compile`` traces the planner: ``dataclasses.replace``
-    reads every field's metadata there, each read a guard checked on every call of the compiled code (about 160
-    for one convolution, 38 of them in Python); this reads the field names only."""
+    reads every field's metadata there, each read a guard checked on every call of the compiled code (75 of the 308
+    guards of one compiled FFT ``Conv2d``, 32 of them in Python); this reads the field names only."""
     return type(obj)(*[changes[name] if name in changes else getattr(obj, name) for name in type(obj).__match_args__])
 
 
