@@ -487,7 +487,7 @@ def make_plan(args: ConvArgs, input: torch.Tensor, weight: torch.Tensor, bias: t
     if not tracing():  # a pure function of the call: its plans are kept (planning costs tens of microseconds)
         return _plan(args, batch, cin, cout, tuple(map(operator.index, input.shape[-nd:])), kernel, *call, options,
                      lengths_for)
-    # A recorded graph plans once (torch.compile traces the planner itself; it would warn that it ignores a cache).
+    # A recorded graph plans once, at the example's sizes (:func:`_recorded_plan`), and binds the plan to its own.
     # Overlap-save segments come in a count that follows the length: none for a symbolic length (torch.export shows
     # it as a SymInt; Dynamo shows ints, and _bind_sizes fixes the length of a segmented plan instead).
     sizes = tuple(input.shape[-nd:])
