@@ -509,7 +509,9 @@ def _recorded_plan(fields: tuple, *key) -> tuple:
     """:func:`_plan` for a recorded graph, on the :class:`ConvArgs` ``fields``, as the plan's field values (the
     geometry's as a tuple in its place). Dynamo calls it while tracing and keeps the values as constants (its
     arguments are the example's Python values) instead of tracing the planner, every value of which it would guard
-    on each call of the compiled code (41 of the 233 guards of one compiled FFT ``Conv2d``)."""
+    on each call of the compiled code (41 of the 233 guards of one compiled FFT ``Conv2d``). Flattened by hand, one
+    level: ``dataclasses.astuple`` deep-copies the values, and a copy of a size ``torch.jit.trace`` records is a
+    constant (a traced SGConv2d then failed its trace check)."""
     plan = _plan(ConvArgs(*fields), *key)
     return tuple(tuple(getattr(value, name) for name in FFTGeometry.__match_args__)
                  if isinstance(value, FFTGeometry) else value
