@@ -51,7 +51,8 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off, own_nodes
-from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, transformed
+from largekernel.functional._tracing import (OPAQUE, batched, compiling, library_op, on_fresh_stack, op_name,
+                                             transformed)
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -413,13 +414,13 @@ def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolatio
 def _scatter_op(weight: Tensor, P: Tensor, box: list[int], interpolation: str) -> list[Tensor]:
     """The kernel, then what its backward reuses instead of computing again: the flat index, and per box dimension
     the taps and their slopes."""
-    kernel, taps, slopes, index = _scatter_parts(weight, P, tuple(box), interpolation, slopes=True)
+    kernel, taps, slopes, index = on_fresh_stack(_scatter_parts, weight, P, tuple(box), interpolation, True)
     return [kernel, index, *taps, *slopes]
 
 
 def _scatter_op_backward(grad: Tensor, weight: Tensor, P: Tensor, index: Tensor, taps: list[Tensor],
                          slopes: list[Tensor], interpolation: str) -> list[Tensor]:
-    return list(_scatter_backward(grad, weight, P, taps, slopes, index, interpolation))
+    return list(on_fresh_stack(_scatter_backward, grad, weight, P, taps, slopes, index, interpolation))
 
 
 def _scatter_setup(ctx, inputs, output) -> None:

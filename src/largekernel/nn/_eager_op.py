@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from largekernel.functional._args import conv_memory_format
-from largekernel.functional._tracing import OPAQUE, compiling, library_op, op_name
+from largekernel.functional._tracing import OPAQUE, compiling, library_op, on_fresh_stack, op_name
 
 __all__ = ["EagerInCompile", "applies", "run"]
 
@@ -205,6 +205,10 @@ if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer"), mutates_args=())
     def _forward(input: Tensor, tensors: list[Tensor], key: int, method: str, needs: list[bool],
                  shape: list[int]) -> tuple[Tensor, Tensor]:
+        return on_fresh_stack(_forward_impl, input, tensors, key, method, needs)
+
+    def _forward_impl(input: Tensor, tensors: list[Tensor], key: int, method: str,
+                      needs: list[bool]) -> tuple[Tensor, Tensor]:
         layer = _layer(key)
         layout = conv_memory_format(input)
         if not any(needs):
@@ -227,6 +231,10 @@ if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
     def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
                   needs: list[bool]) -> list[Tensor]:
+        return on_fresh_stack(_backward_impl, grad, input, ticket, tensors, key, method, needs)
+
+    def _backward_impl(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
+                       needs: list[bool]) -> list[Tensor]:
         recorded = _GRAPHS.get(int(ticket))
         if recorded is None:
             # Used already (a second backward, retain_graph=True), or freed with the forward's ticket where the

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from largekernel.functional import _native as native
 from largekernel.functional._args import own_nodes
-from largekernel.functional._tracing import OPAQUE, batched, compiling, library_op, op_name, tracing, transformed
+from largekernel.functional._tracing import (OPAQUE, batched, compiling, library_op, on_fresh_stack, op_name,
+                                             tracing, transformed)
 
 __all__ = ["applies", "tensors", "run", "eager"]
 
@@ -149,7 +150,7 @@ def _backward(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor]
 if OPAQUE:
     @torch.library.custom_op(op_name("niff_filter"), mutates_args=())
     def _forward_op(coords: Tensor, mirror: Tensor, params: list[Tensor]) -> list[Tensor]:
-        return _forward(coords, mirror, params)
+        return on_fresh_stack(_forward, coords, mirror, params)
 
     @_forward_op.register_fake
     def _(coords, mirror, params):
@@ -158,7 +159,7 @@ if OPAQUE:
 
     @torch.library.custom_op(op_name("niff_filter_backward"), mutates_args=())
     def _backward_op(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor], kept: Tensor) -> Tensor:
-        return _backward(grad, coords, mirror, params, kept)
+        return on_fresh_stack(_backward, grad, coords, mirror, params, kept)
 
     @_backward_op.register_fake
     def _(grad, coords, mirror, params, kept):
