@@ -168,15 +168,16 @@ def _source_tag() -> str:
 # plus 8 KB), so that the frame opens a new chunk, whose room (32 KB or more) holds the call's own frames.
 _FRESH_STACK_SLOTS = 4096
 # What the operators' Python needs at most, measured with sys.setprofile (the spectral product 250 slots, NIFF's
-# nets 390, DCLS's construction 120): a frame of this size that fits where the call is made says the call fits too.
+# nets 390, DCLS's construction 120; FlexConv's eager layer 985, which passes its own): a frame of this size that
+# fits where the call is made says the call fits too.
 _PROBE_SLOTS = 512
 # A frame that fits is pushed in about 0.1 us; one that opens a chunk takes an mmap and an munmap, 5-25 us here.
 _CHUNK_NS = 3000
 
 
-def on_fresh_stack(fn: Callable, *args):
+def on_fresh_stack(fn: Callable, *args, need: int = _PROBE_SLOTS):
     """``fn(*args)``, on a chunk of CPython's frame stack of its own where it would otherwise run at a chunk's edge
-    (CPython 3.11 and later).
+    (CPython 3.11 and later); ``need``: the stack slots (8 bytes) that ``fn``'s Python frames take at most.
 
     CPython keeps a thread's frames in chunks, allocating a chunk (``mmap``) when a call does not fit in the
     current one and freeing it (``munmap``) when that call returns; a loop of calls at that depth allocates and
@@ -185,13 +186,14 @@ def on_fresh_stack(fn: Callable, *args):
     buffer of the graph, and where that left the operators' Python (a few hundred calls each) at a chunk's edge
     it ran at that cost: in the compiled forward of a ConvNeXt-atto converted to NIFF, a pure-Python function
     called inside the spectral product's operator ran 100 times slower than in eager mode, and the model's
-    compiled step was 1.18x eager's (docs/deploy.md). A frame of ``_PROBE_SLOTS`` pushed first tells whether the
+    compiled step was 1.18x eager's (docs/deploy.md). A frame of ``need`` slots pushed first tells whether the
     call fits (pushed in nanoseconds; a new chunk takes microseconds); where it does not, the call is made through
     a frame that reserves ``_FRESH_STACK_SLOTS`` slots (its stack, which CPython does not initialise): it starts a
     chunk of its own once (5-25 us, the same as one crossing) and its calls stay inside it. Always calling through
     that frame cost 23 us a call with torch's threads running, 2-7 % of a converted ConvNeXt-atto's (DCLS) step."""
+    probe = _probe(need)
     start = perf_counter_ns()
-    _probe()
+    probe()
     if perf_counter_ns() - start < _CHUNK_NS:
         return fn(*args)
     return _call_on_fresh_stack(fn, args)
@@ -205,12 +207,16 @@ def _nothing():
     return None
 
 
-if sys.implementation.name == "cpython" and sys.version_info >= (3, 11):
-    _call_on_fresh_stack = types.FunctionType(_call.__code__.replace(co_stacksize=_FRESH_STACK_SLOTS), globals(),
-                                              "_call_on_fresh_stack")
-    _probe = types.FunctionType(_nothing.__code__.replace(co_stacksize=_PROBE_SLOTS), globals(), "_probe")
-else:  # frames on the heap: no chunks
-    _call_on_fresh_stack, _probe = _call, _nothing
+_CHUNKED = sys.implementation.name == "cpython" and sys.version_info >= (3, 11)  # (before: frames on the heap)
+_call_on_fresh_stack = (types.FunctionType(_call.__code__.replace(co_stacksize=_FRESH_STACK_SLOTS), globals(),
+                                           "_call_on_fresh_stack") if _CHUNKED else _call)
+
+
+@lru_cache(maxsize=None)
+def _probe(slots: int) -> Callable[[], None]:
+    """A function that does nothing in a frame of ``slots`` stack slots."""
+    return types.FunctionType(_nothing.__code__.replace(co_stacksize=slots), globals(), "_probe") if _CHUNKED \
+        else _nothing
 
 
 def compiling() -> bool:

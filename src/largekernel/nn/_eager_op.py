@@ -201,11 +201,14 @@ def _layer(key: int) -> nn.Module:
     return layer
 
 
+# CPython stack slots the eager layer's Python takes (985 measured in FlexConv's forward; on_fresh_stack)
+_STACK_NEED = 1536
+
 if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer"), mutates_args=())
     def _forward(input: Tensor, tensors: list[Tensor], key: int, method: str, needs: list[bool],
                  shape: list[int]) -> tuple[Tensor, Tensor]:
-        return on_fresh_stack(_forward_impl, input, tensors, key, method, needs)
+        return on_fresh_stack(_forward_impl, input, tensors, key, method, needs, need=_STACK_NEED)
 
     def _forward_impl(input: Tensor, tensors: list[Tensor], key: int, method: str,
                       needs: list[bool]) -> tuple[Tensor, Tensor]:
@@ -231,7 +234,7 @@ if OPAQUE:
     @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
     def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
                   needs: list[bool]) -> list[Tensor]:
-        return on_fresh_stack(_backward_impl, grad, input, ticket, tensors, key, method, needs)
+        return on_fresh_stack(_backward_impl, grad, input, ticket, tensors, key, method, needs, need=_STACK_NEED)
 
     def _backward_impl(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
                        needs: list[bool]) -> list[Tensor]:
