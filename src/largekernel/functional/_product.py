@@ -36,8 +36,8 @@ from torch import Tensor
 from largekernel.functional._grid import place_kernel, spatial_dims
 from largekernel.functional._spectral import (SpectralProduct, _graph_gradients, product_backward,
                                               product_forward, reference_product)
-from largekernel.functional._tracing import (OPAQUE, compiling, exporting_onnx, library_op, on_fresh_stack,
-                                             op_name, refuse_torchscript_onnx, symbolic, transformed)
+from largekernel.functional._tracing import (OPAQUE, compiling, define_op, exporting_onnx, library_op,
+                                             refuse_torchscript_onnx, symbolic, transformed)
 from largekernel.functional.planner import FFTGeometry
 
 __all__ = ["spectral_product", "real_arithmetic_product"]
@@ -111,7 +111,7 @@ def _eager_dispatch():
 def _forward_impl(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None, geometry: list[int],
                   needs: list[bool]) -> list[Tensor]:
     with _eager_dispatch():
-        out, saved = on_fresh_stack(product_forward, x, kernel, mixing, bias, _decode(geometry), tuple(needs))
+        out, saved = product_forward(x, kernel, mixing, bias, _decode(geometry), tuple(needs))
     inputs = (x, kernel, mixing, bias)
     return [_fresh(t, inputs) for t in (out, *saved)]
 
@@ -119,8 +119,7 @@ def _forward_impl(x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor
 def _backward_impl(grad: Tensor, x: Tensor, kernel: Tensor, mixing: Tensor | None, bias: Tensor | None,
                    saved: list[Tensor], geometry: list[int], needs: list[bool]) -> list[Tensor]:
     with _eager_dispatch():
-        grads = on_fresh_stack(product_backward, grad, x, kernel, mixing, bias, saved, _decode(geometry),
-                               tuple(needs))
+        grads = product_backward(grad, x, kernel, mixing, bias, saved, _decode(geometry), tuple(needs))
     inputs = (grad, x, kernel, mixing, bias, *saved)
     return [_fresh(g, inputs) for g in grads if g is not None]
 
@@ -146,11 +145,10 @@ def _backward(ctx, grads):
 
 
 if OPAQUE:
-    _forward_op = torch.library.custom_op(op_name("spectral_product"), _forward_impl, mutates_args=())
+    _forward_op = define_op("spectral_product", _forward_impl)
     _forward_op.register_fake(_forward_impl)  # the same code on fake tensors gives every shape and stride
     _forward_op.register_autograd(_backward, setup_context=_setup_context)
-    _backward_op = torch.library.custom_op(op_name("spectral_product_backward"), _backward_impl,
-                                           mutates_args=())
+    _backward_op = define_op("spectral_product_backward", _backward_impl)
     _backward_op.register_fake(_backward_impl)
     _FORWARD_OP, _BACKWARD_OP = library_op("spectral_product"), library_op("spectral_product_backward")
 

@@ -13,7 +13,7 @@ import operator
 import re
 import sys
 import types
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Callable
@@ -24,7 +24,7 @@ import torch.autograd.forward_ad as _forward_ad
 __all__ = [
     "tracing", "exporting_onnx", "compiling", "transformed", "batched", "compiled_once", "region_applies", "size_hint",
     "symbolic", "OPAQUE", "op_name", "library_op", "constant_result", "refuse_torchscript_onnx",
-    "TorchScriptOnnxError", "on_fresh_stack",
+    "TorchScriptOnnxError", "on_fresh_stack", "define_op",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
@@ -217,6 +217,22 @@ def _probe(slots: int) -> Callable[[], None]:
     """A function that does nothing in a frame of ``slots`` stack slots."""
     return types.FunctionType(_nothing.__code__.replace(co_stacksize=slots), globals(), "_probe") if _CHUNKED \
         else _nothing
+
+
+def define_op(name: str, fn: Callable, *, need: int = _PROBE_SLOTS):
+    """``fn`` registered as the library's operator :func:`op_name` ``(name)`` with ``torch.library.custom_op``
+    (mutating none of its arguments), its schema inferred from ``fn``'s annotations as ``custom_op`` infers it;
+    returns the operator (``register_fake``, ``register_autograd``). The registered kernel calls ``fn`` through
+    :func:`on_fresh_stack` (``need``: the stack slots that ``fn``'s Python takes at most): inductor's generated
+    code calls every operator of the library, and could leave its Python at the edge of CPython's frame-stack
+    chunk, 100 times slower. ``fn`` given as the fake implementation too runs directly (fake tensors are traced,
+    not timed)."""
+    schema = torch.library.infer_schema(fn, mutates_args=())
+
+    def kernel(*args, **kwargs):
+        return on_fresh_stack(partial(fn, **kwargs) if kwargs else fn, *args, need=need)
+
+    return torch.library.custom_op(op_name(name), kernel, mutates_args=(), schema=schema)
 
 
 def compiling() -> bool:

@@ -51,8 +51,7 @@ import torch
 from torch import Tensor
 
 from largekernel.functional._args import autocast_off, own_nodes
-from largekernel.functional._tracing import (OPAQUE, batched, compiling, library_op, on_fresh_stack, op_name,
-                                             transformed)
+from largekernel.functional._tracing import OPAQUE, batched, compiling, define_op, library_op, transformed
 
 __all__ = ["construct_kernel", "INTERPOLATIONS", "SIGMA_OFFSET", "WIDTH_INTERPOLATIONS"]
 
@@ -414,13 +413,13 @@ def _scatter_entry(weight: Tensor, P: Tensor, box: tuple[int, ...], interpolatio
 def _scatter_op(weight: Tensor, P: Tensor, box: list[int], interpolation: str) -> list[Tensor]:
     """The kernel, then what its backward reuses instead of computing again: the flat index, and per box dimension
     the taps and their slopes."""
-    kernel, taps, slopes, index = on_fresh_stack(_scatter_parts, weight, P, tuple(box), interpolation, True)
+    kernel, taps, slopes, index = _scatter_parts(weight, P, tuple(box), interpolation, True)
     return [kernel, index, *taps, *slopes]
 
 
 def _scatter_op_backward(grad: Tensor, weight: Tensor, P: Tensor, index: Tensor, taps: list[Tensor],
                          slopes: list[Tensor], interpolation: str) -> list[Tensor]:
-    return list(on_fresh_stack(_scatter_backward, grad, weight, P, taps, slopes, index, interpolation))
+    return list(_scatter_backward(grad, weight, P, taps, slopes, index, interpolation))
 
 
 def _scatter_setup(ctx, inputs, output) -> None:
@@ -436,11 +435,10 @@ def _scatter_autograd(ctx, grads: list[Tensor]):
 
 
 if OPAQUE:
-    _forward_op = torch.library.custom_op(op_name("dcls_scatter_kernel"), _scatter_op, mutates_args=())
+    _forward_op = define_op("dcls_scatter_kernel", _scatter_op)
     _forward_op.register_fake(_scatter_op)  # the same code on fake tensors gives every output's shape
     _forward_op.register_autograd(_scatter_autograd, setup_context=_scatter_setup)
-    _backward_op = torch.library.custom_op(op_name("dcls_scatter_kernel_backward"), _scatter_op_backward,
-                                           mutates_args=())
+    _backward_op = define_op("dcls_scatter_kernel_backward", _scatter_op_backward)
     _backward_op.register_fake(lambda grad, weight, P, index, taps, slopes, interpolation: [
         torch.empty_like(weight), torch.empty_like(P)])
     _FORWARD_OP, _BACKWARD_OP = library_op("dcls_scatter_kernel"), library_op("dcls_scatter_kernel_backward")

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from largekernel.functional._args import conv_memory_format
-from largekernel.functional._tracing import OPAQUE, compiling, library_op, on_fresh_stack, op_name
+from largekernel.functional._tracing import OPAQUE, compiling, define_op, library_op
 
 __all__ = ["EagerInCompile", "applies", "run"]
 
@@ -205,13 +205,9 @@ def _layer(key: int) -> nn.Module:
 _STACK_NEED = 1536
 
 if OPAQUE:
-    @torch.library.custom_op(op_name("eager_layer"), mutates_args=())
-    def _forward(input: Tensor, tensors: list[Tensor], key: int, method: str, needs: list[bool],
-                 shape: list[int]) -> tuple[Tensor, Tensor]:
-        return on_fresh_stack(_forward_impl, input, tensors, key, method, needs, need=_STACK_NEED)
-
-    def _forward_impl(input: Tensor, tensors: list[Tensor], key: int, method: str,
-                      needs: list[bool]) -> tuple[Tensor, Tensor]:
+    def _forward_impl(input: Tensor, tensors: list[Tensor], key: int, method: str, needs: list[bool],
+                      shape: list[int]) -> tuple[Tensor, Tensor]:
+        # (shape: the output's, for the fake implementation)
         layer = _layer(key)
         layout = conv_memory_format(input)
         if not any(needs):
@@ -226,15 +222,12 @@ if OPAQUE:
         out = out.detach()
         return (out.clone(memory_format=layout) if saves_out else out.contiguous(memory_format=layout)), held
 
+    _forward = define_op("eager_layer", _forward_impl, need=_STACK_NEED)
+
     @_forward.register_fake
     def _(input, tensors, key, method, needs, shape):
         out = input.new_empty(shape).contiguous(memory_format=conv_memory_format(input))
         return out, input.new_empty((), dtype=torch.int64, device="cpu")
-
-    @torch.library.custom_op(op_name("eager_layer_backward"), mutates_args=())
-    def _backward(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
-                  needs: list[bool]) -> list[Tensor]:
-        return on_fresh_stack(_backward_impl, grad, input, ticket, tensors, key, method, needs, need=_STACK_NEED)
 
     def _backward_impl(grad: Tensor, input: Tensor, ticket: Tensor, tensors: list[Tensor], key: int, method: str,
                        needs: list[bool]) -> list[Tensor]:
@@ -262,6 +255,8 @@ if OPAQUE:
             fresh.append(g.clone(memory_format=torch.preserve_format) if storage in taken else g)
             taken.add(storage)
         return fresh
+
+    _backward = define_op("eager_layer_backward", _backward_impl, need=_STACK_NEED)
 
     @_backward.register_fake
     def _(grad, input, ticket, tensors, key, method, needs):

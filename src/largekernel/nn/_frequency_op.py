@@ -35,8 +35,7 @@ from torch import Tensor, nn
 
 from largekernel.functional import _native as native
 from largekernel.functional._args import own_nodes
-from largekernel.functional._tracing import (OPAQUE, batched, compiling, library_op, on_fresh_stack, op_name,
-                                             tracing, transformed)
+from largekernel.functional._tracing import OPAQUE, batched, compiling, define_op, library_op, tracing, transformed
 
 __all__ = ["applies", "tensors", "run", "eager"]
 
@@ -148,18 +147,14 @@ def _backward(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor]
 
 
 if OPAQUE:
-    @torch.library.custom_op(op_name("niff_filter"), mutates_args=())
-    def _forward_op(coords: Tensor, mirror: Tensor, params: list[Tensor]) -> list[Tensor]:
-        return on_fresh_stack(_forward, coords, mirror, params)
+    _forward_op = define_op("niff_filter", _forward)
 
     @_forward_op.register_fake
     def _(coords, mirror, params):
         widths, points, like = _widths(coords, params), coords.shape[1], params[0]
         return [like.new_empty((widths[-1], 2 * points)), like.new_empty(native.niff_kept_size(widths, points))]
 
-    @torch.library.custom_op(op_name("niff_filter_backward"), mutates_args=())
-    def _backward_op(grad: Tensor, coords: Tensor, mirror: Tensor, params: list[Tensor], kept: Tensor) -> Tensor:
-        return on_fresh_stack(_backward, grad, coords, mirror, params, kept)
+    _backward_op = define_op("niff_filter_backward", _backward)
 
     @_backward_op.register_fake
     def _(grad, coords, mirror, params, kept):
