@@ -12,35 +12,45 @@ import torch.fx
 
 import largekernel.nn as L
 
+
+def _input(*shape, channels_last=False, dtype=torch.float32, grad=True):
+    x = torch.randn(shape, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    return x.requires_grad_(grad)
+
+
 # (layer, input, the operators its compiled forward calls: their names without the source tag)
 CASES = {
     "Conv2d fft, depthwise": (lambda: L.Conv2d(4, 4, 9, padding=4, groups=4, backend="fft"),
-                              lambda: torch.randn(2, 4, 12, 12), {"spectral_product"}),
+                              lambda: _input(2, 4, 12, 12), {"spectral_product"}),
     "Conv2d fft, depthwise, channels_last": (lambda: L.Conv2d(4, 4, 9, padding=4, groups=4, backend="fft"),
-                                             lambda: torch.randn(2, 4, 12, 12).to(memory_format=torch.channels_last),
+                                             lambda: _input(2, 4, 12, 12, channels_last=True),
                                              {"spectral_product"}),
+    # a network's first layer: no gradient for its input, the weight's and bias's only
+    "Conv2d fft, input without gradient": (lambda: L.Conv2d(3, 4, 9, padding=4, backend="fft"),
+                                           lambda: _input(2, 3, 12, 12, grad=False), {"spectral_product"}),
     "Conv2d fft, dense, bias, stride 2": (lambda: L.Conv2d(3, 5, 7, stride=2, padding=3, backend="fft"),
-                                          lambda: torch.randn(2, 3, 11, 10), {"spectral_product"}),
+                                          lambda: _input(2, 3, 11, 10), {"spectral_product"}),
     "Conv1d fft, circular, float64": (lambda: L.Conv1d(3, 6, 15, padding=7, groups=3, padding_mode="circular",
                                                        backend="fft", dtype=torch.float64),
-                                      lambda: torch.randn(2, 3, 40, dtype=torch.float64), {"spectral_product"}),
-    "DclsConv2d bilinear": (lambda: L.DclsConv2d(4, 4, 5, 9, padding=4, groups=4), lambda: torch.randn(2, 4, 12, 12),
+                                      lambda: _input(2, 3, 40, dtype=torch.float64), {"spectral_product"}),
+    "DclsConv2d bilinear": (lambda: L.DclsConv2d(4, 4, 5, 9, padding=4, groups=4), lambda: _input(2, 4, 12, 12),
                             {"dcls_scatter_kernel"}),
     "DclsConv2d bicubic, grouped": (lambda: L.DclsConv2d(4, 6, 3, 7, padding=3, groups=2, interpolation="bicubic"),
-                                    lambda: torch.randn(2, 4, 10, 10), {"dcls_scatter_kernel"}),
-    "NIFFConv2d": (lambda: L.NIFFConv2d(4, 4), lambda: torch.randn(2, 4, 12, 12), {"niff_filter", "spectral_product"}),
+                                    lambda: _input(2, 4, 10, 10), {"dcls_scatter_kernel"}),
+    "NIFFConv2d": (lambda: L.NIFFConv2d(4, 4), lambda: _input(2, 4, 12, 12), {"niff_filter", "spectral_product"}),
     "NIFFConv2d, channels_last": (lambda: L.NIFFConv2d(4, 4),
-                                  lambda: torch.randn(2, 4, 12, 12).to(memory_format=torch.channels_last),
+                                  lambda: _input(2, 4, 12, 12, channels_last=True),
                                   {"niff_filter", "spectral_product"}),
     # a cropping kernel net of 2**15 values or more: the whole layer as one eager operator
-    "FlexConv1d, eager layer": (lambda: L.FlexConv1d(8, 8, 1024, causal=True), lambda: torch.randn(2, 8, 1024),
+    "FlexConv1d, eager layer": (lambda: L.FlexConv1d(8, 8, 1024, causal=True), lambda: _input(2, 8, 1024),
                                 {"eager_layer"}),
     "FlexConv2d, eager layer, channels_last": (lambda: L.FlexConv2d(8, 8, 33),
-                                               lambda: torch.randn(2, 8, 20, 20).to(memory_format=torch.channels_last),
+                                               lambda: _input(2, 8, 20, 20, channels_last=True),
                                                {"eager_layer"}),
     # a traced kernel net, its whole grid convolved through an operator that crops it first
     "FlexConv2d, cropped convolution": (lambda: L.FlexConv2d(32, 32, 31, groups=32),
-                                        lambda: torch.randn(2, 32, 32, 32), {"eager_layer"}),
+                                        lambda: _input(2, 32, 32, 32), {"eager_layer"}),
 }
 
 
@@ -68,7 +78,7 @@ def test_operators_pass_torchs_opcheck(case):
     make, make_input, expected = CASES[case]
     torch.manual_seed(0)
     layer = make()  # alive while its operators are called (the eager layer's operator finds it by a key)
-    calls = _recorded_calls(layer, make_input().requires_grad_())
+    calls = _recorded_calls(layer, make_input())
     assert {op.name().split("::")[1].rsplit("_", 1)[0] for op, _, _ in calls} == expected
     for op, args, kwargs in calls:
         # The eager layer's operator returns, beside the output, a ticket: a handle on the autograd graph it
