@@ -50,12 +50,17 @@ CASES = {
     "NIFFConv2d, channels_last": (lambda: L.NIFFConv2d(4, 4),
                                   lambda: _input(2, 4, 12, 12, channels_last=True),
                                   {"niff_filter", "spectral_product"}),
+    "NIFFConv1d": (lambda: L.NIFFConv1d(4, 4), lambda: _input(2, 4, 30), {"niff_filter", "spectral_product"}),
+    "NIFFConv3d": (lambda: L.NIFFConv3d(2, 2), lambda: _input(2, 2, 6, 7, 8), {"niff_filter", "spectral_product"}),
+    # a long causal kernel: the FFT path
+    "CKConv1d": (lambda: L.CKConv1d(8, 8, 1024, causal=True), lambda: _input(2, 8, 1024), {"spectral_product"}),
     # a cropping kernel net of 2**15 values or more: the whole layer as one eager operator
     "FlexConv1d, eager layer": (lambda: L.FlexConv1d(8, 8, 1024, causal=True), lambda: _input(2, 8, 1024),
                                 {"eager_layer"}),
     "FlexConv2d, eager layer, channels_last": (lambda: L.FlexConv2d(8, 8, 33),
                                                lambda: _input(2, 8, 20, 20, channels_last=True),
                                                {"eager_layer"}),
+    "FlexConv3d, eager layer": (lambda: L.FlexConv3d(4, 4, 17), lambda: _input(2, 4, 8, 8, 8), {"eager_layer"}),
     # a traced kernel net, its whole grid convolved through an operator that crops it first
     "FlexConv2d, cropped convolution": (lambda: L.FlexConv2d(32, 32, 31, groups=32),
                                         lambda: _input(2, 32, 32, 32), {"eager_layer"}),
