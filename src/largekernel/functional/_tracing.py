@@ -13,7 +13,7 @@ import operator
 import re
 import sys
 import types
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Callable
@@ -225,14 +225,15 @@ def define_op(name: str, fn: Callable, *, need: int = _PROBE_SLOTS):
     returns the operator (``register_fake``, ``register_autograd``). The registered kernel calls ``fn`` through
     :func:`on_fresh_stack` (``need``: the stack slots that ``fn``'s Python takes at most): inductor's generated
     code calls every operator of the library, and could leave its Python at the edge of CPython's frame-stack
-    chunk, 100 times slower. ``fn`` given as the fake implementation too runs directly (fake tensors are traced,
-    not timed)."""
+    chunk, 100 times slower (an interpreter without such chunks calls ``fn`` itself). ``fn`` takes positional
+    arguments only, as the library's operators do; given as the fake implementation too, it runs directly (fake
+    tensors are traced, not timed)."""
     schema = torch.library.infer_schema(fn, mutates_args=())
 
-    def kernel(*args, **kwargs):
-        return on_fresh_stack(partial(fn, **kwargs) if kwargs else fn, *args, need=need)
+    def kernel(*args):
+        return on_fresh_stack(fn, *args, need=need)
 
-    return torch.library.custom_op(op_name(name), kernel, mutates_args=(), schema=schema)
+    return torch.library.custom_op(op_name(name), kernel if _CHUNKED else fn, mutates_args=(), schema=schema)
 
 
 def compiling() -> bool:
