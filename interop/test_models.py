@@ -228,3 +228,26 @@ def test_timm_fx_feature_extraction_on_converted_models(to):
     assert len(features) == 3
     for got, i in zip(features, (1, 2, 3)):
         torch.testing.assert_close(got, stages[i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "fit_tiny"])
+def test_torchvision_feature_extractor_on_our_vit_at_two_input_sizes(name):
+    """torchvision's ``create_feature_extractor`` on the library's ViT / FiT: the blocks' outputs the eager model
+    gives (forward hooks), at the size the position embeddings are made for and at another one (the traced graph
+    resamples them when it runs)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from largekernel.models import create_model
+
+    model = create_model(name, num_classes=10, img_size=16, depth=2).eval()
+    extractor = create_feature_extractor(model, {"blocks.0": "first", "norm": "last"})
+    seen = {}
+    model.blocks[0].register_forward_hook(lambda module, args, out: seen.__setitem__("first", out))
+    model.norm.register_forward_hook(lambda module, args, out: seen.__setitem__("last", out))
+    for size in [(16, 16), (24, 32)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            model(x)
+            features = extractor(x)
+        for key in ("first", "last"):
+            torch.testing.assert_close(features[key], seen[key], rtol=0, atol=0)

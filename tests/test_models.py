@@ -220,12 +220,7 @@ def test_built_on_the_meta_device_then_loaded(name):
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
 
 
-#: Their position embedding follows the input's size, which symbolic tracing cannot read (timm's ViT traces at a
-#: fixed size only); torch.compile and torch.export take them.
-_NOT_FX_TRACEABLE = ("vit_tiny", "fit_tiny")
-
-
-@pytest.mark.parametrize("name", [n for n in _FULL if n not in _NOT_FX_TRACEABLE])
+@pytest.mark.parametrize("name", _FULL)
 def test_fx_symbolic_trace_matches_eager(name):
     """``torch.fx.symbolic_trace`` of every model (the route of torchvision's ``create_feature_extractor``): the
     models skip their input checks on a ``Proxy`` and the layers are recorded as one call each; the graph computes
@@ -238,6 +233,24 @@ def test_fx_symbolic_trace_matches_eager(name):
     assert {path for path, m in model.named_modules() if m in layers} <= called
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "fit_tiny"])
+def test_fx_traced_vit_follows_the_input_size(name):
+    """A traced ViT / FiT resamples its position embeddings for the size it is given when the graph runs (timm's
+    traces at one size; tests/test_vit.py checks the resampling against ``F.interpolate``): at sizes other than
+    its ``img_size`` the traced graph equals eager; a bad input is still refused when the graph runs."""
+    model, _ = _model(name)
+    model.eval()
+    traced = torch.fx.symbolic_trace(model)
+    for size in [(24, 32), (8, 4)]:  # img_size 16, patch 4: grids of 6x8 and 2x1 tokens against the embeddings' 4x4
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiples of patch_size=4"):
+        traced(torch.randn(2, 3, 18, 16))
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\)"):
+        traced(torch.randn(2, 1, 16, 16))
 
 
 @pytest.mark.parametrize("name", _FULL)

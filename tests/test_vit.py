@@ -59,12 +59,22 @@ def test_attention_matches_explicit_softmax():
 
 
 def test_positional_embedding_interpolation():
-    model = create_model("vit_tiny", img_size=16, patch_size=4, depth=1)
-    same = model._pos_embed((4, 4))
-    assert same is model.pos_embed
-    grid = model.pos_embed.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(6, 2), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(model._pos_embed((6, 2)), expected)
+    """At the size it is made for the model adds its position embeddings as they are; at another size (a 6x2 grid
+    of patches against 4x4) resampled bicubically: the tokens equal a by-hand computation with ``F.interpolate``."""
+    model = create_model("vit_tiny", img_size=16, patch_size=4, depth=1).eval()
+
+    def by_hand(x, pos):
+        tokens = model.patch_embed(x).flatten(2).transpose(1, 2) + pos
+        tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return model.norm(model.blocks(tokens))
+
+    with torch.no_grad():
+        x = torch.randn(2, 3, 16, 16)
+        torch.testing.assert_close(model.forward_features(x), by_hand(x, model.pos_embed), rtol=0, atol=0)
+        x = torch.randn(2, 3, 24, 8)
+        grid = model.pos_embed.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(grid, size=(6, 2), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(model.forward_features(x), by_hand(x, pos))
 
 
 def test_registry_contract():

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from largekernel.functional._fx import call_under_fx
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, model_cfg, register_model
 from largekernel.models.layers import DropPath, like_parameters
 from largekernel.nn.mixing import FourierMix
@@ -56,6 +57,32 @@ class Mlp(nn.Sequential):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, dim), nn.Dropout(drop))
+
+
+# The two steps that read the input's size are each one call under torch.fx symbolic tracing (call_under_fx), as
+# torch's own functions are: the traced graph checks its input and resamples the position embeddings for the size
+# it is given when it runs, as the model does.
+@call_under_fx
+def _checked_input(x: Tensor, in_chans: int, patch_size: int) -> Tensor:
+    """``x``, refused unless it is ``(B, in_chans, H, W)`` with ``H`` and ``W`` multiples of ``patch_size``."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
+    if any(s % patch_size or s < patch_size for s in x.shape[-2:]):
+        raise ValueError(f"input height and width must be multiples of patch_size={patch_size}, "
+                         f"got {tuple(x.shape[-2:])}")
+    return x
+
+
+@call_under_fx
+def _patch_tokens(x: Tensor, pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The patch embeddings ``x`` ``(B, D, h, w)`` as tokens ``(B, h * w, D)`` plus the position embeddings
+    ``pos_embed`` ``(1, gh * gw, D)``, made for ``grid`` ``(gh, gw)``, resampled (bicubic) to ``(h, w)``."""
+    size = tuple(x.shape[-2:])
+    if size != tuple(grid):
+        pos = pos_embed.reshape(1, *grid, -1).permute(0, 3, 1, 2)  # (1, D, gh, gw)
+        pos = F.interpolate(pos, size=size, mode="bicubic", align_corners=False)  # (1, D, h, w)
+        pos_embed = pos.flatten(2).transpose(1, 2)  # (1, h * w, D)
+    return x.flatten(2).transpose(1, 2) + pos_embed
 
 
 class Block(nn.Module):
@@ -147,23 +174,10 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = like_parameters(self, nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity())
 
-    def _pos_embed(self, grid: tuple[int, int]) -> Tensor:
-        if grid == self.grid:
-            return self.pos_embed
-        pos = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)  # (1, D, gh, gw)
-        pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)  # (1, D, h, w)
-        return pos.flatten(2).transpose(1, 2)  # (1, h * w, D)
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Tokens after the final norm: ``(B, [1 +] h * w, D)``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if any(s % self.patch_size or s < self.patch_size for s in x.shape[-2:]):
-            raise ValueError(f"input height and width must be multiples of patch_size={self.patch_size}, "
-                             f"got {tuple(x.shape[-2:])}")
-        x = self.patch_embed(x)  # (B, D, h, w)
-        grid = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2) + self._pos_embed(grid)  # (B, h * w, D)
+        x = self.patch_embed(_checked_input(x, self.in_chans, self.patch_size))  # (B, D, h, w)
+        x = _patch_tokens(x, self.pos_embed, self.grid)  # (B, h * w, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + h * w, D)
         x = self.blocks(self.pos_drop(x))
