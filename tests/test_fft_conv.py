@@ -249,8 +249,8 @@ def test_bad_input(shapes, kw, error, match):
 
 def test_bad_tensors():
     x, w = torch.randn(2, 4, 8), torch.randn(4, 4, 3)
-    with pytest.raises(TypeError, match="input must be a real floating-point"):
-        fft_conv(x.to(torch.complex64), w)
+    with pytest.raises(TypeError, match="weight dtype must match input dtype torch.complex64"):
+        fft_conv(x.to(torch.complex64), w)  # (complex operands: tests/test_complex_conv.py)
     with pytest.raises(TypeError, match="weight must be a real floating-point"):
         fft_conv(x, w.to(torch.int64))
     with pytest.raises(TypeError, match="input must be a torch.Tensor"):

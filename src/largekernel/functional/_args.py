@@ -90,11 +90,54 @@ def flat_pads(pads) -> list[int]:
     return [p for lo_hi in reversed(pads) for p in lo_hi]
 
 
-def _check_tensor(t, name: str) -> None:
+def _check_tensor_type(t, name: str) -> None:
     if not isinstance(t, Tensor):
         raise ConvArgumentError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_tensor(t, name: str) -> None:
+    _check_tensor_type(t, name)
     if t.is_complex() or not t.is_floating_point():
         raise ConvArgumentError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
+
+
+def complex_operands(input, weight, bias=None) -> bool:
+    """Whether a call's operands are complex: a complex convolution, as torch's convolutions compute one
+    (:func:`complex_convolution`), all of them of the input's dtype then (:class:`ConvArgumentError` otherwise,
+    naming the one that is not)."""
+    if not ((isinstance(input, Tensor) and input.is_complex()) or (isinstance(weight, Tensor) and weight.is_complex())
+            or (isinstance(bias, Tensor) and bias.is_complex())):
+        return False
+    for t, name in ((input, "input"), (weight, "weight"), (bias, "bias")):
+        if name != "bias" or t is not None:
+            _check_tensor_type(t, name)
+            if t.dtype != input.dtype:
+                raise ConvArgumentError(f"{name} dtype must match input dtype {input.dtype}, got {t.dtype}")
+    return True
+
+
+def real_parts(input: Tensor, weight: Tensor, bias: Tensor | None):
+    """The operands' real parts where they are complex (what a plan reads: their shapes, device and a real dtype),
+    else the operands."""
+    if not complex_operands(input, weight, bias):
+        return input, weight, bias
+    return input.real, weight.real, None if bias is None else bias.real
+
+
+def complex_convolution(conv, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A convolution of complex operands as torch computes it (ATen's ``complex_convolution``): ``conv`` (a real
+    convolution ``conv(input, weight, bias)`` with the call's other arguments) on their real and imaginary parts,
+    three times (Gauss's trick): ``a = conv(xr, wr, br)``, ``b = conv(xi, wi, None)``,
+    ``c = conv(xr + xi, wr + wi, br + bi)``; the output is ``(a - b) + i (c - a - b)``, laid out as torch lays out a
+    convolution's output (:func:`conv_memory_format`). Every step is a differentiable torch operation, so gradients
+    of every order follow (Wirtinger calculus, as torch's); a sample's parts reach only that sample's output."""
+    x, w = input.resolve_conj(), weight.resolve_conj()
+    b = None if bias is None else bias.resolve_conj()
+    a = conv(x.real, w.real, None if b is None else b.real)
+    bb = conv(x.imag, w.imag, None)
+    c = conv(x.real + x.imag, w.real + w.imag, None if b is None else b.real + b.imag)
+    out = torch.complex(a - bb, c - a - bb)
+    return out.contiguous(memory_format=conv_memory_format(input))
 
 
 def autocast_operands(input: Tensor, weight: Tensor, bias: Tensor | None):

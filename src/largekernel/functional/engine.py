@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from largekernel.functional._args import ConvArgumentError, autocast_operands, conv_args, flat_pads
+from largekernel.functional._args import (ConvArgumentError, autocast_operands, complex_convolution,
+                                          complex_operands, conv_args, flat_pads, real_parts)
 from largekernel.functional._tracing import tracing
 from largekernel.functional.fft_conv import run_fft
 from largekernel.functional.planner import ConvPlan, make_plan
@@ -207,7 +208,7 @@ def choose_backend(
 ) -> str:
     """The path (``"direct"`` or ``"fft"``) that ``backend="auto"`` takes for this call (with calibration on,
     timing and caching it on first sight of the call shape)."""
-    input, weight, bias = autocast_operands(input, weight, bias)
+    input, weight, bias = real_parts(*autocast_operands(input, weight, bias))  # (complex: three real calls)
     plan = _plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, "auto")
     return "direct" if plan.path == "direct" else "fft"
 
@@ -241,6 +242,9 @@ def convolve(
         torch.Size([2, 8, 32, 32])
     """
     input, weight, bias = autocast_operands(input, weight, bias)
+    if complex_operands(input, weight, bias):
+        return complex_convolution(lambda x, w, b: convolve(x, w, b, stride, padding, dilation, groups, padding_mode,
+                                                            backend), input, weight, bias)
     return _run(_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode, backend), input, weight,
                 bias)
 
@@ -249,6 +253,8 @@ def execute(plan: ConvPlan, input: Tensor, weight: Tensor, bias: Tensor | None =
     """Run ``plan`` (from :func:`~largekernel.functional.plan_conv`, possibly changed with
     ``dataclasses.replace``, e.g. ``path="direct"``) on operands of the shapes it was made for."""
     input, weight, bias = autocast_operands(input, weight, bias)
+    if complex_operands(input, weight, bias):
+        return complex_convolution(lambda x, w, b: execute(plan, x, w, b), input, weight, bias)
     args = conv_args(input, weight, bias, plan.stride, plan.pads, plan.dilation, plan.groups, plan.padding_mode)
     shape = make_plan(args, input, weight, bias, "direct")
     fields = ("batch", "in_channels", "out_channels", "size", "kernel", "out")

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from largekernel.functional._args import PADDING_MODES, autocast_off, autocast_operands, conv_args, flat_pads
+from largekernel.functional._args import (PADDING_MODES, autocast_off, autocast_operands, complex_convolution,
+                                          complex_operands, conv_args, flat_pads)
 from largekernel.functional._product import spectral_product
 from largekernel.functional.planner import ConvPlan, fast_fft_length, make_plan
 from largekernel.functional._fx import call_under_fx
@@ -56,7 +57,8 @@ def fft_conv(
     is ``(batch, in, *spatial)`` or unbatched ``(in, *spatial)`` as in torch.
 
     Args:
-        input: real floating-point tensor.
+        input: floating-point tensor, or complex (then ``weight`` and ``bias`` too: three real
+            convolutions of the parts, as torch computes a complex convolution).
         weight: kernel in torch conv layout, same dtype and device as ``input``.
         bias: optional ``(out,)`` tensor.
         stride, dilation: positive int or tuple of one int per spatial dim.
@@ -82,6 +84,9 @@ def fft_conv(
         True
     """
     input, weight, bias = autocast_operands(input, weight, bias)
+    if complex_operands(input, weight, bias):
+        return complex_convolution(lambda x, w, b: fft_conv(x, w, b, stride, padding, dilation, groups, padding_mode),
+                                   input, weight, bias)
     args = conv_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
     return run_fft(make_plan(args, input, weight, bias, backend="fft"), input, weight, bias)
 

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import torch
 
-from largekernel.functional._args import ConvArgs, conv_args
+from largekernel.functional._args import ConvArgs, conv_args, real_parts
 from largekernel.functional._tracing import constant_result, exporting_onnx, size_hint, symbolic, tracing
 
 __all__ = ["ConvPlan", "FFTGeometry", "plan_conv", "plan_filter", "planner_options", "fast_fft_length"]
@@ -602,6 +602,7 @@ def plan_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     if backend not in ("auto", "direct", "fft"):
         raise ConvArgumentError(f"backend must be one of ('auto', 'direct', 'fft'), got {backend!r}")
+    input, weight, bias = real_parts(input, weight, bias)  # (complex operands: three real calls of this plan)
     args = conv_args(input, weight, bias, stride, padding, dilation, groups, padding_mode)
     return make_plan(args, input, weight, bias, backend)
 

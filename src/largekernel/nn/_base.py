@@ -195,7 +195,9 @@ class KernelConvNd(nn.Module):
             raise ConvArgumentError(f"{type(self).__name__} expects {self.in_channels} input channels, got input "
                                     f"of shape {tuple(input.shape)}")
         if not input.is_floating_point() or input.is_complex():
-            raise ConvArgumentError(f"input must be a real floating-point tensor, got dtype {input.dtype}")
+            raise ConvArgumentError(f"input must be a real floating-point tensor (complex convolutions: "
+                                    f"largekernel.nn.Conv{nd}d, functional.convolve and fft_conv), got dtype "
+                                    f"{input.dtype}")
         if any(n == 0 for n in input.shape[-nd:]):
             raise ConvArgumentError(f"{type(self).__name__} expects a non-zero size in every spatial dim (as torch's "
                                     f"convolutions), got input of shape {tuple(input.shape)}")

@@ -207,6 +207,9 @@ def _skip_reason(old: nn.Module, to: str, exact: bool, fused_by: str | None, pla
                 f"fix (it sets its own extent)")
     if exact:
         return None
+    if old.weight.is_complex() and to not in ("conv", "fft"):
+        return (f"complex weights ({old.weight.dtype}): {to!r} layers build real kernels; 'fft' keeps the complex "
+                f"convolution (largekernel.nn.Conv{len(stride)}d takes complex operands, as torch's)")
     if not tf_same and not _is_same_padding(old):
         return (f"padding={old.padding} is not 'same' padding for kernel_size={tuple(old.kernel_size)}, "
                 f"stride={stride}, dilation={tuple(old.dilation)}: a {to!r} layer pads to keep ceil(size / stride), "
