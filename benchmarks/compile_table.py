@@ -42,6 +42,8 @@ from largekernel.models import create_model  # noqa: E402
 
 IMAGE, SEQUENCE = (8, 32, 32, 32), (8, 32, 1024)
 LAYERS = {
+    # torch's own layer at the same size: what torch.compile's per-call cost does to a layer that is one operator
+    "torch.nn.Conv2d (reference)": (lambda: torch.nn.Conv2d(32, 32, 31, padding=15, groups=32), IMAGE),
     "Conv2d, backend=fft": (lambda: L.Conv2d(32, 32, 31, padding=15, groups=32, backend="fft"), IMAGE),
     "DCLS (bilinear)": (lambda: L.DclsConv2d(32, 32, 26, 31, padding=15, groups=32), IMAGE),
     "DCLS (gaussian)": (lambda: L.DclsConv2d(32, 32, 26, 31, padding=15, groups=32, interpolation="gaussian"),
@@ -66,6 +68,7 @@ def _last_eighth(layer: L.FlexConv1d) -> L.FlexConv1d:
 
 BENCH_IMAGE, BENCH_SEQUENCE = (8, 96, 56, 56), (8, 64, 4096)
 BENCH_LAYERS = {  # the layers at the sizes ``largekernel bench`` times them (--sizes bench)
+    "torch.nn.Conv2d (reference)": (lambda: torch.nn.Conv2d(96, 96, 31, padding=15, groups=96), BENCH_IMAGE),
     "Conv2d, backend=fft": (lambda: L.Conv2d(96, 96, 31, padding=15, groups=96, backend="fft"), BENCH_IMAGE),
     "DCLS (bilinear)": (lambda: L.DclsConv2d(96, 96, 34, 17, padding=8, groups=96), BENCH_IMAGE),
     "DCLS (gaussian)": (lambda: L.DclsConv2d(96, 96, 34, 17, padding=8, groups=96, interpolation="gaussian"),
