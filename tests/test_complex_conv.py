@@ -181,3 +181,18 @@ def test_convert_keeps_a_complex_convolution_or_skips_it_saying_why():
         kept, report = largekernel.convert(copy.deepcopy(model), "dcls", "*", report=True)
     assert not report.replaced and "complex weights" in report.skipped[0].reason
     assert type(kept[0]) is torch.nn.Conv2d
+
+
+def test_autocast_leaves_a_complex_convolution_in_its_dtype():
+    """Under ``torch.autocast`` (bfloat16) torch computes a complex convolution in its own precision (autocast
+    casts no complex tensor); so does the library: the same values as without autocast."""
+    torch.manual_seed(0)
+    x, w = _complex(2, 4, 16, 16, dtype=torch.complex64), _complex(4, 1, 9, 9, dtype=torch.complex64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.conv2d(x, w, padding=4, groups=4)
+        got = {backend: convolve(x, w, padding=4, groups=4, backend=backend) for backend in ("fft", "direct")}
+    assert expected.dtype == torch.complex64
+    torch.testing.assert_close(expected, F.conv2d(x, w, padding=4, groups=4))
+    for backend, y in got.items():
+        assert y.dtype == torch.complex64
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{backend}: {m}")

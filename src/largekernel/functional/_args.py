@@ -133,9 +133,10 @@ def complex_convolution(conv, input: Tensor, weight: Tensor, bias: Tensor | None
     of every order follow (Wirtinger calculus, as torch's); a sample's parts reach only that sample's output."""
     x, w = input.resolve_conj(), weight.resolve_conj()
     b = None if bias is None else bias.resolve_conj()
-    a = conv(x.real, w.real, None if b is None else b.real)
-    bb = conv(x.imag, w.imag, None)
-    c = conv(x.real + x.imag, w.real + w.imag, None if b is None else b.real + b.imag)
+    with autocast_off(input.device.type):  # (torch.autocast casts no complex tensor, nor their parts)
+        a = conv(x.real, w.real, None if b is None else b.real)
+        bb = conv(x.imag, w.imag, None)
+        c = conv(x.real + x.imag, w.real + w.imag, None if b is None else b.real + b.imag)
     out = torch.complex(a - bb, c - a - bb)
     return out.contiguous(memory_format=conv_memory_format(input))
 
