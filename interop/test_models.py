@@ -257,18 +257,24 @@ def test_torchvision_feature_extractor_on_our_vit_at_two_input_sizes(name):
 # "SAME" padding in tf_mixnet), GhostNet's cheap depthwise operations, EdgeNeXt, FastViT's re-parameterisable
 # blocks, Inception's 1x7 / 7x1 kernels (every spatial convolution selected), ConvMixer's 9x9 depthwise, NFNet's
 # weight-standardised convolutions (skipped, saying why: they override forward).
-_MORE = {"mixnet_s": (None, 64), "tf_mixnet_s": (None, 64), "ghostnet_100": (None, 64),
-         "edgenext_xx_small": (None, 64), "fastvit_t8": (None, 64), "inception_v3": ("*", 96),
-         "convmixer_768_32": (None, 64), "nfnet_f0": ("*", 64)}
+# And torchvision's ShuffleNetV2 (strided depthwise after channel splits), RegNetY (grouped 3x3 convolutions) and
+# EfficientNetV2 (fused MBConv).
+_MORE = {"timm/mixnet_s": (None, 64), "timm/tf_mixnet_s": (None, 64), "timm/ghostnet_100": (None, 64),
+         "timm/edgenext_xx_small": (None, 64), "timm/fastvit_t8": (None, 64), "timm/inception_v3": ("*", 96),
+         "timm/convmixer_768_32": (None, 64), "timm/nfnet_f0": ("*", 64),
+         "torchvision/shufflenet_v2_x0_5": (None, 64), "torchvision/regnet_y_400mf": ("*", 64),
+         "torchvision/efficientnet_v2_s": (None, 64)}
 
 
-@pytest.mark.parametrize("name", list(_MORE))
-def test_more_timm_models_round_trip_train_and_bake(name):
+@pytest.mark.parametrize("spec", list(_MORE))
+def test_more_models_round_trip_train_and_bake(spec):
     """On each: the FFT conversion gives the original's output; the DCLS conversion replaces its selected layers
     (NFNet: none, each skipped with its reason), trains a step with finite gradients on every parameter, and bakes
     to the same output."""
-    which, size = _MORE[name]
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    which, size = _MORE[spec]
+    source, name = spec.split("/")
+    model = (timm.create_model(name, pretrained=False, num_classes=10) if source == "timm" else
+             getattr(torchvision.models, name)(weights=None, num_classes=10)).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(x)
