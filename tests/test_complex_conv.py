@@ -196,3 +196,22 @@ def test_autocast_leaves_a_complex_convolution_in_its_dtype():
     for backend, y in got.items():
         assert y.dtype == torch.complex64
         torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{backend}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["fft", "direct"])
+def test_complex_convolution_under_vmap_and_jvp(backend):
+    """``torch.func.vmap`` over a batch of complex inputs and a forward-mode ``jvp`` give what they give on torch's
+    complex convolution."""
+    torch.manual_seed(0)
+    x, w = _complex(3, 2, 4, 16), _complex(4, 1, 9)
+
+    def ours(xi):
+        return convolve(xi, w, padding=4, groups=4, backend=backend)
+
+    def torchs(xi):
+        return F.conv1d(xi, w, padding=4, groups=4)
+
+    torch.testing.assert_close(torch.func.vmap(ours)(x), torch.func.vmap(torchs)(x))
+    tangent = _complex(2, 4, 16)
+    for got, want in zip(torch.func.jvp(ours, (x[0],), (tangent,)), torch.func.jvp(torchs, (x[0],), (tangent,))):
+        torch.testing.assert_close(got, want)
