@@ -12,8 +12,6 @@ import largekernel.nn as lnn
 from largekernel.functional import ConvArgumentError, choose_backend, convolve, execute, fft_conv, plan_conv
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-LAYERS = {1: lnn.Conv1d, 2: lnn.Conv2d, 3: lnn.Conv3d}
-TORCH_LAYERS = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 
 CASES = [  # nd, cin, cout, kernel, size, keyword arguments
     (1, 4, 4, 31, 64, dict(padding=15, groups=4)),
