@@ -114,3 +114,23 @@ def test_eager_layer_operator_output_depends_on_its_inputs_only():
     first, second = op(*args, **kwargs), op(*args, **kwargs)
     assert torch.equal(first[0], second[0])
     torch.testing.assert_close(first[0], layer(x), rtol=0, atol=0)
+
+
+def test_eager_layer_operator_without_gradients_computes_with_the_tensors_it_is_given():
+    """Called with no gradient asked for (a compiled layer under torch.no_grad), the eager layer's operator gives
+    the layer's eager forward on the tensors it is passed: the layer's own (whatever their requires_grad), or other
+    tensors in their place, as torch.func.functional_call would put them."""
+    torch.manual_seed(0)
+    layer = L.FlexConv1d(8, 8, 1024, causal=True)
+    x = torch.randn(2, 8, 1024)
+    (op, (_, tensors, *rest), kwargs), = _recorded_calls(layer, x.requires_grad_())
+    key, method, needs, shape = rest
+    names = [name for name, _ in (*layer.named_parameters(), *layer.named_buffers())]
+    others = [t.detach() + 0.1 * torch.randn_like(t) if t.is_floating_point() else t for t in tensors]
+    with torch.no_grad():
+        own = op(x, tensors, key, method, [False] * len(needs), shape, **kwargs)[0]
+        moved = op(x, others, key, method, [False] * len(needs), shape, **kwargs)[0]
+        torch.testing.assert_close(own, layer(x), rtol=0, atol=0)
+        expected = torch.func.functional_call(layer, dict(zip(names, others)), (x,))
+    assert not torch.equal(expected, own)  # the other tensors change the output
+    torch.testing.assert_close(moved, expected, rtol=0, atol=0)

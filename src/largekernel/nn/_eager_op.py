@@ -105,8 +105,10 @@ def _call(layer: nn.Module, method: str, input: Tensor, tensors: Sequence[Tensor
         leaves = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs[1:])]
         return getattr(layer, method)(x, *leaves), [t for t, n in zip((x, *leaves), needs) if n]
     names, own = _tensors(layer)
-    if all(_same(a, b) and n == b.requires_grad for a, b, n in zip(tensors, own, needs[1:])):
-        # The layer's own tensors (what a compiled model passes): called as it is, differentiated for them
+    recorded = any(needs)
+    if all(_same(a, b) and (n == b.requires_grad or not recorded) for a, b, n in zip(tensors, own, needs[1:])):
+        # The layer's own tensors (what a compiled model passes): called as it is, differentiated for them (where
+        # nothing is differentiated, whatever their requires_grad: the call runs under no_grad)
         return layer(x), [t for t, n in zip((x, *own), needs) if n]
     leaves = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs[1:])]
     out = torch.func.functional_call(layer, dict(zip(names, leaves)), (x,), strict=True, tie_weights=False)
