@@ -101,6 +101,11 @@ def _check_tensor(t, name: str) -> None:
         raise ConvArgumentError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
 
 
+def _check_dtype_of_input(t: Tensor, name: str, input: Tensor) -> None:
+    if t.dtype != input.dtype:
+        raise ConvArgumentError(f"{name} dtype must match input dtype {input.dtype}, got {t.dtype}")
+
+
 def complex_operands(input, weight, bias=None) -> bool:
     """Whether a call's operands are complex: a complex convolution, as torch's convolutions compute one
     (:func:`complex_convolution`), all of them of the input's dtype then (:class:`ConvArgumentError` otherwise,
@@ -111,8 +116,7 @@ def complex_operands(input, weight, bias=None) -> bool:
     for t, name in ((input, "input"), (weight, "weight"), (bias, "bias")):
         if name != "bias" or t is not None:
             _check_tensor_type(t, name)
-            if t.dtype != input.dtype:
-                raise ConvArgumentError(f"{name} dtype must match input dtype {input.dtype}, got {t.dtype}")
+            _check_dtype_of_input(t, name, input)
     return True
 
 
@@ -127,17 +131,18 @@ def real_parts(input: Tensor, weight: Tensor, bias: Tensor | None):
 def complex_convolution(conv, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A convolution of complex operands as torch computes it (ATen's ``complex_convolution``): ``conv`` (a real
     convolution ``conv(input, weight, bias)`` with the call's other arguments) on their real and imaginary parts,
-    three times (Gauss's trick): ``a = conv(xr, wr, br)``, ``b = conv(xi, wi, None)``,
-    ``c = conv(xr + xi, wr + wi, br + bi)``; the output is ``(a - b) + i (c - a - b)``, laid out as torch lays out a
-    convolution's output (:func:`conv_memory_format`). Every step is a differentiable torch operation, so gradients
-    of every order follow (Wirtinger calculus, as torch's); a sample's parts reach only that sample's output."""
+    three times (Gauss's trick): ``real = conv(xr, wr, br)``, ``imag = conv(xi, wi, None)``,
+    ``mixed = conv(xr + xi, wr + wi, br + bi)``; the output is ``(real - imag) + i (mixed - real - imag)``, laid out
+    as torch lays out a convolution's output (:func:`conv_memory_format`). Every step is a differentiable torch
+    operation, so gradients of every order follow (Wirtinger calculus, as torch's); a sample's parts reach only that
+    sample's output."""
     x, w = input.resolve_conj(), weight.resolve_conj()
     b = None if bias is None else bias.resolve_conj()
     with autocast_off(input.device.type):  # (torch.autocast casts no complex tensor, nor their parts)
-        a = conv(x.real, w.real, None if b is None else b.real)
-        bb = conv(x.imag, w.imag, None)
-        c = conv(x.real + x.imag, w.real + w.imag, None if b is None else b.real + b.imag)
-    out = torch.complex(a - bb, c - a - bb)
+        real = conv(x.real, w.real, None if b is None else b.real)
+        imag = conv(x.imag, w.imag, None)
+        mixed = conv(x.real + x.imag, w.real + w.imag, None if b is None else b.real + b.imag)
+    out = torch.complex(real - imag, mixed - real - imag)
     return out.contiguous(memory_format=conv_memory_format(input))
 
 
@@ -222,8 +227,7 @@ def conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     if input.dim() not in (nd + 1, nd + 2):
         raise ConvArgumentError(f"input must have shape (batch, channels, *spatial) or (channels, *spatial) with "
                                 f"{nd} spatial dims to match the {nd}-D kernel, got shape {tuple(input.shape)}")
-    if input.dtype != weight.dtype:
-        raise ConvArgumentError(f"weight dtype must match input dtype {input.dtype}, got {weight.dtype}")
+    _check_dtype_of_input(weight, "weight", input)
     if input.device != weight.device:
         raise ConvArgumentError(f"weight must be on the input's device {input.device}, got {weight.device}")
     if not _is_int(groups) or groups < 1:
@@ -250,8 +254,7 @@ def conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
         _check_tensor(bias, "bias")
         if tuple(bias.shape) != (cout,):
             raise ConvArgumentError(f"bias must have shape ({cout},) = (out_channels,), got {tuple(bias.shape)}")
-        if bias.dtype != input.dtype:
-            raise ConvArgumentError(f"bias dtype must match input dtype {input.dtype}, got {bias.dtype}")
+        _check_dtype_of_input(bias, "bias", input)
         if bias.device != input.device:
             raise ConvArgumentError(f"bias must be on the input's device {input.device}, got {bias.device}")
     stride = ntuple(stride, nd, "stride", minimum=1)
