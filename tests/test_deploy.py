@@ -290,6 +290,20 @@ def test_fx_symbolic_trace_records_each_layer_as_one_call(name):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fx_symbolic_trace_of_a_layer_as_the_root_module(name):
+    """A layer traced as the root module cannot be recorded as a call of itself (it failed with "'Conv2d' object
+    has no attribute ''"): torch.fx's own error for a module it cannot trace, ``TraceError``, naming the way,
+    a module that holds the layer, whose traced graph then runs the layer's forward."""
+    layer, x = _layer(name)
+    with pytest.raises(torch.fx.proxy.TraceError, match=r"root module.*symbolic_trace\(nn.Sequential\(layer\)\)"):
+        torch.fx.symbolic_trace(layer)
+    traced = torch.fx.symbolic_trace(nn.Sequential(layer))
+    assert _nodes(traced) == _nodes(torch.fx.symbolic_trace(nn.Sequential(nn.Identity())))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
+
+
 class _CallsFunctions(nn.Module):
     """A user's module that calls the library's functions, or ``torch.nn.functional.conv2d`` in their place."""
 

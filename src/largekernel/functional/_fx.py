@@ -87,6 +87,14 @@ def leaf_under_fx(forward: F) -> F:
         if not is_fx_symbolic_tracing() or (tracer := _tracer((*args, *kwargs.values()))) is None:
             return forward(self, *args, **kwargs)
         path = tracer.path_of_module(self)
+        if not path:
+            # The root module: a graph cannot call its own root as a submodule (GraphModule would look up an
+            # attribute named ''), and the layer's forward reads sizes and values a Proxy does not have.
+            raise torch.fx.proxy.TraceError(
+                f"torch.fx symbolic tracing of a {type(self).__name__} as the root module: the library's layers "
+                f"are recorded as one call of the layer (as torch's layers are inside a model), which needs a "
+                f"module that holds the layer; trace that module instead, e.g. "
+                f"torch.fx.symbolic_trace(nn.Sequential(layer))")
         if self._forward_hooks or self._forward_pre_hooks:
             raise RuntimeError(f"torch.fx symbolic tracing of {type(self).__name__} {path!r}, which has forward hooks: "
                                f"they would run twice in the traced graph; remove them while tracing, or pass the "
