@@ -370,10 +370,38 @@ def test_bad_arguments_name_the_argument(make, match):
         make()
 
 
-def test_input_must_be_batched_with_the_right_channels():
+@pytest.mark.parametrize("family", ["replk", "dilated_reparam", "slak"])
+def test_unbatched_input_is_a_batch_of_one_as_in_torchs_convolutions(family):
+    """``(C, *spatial)`` input, as torch's convolutions take it (it was refused): the written-out reference on a
+    batch of one, squeezed, in training (the BatchNorms on that sample's statistics, their running statistics
+    updated from it) and in eval; the gradient reaches the input in its shape."""
+    dim, channels, kernel, small = 2, 4, _KERNEL[2], 3
+    opts = {} if family == "dilated_reparam" else {"small_kernel": small}
+    layer = _LAYERS[family, dim](channels, channels, kernel, groups=channels, **opts).double()
+    geometry = _branch_geometry(family, dim, kernel, small)
+    _randomise_bns(layer)
+    x = torch.randn(channels, 11, 10, dtype=torch.float64, requires_grad=True)
+    before = copy.deepcopy(layer)
+    y = layer(x)
+    assert y.shape == (channels, 11, 10)
+    torch.testing.assert_close(y, _reference(before, x[None], geometry, training=True)[0])
+    prefix, size, _ = geometry[0]
+    conv_before, bn_before = _conv_and_bn(before, prefix)
+    branch = F.conv2d(x[None].detach(), conv_before.weight, None, 1, [k // 2 for k in size], 1, channels)
+    torch.testing.assert_close(_conv_and_bn(layer, prefix)[1].running_mean,
+                               0.9 * bn_before.running_mean + 0.1 * branch.mean((0, 2, 3)))
+    y.square().sum().backward()
+    assert x.grad.shape == x.shape
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x[None], geometry, training=False)[0])
+
+
+def test_input_must_have_the_right_dimensions_and_channels():
     layer = RepLKConv2d(4, 4, 5, groups=4)
     assert RepLKConv2d(4, 4, 5, padding=2)(torch.randn(1, 4, 6, 6)).shape == (1, 4, 6, 6)
-    with pytest.raises(ValueError, match=r"expects a \(batch, 4, \*2 spatial dims\) input, got \(4, 6, 6\)"):
-        layer(torch.randn(4, 6, 6))
+    with pytest.raises(ValueError, match=r"\(batch, channels, \*spatial\) or \(channels, \*spatial\) with 2 spatial "
+                                         r"dims for RepLKConv2d, got shape \(6, 6\)"):
+        layer(torch.randn(6, 6))
     with pytest.raises(ValueError, match=r"expects 4 input channels, got input of shape \(1, 3, 6, 6\)"):
         layer(torch.randn(1, 3, 6, 6))

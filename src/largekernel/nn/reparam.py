@@ -273,9 +273,13 @@ class _ReparamConvNd(KernelConvNd):
     @leaf_under_fx
     def forward(self, input: Tensor) -> Tensor:
         self._spatial_size(input)
-        if input.dim() != self._nd + 2:  # the branches' BatchNorms need a batch
-            raise ConvArgumentError(f"{type(self).__name__} expects a (batch, {self.in_channels}, *{self._nd} spatial "
-                                    f"dims) input, got {tuple(input.shape)}")
+        if input.dim() == self._nd + 1:
+            # Unbatched, as torch's convolutions take it: a batch of one (the branches' BatchNorms need the batch
+            # dimension; in training they normalise over that one sample's positions).
+            return self._forward_batched(input.unsqueeze(0)).squeeze(0)
+        return self._forward_batched(input)
+
+    def _forward_batched(self, input: Tensor) -> Tensor:
         if (any(bn.training or bn.running_var is None for _, bn in self.branches()) or must_call(*self.children())
                 or self._not_merged() is not None):
             # Each branch as the reference calls it (its container, else its convolution then its BatchNorm):
@@ -317,8 +321,10 @@ class _ReparamConvNd(KernelConvNd):
 
 _SHAPE_DOC = """
     Shape:
-        - Input: :math:`(N, C_{in}, *)` with {nd} spatial dims
-        - Output: :math:`(N, C_{out}, *)`, each spatial dim ``out = floor((in - 1) / stride) + 1``
+        - Input: :math:`(N, C_{in}, *)` with {nd} spatial dims, or unbatched :math:`(C_{in}, *)` (a batch of one,
+          as torch's convolutions take it: in training the BatchNorms then use that sample's statistics)
+        - Output: :math:`(N, C_{out}, *)` (unbatched: :math:`(C_{out}, *)`), each spatial dim
+          ``out = floor((in - 1) / stride) + 1``
           (the input's size at stride 1): every branch is padded to share the large kernel's centre.
 """
 
