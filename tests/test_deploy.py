@@ -304,6 +304,31 @@ def test_fx_symbolic_trace_of_a_layer_as_the_root_module(name):
         torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_jit_script_refuses_naming_the_layer_and_the_ways_that_work(name):
+    """``torch.jit.script`` of a layer, or of a model holding one, raises a ``RuntimeError`` (as TorchScript's own
+    errors are) naming the layer and what works (it stopped inside the library at the first construct TorchScript
+    lacks); the way it names, ``bake(..., native=True)`` then script, gives eager's output where the baked model is
+    torch's own convolution, and the same refusal (naming the size check) where the kernel depends on the input size.
+    """
+    layer, x = _layer(name)
+    for target in (layer, nn.Sequential(nn.Identity(), layer)):
+        with pytest.raises(RuntimeError, match=rf"torch.jit.script cannot compile {type(layer).__name__}: .*"
+                                               r"torch.jit.trace.*bake\(model, native=True\)"):
+            torch.jit.script(target)
+    if name == "fouriermix":  # nothing to bake
+        return
+    model = nn.Sequential(layer).eval()
+    baked = largekernel.bake(copy.deepcopy(model), input_size=x.shape, native=True)
+    if not getattr(layer, "input_dependent", False):  # (torch.nn.Conv2d-based layers: no such attribute)
+        scripted = torch.jit.script(baked)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+    else:
+        with pytest.raises(RuntimeError, match="torch.jit.script cannot compile InputSizeCheck"):
+            torch.jit.script(baked)
+
+
 class _CallsFunctions(nn.Module):
     """A user's module that calls the library's functions, or ``torch.nn.functional.conv2d`` in their place."""
 

@@ -24,7 +24,7 @@ import torch.autograd.forward_ad as _forward_ad
 __all__ = [
     "tracing", "exporting_onnx", "compiling", "transformed", "batched", "compiled_once", "region_applies", "size_hint",
     "symbolic", "OPAQUE", "op_name", "library_op", "constant_result", "refuse_torchscript_onnx",
-    "TorchScriptOnnxError", "on_fresh_stack", "define_op",
+    "TorchScriptOnnxError", "NotScriptable", "on_fresh_stack", "define_op",
 ]
 
 # torch.library.custom_op exists from torch 2.4; before it, torch.compile traces everything.
@@ -129,6 +129,21 @@ def refuse_torchscript_onnx(what: str) -> None:
             f"dynamo=False)) has no operator; export with torch.onnx.export(..., dynamo=True) (the default), which "
             f"records them as ONNX's DFT, or for a convolution first largekernel.bake(model, input_size, "
             f"native=True), which gives torch's own convolutions (docs/deploy.md)")
+
+
+class NotScriptable:
+    """Mixin of the library's modules: ``torch.jit.script`` refuses them with the ways that work. TorchScript
+    compiles a subset of Python that the layers do not keep to; it stopped at the first construct it lacked,
+    somewhere inside the library ("Unknown type constructor Sequence", "undefined value ..."), naming neither the
+    layer nor a way out."""
+
+    def __prepare_scriptable__(self):  # called by torch.jit.script on each module before it compiles any
+        raise RuntimeError(
+            f"torch.jit.script cannot compile {type(self).__name__}: TorchScript takes a subset of Python that the "
+            f"library's layers do not keep to. Trace it (torch.jit.trace: every family, training and inference), "
+            f"export it (torch.export, ONNX) or compile it (torch.compile); or script the model after "
+            f"largekernel.bake(model, native=True), which gives torch's own convolutions for the layers whose kernel "
+            f"does not depend on the input size (docs/deploy.md)")
 
 
 def op_name(name: str) -> str:

@@ -35,6 +35,7 @@ from largekernel.functional._args import PADDING_MODES, ConvArgumentError, ntupl
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.nn.conv import _baked_conv, size_checked
 from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
+from largekernel.functional._tracing import NotScriptable
 
 __all__ = ["KernelConvNd", "positive_int", "check_choice", "centre_kernel"]
 
@@ -101,7 +102,7 @@ def check_choice(value, options: Sequence, name: str):
     return value
 
 
-class KernelConvNd(nn.Module):
+class KernelConvNd(NotScriptable, nn.Module):
     """Base of the learnable-kernel layers: torch's convolution arguments, bias, padding, backend, bake.
 
     Args (as ``torch.nn.ConvNd``, normalised to per-dimension tuples):

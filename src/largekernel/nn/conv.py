@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from largekernel.functional._args import ConvArgumentError, flat_pads, ntuple, per_side_padding
 from largekernel.functional.engine import BACKENDS, convolve
 from largekernel.functional._fx import leaf_under_fx, own_leaf_forward
+from largekernel.functional._tracing import NotScriptable
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -41,7 +42,7 @@ _EXAMPLE_2D = """
 """
 
 
-class _BackendConvMixin:
+class _BackendConvMixin(NotScriptable):
     """Adds ``backend`` and routes ``_conv_forward`` through the convolution engine; the rest is torch's ConvNd."""
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -155,7 +156,7 @@ def refuse_other_sizes(what: str, input: Tensor, size: tuple[int, ...], sizes: s
                                 f"(bake again for that size)")
 
 
-class InputSizeCheck(nn.Module):
+class InputSizeCheck(NotScriptable, nn.Module):
     """Passes its input on where :func:`refuse_other_sizes` lets it: put by ``bake(native=True)`` in front of the
     torch convolution baked from a layer whose kernel depends on the input size (torch's cannot check)."""
 

@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from largekernel.functional.spectral import fourier_mix
 from largekernel.functional._fx import leaf_under_fx
+from largekernel.functional._tracing import NotScriptable
 
 __all__ = ["FourierMix", "fourier_mix"]
 
 
-class FourierMix(nn.Module):
+class FourierMix(NotScriptable, nn.Module):
     """FNet's Fourier sublayer: ``Re(FFT2(x))`` over the token and hidden dimensions. No parameters.
 
     Args:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, conv_memory_format, flat_pads, ntuple
 from largekernel.functional._grid import select
-from largekernel.functional._tracing import compiled_once, region_applies, tracing
+from largekernel.functional._tracing import NotScriptable, compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
 from largekernel.nn import _frequency_op as frequency_op
 from largekernel.nn._base import KernelConvNd, check_choice, must_call, positive_int
@@ -595,7 +595,7 @@ class NIFFConv3d(_NIFFConvNd):
     _nd = 3
 
 
-class SpectralPointwise(nn.Module):
+class SpectralPointwise(NotScriptable, nn.Module):
     """A 1x1 convolution applied in the frequency domain (the reference's ``FreqConv_1x1_*``).
 
     The pointwise map commutes with the Fourier transform, so it can act on a
