@@ -1,6 +1,7 @@
 """DCLS layers against the official ``dcls`` package, torch's own convolutions and formulas."""
 
 import io
+import math
 
 import pytest
 import torch
@@ -223,6 +224,50 @@ def test_clamped_elements_keep_their_weight_and_gradient(box, interpolation):
             layer.weight.fill_(1.0)
         (layer.construct_kernel() * ramp).sum().backward()
         torch.testing.assert_close(layer.P.grad, torch.ones_like(layer.P))
+
+
+@pytest.mark.parametrize("offset, sigma", [(7.07, 1.0), (5.5, 0.8), (3.0, 0.27), (40.0, 1.0)])
+def test_gaussian_element_far_outside_one_dimension_keeps_the_reference_share(offset, sigma):
+    """A Gaussian element moved far outside the box along one dimension: the reference normalises its profile by
+    ``sum + 1e-7``, so it keeps about ``mass / 1e-7`` of its weight (1.4e-4 at 7.07 sigmas, 5.5e-4 at 6.9; 1e-20
+    at 11, nothing at 40). In float32 3-D the layer flushed the first two to zero (every profile's tail was cut
+    at one absolute level, ~3e-10). Output and gradients in float32 against the official layer in float64, to
+    1e-5 of what the element gives inside the box; the kernel's centre against the formula written out."""
+    torch.manual_seed(0)
+    box = (5, 1, 5)
+
+    def official(position):
+        ref = ref_modules.Dcls3d(1, 2, 1, dilated_kernel_size=box, version="gauss", bias=False).double()
+        with torch.no_grad():
+            ref.weight.copy_(torch.tensor([0.7, -1.3]).view(2, 1, 1))
+            ref.P.zero_()
+            ref.P[1].fill_(position)  # P[1] moves along the middle dimension, one cell wide
+            ref.SIG.zero_()
+            ref.SIG[1].fill_(sigma - 0.27)
+        return ref
+
+    x = torch.randn(2, 1, 7, 3, 7, dtype=torch.float64)
+    grad = torch.randn(2, 2, 3, 3, 3, dtype=torch.float64)
+    names = ("weight", "P", "SIG")
+
+    def outputs(layer, dtype):
+        y = layer(x.to(dtype))
+        return [y, *torch.autograd.grad(y, [getattr(layer, n) for n in names], grad.to(dtype))]
+
+    inside = outputs(official(0.0), torch.float64)  # the scale of each quantity for an element in the box
+    ref = official(offset)
+    ours = DclsConv3d(1, 2, 1, box, interpolation="gaussian", bias=False)
+    ours.load_state_dict(_roundtrip({k: v.float() for k, v in ref.state_dict().items()}))
+    for name, want, have, scale in zip(("output",) + names, outputs(ref, torch.float64), outputs(ours, torch.float32),
+                                       inside):
+        torch.testing.assert_close(have.double(), want, rtol=1e-4, atol=1e-5 * scale.abs().max().item(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    tail = sum(math.exp(-0.5 * (d / 0.27) ** 2) for d in (1, 2))
+    along = 1 + 2 * tail  # the profile's sum along each of the other two dimensions (peak 1 at the centre)
+    mass = math.exp(-0.5 * (offset / sigma) ** 2)
+    centre = ref.weight.detach().view(2) * mass / (mass * along ** 2 + 1e-7)  # the reference's normalisation
+    torch.testing.assert_close(ours.construct_kernel()[:, 0, 2, 0, 2].double(), centre, rtol=1e-4,
+                               atol=1e-9 * ref.weight.abs().max().item())
 
 
 @pytest.mark.parametrize("position_init", ["normal", "uniform"])
