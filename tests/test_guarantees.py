@@ -544,13 +544,19 @@ def _families() -> dict:
         "S4DConv1d": lambda: lnn.S4DConv1d(4),
         "SGConv2d": lambda: lnn.SGConv2d(4, kernel_size=9),
         "FourierMix": lambda: lnn.FourierMix(),
+        "RepLKConv2d": lambda: lnn.RepLKConv2d(4, 4, 9, groups=4, small_kernel=3),
+        "SLaKConv2d": lambda: lnn.SLaKConv2d(4, 4, 9, groups=4, small_kernel=3),
+        "DilatedReparamConv2d": lambda: lnn.DilatedReparamConv2d(4, 4, 7, groups=4),
+        "DilatedReparamConv2d-eval": lambda: lnn.DilatedReparamConv2d(4, 4, 7, groups=4).eval(),
     }
 
 
 @pytest.mark.parametrize("name", list(_families()))
 def test_every_family_runs_under_autocast(name, autocast_case):
     """Forward and backward under bf16 (CUDA: also fp16) autocast (fp32 parameters and input, as in mixed-precision
-    training) give the float64 layer's output and gradients within bf16 accuracy."""
+    training) give the float64 layer's output and gradients within bf16 accuracy, in the dtype torch's own
+    operation returns there: a convolution's the autocast dtype (NIFF returned float32, the re-parameterised
+    layers in training too, their bias after the branches' sum promoting it), FourierMix's that of torch's FFT."""
     device, dtype = autocast_case
     torch.manual_seed(0)
     layer = _families()[name]().to(device)
@@ -558,11 +564,16 @@ def test_every_family_runs_under_autocast(name, autocast_case):
     x = x.to(device)
     params = list(layer.parameters())
     exact = layer.double()(x.double())
-    exact_grads = torch.autograd.grad(exact.square().sum(), params) if params else ()
+    # Weighted: a plain sum of squares has a zero gradient for a bias after batch norms (their outputs sum to zero).
+    weights = torch.rand_like(exact)
+    exact_grads = torch.autograd.grad((exact.square() * weights).sum(), params) if params else ()
     layer = layer.float()
     with torch.autocast(device, dtype=dtype):
         y = layer(x)
-        loss = y.float().square().sum()
+        loss = (y.float().square() * weights.float()).sum()
+        torchs = torch.fft.fft2(x).real if name == "FourierMix" else F.conv1d(x, torch.ones(4, 1, 3), groups=4) \
+            if x.dim() == 3 else F.conv2d(x, torch.ones(4, 1, 3, 3), torch.ones(4), groups=4)
+    assert y.dtype == torchs.dtype
     grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
     assert _relative(y, exact) < 5e-2
     for g, e in zip(grads, exact_grads):

@@ -376,28 +376,60 @@ def test_property_any_size_matches_reference(h, w, mode):
     torch.testing.assert_close(layer.bake((h, w))(x), expected)
 
 
-def test_low_precision_input_is_transformed_in_float32():
-    """bf16 input: the paper's formula in float64 on the same (bf16-rounded) input, within bf16 output rounding."""
+@pytest.mark.parametrize("how", ["bf16 layer", "autocast"])
+def test_low_precision_input_is_transformed_in_float32(how):
+    """bf16 input, to a bf16 layer or under bf16 autocast (float32 parameters): the paper's formula in float64 on
+    the same (bf16-rounded) input and parameters, within bf16 output rounding; the output bf16, as torch's
+    convolutions return it there."""
+    torch.manual_seed(0)
     layer = NIFFConv2d(3, bias=False)
+    if how == "bf16 layer":
+        layer = layer.bfloat16()
     x = torch.randn(2, 3, 7, 9).bfloat16()
-    y = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
+        y = layer(x)
+        if how == "autocast":  # a float32 input rounded to bf16 first, as torch's convolutions round it
+            torch.testing.assert_close(layer(x.float()), y, rtol=0, atol=0)
     assert y.dtype == torch.bfloat16
     exact = _reference_niff(layer.double(), x.double())
     torch.testing.assert_close(y.double(), exact, rtol=1e-2, atol=1e-2)
-    assert layer.bfloat16()(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("make", [lambda: NIFFConv2d(3, 3), lambda: SpectralPointwise(3, 3)],
+                         ids=["NIFFConv2d", "SpectralPointwise"])
+@pytest.mark.parametrize("params, given", [(torch.float32, torch.float64), (torch.float32, torch.bfloat16),
+                                           (torch.float64, torch.float32), (torch.bfloat16, torch.float32)])
+def test_an_input_of_another_dtype_than_the_parameters_is_refused_as_torch_refuses_it(make, params, given):
+    """Outside autocast, torch's convolution (a 1x1 one for SpectralPointwise) refuses an input whose dtype is not
+    its parameters' with a RuntimeError; these layers did too little: they computed in the input's precision with
+    the filter cast to it. Now the same refusal (a RuntimeError naming both dtypes), and under autocast, where
+    torch's accepts float32 and bf16 inputs alike, theirs match it."""
+    torch.manual_seed(0)
+    layer = make().to(params)
+    torchs = torch.nn.Conv2d(3, 3, 1).to(params)
+    x = torch.randn(2, 3, 6, 7, dtype=given)
+    with pytest.raises(RuntimeError):
+        torchs(x)
+    with pytest.raises(RuntimeError, match=f"{params}.*{given}"):
+        layer(x)
+    if torch.float64 not in (params, given):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torchs(x).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("params", ["float32", "same"])
+@pytest.mark.parametrize("params", ["autocast", "same"])
 def test_spectral_pointwise_keeps_a_low_precision_input_dtype(dtype, params):
     """A 1x1 map commutes with the Fourier transform: on a real input the layer is torch's 1x1 convolution, and,
-    like it, returns the input's dtype (it returned float32 for bf16 and fp16 input)."""
+    like it, returns the input's dtype (it returned float32 for bf16 and fp16 input): with parameters of that
+    dtype, or float32 ones under autocast to it."""
     torch.manual_seed(0)
     layer = SpectralPointwise(3, 5)
     if params == "same":
         layer = layer.to(dtype)
     x = torch.randn(2, 3, 7, 9).to(dtype)
-    y = layer(x)
+    with torch.autocast("cpu", dtype=dtype, enabled=params == "autocast"):
+        y = layer(x)
     assert y.dtype == dtype
     expected = F.conv2d(x.double(), layer.weight.double()[:, :, None, None], layer.bias.double())
     torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=2e-2)

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ConvArgumentError", "ConvArgs", "PADDING_MODES", "conv_args", "ntuple", "per_side_padding",
-           "autocast_operands", "autocast_off", "flat_pads", "own_nodes", "conv_memory_format"]
+           "autocast_operands", "autocast_dtype", "check_input_dtype", "autocast_off", "flat_pads", "own_nodes",
+           "conv_memory_format"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 
@@ -154,14 +155,35 @@ def autocast_operands(input: Tensor, weight: Tensor, bias: Tensor | None):
     device = input.device.type
     if device not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device):
         return input, weight, bias
-    dtype = torch.get_autocast_dtype(device)
 
     def cast(t):
-        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype not in (dtype, torch.float64):
-            return t.to(dtype)
+        if isinstance(t, Tensor) and t.is_floating_point():
+            dtype = autocast_dtype(t.dtype, device)
+            return t if dtype == t.dtype else t.to(dtype)
         return t
 
     return cast(input), cast(weight), cast(bias)
+
+
+def autocast_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
+    """The dtype ``torch.autocast`` gives a floating-point convolution operand of ``dtype`` on ``device_type``: the
+    autocast dtype where autocast is on for that device (float64 left alone, as torch leaves it), else ``dtype``."""
+    if device_type not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device_type) \
+            or dtype == torch.float64:
+        return dtype
+    return torch.get_autocast_dtype(device_type)
+
+
+def check_input_dtype(layer, input: Tensor, dtype: torch.dtype) -> None:
+    """torch's rule for a convolution layer's operands, for ``layer`` whose parameters are ``dtype`` and whose
+    computation does not meet torch's own check (``torch.nn.Conv2d`` raises a ``RuntimeError``): the input's
+    dtype is the parameters', under ``torch.autocast`` as autocast casts both (:func:`autocast_dtype`).
+    :class:`ConvArgumentError` naming both otherwise."""
+    device = input.device.type
+    if autocast_dtype(input.dtype, device) != autocast_dtype(dtype, device):
+        raise ConvArgumentError(f"input dtype must match {type(layer).__name__}'s parameters' dtype {dtype} (as "
+                                f"torch's convolutions require; under torch.autocast, as autocast casts them), got "
+                                f"{input.dtype}")
 
 
 def autocast_off(device_type: str):

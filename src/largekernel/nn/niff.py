@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional._args import ConvArgumentError, conv_memory_format, flat_pads, ntuple
+from largekernel.functional._args import (ConvArgumentError, autocast_dtype, check_input_dtype, conv_memory_format,
+                                          flat_pads, ntuple)
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import NotScriptable, compiled_once, region_applies, tracing
 from largekernel.functional.spectral import spectral_filter, spectral_pointwise, to_spatial, to_spectrum
@@ -370,6 +371,13 @@ class _NIFFConvNd(KernelConvNd):
     def forward(self, input: Tensor | Spectrum) -> Tensor | Spectrum:
         nd = self._nd
         param_dtype = next(self.parameters()).dtype
+        if isinstance(input, Tensor) and input.is_floating_point():
+            # The transforms run in the input's precision and cast the filter to it: torch's check, made here
+            # (a Spectrum, complex, holds float32 for half-precision layers). Under torch.autocast, the input in
+            # the autocast dtype, as torch's convolutions (and the library's others) take it: transformed in
+            # float32, the output in that dtype.
+            check_input_dtype(self, input, param_dtype)
+            input = input.to(autocast_dtype(input.dtype, input.device.type))
         if isinstance(input, Spectrum) or self.output == "spectrum":
             return self._spectral_forward(input, param_dtype)
         size = self._spatial_size(input)
@@ -636,6 +644,10 @@ class SpectralPointwise(NotScriptable, nn.Module):
         if isinstance(input, Spectrum):
             spec, grid = input.data, tuple(input.grid)
         else:
+            if isinstance(input, Tensor) and input.is_floating_point():
+                # torch's 1x1 convolution's rule: the weight's dtype (under torch.autocast, the input in its dtype)
+                check_input_dtype(self, input, self.weight.dtype)
+                input = input.to(autocast_dtype(input.dtype, input.device.type))
             dtype = input.dtype
             if input.dim() not in (self.ndim + 1, self.ndim + 2):
                 raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D (batch, channels, "

@@ -291,7 +291,9 @@ class _ReparamConvNd(KernelConvNd):
             for branch in self._branch_calls():
                 y = branch(input)
                 out = y if out is None else out + y
-            return out if self.bias is None else out + self.bias.view(-1, *(1,) * self._nd)
+            # The bias in the branches' dtype: under torch.autocast they return its dtype, as torch's convolution
+            # does with its bias (and the merged kernel's convolution in eval).
+            return out if self.bias is None else out + self.bias.to(out.dtype).view(-1, *(1,) * self._nd)
         kernel, bias = self._merge()
         return convolve(input, kernel, bias, self.stride, self.padding, 1, self.groups, self.padding_mode,
                         backend=self.backend)
