@@ -96,5 +96,106 @@ def test_feature_cls_as_timm_takes_it(feature_cls):
 
 
 def test_unknown_feature_cls_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"feature_cls must be one of \['dict', 'fx', 'hook', 'list'\].*'getter'"):
-        timm.create_model("convnext_atto_dcls", features_only=True, feature_cls="getter")
+    with pytest.raises(ValueError, match=r"feature_cls must be one of \['dict', 'fx', 'getter', 'hook', 'list'\].*'x'"):
+        timm.create_model("convnext_atto_dcls", features_only=True, feature_cls="x")
+
+
+# ------------------------------------------------------------------------------- timm's model methods
+
+_TWINS = [("convnext_atto", "convnext_atto"), ("resnet18", "resnet18")]
+
+
+def _twins(ours: str, theirs: str):
+    """timm's model and ours of the same architecture, ours holding timm's (random) weights: the state dicts'
+    entries taken in order, their shapes asserted equal (timm's ConvNeXt-atto runs its MLP as 1x1 convolutions,
+    ours as linear layers: the same weights, without the two trailing 1s)."""
+    reference = timm.create_model(theirs).eval()
+    model = timm.create_model(largekernel.models.timm_name(ours)).eval()
+    state, given = model.state_dict(), list(reference.state_dict().values())
+    assert len(state) == len(given)
+    for (name, mine), theirs_ in zip(state.items(), given):
+        assert mine.shape == theirs_.shape[:mine.dim()] and set(theirs_.shape[mine.dim():]) <= {1}, name
+    model.load_state_dict({name: t.reshape(mine.shape) for (name, mine), t in zip(state.items(), given)})
+    return model, reference
+
+
+@pytest.mark.parametrize("ours,theirs", _TWINS)
+@pytest.mark.parametrize("kwargs", [{}, {"indices": 2}, {"indices": [0, -1]}, {"indices": [1], "stop_early": True},
+                                    {"indices": 3, "intermediates_only": True}, {"norm": True}])
+def test_forward_intermediates_as_timms(ours, theirs, kwargs):
+    """timm's ``forward_intermediates`` on our hierarchical models: the same maps (and final features) as timm's
+    own ConvNeXt-atto and ResNet-18 holding the same weights, for each way of naming the maps."""
+    model, reference = _twins(ours, theirs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = reference.forward_intermediates(x, **kwargs), model.forward_intermediates(x, **kwargs)
+    if not kwargs.get("intermediates_only"):
+        torch.testing.assert_close(got[0], want[0])
+        want, got = want[1], got[1]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("ours,theirs", _TWINS)
+def test_feature_getter_as_timms(ours, theirs):
+    """``feature_cls="getter"`` (timm's FeatureGetterNet: the model pruned by ``prune_intermediate_layers``, its
+    maps from ``forward_intermediates``): timm's wrapper type, channels and reductions, and the maps of timm's
+    own model holding the same weights."""
+    model, reference = _twins(ours, theirs)
+    indices = (1, 3)
+    want = timm.create_model(theirs, features_only=True, out_indices=indices, feature_cls="getter").eval()
+    got = timm.create_model(largekernel.models.timm_name(ours), features_only=True, out_indices=indices,
+                            feature_cls="getter").eval()
+    assert type(got) is type(want)
+    assert got.feature_info.channels() == want.feature_info.channels()
+    assert got.feature_info.reduction() == want.feature_info.reduction()
+    got.model.load_state_dict(model.state_dict(), strict=False)
+    want.model.load_state_dict(reference.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(got(x), want(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("ours,theirs", _TWINS)
+@pytest.mark.parametrize("coarse", [False, True])
+def test_layer_decay_groups_as_timms(ours, theirs, coarse):
+    """timm's layer-wise learning-rate decay (``param_groups_layer_decay``, what ``create_optimizer_v2(...,
+    layer_decay=)`` uses) reads ``group_matcher``: every parameter gets the learning-rate scale and weight decay
+    that the same parameter of timm's own model gets (without ``group_matcher`` timm fell back to grouping by
+    module depth)."""
+    from timm.optim import param_groups_layer_decay
+
+    model, reference = _twins(ours, theirs)
+    if coarse:
+        model.group_matcher = lambda coarse=False, f=model.group_matcher: f(coarse=True)
+        reference.group_matcher = lambda coarse=False, f=reference.group_matcher: f(coarse=True)
+
+    def scales(net):
+        found = {}
+        for group in param_groups_layer_decay(net, weight_decay=0.05, layer_decay=0.7):
+            for p in group["params"]:
+                found[p] = (group["lr_scale"], group["weight_decay"])
+        return [found[p] for p in net.parameters()]
+
+    assert scales(model) == scales(reference)
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
+    assert len({g["lr_scale"] for g in optimizer.param_groups}) > 4
+
+
+@pytest.mark.parametrize("ours,theirs", _TWINS)
+def test_classifier_methods_as_timms(ours, theirs):
+    """``get_classifier`` and ``reset_classifier(num_classes, global_pool)``: timm's ``(0, "")`` makes the
+    model return its last feature map, as timm's model then does; ``(5, "avg")`` a 5-way head."""
+    model, reference = _twins(ours, theirs)
+    assert type(model.get_classifier()) is torch.nn.Linear
+    assert model.get_classifier().out_features == reference.get_classifier().out_features
+    assert model.head_hidden_size == reference.head_hidden_size
+    x = torch.randn(2, 3, 64, 64)
+    for net in (model, reference):
+        net.reset_classifier(0, "")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    model.reset_classifier(5, "avg")
+    assert model(x).shape == (2, 5) and model.get_classifier().out_features == 5

@@ -367,3 +367,115 @@ def test_dynamic_quantization_of_linear_layers_leaves_kernel_nets(conv, model, s
     with torch.no_grad():
         torch.testing.assert_close(by_type(x), by_name(x), rtol=0, atol=0)
         assert not torch.equal(by_name(x), net(x))  # the head is quantized
+
+
+# ----------------------------------------------------------------------------- timm's backbone methods
+
+_BACKBONES = ["convnext_atto", "resnet20", "resnet18", "replknet_31b", "unireplknet_t", "slak_tiny"]
+
+
+def _feature_maps(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``forward_features(x)`` and the outputs of the modules ``feature_info`` names, caught by forward hooks."""
+    outputs = {}
+    hooks = [model.get_submodule(info["module"]).register_forward_hook(
+        lambda module, args, y, key=info["module"]: outputs.__setitem__(key, y.clone())) for info in model.feature_info]
+    with torch.no_grad():
+        final = model.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    return final, [outputs[info["module"]] for info in model.feature_info]
+
+
+@pytest.mark.parametrize("name", _BACKBONES)
+def test_forward_intermediates_are_the_maps_feature_info_names(name):
+    """timm's ``forward_intermediates``: the outputs of the modules ``feature_info`` names in a plain forward, in
+    forward order, for each way timm names them (None: all; n: the last n; positions, negative from the end),
+    with ``forward_features``' result (or, with ``stop_early``, the last map reached); bad arguments refused."""
+    model, x = _model(name)
+    model.eval()
+    final, maps = _feature_maps(model, x)
+    n = len(maps)
+    for indices, expected in [(None, range(n)), (2, [n - 2, n - 1]), ([0, -1], [0, n - 1]), ([-1, 0], [0, n - 1]),
+                              ((1,), [1])]:
+        with torch.no_grad():
+            got_final, got = model.forward_intermediates(x, indices=indices)
+            only = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+        torch.testing.assert_close(got_final, final)
+        assert len(got) == len(only) == len(expected)
+        for a, b, i in zip(got, only, expected):
+            torch.testing.assert_close(a, maps[i])
+            torch.testing.assert_close(b, maps[i])
+    with torch.no_grad():
+        early, (first,) = model.forward_intermediates(x, indices=[1], stop_early=True)
+    torch.testing.assert_close(early, maps[1])
+    for bad in (0, n + 1, [n], [-n - 1], [], [1.0]):
+        with pytest.raises(ValueError, match="indices"):
+            model.forward_intermediates(x, indices=bad)
+    with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "resnet18", "slak_tiny"])
+def test_prune_intermediate_layers_keeps_the_maps_up_to_the_last(name):
+    """``prune_intermediate_layers`` drops what follows the last map named (fewer parameters) and, as timm's,
+    the head and pooling: the pruned model returns that map, and its maps are the unpruned model's."""
+    model, x = _model(name)
+    model.eval()
+    _, maps = _feature_maps(model, x)
+    before = _count(model)
+    assert model.prune_intermediate_layers([0, -3]) == [0, len(maps) - 3]
+    assert len(model.feature_info) == len(maps) - 2 and _count(model) < before
+    with torch.no_grad():
+        got = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        torch.testing.assert_close(model(x), maps[-3])
+    torch.testing.assert_close(got[0], maps[0])
+    torch.testing.assert_close(got[1], maps[-3])
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "resnet20", "slak_tiny"])
+def test_grad_checkpointing_recomputes_each_block_with_the_same_gradients(name):
+    """``set_grad_checkpointing()``: each block runs once more in the backward (forward pre-hooks count the calls),
+    and the gradients are those without it (float64; eval mode, so that a block's BatchNorms compute the same
+    function when recomputed)."""
+    model, x = _model(name)
+    model = model.double().eval()
+    x = x.double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = torch.autograd.grad(model(x).square().sum(), params)
+    blocks = [b for stage in model.stages for b in (stage.blocks if hasattr(stage, "blocks") else stage)]
+    calls = collections.Counter()
+    for block in blocks:
+        # A pre-hook: torch's recomputation stops once it has what the backward needs, before a block's end.
+        block.register_forward_pre_hook(lambda module, args: calls.update([id(module)]))
+    model.set_grad_checkpointing()
+    loss = model(x).square().sum()
+    assert set(calls.values()) == {1} and len(calls) == len(blocks)
+    checkpointed = torch.autograd.grad(loss, params)
+    assert set(calls.values()) == {2}
+    for a, b in zip(checkpointed, plain, strict=True):
+        torch.testing.assert_close(a, b)
+    model.set_grad_checkpointing(False)
+    calls.clear()
+    torch.autograd.grad(model(x).square().sum(), params)
+    assert set(calls.values()) == {1}
+
+
+def test_reset_classifier_takes_timms_global_pool():
+    """``reset_classifier(0, "")``: no pooling, the model returns its last feature map with the head's LayerNorm
+    at each position (torch's layer_norm over the channels, written out here); ``"avg"`` pools again; other
+    names, or a classifier without pooling, refused. ``get_classifier`` and ``head_hidden_size`` as timm's."""
+    model, x = _model("convnext_atto")
+    model.eval()
+    assert model.get_classifier() is model.head and model.head_hidden_size == model.num_features
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(0, "")
+        expected = torch.nn.functional.layer_norm(features.movedim(1, -1), (features.shape[1],), model.norm.weight,
+                                                  model.norm.bias, eps=1e-6).movedim(-1, 1)
+        torch.testing.assert_close(model(x), expected)
+        model.reset_classifier(3, "avg")
+        assert model(x).shape == (x.shape[0], 3)
+    with pytest.raises(ValueError, match="num_classes must be 0"):
+        model.reset_classifier(3, "")
+    with pytest.raises(ValueError, match="global_pool must be None, 'avg'"):
+        model.reset_classifier(3, "max")

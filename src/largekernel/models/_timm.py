@@ -6,8 +6,12 @@ with ``timm.models.register_model``, so that ``timm.create_model("convnext_tiny_
 mean/std, classifier) work. A name timm already uses for its own model (``convnext_tiny``,
 ``resnet18``, ...) is registered as ``lk_<name>``, leaving timm's model as it is.
 ``features_only=True`` / ``out_indices`` return timm's ``FeatureListNet`` over the model's
-``feature_info`` (another of timm's wrappers with ``feature_cls="dict"``, ``"hook"`` or ``"fx"``,
-as for timm's models). There are no pretrained weights: ``pretrained=True`` is an error.
+``feature_info`` (another of timm's wrappers with ``feature_cls="dict"``, ``"hook"``, ``"fx"`` or,
+for the hierarchical models, ``"getter"``, as for timm's models). Those models also carry timm's
+model methods (``forward_intermediates``, ``prune_intermediate_layers``, ``group_matcher``,
+``set_grad_checkpointing``, ``get_classifier``, ``reset_classifier(num_classes, global_pool)``:
+:class:`largekernel.models.layers.Backbone`). There are no pretrained weights: ``pretrained=True``
+is an error.
 
 The core library never imports timm; only this module does, and only when it is installed.
 """
@@ -40,6 +44,7 @@ def _entrypoint(name: str, registered: str) -> Callable[..., nn.Module]:
     def entry(pretrained: bool = False, features_only: bool = False, out_indices: Sequence[int] | None = None,
               feature_cls: str | type = "list", **kwargs) -> nn.Module:
         from timm.models import FeatureDictNet, FeatureGraphNet, FeatureHookNet, FeatureListNet, build_model_with_cfg
+        from timm.models._features import FeatureGetterNet
 
         from largekernel.models._registry import create_model
 
@@ -55,13 +60,15 @@ def _entrypoint(name: str, registered: str) -> Callable[..., nn.Module]:
             raise ValueError(f"{registered!r} declares no feature_info, so features_only=True has nothing to return")
         indices = tuple(range(len(model.feature_info))) if out_indices is None else tuple(out_indices)
         cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier", "pool_size")}
-        # timm's feature_cls names (its "getter" needs a forward_intermediates these models do not have)
+        # timm's feature_cls names ("getter": the model's own forward_intermediates, where it has one)
         wrappers = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "fx": FeatureGraphNet}
+        if hasattr(model, "forward_intermediates"):
+            wrappers["getter"] = FeatureGetterNet
         wrapper = feature_cls if isinstance(feature_cls, type) else wrappers.get(str(feature_cls).lower())
         if wrapper is None:
             raise ValueError(f"feature_cls must be one of {sorted(wrappers)} or a timm feature class, got "
                              f"{feature_cls!r}")
-        options = {} if issubclass(wrapper, FeatureGraphNet) else {"flatten_sequential": True}
+        options = {} if issubclass(wrapper, (FeatureGraphNet, FeatureGetterNet)) else {"flatten_sequential": True}
         features = wrapper(model, out_indices=indices, **options)
         features.pretrained_cfg = features.default_cfg = cfg
         return features

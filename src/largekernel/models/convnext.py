@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from largekernel.models._registry import IMAGENET_MEAN, IMAGENET_STD, model_cfg, register_model
 from largekernel.models.layers import (
+    Backbone,
     Classifier,
     DropPath,
     LayerNormChannelsFirst,
@@ -90,7 +91,7 @@ class _Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXt(Classifier):
+class ConvNeXt(Backbone, Classifier):
     """ConvNeXt: patchify stem, four stages of :class:`ConvNeXtBlock`, global pool, LayerNorm, linear head.
 
     Args:
@@ -149,12 +150,11 @@ class ConvNeXt(Classifier):
                 if len(stage.blocks) > 1:
                     optim.share_positions(block.conv_dw for block in stage.blocks)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         minimum = self.patch_size * 2 ** (len(self.stages) - 1)
         if not traced(x) and (x.dim() != 4 or min(x.shape[-2:]) < minimum):
             raise ValueError(f"ConvNeXt with patch_size={self.patch_size} expects (B, C, H, W) with H, W >= "
                              f"{minimum}, got shape {tuple(x.shape)}")
-        return self.stages(self.stem(x))  # (B, dims[-1], H / (8 patch_size), W / (8 patch_size))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.norm(x.mean(dim=(2, 3))))  # (B, C)

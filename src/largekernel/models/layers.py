@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from largekernel.functional._args import ConvArgumentError, ntuple
@@ -40,6 +41,8 @@ __all__ = [
     "LayerNormChannelsFirst",
     "create_norm",
     "Classifier",
+    "Backbone",
+    "take_indices",
     "Stage",
     "StagedClassifier",
     "like_parameters",
@@ -360,21 +363,175 @@ class Classifier(nn.Module):
 
     num_features: int
     num_classes: int
+    #: timm's pooling name: ``"avg"`` (global average pooling), or ``""`` (none: ``forward`` returns the feature
+    #: map, normed as the head norms; set by ``reset_classifier(0, "")``).
+    global_pool: str = "avg"
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Channels of the pooled features the head takes (timm's attribute; no pre-logits layer here)."""
+        return self.num_features
 
     def no_weight_decay(self) -> set[str]:
         return set()
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (timm's ``get_classifier``)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a fresh ``num_classes``-way linear layer (0: identity, features out), on the
-        model's device and in its dtype."""
-        if not isinstance(num_classes, int) or num_classes < 0:
+        model's device and in its dtype. ``global_pool`` as timm takes it: None (unchanged), ``"avg"``, or ``""``
+        (no pooling: ``forward`` returns the feature map, the head's norm applied at each position as timm's heads
+        apply theirs; needs ``num_classes=0``)."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"global_pool must be None, 'avg' (these models pool by averaging) or '' (no pooling, "
+                             f"with num_classes=0), got {global_pool!r}")
+        if global_pool == "" and num_classes:
+            raise ValueError(f"global_pool='' (no pooling) returns the feature map and takes no classifier: "
+                             f"num_classes must be 0, got {num_classes}")
+        if global_pool is not None:
+            self.global_pool = global_pool
         self.num_classes = num_classes
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head = like_parameters(self, head)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        x = self.forward_features(x)
+        return self._unpooled(x) if self.global_pool == "" else self.forward_head(x)
+
+    def _unpooled(self, x: Tensor) -> Tensor:
+        """``global_pool=""``: the feature map with the head's norm (if any) applied at each position, as timm's
+        heads apply theirs without pooling (a LayerNorm over the channels; RepLKNet's BatchNorm on the map)."""
+        norm = getattr(self, "norm", None)
+        if norm is None or isinstance(norm, nn.Identity):
+            return x
+        if isinstance(norm, nn.LayerNorm):
+            return norm(x.movedim(1, -1)).movedim(-1, 1)
+        return norm(x)
+
+
+def take_indices(count: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``: the absolute positions among ``count`` feature maps that ``indices``
+    names (None: all; an int ``n``: the last ``n``; a sequence: those, negative ones counted from the end) and
+    the largest of them."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices} asks for the last {indices} feature maps: must be in [1, {count}]")
+        taken = list(range(count - indices, count))
+    else:
+        taken = []
+        for i in indices:
+            if not isinstance(i, int) or isinstance(i, bool) or not -count <= i < count:
+                raise ValueError(f"indices must be ints in [-{count}, {count}) for the {count} feature maps, "
+                                 f"got {indices!r}")
+            taken.append(i % count)
+        if not taken:
+            raise ValueError("indices must name at least one feature map, got an empty sequence")
+    return taken, max(taken)
+
+
+class Backbone:
+    """timm's backbone methods for a :class:`Classifier` whose features are ``stages(stem(x))``, each stage a
+    ``downsample`` then ``blocks`` (or a ``Sequential`` of blocks), and whose ``feature_info`` names entries
+    of ``stem`` or ``stages``: ``forward_intermediates``, ``prune_intermediate_layers`` (so timm's
+    ``features_only=True, feature_cls="getter"`` works), ``group_matcher`` (timm's layer-wise learning-rate decay)
+    and ``set_grad_checkpointing``."""
+
+    #: Recompute each block in the backward instead of keeping its activations (``set_grad_checkpointing``).
+    grad_checkpointing: bool = False
+
+    def _check_input(self, x: Tensor) -> None:
+        """Raise a clear error for an input ``forward_features`` cannot take (subclasses)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return x
+
+    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return stage(x)
+        from torch.utils.checkpoint import checkpoint
+
+        blocks = stage
+        if hasattr(stage, "blocks"):
+            x, blocks = stage.downsample(x), stage.blocks
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's forward in the backward (``torch.utils.checkpoint``, non-reentrant) instead of
+        keeping its activations: less memory, one more forward per block. As for timm's models, a BatchNorm in a
+        block updates its running statistics again when its block is recomputed."""
+        self.grad_checkpointing = bool(enable)
+
+    def _feature_path(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` in forward order: the stem's entries, then each stage."""
+        return ([(f"stem.{n}", m) for n, m in self.stem.named_children()]
+                + [(f"stages.{n}", m) for n, m in self.stages.named_children()])
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the feature maps of ``feature_info`` at ``indices`` (None: all; an int
+        ``n``: the last ``n``; negative positions from the end), in forward order; with ``intermediates_only``
+        that list, else ``(forward_features(x), list)`` (the last map reached with ``stop_early``). ``norm``: these
+        models norm nothing before pooling (timm's ConvNeXt likewise): accepted, no effect. ``output_fmt``:
+        ``"NCHW"`` (channels first) only."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (these models' feature maps are channels-first), got "
+                             f"{output_fmt!r}")
+        names = [f["module"] for f in self.feature_info]
+        taken, last = take_indices(len(names), indices)
+        wanted = {names[i] for i in taken}
+        self._check_input(x)
+        intermediates = []
+        for name, module in self._feature_path():
+            x = self._run_stage(module, x) if name.startswith("stages.") else module(x)
+            if name in wanted:
+                intermediates.append(x)
+            if name == names[last] and (stop_early or intermediates_only):
+                break
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's ``prune_intermediate_layers``: drop the stem entries and stages after the last feature map
+        ``indices`` names (and, with ``prune_head``, the head, its norm and the pooling: ``forward`` then returns
+        the last kept map, as timm's pruned models do; ``prune_norm``: nothing else to drop here). Returns the
+        maps' absolute positions."""
+        names = [f["module"] for f in self.feature_info]
+        taken, last = take_indices(len(names), indices)
+        path = [name for name, _ in self._feature_path()]
+        kept = set(path[:path.index(names[last]) + 1])
+        self.stem = nn.Sequential(*(m for n, m in self.stem.named_children() if f"stem.{n}" in kept)) \
+            if isinstance(self.stem, nn.Sequential) else self.stem
+        self.stages = nn.Sequential(*(m for n, m in self.stages.named_children() if f"stages.{n}" in kept))
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_head:  # as timm's: no head, no pooling (forward returns the last kept map)
+            self.num_features = self.feature_info[-1]["num_chs"]
+            if hasattr(self, "norm"):
+                self.norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return taken
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's ``group_matcher`` (layer-wise learning-rate decay, ``create_optimizer_v2(layer_decay=...)``): the
+        stem, then each stage (``coarse``) or each block, a stage's downsampling with its first block, as timm
+        groups its ConvNeXt and ResNet."""
+        if coarse:
+            return {"stem": r"^stem", "blocks": r"^stages\.(\d+)"}
+        if all(hasattr(stage, "blocks") for stage in self.stages):
+            return {"stem": r"^stem", "blocks": [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                 (r"^stages\.(\d+)\.blocks\.(\d+)", None)]}
+        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)\.(\d+)"}
 
 
 class Stage(nn.Module):
@@ -389,7 +546,7 @@ class Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class StagedClassifier(Classifier):
+class StagedClassifier(Backbone, Classifier):
     """A ``stem`` of stride 4, ``stages`` halving the resolution after the first, global average pooling,
     ``norm`` and a linear ``head`` (the large-kernel CNNs: RepLKNet, UniRepLKNet, SLaK).
 
@@ -411,11 +568,10 @@ class StagedClassifier(Classifier):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         if not traced(x) and (x.dim() != 4 or min(x.shape[-2:]) < self.min_input_size):
             raise ValueError(f"{type(self).__name__} expects (B, C, H, W) input with H, W >= {self.min_input_size}, "
                              f"got shape {tuple(x.shape)}")
-        return self.stages(self.stem(x))  # (B, dims[-1], H / 32, W / 32)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.norm(x).mean(dim=(2, 3)) if self.norm_map else self.norm(x.mean(dim=(2, 3)))  # (B, C)

@@ -21,7 +21,7 @@ from largekernel.models._registry import (
     model_cfg,
     register_model,
 )
-from largekernel.models.layers import Classifier, _check_positive, create_conv
+from largekernel.models.layers import Backbone, Classifier, _check_positive, create_conv
 from largekernel.functional._fx import traced
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet20", "resnet44", "resnet56", "resnet18", "resnet50"]
@@ -91,7 +91,7 @@ class Bottleneck(nn.Module):
         return self.act(y + self.shortcut(x))
 
 
-class ResNet(Classifier):
+class ResNet(Backbone, Classifier):
     """Stem, stages of residual blocks (the first block of each stage after the first has stride 2), pool, head.
 
     Args:
@@ -165,10 +165,9 @@ class ResNet(Classifier):
             if isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         if not traced(x) and x.dim() != 4:
             raise ValueError(f"ResNet expects (B, C, H, W) input, got shape {tuple(x.shape)}")
-        return self.stages(self.stem(x))  # (B, num_features, H', W')
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))  # (B, num_features)
