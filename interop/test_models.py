@@ -295,3 +295,41 @@ def test_more_models_round_trip_train_and_bake(spec):
         y = converted(x)
         baked = largekernel.bake(copy.deepcopy(converted))
         torch.testing.assert_close(baked(x), y, rtol=1e-4, atol=1e-4 * y.abs().max().item())
+
+
+@pytest.mark.parametrize("family", ["replk", "slak", "dilated_reparam"])
+def test_frozen_batch_norms_merge_into_the_kernel(family):
+    """``timm.layers.freeze_batch_norm_2d`` (what ``timm.utils.freeze`` does to BatchNorms; torchvision's
+    detection backbones do the same) puts torchvision's ``FrozenBatchNorm2d`` in every BatchNorm's place. The
+    re-parameterised layers merge it as a BatchNorm on its running statistics (``bake()`` refused, and they ran
+    branch by branch): each layer's output and gradients, in training and eval, equal its branches called one by
+    one (each convolution, then torchvision's FrozenBatchNorm2d), and ``bake()`` keeps the model's output."""
+    from timm.layers import freeze_batch_norm_2d
+
+    model = timm.create_model("convnext_atto")
+    largekernel.convert(model, family)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-1, 1)
+    model = freeze_batch_norm_2d(model).double()
+    layers = [m for m in model.modules() if hasattr(m, "branches")]
+    assert layers and all(type(bn) is torchvision.ops.misc.FrozenBatchNorm2d for m in layers for _, bn in m.branches())
+    layer = layers[0]
+    x = torch.randn(2, layer.in_channels, 9, 11, dtype=torch.float64)
+    params = [conv.weight for conv, _ in layer.branches()]
+    for mode in (True, False):
+        layer.train(mode)
+        got = layer(x)
+        want = sum(bn(conv(x)) for conv, bn in layer.branches()) + layer.bias.view(-1, 1, 1)
+        torch.testing.assert_close(got, want)
+        probe = torch.randn_like(got)
+        for a, b in zip(torch.autograd.grad(got, params, probe), torch.autograd.grad(want, params, probe)):
+            torch.testing.assert_close(a, b)
+    model.eval()
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(images)
+        for native in (False, True):
+            torch.testing.assert_close(largekernel.bake(model, native=native)(images), expected)

@@ -89,13 +89,22 @@ def _dilate(kernel: Tensor, dilation: tuple[int, ...]) -> Tensor:
     return spread
 
 
+def _frozen_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is torchvision's ``FrozenBatchNorm2d`` (what ``timm.utils.freeze`` and torchvision's
+    detection backbones put in a BatchNorm's place): a BatchNorm on its running statistics in training too, which
+    the merge reproduces exactly (``x * scale + shift``, its forward, with the merge's ``scale`` and ``shift``)."""
+    cls = type(module)
+    return cls.__name__ == "FrozenBatchNorm2d" and cls.__module__ == "torchvision.ops.misc"
+
+
 def _merge_reproduces(module: nn.Module) -> bool:
     """Whether the merged kernel computes what ``module`` does as a branch: one of the branches' own types (its
-    weight read through torch's parametrizations, as its forward reads it), or a layer of the kernel protocol that
-    convolves with the kernel it constructs whatever the input's size, as ``convert()`` puts in a branch (DCLS).
-    A user's subclass or wrapper (a LoRA, a quantized layer) computes its own forward: the layer calls it."""
+    weight read through torch's parametrizations, as its forward reads it), torchvision's ``FrozenBatchNorm2d``,
+    or a layer of the kernel protocol that convolves with the kernel it constructs whatever the input's size, as
+    ``convert()`` puts in a branch (DCLS). A user's subclass or wrapper (a LoRA, a quantized layer) computes its
+    own forward: the layer calls it."""
     cls = type(module)
-    if cls in _MERGED_TYPES:
+    if cls in _MERGED_TYPES or _frozen_norm(module):
         return True
     if parametrize.is_parametrized(module):
         cls = cls.__bases__[0]  # torch's Parametrized<cls>, which adds nothing to the forward
@@ -233,7 +242,8 @@ class _ReparamConvNd(KernelConvNd):
             raise ConvArgumentError(
                 f"{type(self).__name__} cannot merge its branches into one kernel: {name!r} is a "
                 f"{type(module).__name__}, whose forward the merge does not reproduce (it merges the layer's own "
-                f"convolutions and BatchNorms, torch's parametrizations of them, SyncBatchNorms, and layers that "
+                f"convolutions and BatchNorms, torch's parametrizations of them, SyncBatchNorms, torchvision's "
+                f"FrozenBatchNorm2d, and layers that "
                 f"convolve with a kernel they construct independently of the input, as DCLS); the layer calls it, "
                 f"in eval too, but bake() and construct_kernel() need one kernel")
         return self._merge()
@@ -280,8 +290,8 @@ class _ReparamConvNd(KernelConvNd):
         return self._forward_batched(input)
 
     def _forward_batched(self, input: Tensor) -> Tensor:
-        if (any(bn.training or bn.running_var is None for _, bn in self.branches()) or must_call(*self.children())
-                or self._not_merged() is not None):
+        if (any((bn.training and not _frozen_norm(bn)) or bn.running_var is None for _, bn in self.branches())
+                or must_call(*self.children()) or self._not_merged() is not None):
             # Each branch as the reference calls it (its container, else its convolution then its BatchNorm):
             # BatchNorms on batch statistics (training, or keeping no running statistics) normalise each branch
             # on its own, hooks inside the layer run where their module is called (the merged kernel reads
