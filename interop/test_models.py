@@ -333,3 +333,30 @@ def test_frozen_batch_norms_merge_into_the_kernel(family):
         expected = model(images)
         for native in (False, True):
             torch.testing.assert_close(largekernel.bake(model, native=native)(images), expected)
+
+
+@pytest.mark.parametrize("family", ["replk", "slak", "dilated_reparam"])
+def test_timms_reparameterize_model_merges_the_branches(family):
+    """``timm.utils.reparameterize_model`` replaces each child that has ``fuse()`` by its result, as it fuses
+    timm's own re-parameterisable blocks: on a converted model it leaves no branch, one convolution per layer,
+    and the output of the layers run branch by branch (a forward hook on each branch's convolution makes a layer
+    call its branches, in eval too; float64, BatchNorm statistics randomised)."""
+    model = timm.create_model("convnext_atto")
+    largekernel.convert(model, family)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-1, 1)
+    model = model.double().eval()
+    fused = reparameterize_model(model)
+    assert not any(hasattr(m, "branches") for m in fused.modules())
+    assert sum(type(m) is largekernel.nn.Conv2d for m in fused.modules()) == sum(hasattr(m, "branches") for m in model.modules())
+    calls = []
+    for layer in (m for m in model.modules() if hasattr(m, "branches")):
+        for conv, _ in layer.branches():
+            conv.register_forward_hook(lambda module, args, y: calls.append(module))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x))
+    assert len(calls) == sum(len(m.branches()) for m in model.modules() if hasattr(m, "branches"))

@@ -318,6 +318,12 @@ class _ReparamConvNd(KernelConvNd):
         return _baked_conv(kernel, bias, self.groups, native=native, stride=self.stride, padding=self.padding,
                            padding_mode=self.padding_mode, **kwargs)
 
+    def fuse(self) -> nn.Module:
+        """:meth:`bake` under timm's name: ``timm.utils.reparameterize_model(model)`` replaces each child that has
+        a ``fuse()`` by what it returns, so it merges these layers' branches as it merges timm's own
+        re-parameterisable blocks."""
+        return self.bake()
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         if set(self.stride) != {1}:
