@@ -297,6 +297,15 @@ def test_more_models_round_trip_train_and_bake(spec):
         torch.testing.assert_close(baked(x), y, rtol=1e-4, atol=1e-4 * y.abs().max().item())
 
 
+def _randomise_batch_norms(model: nn.Module) -> None:
+    """Running statistics and affine parameters away from their initial values (which a merge could ignore)."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-1, 1)
+
+
 @pytest.mark.parametrize("family", ["replk", "slak", "dilated_reparam"])
 def test_frozen_batch_norms_merge_into_the_kernel(family):
     """``timm.layers.freeze_batch_norm_2d`` (what ``timm.utils.freeze`` does to BatchNorms; torchvision's
@@ -308,11 +317,7 @@ def test_frozen_batch_norms_merge_into_the_kernel(family):
 
     model = timm.create_model("convnext_atto")
     largekernel.convert(model, family)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
-                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-1, 1)
+    _randomise_batch_norms(model)
     model = freeze_batch_norm_2d(model).double()
     layers = [m for m in model.modules() if hasattr(m, "branches")]
     assert layers and all(type(bn) is torchvision.ops.misc.FrozenBatchNorm2d for m in layers for _, bn in m.branches())
@@ -343,11 +348,7 @@ def test_timms_reparameterize_model_merges_the_branches(family):
     call its branches, in eval too; float64, BatchNorm statistics randomised)."""
     model = timm.create_model("convnext_atto")
     largekernel.convert(model, family)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
-                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-1, 1)
+    _randomise_batch_norms(model)
     model = model.double().eval()
     fused = reparameterize_model(model)
     assert not any(hasattr(m, "branches") for m in fused.modules())

@@ -324,10 +324,15 @@ def _restructured_by_reparameterize(block: nn.Module) -> bool:
 
 def _fused_ancestors(model: nn.Module) -> dict[str, str]:
     """Qualified name -> ``"Class 'name'"`` of every submodule that timm's reparameterize_model would restructure."""
+    from largekernel.nn import KernelConvNd
+
     verdicts: dict[int, bool] = {}
     fused = {}
     for name, m in model.named_modules(remove_duplicate=False):
-        if name and any(callable(getattr(m, method, None)) for method in _FUSE_METHODS):
+        # The library's re-parameterised layers fuse (bake) whatever their branches hold that the merge
+        # reproduces, the library's layers included: their branches convert like any convolution.
+        if name and not isinstance(m, KernelConvNd) and any(callable(getattr(m, method, None))
+                                                            for method in _FUSE_METHODS):
             if id(m) not in verdicts:
                 verdicts[id(m)] = _restructured_by_reparameterize(m)
             if verdicts[id(m)]:
