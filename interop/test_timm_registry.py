@@ -22,6 +22,29 @@ def test_timm_creates_our_models_by_name():
         timm.create_model("convnext_atto_dcls", pretrained=True)
 
 
+@pytest.mark.parametrize("name", largekernel.models.list_models())
+def test_timm_creates_every_model(name):
+    """Every registered model through ``timm.create_model``, the 1-D ones included (timm's builder asserted an
+    image's three-entry input size for them), with its pretrained_cfg."""
+    with torch.device("meta"):
+        model = timm.create_model(largekernel.models.timm_name(name), num_classes=3)
+    assert model.num_classes == 3 and model.pretrained_cfg["input_size"] == largekernel.models.pretrained_cfg(name)[
+        "input_size"]
+
+
+@pytest.mark.parametrize("ours,theirs", [("convnext_atto_dcls", "convnext_atto"), ("resnet18", "resnet18")])
+def test_timm_global_pool_keyword(ours, theirs):
+    """timm's ``num_classes=0, global_pool=""`` at construction: the unpooled feature map, shaped as timm's own
+    model returns it (it was a TypeError); ``"avg"`` as before; ``""`` with a classifier refused clearly."""
+    x = torch.randn(2, 3, 64, 64)
+    unpooled = timm.create_model(largekernel.models.timm_name(ours), num_classes=0, global_pool="")
+    reference = timm.create_model(theirs, num_classes=0, global_pool="")
+    assert unpooled(x).shape == reference(x).shape
+    assert timm.create_model(largekernel.models.timm_name(ours), global_pool="avg")(x).shape == (2, 1000)
+    with pytest.raises(ValueError, match="num_classes must be 0"):
+        timm.create_model(largekernel.models.timm_name(ours), global_pool="")
+
+
 def test_names_timm_already_uses_stay_timms():
     assert type(timm.create_model("resnet18")).__module__.startswith("timm.")
     ours = timm.create_model(largekernel.models.timm_name("resnet18"))

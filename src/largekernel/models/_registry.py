@@ -75,6 +75,25 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
     return dict(cfgs.get(name, {"classifier": "head"}), architecture=name)
 
 
+def _build(name: str, kwargs: dict) -> nn.Module:
+    """``_MODELS[name](**kwargs)``; a ``global_pool`` (timm's keyword: ``"avg"``, or ``""`` with ``num_classes=0``
+    for the unpooled feature map) that the constructor does not take goes to the classifier models'
+    ``reset_classifier`` instead, as timm's models take it at construction."""
+    from largekernel.models.layers import Classifier
+
+    pool = kwargs.get("global_pool")
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as error:
+        if pool is None or "global_pool" not in str(error):
+            raise
+        model = _MODELS[name](**{k: v for k, v in kwargs.items() if k != "global_pool"})
+        if not isinstance(model, Classifier):
+            raise
+    model.reset_classifier(model.num_classes, pool)
+    return model
+
+
 def create_model(name: str, *, features_only: bool = False, out_indices: Sequence[int] | None = None,
                  **kwargs) -> nn.Module:
     """Build the registered model ``name``; ``kwargs`` go to its constructor (``num_classes``, ``in_chans``, ``conv``, ...).
@@ -85,7 +104,7 @@ def create_model(name: str, *, features_only: bool = False, out_indices: Sequenc
     timm's ``features_only`` does.
     """
     _check_name(name)
-    model = _MODELS[name](**kwargs)
+    model = _build(name, kwargs)
     cfg = pretrained_cfg(name)
     if "num_classes" in cfg and hasattr(model, "num_classes"):
         cfg["num_classes"] = model.num_classes

@@ -46,12 +46,18 @@ def _entrypoint(name: str, registered: str) -> Callable[..., nn.Module]:
         from timm.models import FeatureDictNet, FeatureGraphNet, FeatureHookNet, FeatureListNet, build_model_with_cfg
         from timm.models._features import FeatureGetterNet
 
-        from largekernel.models._registry import create_model
+        from largekernel.models._registry import create_model, pretrained_cfg
 
         if pretrained:
             raise ValueError(f"largekernel's {registered!r} has no pretrained weights; use pretrained=False "
                              f"(largekernel.convert turns a pretrained timm model into a large-kernel one)")
-        model = build_model_with_cfg(lambda **kw: create_model(name, **kw), registered, pretrained=False, **kwargs)
+        if len(pretrained_cfg(name).get("input_size", (0, 0, 0))) == 3:
+            model = build_model_with_cfg(lambda **kw: create_model(name, **kw), registered, pretrained=False,
+                                         **kwargs)
+        else:  # 1-D models: timm's builder takes an image's (C, H, W) input size only (it asserts three entries)
+            builder_only = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # what timm.create_model adds
+            model = create_model(name, **{k: v for k, v in kwargs.items() if k not in builder_only})
+            model.default_cfg = model.pretrained_cfg
         if not features_only:
             if out_indices is not None:
                 raise ValueError(f"out_indices={out_indices!r} selects feature maps and needs features_only=True")
