@@ -479,3 +479,8 @@ def test_reset_classifier_takes_timms_global_pool():
         model.reset_classifier(3, "")
     with pytest.raises(ValueError, match="global_pool must be None, 'avg'"):
         model.reset_classifier(3, "max")
+    flexnet, _ = _model("flexnet_tiny")
+    flexnet.reset_classifier(4, "avg")
+    assert flexnet.get_classifier() is flexnet.head and flexnet.head.out_features == 4
+    with pytest.raises(ValueError, match="global_pool must be None or 'avg'"):
+        flexnet.reset_classifier(4, "")

@@ -132,7 +132,16 @@ class FlexNet(nn.Module):
         # Mask and window parameters carry optimizer marks (no decay) from their layers.
         return set()
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (timm's ``get_classifier``)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``num_classes``-way head (0: identity, pooled features out). ``global_pool``, timm's keyword:
+        None or ``"avg"`` (the network pools by averaging)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool must be None or 'avg' ({type(self).__name__} pools by averaging), got "
+                             f"{global_pool!r}")
         self.num_classes = num_classes
         self.head = like_parameters(self, self._new_head(num_classes))
 
