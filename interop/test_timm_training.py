@@ -36,6 +36,35 @@ def test_positions_train_at_five_times_the_lr_under_timms_scheduler(layout):
     assert peak <= 1e-3
 
 
+@pytest.mark.parametrize("model_name", ["convnext_atto", "lk_convnext_atto"])
+def test_layer_decay_combines_with_the_marks(model_name):
+    """``param_groups(model, layer_decay=)`` as timm's ``param_group_fn``: timm ignores ``layer_decay`` once a
+    ``param_group_fn`` is given, so the groups carry it: every parameter's lr scale is the one timm's
+    ``param_groups_layer_decay`` gives it times its mark's (DCLS positions 5, the rest 1), under timm's scheduler;
+    weight decay as the marks say (positions none), whatever the layer."""
+    from functools import partial
+
+    from timm.optim import param_groups_layer_decay
+
+    model = largekernel.convert(timm.create_model(model_name, num_classes=10), "dcls")
+    timms = {id(p): g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.7) for p in g["params"]}
+    assert len(set(timms.values())) > 4
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05,
+                              param_group_fn=partial(param_groups, layer_decay=0.7))
+    scheduler = CosineLRScheduler(opt, t_initial=10)
+    scheduler.step(0)
+    seen = 0
+    for group in opt.param_groups:
+        mark = 5.0 if group["kind"] == "position" else 1.0
+        for p in group["params"]:
+            assert group["lr"] == pytest.approx(1e-3 * timms[id(p)] * mark)
+            assert group["weight_decay"] == (0.0 if group["kind"] == "position" or p.dim() < 2 else 0.05)
+            seen += 1
+    assert seen == len(timms) and any(g["kind"] == "position" for g in opt.param_groups)
+    with pytest.raises(ValueError, match="layer_decay must be a positive number"):
+        param_groups(model, layer_decay=0)
+
+
 @pytest.mark.parametrize("to", ["conv", "fft", "dcls", "flexconv", "ckconv", "niff", "sgconv"])
 def test_ema_and_safetensors_on_every_family(to, tmp_path):
     model = timm.create_model("convnext_atto", num_classes=10)

@@ -355,3 +355,16 @@ def test_marks_survive_new_parameter_objects(flow):
     finally:
         if flow.startswith("fully_shard"):
             torch.distributed.destroy_process_group()
+
+
+def test_layer_decay_without_timm_says_what_to_install(monkeypatch):
+    """``param_groups(..., layer_decay=)`` groups layers as timm does (the interop tests check the scales against
+    timm's): without timm, an ImportError naming the extra to install, not a bare ModuleNotFoundError deep inside."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # importing timm now fails, whether it is installed or not
+    monkeypatch.setitem(sys.modules, "timm.optim", None)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3))
+    with pytest.raises(ImportError, match=r"needs timm: pip install 'largekernel\[timm\]'"):
+        param_groups(model, layer_decay=0.7)
+    assert [g["lr_scale"] for g in param_groups(model)] == [1.0, 1.0]  # without layer_decay timm is not needed

@@ -15,8 +15,23 @@ from largekernel.nn.marks import mark, marks
 __all__ = ["mark", "param_groups"]
 
 
+def _layer_scales(model: nn.Module, layer_decay: float) -> dict[int, float]:
+    """id(parameter) -> timm's layer-wise learning-rate scale (``timm.optim.param_groups_layer_decay``, which
+    reads the model's ``group_matcher``, or groups by depth without one)."""
+    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)) or not layer_decay > 0:
+        raise ValueError(f"layer_decay must be a positive number (timm's: each layer's lr scale is layer_decay ** "
+                         f"(layers after it)), got {layer_decay!r}")
+    try:
+        from timm.optim import param_groups_layer_decay
+    except ImportError as error:
+        raise ImportError("param_groups(..., layer_decay=) groups layers as timm does and needs timm: pip install "
+                          "'largekernel[timm]'") from error
+    return {id(p): group["lr_scale"] for group in param_groups_layer_decay(model, layer_decay=float(layer_decay))
+            for p in group["params"]}
+
+
 def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float | None = None,
-                 position_lr_scale: float = 5.0) -> list[dict]:
+                 position_lr_scale: float = 5.0, layer_decay: float | None = None) -> list[dict]:
     """Optimizer groups for ``model``, in one of two layouts, chosen by whether ``lr`` is given.
 
     Which parameters go where:
@@ -41,9 +56,16 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     ``weight_decay=None`` leaves ``"weight_decay"`` out of the decayed group, so the optimizer's own
     default applies (what ``param_group_fn`` needs); groups without decay always say ``0.0``.
     Parameters shared between modules appear once.
+
+    ``layer_decay``: timm's layer-wise learning-rate decay on top (needs timm): each parameter's scale
+    multiplied by the one ``timm.optim.param_groups_layer_decay`` gives it (the model's ``group_matcher``;
+    the weight decay stays as above), what ``create_optimizer_v2(..., layer_decay=)`` would do, which timm
+    ignores once a ``param_group_fn`` is given: ``param_group_fn=functools.partial(param_groups,
+    layer_decay=0.75)``. Each group then also says its ``"layer_scale"``.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     marked = marks(model)
+    layers = {} if layer_decay is None else _layer_scales(model, layer_decay)
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -60,13 +82,16 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         else:
             kind, scale = "default", 1.0
             wd = 0.0 if (p.dim() < 2 or name in skip) else weight_decay
-        key = (kind, scale, wd)
+        depth = layers.get(id(p), 1.0)
+        key = (kind, scale, wd, depth)
         if key not in groups:
             group = {"params": [], "kind": kind, "names": []}
+            if layer_decay is not None:
+                group["layer_scale"] = depth
             if lr is None:
-                group["lr_scale"] = scale
+                group["lr_scale"] = scale * depth
             else:
-                group["lr"] = lr * scale
+                group["lr"] = lr * scale * depth
             if wd is not None:
                 group["weight_decay"] = wd
             groups[key] = group
