@@ -432,7 +432,8 @@ def test_prune_intermediate_layers_keeps_the_maps_up_to_the_last(name):
     torch.testing.assert_close(got[1], maps[-3])
 
 
-@pytest.mark.parametrize("name", ["convnext_atto", "resnet20", "slak_tiny"])
+@pytest.mark.parametrize("name", ["convnext_atto", "resnet20", "slak_tiny", "vit_tiny", "dwnet1d_tiny",
+                                  "flexnet_tiny"])
 def test_grad_checkpointing_recomputes_each_block_with_the_same_gradients(name):
     """``set_grad_checkpointing()``: each block runs once more in the backward (forward pre-hooks count the calls),
     and the gradients are those without it (float64; eval mode, so that a block's BatchNorms compute the same
@@ -442,7 +443,8 @@ def test_grad_checkpointing_recomputes_each_block_with_the_same_gradients(name):
     x = x.double()
     params = [p for p in model.parameters() if p.requires_grad]
     plain = torch.autograd.grad(model(x).square().sum(), params)
-    blocks = [b for stage in model.stages for b in (stage.blocks if hasattr(stage, "blocks") else stage)]
+    blocks = list(model.blocks) if hasattr(model, "blocks") else [
+        b for stage in model.stages for b in (stage.blocks if hasattr(stage, "blocks") else stage)]
     calls = collections.Counter()
     for block in blocks:
         # A pre-hook: torch's recomputation stops once it has what the backward needs, before a block's end.
@@ -479,6 +481,7 @@ def test_reset_classifier_takes_timms_global_pool():
         model.reset_classifier(3, "")
     with pytest.raises(ValueError, match="global_pool must be None, 'avg'"):
         model.reset_classifier(3, "max")
+    assert _model("vit_tiny")[0].get_classifier().out_features == 5
     flexnet, _ = _model("flexnet_tiny")
     flexnet.reset_classifier(4, "avg")
     assert flexnet.get_classifier() is flexnet.head and flexnet.head.out_features == 4

@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, STANDARDIZED, model_cfg, register_model
-from largekernel.models.layers import create_norm, like_parameters
+from largekernel.models.layers import GradCheckpointing, create_norm, like_parameters
 from largekernel.functional._fx import traced
 from largekernel.nn.flexconv import CKConv1d, CKConv2d, CKConv3d, FlexConv1d, FlexConv2d, FlexConv3d
 
@@ -68,7 +68,7 @@ class FlexBlock(nn.Module):
         return self.act(self.norm2(self.conv2(out)) + self.shortcut(x))  # (B, out, *spatial)
 
 
-class FlexNet(nn.Module):
+class FlexNet(GradCheckpointing, nn.Module):
     """Stem continuous conv, ``depth`` :class:`FlexBlock` s of ``width`` channels, pooling, linear head.
 
     Args:
@@ -149,7 +149,7 @@ class FlexNet(nn.Module):
         if not traced(x) and x.dim() != self.dim + 2:
             raise ValueError(f"{type(self).__name__} with dim={self.dim} expects a {self.dim + 2}-D input "
                              f"(B, C, *spatial), got shape {tuple(x.shape)}")
-        return self.blocks(self.stem(x))  # (B, width, *spatial)
+        return self._blocks(self.blocks, self.stem(x))  # (B, width, *spatial)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.pool == "last":

@@ -42,6 +42,7 @@ __all__ = [
     "create_norm",
     "Classifier",
     "Backbone",
+    "GradCheckpointing",
     "take_indices",
     "Stage",
     "StagedClassifier",
@@ -435,15 +436,36 @@ def take_indices(count: int, indices: int | Sequence[int] | None) -> tuple[list[
     return taken, max(taken)
 
 
-class Backbone:
+class GradCheckpointing:
+    """timm's ``set_grad_checkpointing`` for a model whose forward runs ``Sequential``\ s of blocks through
+    :meth:`_blocks`."""
+
+    #: Recompute each block in the backward instead of keeping its activations (``set_grad_checkpointing``).
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's forward in the backward (``torch.utils.checkpoint``, non-reentrant) instead of
+        keeping its activations: less memory, one more forward per block. As for timm's models, a BatchNorm in a
+        block updates its running statistics again when its block is recomputed."""
+        self.grad_checkpointing = bool(enable)
+
+    def _blocks(self, blocks: nn.Module, x: Tensor) -> Tensor:
+        """``blocks(x)``, each block checkpointed while gradient checkpointing is on and autograd records."""
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return blocks(x)
+        from torch.utils.checkpoint import checkpoint
+
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+class Backbone(GradCheckpointing):
     """timm's backbone methods for a :class:`Classifier` whose features are ``stages(stem(x))``, each stage a
     ``downsample`` then ``blocks`` (or a ``Sequential`` of blocks), and whose ``feature_info`` names entries
     of ``stem`` or ``stages``: ``forward_intermediates``, ``prune_intermediate_layers`` (so timm's
     ``features_only=True, feature_cls="getter"`` works), ``group_matcher`` (timm's layer-wise learning-rate decay)
     and ``set_grad_checkpointing``."""
-
-    #: Recompute each block in the backward instead of keeping its activations (``set_grad_checkpointing``).
-    grad_checkpointing: bool = False
 
     def _check_input(self, x: Tensor) -> None:
         """Raise a clear error for an input ``forward_features`` cannot take (subclasses)."""
@@ -457,21 +479,10 @@ class Backbone:
 
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
-            return stage(x)
-        from torch.utils.checkpoint import checkpoint
-
-        blocks = stage
+            return stage(x)  # the stage's own call (hooks on it, as feature_info's modules, run)
         if hasattr(stage, "blocks"):
-            x, blocks = stage.downsample(x), stage.blocks
-        for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False)
-        return x
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's forward in the backward (``torch.utils.checkpoint``, non-reentrant) instead of
-        keeping its activations: less memory, one more forward per block. As for timm's models, a BatchNorm in a
-        block updates its running statistics again when its block is recomputed."""
-        self.grad_checkpointing = bool(enable)
+            return self._blocks(stage.blocks, stage.downsample(x))
+        return self._blocks(stage, x)
 
     def _feature_path(self) -> list[tuple[str, nn.Module]]:
         """``(name, module)`` in forward order: the stem's entries, then each stage."""

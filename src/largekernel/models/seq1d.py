@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from largekernel.models._registry import STANDARDIZED, model_cfg, register_model
 from largekernel.models.layers import (
     Classifier,
+    GradCheckpointing,
     DropPath,
     _check_positive,
     _linear_rates,
@@ -57,7 +58,7 @@ class DWBlock(nn.Module):
         return x + self.drop_path(y)
 
 
-class DWNet(Classifier):
+class DWNet(GradCheckpointing, Classifier):
     """Stem, ``depth`` :class:`DWBlock` s of ``width`` channels, global average pool, LayerNorm, linear head.
 
     Args:
@@ -111,7 +112,7 @@ class DWNet(Classifier):
         if not traced(x) and x.dim() != self.dim + 2:
             raise ValueError(f"{type(self).__name__} with dim={self.dim} expects a {self.dim + 2}-D input "
                              f"(B, C, *spatial), got shape {tuple(x.shape)}")
-        return self.blocks(self.stem(x))  # (B, width, *spatial')
+        return self._blocks(self.blocks, self.stem(x))  # (B, width, *spatial')
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.norm(x.mean(dim=tuple(range(2, self.dim + 2))))  # (B, width)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from largekernel.functional._fx import call_under_fx
 from largekernel.models._registry import CIFAR10_MEAN, CIFAR10_STD, model_cfg, register_model
-from largekernel.models.layers import DropPath, like_parameters
+from largekernel.models.layers import DropPath, GradCheckpointing, like_parameters
 from largekernel.nn.mixing import FourierMix
 
 __all__ = ["VisionTransformer", "vit_tiny", "vit_small", "fit_tiny", "fit_small"]
@@ -102,7 +102,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(GradCheckpointing, nn.Module):
     """ViT / FiT classifier.
 
     Args:
@@ -168,6 +168,10 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer (timm's ``get_classifier``)."""
+        return self.head
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None and global_pool != self.global_pool:
             raise ValueError(f"global_pool is fixed at construction ({self.global_pool!r}), got {global_pool!r}")
@@ -180,7 +184,7 @@ class VisionTransformer(nn.Module):
         x = _patch_tokens(x, self.pos_embed, self.grid)  # (B, h * w, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + h * w, D)
-        x = self.blocks(self.pos_drop(x))
+        x = self._blocks(self.blocks, self.pos_drop(x))
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
