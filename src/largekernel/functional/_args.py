@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ConvArgumentError", "ConvArgs", "PADDING_MODES", "conv_args", "ntuple", "per_side_padding",
-           "autocast_operands", "autocast_dtype", "check_input_dtype", "autocast_off", "flat_pads", "own_nodes",
+           "autocast_operands", "autocast_dtype", "checked_input", "autocast_off", "flat_pads", "own_nodes",
            "conv_memory_format"]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -174,16 +174,18 @@ def autocast_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
     return torch.get_autocast_dtype(device_type)
 
 
-def check_input_dtype(layer, input: Tensor, dtype: torch.dtype) -> None:
-    """torch's rule for a convolution layer's operands, for ``layer`` whose parameters are ``dtype`` and whose
-    computation does not meet torch's own check (``torch.nn.Conv2d`` raises a ``RuntimeError``): the input's
-    dtype is the parameters', under ``torch.autocast`` as autocast casts both (:func:`autocast_dtype`).
-    :class:`ConvArgumentError` naming both otherwise."""
+def checked_input(layer, input: Tensor, dtype: torch.dtype) -> Tensor:
+    """``input`` as a convolution layer whose parameters are ``dtype`` takes it, for ``layer``s whose computation
+    does not meet torch's own check (``torch.nn.Conv2d`` raises a ``RuntimeError``): its dtype must be the
+    parameters', under ``torch.autocast`` as autocast casts both (:func:`autocast_dtype`), else
+    :class:`ConvArgumentError` naming both; returned in the autocast dtype under autocast (as torch's
+    convolutions take it), unchanged otherwise."""
     device = input.device.type
     if autocast_dtype(input.dtype, device) != autocast_dtype(dtype, device):
         raise ConvArgumentError(f"input dtype must match {type(layer).__name__}'s parameters' dtype {dtype} (as "
                                 f"torch's convolutions require; under torch.autocast, as autocast casts them), got "
                                 f"{input.dtype}")
+    return input.to(autocast_dtype(input.dtype, device))
 
 
 def autocast_off(device_type: str):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from largekernel.functional._args import (ConvArgumentError, autocast_dtype, check_input_dtype, conv_memory_format,
+from largekernel.functional._args import (ConvArgumentError, checked_input, conv_memory_format,
                                           flat_pads, ntuple)
 from largekernel.functional._grid import select
 from largekernel.functional._tracing import NotScriptable, compiled_once, region_applies, tracing
@@ -376,8 +376,7 @@ class _NIFFConvNd(KernelConvNd):
             # (a Spectrum, complex, holds float32 for half-precision layers). Under torch.autocast, the input in
             # the autocast dtype, as torch's convolutions (and the library's others) take it: transformed in
             # float32, the output in that dtype.
-            check_input_dtype(self, input, param_dtype)
-            input = input.to(autocast_dtype(input.dtype, input.device.type))
+            input = checked_input(self, input, param_dtype)
         if isinstance(input, Spectrum) or self.output == "spectrum":
             return self._spectral_forward(input, param_dtype)
         size = self._spatial_size(input)
@@ -646,8 +645,7 @@ class SpectralPointwise(NotScriptable, nn.Module):
         else:
             if isinstance(input, Tensor) and input.is_floating_point():
                 # torch's 1x1 convolution's rule: the weight's dtype (under torch.autocast, the input in its dtype)
-                check_input_dtype(self, input, self.weight.dtype)
-                input = input.to(autocast_dtype(input.dtype, input.device.type))
+                input = checked_input(self, input, self.weight.dtype)
             dtype = input.dtype
             if input.dim() not in (self.ndim + 1, self.ndim + 2):
                 raise ValueError(f"SpectralPointwise(ndim={self.ndim}) expects a {self.ndim + 2}-D (batch, channels, "
